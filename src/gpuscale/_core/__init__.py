@@ -1,0 +1,1 @@
+"""Clock, seeded randomness and the error taxonomy shared by every layer."""

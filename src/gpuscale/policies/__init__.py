@@ -1,0 +1,1 @@
+"""Pure autoscaling policies and the ports they run through."""

@@ -1,0 +1,285 @@
+"""The two ports every policy runs through, in the simulator and on a live cluster.
+
+A policy declares the signals it needs (:class:`SignalSpec`); a metrics source (``SimMetricsSource``
+in the simulator, ``PrometheusSource`` live) fulfils them in a :class:`MetricsSnapshot`; the policy's
+pure ``decide(snapshot, state)`` returns a :class:`Decision` and its next state; a scale target
+(``SimScaleTarget`` / ``KubernetesTarget``) applies the decision.
+
+Rules every source keeps:
+
+* a signal with no data is ``value=None`` with a ``reason``; never NaN, never 0;
+* every value carries its ``age_s``: how old the newest sample behind it is, so staleness is visible;
+* windows are the policy's: the source aggregates over ``window_s`` ending at the newest sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+
+class Metric(StrEnum):
+    """What a signal measures. Units are in the value names' suffixes."""
+
+    GPU_UTIL = "gpu_util"
+    """SM busy time in percent (0-100), as DCGM_FI_DEV_GPU_UTIL reports it; per pod."""
+    GPU_MEMORY_UTIL = "gpu_memory_util"
+    """GPU framebuffer used / total in percent (DCGM FB_USED / (FB_USED + FB_FREE)); per pod."""
+    GPU_MEMORY_USED_GB = "gpu_memory_used_gb"
+    """GPU framebuffer used, GB; per pod."""
+    CPU_UTIL = "cpu_util"
+    """CPU used in percent of the pod's CPU request (what the HPA's Utilization target divides by)."""
+    CONCURRENCY = "concurrency"
+    """In-flight requests, time-weighted over the window (Knative queue-proxy semantics)."""
+    QUEUE_LENGTH = "queue_length"
+    """Requests waiting and not yet being processed (Triton pending requests), averaged over scrapes."""
+    REQUEST_RATE = "request_rate"
+    """Requests per second arriving at the service (counter rate over the window)."""
+    LATENCY_P50_MS = "latency_p50_ms"
+    LATENCY_P95_MS = "latency_p95_ms"
+    LATENCY_P99_MS = "latency_p99_ms"
+    """Service-level latency quantiles of requests completed within the window, milliseconds."""
+
+
+PER_POD_METRICS = frozenset(
+    {
+        Metric.GPU_UTIL,
+        Metric.GPU_MEMORY_UTIL,
+        Metric.GPU_MEMORY_USED_GB,
+        Metric.CPU_UTIL,
+        Metric.CONCURRENCY,
+        Metric.QUEUE_LENGTH,
+        Metric.REQUEST_RATE,
+    }
+)
+LATENCY_METRICS = frozenset({Metric.LATENCY_P50_MS, Metric.LATENCY_P95_MS, Metric.LATENCY_P99_MS})
+
+
+class Aggregation(StrEnum):
+    """How per-pod series become one number."""
+
+    POD_MEAN = "pod_mean"
+    """Mean over the pods that report the metric (the HPA's per-pod average)."""
+    TOTAL = "total"
+    """Sum over all pods (the KPA's observed concurrency, KEDA's queue length)."""
+    MAX = "max"
+    """The busiest pod."""
+
+
+@dataclass(frozen=True, order=True)
+class SignalSpec:
+    """One signal a policy needs: a metric, aggregated over pods, averaged over a window.
+
+    Latency metrics are service-level quantiles; their aggregation is ignored.
+    """
+
+    metric: Metric
+    window_s: float
+    aggregation: Aggregation = Aggregation.POD_MEAN
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and math.isfinite(self.window_s)):
+            raise ValueError(f"window_s must be a finite number > 0, got {self.window_s!r}")
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric.value}:{self.aggregation.value}:{self.window_s:g}s"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
+class PodSample:
+    """One pod's value of a per-pod signal, with the facts the HPA's pod grouping needs."""
+
+    name: str
+    value: float | None
+    ready: bool
+    running: bool = True
+    """False for a Pending pod (not scheduled / containers not started)."""
+    ready_for_s: float = 0.0
+    """How long the pod has been Ready (0 when not ready); the HPA's CPU initialization rules use it."""
+
+
+@dataclass(frozen=True)
+class SignalValue:
+    """The fulfilment of one :class:`SignalSpec`.
+
+    ``value`` is ``None`` when there is no data (``reason`` says why); ``age_s`` is the age of the
+    newest sample behind the value (``math.inf`` when there is none).
+    """
+
+    value: float | None
+    age_s: float = 0.0
+    reason: str = ""
+    per_pod: tuple[PodSample, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.value is not None and not math.isfinite(self.value):
+            raise ValueError("a SignalValue is None when there is no data, never NaN or infinite")
+
+    @staticmethod
+    def missing(reason: str, age_s: float = math.inf) -> SignalValue:
+        return SignalValue(value=None, age_s=age_s, reason=reason)
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Everything a policy may look at, taken at ``time_s``.
+
+    Replica counts are of the scale target's pods: ``current_replicas`` is the target's spec (what was
+    last asked for); ``ready`` serve traffic; ``starting`` are scheduled but not Ready yet; ``pending``
+    wait for a GPU; ``draining`` finish in-flight work before they go; ``standby`` are loaded warm-pool
+    pods outside the Service.
+    """
+
+    time_s: float
+    current_replicas: int
+    ready: int
+    starting: int = 0
+    pending: int = 0
+    draining: int = 0
+    standby: int = 0
+    standby_target: int = 0
+    pending_nodes: int = 0
+    signals: Mapping[SignalSpec, SignalValue] = field(default_factory=dict)
+
+    def get(self, spec: SignalSpec) -> SignalValue:
+        """The value for ``spec``; a source that did not fulfil it yields a missing value."""
+        found = self.signals.get(spec)
+        if found is None:
+            return SignalValue.missing(f"signal {spec.key} was not collected")
+        return found
+
+    def value(self, spec: SignalSpec) -> float | None:
+        return self.get(spec).value
+
+
+class Reason(StrEnum):
+    """Why a decision came out as it did (HPA condition reasons where they exist)."""
+
+    DESIRED_WITHIN_RANGE = "DesiredWithinRange"
+    WITHIN_TOLERANCE = "WithinTolerance"
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    SCALE_UP_LIMITED = "ScaleUpLimited"
+    SCALE_DOWN_LIMITED = "ScaleDownLimited"
+    SCALE_UP_STABILIZED = "ScaleUpStabilized"
+    SCALE_DOWN_STABILIZED = "ScaleDownStabilized"
+    TOO_FEW_REPLICAS = "TooFewReplicas"
+    TOO_MANY_REPLICAS = "TooManyReplicas"
+    CLAMPED_TO_MIN = "ClampedToMin"
+    CLAMPED_TO_MAX = "ClampedToMax"
+    NO_DATA = "NoData"
+    STALE_DATA = "StaleData"
+    PARTIAL_DATA = "PartialData"
+    PANIC_MODE = "PanicMode"
+    SCALE_UP_PANIC = "ScaleUpPanic"
+    SCALE_TO_ZERO = "ScaleToZero"
+    SCALE_FROM_ZERO = "ScaleFromZero"
+    SCALE_TO_ZERO_GRACE = "ScaleToZeroGrace"
+    COOLDOWN = "Cooldown"
+    ACTIVATION = "Activation"
+    FALLBACK = "Fallback"
+    DELAY_PENDING = "DelayPending"
+    PREDICTED = "Predicted"
+    WARM_POOL_PROMOTE = "WarmPoolPromote"
+    STATIC = "Static"
+    SCALING_DISABLED = "ScalingDisabled"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Desired replicas, or hold (``desired_replicas is None``), with a reason and a message.
+
+    ``standby_replicas`` (warm-pool policies only) asks the target to keep that many loaded pods
+    outside the Service; ``None`` leaves the standby pool as it is.
+    """
+
+    desired_replicas: int | None
+    reason: Reason
+    message: str = ""
+    standby_replicas: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.desired_replicas is not None and self.desired_replicas < 0:
+            raise ValueError("desired_replicas must be >= 0")
+        if self.standby_replicas is not None and self.standby_replicas < 0:
+            raise ValueError("standby_replicas must be >= 0")
+
+    @property
+    def is_hold(self) -> bool:
+        return self.desired_replicas is None
+
+    @staticmethod
+    def hold(reason: Reason, message: str = "") -> Decision:
+        return Decision(desired_replicas=None, reason=reason, message=message)
+
+
+S = TypeVar("S")
+
+
+@runtime_checkable
+class Policy(Protocol[S]):
+    """A pure autoscaling policy.
+
+    ``decide`` must be deterministic, read no clock and draw no randomness of its own; time comes in
+    ``snapshot.time_s``, memory lives in the explicit immutable ``state``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def signals(self) -> tuple[SignalSpec, ...]:
+        """The signals this policy reads; the source fulfils exactly these."""
+        ...
+
+    @property
+    def sync_period_s(self) -> float | None:
+        """The policy's own control tick (HPA 15 s, KPA 2 s), or None to use the scenario's."""
+        ...
+
+    def initial_state(self) -> S: ...
+
+    def decide(self, snapshot: MetricsSnapshot, state: S) -> tuple[Decision, S]: ...
+
+
+@dataclass(frozen=True)
+class StaticState:
+    pass
+
+
+@dataclass(frozen=True)
+class StaticPolicy:
+    """Hold exactly ``replicas`` pods (``standby`` warm pods optional), whatever the load."""
+
+    replicas: int
+    standby: int = 0
+    name: str = "static"
+
+    @property
+    def signals(self) -> tuple[SignalSpec, ...]:
+        return ()
+
+    @property
+    def sync_period_s(self) -> float | None:
+        return None
+
+    def initial_state(self) -> StaticState:
+        return StaticState()
+
+    def decide(self, snapshot: MetricsSnapshot, state: StaticState) -> tuple[Decision, StaticState]:
+        if snapshot.current_replicas == self.replicas:
+            return (
+                Decision(None, Reason.STATIC, f"holding {self.replicas} replicas", self.standby or None),
+                state,
+            )
+        return (
+            Decision(self.replicas, Reason.STATIC, f"fixed at {self.replicas} replicas", self.standby or None),
+            state,
+        )
