@@ -1,0 +1,1 @@
+"""Typed, validated configuration: scenarios, policies, controller settings."""
