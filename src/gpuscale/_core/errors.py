@@ -48,10 +48,12 @@ class ConfigError(GpuscaleError):
             where += f", line {self.line}"
         if self.key:
             where += f": {self.key}"
-        shown = repr(self.value) if not isinstance(self.value, str) else repr(self.value)
+        shown = repr(self.value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        return f"{where} = {shown}: {self.allowed}" if self.value is not _MISSING else f"{where}: {self.allowed}"
+        return (
+            f"{where} = {shown}: {self.allowed}" if self.value is not _MISSING else f"{where}: {self.allowed}"
+        )
 
 
 class _Missing:

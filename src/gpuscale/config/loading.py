@@ -34,7 +34,9 @@ def load_yaml(path: str | Path) -> Any:
     except FileNotFoundError:
         raise ConfigError(source, None, MISSING, "file not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+        raise ConfigError(
+            source, None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
+        ) from None
     return parse_yaml(text, source)
 
 
@@ -99,7 +101,9 @@ def validation_errors(exc: ValidationError, source: str, prefix: str = "", data:
     return ConfigErrors(errors)
 
 
-def _union_tags(loc: tuple[int | str, ...], cleaned: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
+def _union_tags(
+    loc: tuple[int | str, ...], cleaned: tuple[int | str, ...], data: Any
+) -> tuple[int | str, ...]:
     """Drop discriminator tags that pydantic adds to locations (e.g. 'poisson' in workload.poisson.rate)."""
     out: list[int | str] = []
     node = data

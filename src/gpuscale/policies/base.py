@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 
 class Metric(StrEnum):
@@ -280,6 +280,8 @@ class StaticPolicy:
                 state,
             )
         return (
-            Decision(self.replicas, Reason.STATIC, f"fixed at {self.replicas} replicas", self.standby or None),
+            Decision(
+                self.replicas, Reason.STATIC, f"fixed at {self.replicas} replicas", self.standby or None
+            ),
             state,
         )

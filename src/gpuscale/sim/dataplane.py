@@ -14,7 +14,11 @@ from gpuscale._core.rng import kernel_state
 from gpuscale.sim import kernel as K
 from gpuscale.sim.serving import Jitter, Routing, ServingParams
 
-_ROUTING = {Routing.LEAST_OUTSTANDING: K.ROUTE_LEAST, Routing.ROUND_ROBIN: K.ROUTE_RR, Routing.RANDOM: K.ROUTE_RANDOM}
+_ROUTING = {
+    Routing.LEAST_OUTSTANDING: K.ROUTE_LEAST,
+    Routing.ROUND_ROBIN: K.ROUTE_RR,
+    Routing.RANDOM: K.ROUTE_RANDOM,
+}
 _JITTER = {Jitter.NONE: K.JIT_NONE, Jitter.LOGNORMAL: K.JIT_LOGNORMAL, Jitter.EXPONENTIAL: K.JIT_EXPONENTIAL}
 
 SCRAPE_COLUMNS = ("gpu_busy_s", "cpu_busy_s", "inflight_int", "admitted", "outstanding", "waiting", "batch")
@@ -118,6 +122,7 @@ class DataPlane:
         self.retired_inflight_int = 0.0
         """In-flight integral of pods whose slots were handed back (for Little's law)."""
         self.retired_busy_s = 0.0
+        self.retired_cpu_s = 0.0
 
     # -- slots ------------------------------------------------------------------------------------
     def open_slot(self, t: float, speed: float = 1.0) -> int:
@@ -148,6 +153,7 @@ class DataPlane:
             raise RuntimeError("closing a slot that still holds requests")
         self.retired_inflight_int += float(self.pf[p, K.INFLIGHT_INT])
         self.retired_busy_s += float(self.pf[p, K.BUSY_S])
+        self.retired_cpu_s += float(self.pf[p, K.CPU_BUSY_S])
         self._active.discard(p)
         self._accepting.discard(p)
         self._free_slots.append(p)
@@ -179,7 +185,12 @@ class DataPlane:
         if need > self._rec_cap:
             cap = max(need, 2 * self._rec_cap)
             n = int(self.gi[K.G_N_REC])
-            for name, dtype in (("rec_seq", np.int64), ("rec_out", np.int8), ("rec_lat", np.float64), ("rec_pod", np.int32)):
+            for name, dtype in (
+                ("rec_seq", np.int64),
+                ("rec_out", np.int8),
+                ("rec_lat", np.float64),
+                ("rec_pod", np.int32),
+            ):
                 new = np.zeros(cap, dtype=dtype)
                 new[:n] = getattr(self, name)[:n]
                 setattr(self, name, new)
@@ -209,10 +220,27 @@ class DataPlane:
         self._ensure_records(self.outstanding(p) + 1)
         return int(
             K.evict(
-                p, t, self.pi, self.pf, self.cf, self.ci, self.ring_arr, self.ring_seq, self.ring_user,
-                self.gi, self.gf, self.hist, self.heap, self.user_t, self.free_users, self.rng,
-                self.rec_seq, self.rec_out, self.rec_lat, self.rec_pod,
-            )  # fmt: skip
+                p,
+                t,
+                self.pi,
+                self.pf,
+                self.cf,
+                self.ci,
+                self.ring_arr,
+                self.ring_seq,
+                self.ring_user,
+                self.gi,
+                self.gf,
+                self.hist,
+                self.heap,
+                self.user_t,
+                self.free_users,
+                self.rng,
+                self.rec_seq,
+                self.rec_out,
+                self.rec_lat,
+                self.rec_pod,
+            )
         )
 
     def scrape(self, slots: np.ndarray, t: float) -> np.ndarray:
@@ -224,7 +252,9 @@ class DataPlane:
 
     def records(self) -> Records:
         n = int(self.gi[K.G_N_REC])
-        return Records(self.rec_seq[:n].copy(), self.rec_out[:n].copy(), self.rec_lat[:n].copy(), self.rec_pod[:n].copy())
+        return Records(
+            self.rec_seq[:n].copy(), self.rec_out[:n].copy(), self.rec_lat[:n].copy(), self.rec_pod[:n].copy()
+        )
 
     # -- totals ----------------------------------------------------------------------------------
     def counter(self, index: int) -> int:

@@ -25,9 +25,21 @@ on one pod in the same process).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numba as nb
 import numpy as np
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled(inline: bool = False) -> Callable[[_F], _F]:
+    """Compile with Numba, cached on disk, without reference counting (see the module docstring)."""
+    options: dict[str, Any] = {"cache": True, "_nrt": False}
+    if inline:
+        options["inline"] = "always"
+    return cast(Callable[[_F], _F], nb.njit(**options))
 
 # ---- per-pod integer columns (PI) ---------------------------------------------------------------
 HEAD = 0
@@ -84,7 +96,8 @@ F_RQ_LAST = 2
 F_WAIT_SUM = 3
 F_N_WAIT = 4
 F_LAT_MAX = 5
-N_GF = 6
+F_SYS_SUM = 6
+N_GF = 7
 
 # ---- configuration (CF floats, CI ints) ---------------------------------------------------------
 C_CPU_S = 0
@@ -126,7 +139,7 @@ HIST_BUCKETS = 1500
 _LOG_GAMMA = math.log(HIST_GAMMA)
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _bucket(x: float) -> int:
     if x <= HIST_MIN_S:
         return 0
@@ -146,12 +159,12 @@ def bucket_values() -> np.ndarray:
 
 
 # ---- xoshiro256** ------------------------------------------------------------------------------
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _rotl(x: np.uint64, k: int) -> np.uint64:
     return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _next_u64(s: np.ndarray) -> np.uint64:
     result = _rotl(s[1] * np.uint64(5), 7) * np.uint64(9)
     t = s[1] << np.uint64(17)
@@ -164,12 +177,12 @@ def _next_u64(s: np.ndarray) -> np.uint64:
     return result
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _uniform(s: np.ndarray) -> float:
     return float(_next_u64(s) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def _std_normal(s: np.ndarray) -> float:
     u1 = _uniform(s)
     while u1 <= 0.0:
@@ -178,7 +191,7 @@ def _std_normal(s: np.ndarray) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray) -> float:
     kind = ci[K_JITTER]
     if kind == JIT_NONE:
@@ -192,12 +205,12 @@ def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray) -> float:
 
 
 # ---- closed-loop users: a binary min-heap of (wake time, user id) -------------------------------
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _heap_less(ut: np.ndarray, a: int, b: int) -> bool:
     return ut[a] < ut[b] or (ut[a] == ut[b] and a < b)
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def _heap_push(heap: np.ndarray, ut: np.ndarray, gi: np.ndarray, u: int) -> None:
     n = gi[G_HEAP_N]
     heap[n] = u
@@ -214,7 +227,7 @@ def _heap_push(heap: np.ndarray, ut: np.ndarray, gi: np.ndarray, u: int) -> None
             break
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def _heap_pop(heap: np.ndarray, ut: np.ndarray, gi: np.ndarray) -> int:
     top = heap[0]
     n = gi[G_HEAP_N] - 1
@@ -237,18 +250,18 @@ def _heap_pop(heap: np.ndarray, ut: np.ndarray, gi: np.ndarray) -> int:
                 i = c
             else:
                 break
-    return top
+    return int(top)
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _think(cf: np.ndarray, rng: np.ndarray) -> float:
     lo = cf[C_THINK_MIN_S]
     hi = cf[C_THINK_MAX_S]
-    return lo + (hi - lo) * _uniform(rng)
+    return float(lo + (hi - lo) * _uniform(rng))
 
 
 # ---- outcomes -----------------------------------------------------------------------------------
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _finish(
     seq: int,
     user: int,
@@ -270,6 +283,7 @@ def _finish(
     rng: np.ndarray,
 ) -> None:
     lat = t - arr_t
+    gf[F_SYS_SUM] += lat
     if outcome == OUT_COMPLETED:
         gi[G_COMPLETED] += 1
         gf[F_LAT_SUM] += lat
@@ -310,7 +324,7 @@ def _finish(
 
 
 # ---- per-pod mechanics ----------------------------------------------------------------------------
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _touch(p: int, t: float, pi: np.ndarray, pf: np.ndarray) -> None:
     dt = t - pf[p, LAST_T]
     if dt > 0.0:
@@ -320,8 +334,10 @@ def _touch(p: int, t: float, pi: np.ndarray, pf: np.ndarray) -> None:
         pf[p, LAST_T] = t
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
-def _update_next(p: int, pi: np.ndarray, pf: np.ndarray, cf: np.ndarray, ring_stage: np.ndarray, mask: int) -> None:
+@_compiled(inline=True)
+def _update_next(
+    p: int, pi: np.ndarray, pf: np.ndarray, cf: np.ndarray, ring_stage: np.ndarray, mask: int
+) -> None:
     nxt = math.inf
     if pi[p, CPU_DONE] < pi[p, CPU_NEXT]:
         nxt = ring_stage[p, pi[p, CPU_DONE] & mask] + cf[C_CPU_S]
@@ -333,7 +349,7 @@ def _update_next(p: int, pi: np.ndarray, pf: np.ndarray, cf: np.ndarray, ring_st
     pf[p, NEXT_T] = nxt
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _dispatch(
     p: int,
     t: float,
@@ -419,9 +435,15 @@ def _dispatch(
     pf[p, TIMER] = math.inf
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _choose_pod(
-    pi: np.ndarray, ci: np.ndarray, gi: np.ndarray, acc: np.ndarray, n_acc: int, rng: np.ndarray, scratch: np.ndarray
+    pi: np.ndarray,
+    ci: np.ndarray,
+    gi: np.ndarray,
+    acc: np.ndarray,
+    n_acc: int,
+    rng: np.ndarray,
+    scratch: np.ndarray,
 ) -> int:
     """The pod a request goes to, or -1 when no pod is eligible (see docs/simulator.md, Routing)."""
     cc = ci[K_CC]
@@ -455,11 +477,11 @@ def _choose_pod(
             if cc > 0 and pi[p, TAIL] - pi[p, HEAD] >= cc:
                 continue
             gi[G_RR_LAST] = p
-            return p
+            return int(p)
         return -1
     # random
     if cc == 0:
-        return acc[int(_uniform(rng) * n_acc) % n_acc]
+        return int(acc[int(_uniform(rng) * n_acc) % n_acc])
     m = 0
     for k in range(n_acc):
         p = acc[k]
@@ -468,10 +490,10 @@ def _choose_pod(
             m += 1
     if m == 0:
         return -1
-    return scratch[int(_uniform(rng) * m) % m]
+    return int(scratch[int(_uniform(rng) * m) % m])
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _admit(
     p: int,
     t: float,
@@ -505,7 +527,26 @@ def _admit(
     mask = ci[K_RING_MASK]
     if pi[p, TAIL] - pi[p, HEAD] >= ci[K_QCAP]:
         pi[p, N_REJECTED] += 1
-        _finish(seq, user, arr_t, t, OUT_REJECTED, p, gi, gf, cf, hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng)
+        _finish(
+            seq,
+            user,
+            arr_t,
+            t,
+            OUT_REJECTED,
+            p,
+            gi,
+            gf,
+            cf,
+            hist,
+            rec_seq,
+            rec_out,
+            rec_lat,
+            rec_pod,
+            heap,
+            ut,
+            free,
+            rng,
+        )
         return
     _touch(p, t, pi, pf)
     tail = pi[p, TAIL]
@@ -531,7 +572,7 @@ def _admit(
     _update_next(p, pi, pf, cf, ring_stage, mask)
 
 
-@nb.njit(cache=True, _nrt=False, inline="always")
+@_compiled(inline=True)
 def _rq_touch(t: float, gi: np.ndarray, gf: np.ndarray) -> None:
     dt = t - gf[F_RQ_LAST]
     if dt > 0.0:
@@ -539,7 +580,7 @@ def _rq_touch(t: float, gi: np.ndarray, gf: np.ndarray) -> None:
         gf[F_RQ_LAST] = t
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def _drain_router(
     t: float,
     acc: np.ndarray,
@@ -615,7 +656,7 @@ def _drain_router(
         _update_next(q, pi, pf, cf, ring_stage, mask)
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def advance(
     t0: float,
     t1: float,
@@ -794,10 +835,8 @@ def advance(
             ai += 1
         seq = gi[G_ARRIVED]
         gi[G_ARRIVED] = seq + 1
-        if gi[G_RQ_HEAD] < gi[G_RQ_TAIL]:
-            p = -1  # FIFO: nobody overtakes requests already waiting in the router queue
-        else:
-            p = _choose_pod(pi, ci, gi, acc, n_acc, rng, scratch)
+        # FIFO: nobody overtakes requests already waiting in the router queue
+        p = -1 if gi[G_RQ_HEAD] < gi[G_RQ_TAIL] else _choose_pod(pi, ci, gi, acc, n_acc, rng, scratch)
         if p >= 0:
             _admit(
                 p, t, seq, t, user, True, pi, pf, cf, ci, lat_table, preferred, ring_arr, ring_stage, ring_seq,
@@ -811,14 +850,33 @@ def advance(
             rq_user[j] = user
             gi[G_RQ_TAIL] += 1
         else:
-            _finish(seq, user, t, t, OUT_REJECTED, -1, gi, gf, cf, hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng)
+            _finish(
+                seq,
+                user,
+                t,
+                t,
+                OUT_REJECTED,
+                -1,
+                gi,
+                gf,
+                cf,
+                hist,
+                rec_seq,
+                rec_out,
+                rec_lat,
+                rec_pod,
+                heap,
+                ut,
+                free,
+                rng,
+            )
 
     for k in range(n_act):
         _touch(act[k], t1, pi, pf)
     _rq_touch(t1, gi, gf)
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def evict(
     p: int,
     t: float,
@@ -847,7 +905,26 @@ def evict(
     n = 0
     for j in range(pi[p, HEAD], pi[p, TAIL]):
         i = j & mask
-        _finish(ring_seq[p, i], ring_user[p, i], ring_arr[p, i], t, OUT_DROPPED, p, gi, gf, cf, hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng)
+        _finish(
+            ring_seq[p, i],
+            ring_user[p, i],
+            ring_arr[p, i],
+            t,
+            OUT_DROPPED,
+            p,
+            gi,
+            gf,
+            cf,
+            hist,
+            rec_seq,
+            rec_out,
+            rec_lat,
+            rec_pod,
+            heap,
+            ut,
+            free,
+            rng,
+        )
         n += 1
     pi[p, N_DROPPED] += n
     pi[p, HEAD] = pi[p, TAIL]
@@ -861,7 +938,7 @@ def evict(
     return n
 
 
-@nb.njit(cache=True, _nrt=False)
+@_compiled()
 def scrape(
     slots: np.ndarray,
     t: float,

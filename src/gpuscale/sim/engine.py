@@ -1,0 +1,338 @@
+"""One simulation run: the control plane in Python around the compiled data plane.
+
+The loop moves from one control-plane instant to the next — a pod becoming Ready, a drain deadline,
+a scrape, a control tick, a change in the closed-loop population — and lets the kernel advance the
+data plane in between. At one instant the order is: lifecycle events, scrape, control tick.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuscale._core.errors import ConfigError
+from gpuscale._core.rng import generator
+from gpuscale.config.scenario import Scenario
+from gpuscale.policies.base import Aggregation, Metric, Policy, SignalSpec
+from gpuscale.sim import kernel as K
+from gpuscale.sim.cluster import Cluster, Phase
+from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.results import SimResult, Summary, Timeline
+from gpuscale.sim.serving import Jitter, Routing, ServingParams, interpolate_batch_latency
+from gpuscale.sim.target import SimScaleTarget
+from gpuscale.sim.telemetry import SimMetricsSource, hist_quantile
+from gpuscale.sim.workload import build_workload
+
+Progress = Callable[[float], None]
+"""Called with the fraction of simulated time done, now and then."""
+
+
+def serving_params(scenario: Scenario) -> ServingParams:
+    m = scenario.model
+    s = scenario.serving
+    return ServingParams(
+        batch_latency_s=interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size),
+        max_batch=m.max_batch_size,
+        preferred_batch_sizes=tuple(m.preferred_batch_sizes),
+        max_queue_delay_s=m.max_queue_delay_ms / 1000.0,
+        jitter=Jitter(m.jitter),
+        jitter_cv=m.jitter_cv,
+        cpu_s=m.cpu_ms_per_request / 1000.0,
+        cpu_workers=m.cpu_workers,
+        container_concurrency=s.container_concurrency,
+        queue_capacity=s.queue_capacity,
+        router_queue_capacity=s.router_queue_capacity,
+        timeout_s=s.timeout_s,
+        routing=Routing(s.routing),
+    )
+
+
+def _check_windows(policy: Policy[Any], scenario: Scenario) -> None:
+    scrape = scenario.telemetry.scrape_interval_s
+    for spec in policy.signals:
+        if spec.window_s < scrape:
+            raise ConfigError(
+                f"policy {policy.name}",
+                f"signal {spec.key}",
+                spec.window_s,
+                f"a window must be at least the scenario's scrape interval ({scrape:g} s)",
+            )
+
+
+_TIMELINE_SPECS: dict[str, Metric] = {
+    "gpu_util_pct": Metric.GPU_UTIL,
+    "gpu_memory_util_pct": Metric.GPU_MEMORY_UTIL,
+    "cpu_util_pct": Metric.CPU_UTIL,
+}
+
+
+def simulate(
+    scenario: Scenario,
+    policy: Policy[Any],
+    *,
+    seed: int | None = None,
+    base_dir: Path | None = None,
+    source: str = "scenario",
+    record: bool = False,
+    progress: Progress | None = None,
+) -> SimResult:
+    """Run ``policy`` on ``scenario``; deterministic for a given seed (default: the scenario's)."""
+    seed = scenario.seed if seed is None else seed
+    _check_windows(policy, scenario)
+    duration = scenario.duration_s
+    workload = build_workload(
+        scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
+    )
+    closed = workload.closed_loop
+    params = serving_params(scenario)
+    tick_s = policy.sync_period_s or scenario.control.interval_s
+    scrape_s = scenario.telemetry.scrape_interval_s
+    max_slots = scenario.control.max_pods
+    dp = DataPlane(
+        params,
+        max_slots=max_slots,
+        slo_s=scenario.slo.latency_ms / 1000.0,
+        seed=seed,
+        think_s=(closed.think_min_s, closed.think_max_s) if closed is not None else None,
+        max_users=closed.schedule.max_users if closed is not None else 0,
+        record=record,
+    )
+    cluster = Cluster(
+        scenario.cluster.pools, scenario.startup, scenario.model.gpus_per_pod, generator(seed, "cluster")
+    )
+    target = SimScaleTarget(cluster, dp, grace_s=scenario.serving.termination_grace_s, max_pods=max_slots)
+    windows = [s.window_s for s in policy.signals] + [tick_s, 60.0]
+    source_ = SimMetricsSource(
+        dp,
+        scenario.model,
+        scrape_interval_s=scrape_s,
+        metrics_delay_s=scenario.telemetry.metrics_delay_s,
+        max_window_s=max(windows),
+    )
+    truth = SimMetricsSource(
+        dp, scenario.model, scrape_interval_s=scrape_s, metrics_delay_s=0.0, max_window_s=max(windows)
+    )
+    timeline_specs = {name: SignalSpec(metric, tick_s) for name, metric in _TIMELINE_SPECS.items()}
+    conc_spec = SignalSpec(Metric.CONCURRENCY, tick_s, Aggregation.TOTAL)
+    queue_spec = SignalSpec(Metric.QUEUE_LENGTH, tick_s, Aggregation.TOTAL)
+    p95_spec = SignalSpec(Metric.LATENCY_P95_MS, tick_s)
+
+    target.start_warm(scenario.control.initial_replicas, 0.0)
+    state = policy.initial_state()
+    reasons: Counter[str] = Counter()
+    timeline = Timeline()
+    empty = np.zeros(0, dtype=np.float64)
+
+    users = closed.schedule.users_at(0.0) if closed is not None else -1
+    n_scrape = 0
+    n_tick = 1
+    next_user_change = _next_change(closed, 0.0, duration)
+    t = 0.0
+    ready_s = 0.0
+    gpus_s = 0.0
+    max_ready = target.count(Phase.READY)
+    mem_sum = 0.0
+    mem_n = 0
+    last_counts = np.zeros(K.N_GI, dtype=np.int64)
+    last_row_t = 0.0
+    last_reason = ""
+    report_every = max(duration / 200.0, tick_s)
+    next_report = report_every
+
+    while True:
+        next_scrape = n_scrape * scrape_s
+        next_tick = n_tick * tick_s
+        t_next = min(target.next_event_t(), next_scrape, next_tick, next_user_change, duration)
+        if t_next > t:
+            arrivals = workload.open_loop.arrivals(t, t_next) if workload.open_loop is not None else empty
+            dp.advance(t, t_next, arrivals, users)
+            n_ready = target.count(Phase.READY)
+            ready_s += n_ready * (t_next - t)
+            gpus_s += target.gpus_held * (t_next - t)
+            t = t_next
+        if t >= duration:
+            break
+        target.reap_drained(t)
+        while target.events and target.events[0][0] <= t:
+            _, _, kind, pod_id = heapq.heappop(target.events)
+            target.handle_event(kind, pod_id, t)
+        max_ready = max(max_ready, target.count(Phase.READY))
+        if t >= next_user_change and closed is not None:
+            users = closed.schedule.users_at(t)
+            next_user_change = _next_change(closed, t, duration)
+        if t >= next_scrape:
+            pods = list(target.pods.values())
+            source_.scrape(t, pods)
+            truth.scrape(t, pods)
+            n_scrape += 1
+            ready_pods = [p for p in pods if p.phase == Phase.READY]
+            if ready_pods:
+                mem = source_.memory_gb(
+                    np.array([p.slot for p in ready_pods], dtype=np.int64),
+                    dp.pi[[p.slot for p in ready_pods], K.CUR_BATCH],
+                )
+                mem_sum += float(mem.sum()) / scenario.model.device_memory_gb * 100.0
+                mem_n += len(ready_pods)
+        if t >= next_tick:
+            n_tick += 1
+            pods = list(target.pods.values())
+            counts = _counts(target)
+            snapshot = source_.snapshot(t, policy.signals, pods, **counts)
+            decision, state = policy.decide(snapshot, state)
+            reasons[decision.reason.value] += 1
+            last_reason = decision.reason.value
+            target.apply(decision, t)
+            # timeline row: ground truth over the last tick (no pipeline delay)
+            gi = dp.gi.copy()
+            d = gi - last_counts
+            last_counts = gi
+            span = t - last_row_t
+            last_row_t = t
+            target_pods = [p for p in target.pods.values() if not p.standby]
+            after = _counts(target)
+            gpu_secs, cost = target.gpu_seconds(t)
+            row_vals = {
+                name: truth.fulfil(t, spec, target_pods).value for name, spec in timeline_specs.items()
+            }
+            timeline.rows.append(
+                (
+                    round(t, 9),
+                    int(d[K.G_ARRIVED]),
+                    float(d[K.G_ARRIVED]) / span if span > 0 else 0.0,
+                    int(d[K.G_COMPLETED]),
+                    int(d[K.G_TIMED_OUT]),
+                    int(d[K.G_REJECTED]),
+                    int(d[K.G_DROPPED]),
+                    target.spec,
+                    after["ready"],
+                    after["starting"],
+                    after["pending"],
+                    after["draining"],
+                    after["standby"],
+                    target.gpus_held,
+                    row_vals["gpu_util_pct"],
+                    row_vals["gpu_memory_util_pct"],
+                    row_vals["cpu_util_pct"],
+                    truth.fulfil(t, conc_spec, target_pods).value,
+                    truth.fulfil(t, queue_spec, target_pods).value,
+                    truth.fulfil(t, p95_spec, target_pods).value,
+                    gpu_secs / 3600.0,
+                    cost,
+                    last_reason,
+                )
+            )
+        if progress is not None and t >= next_report:
+            progress(t / duration)
+            next_report += report_every
+
+    summary = _summarize(
+        scenario, policy, seed, dp, target, ready_s, gpus_s, max_ready, mem_sum, mem_n, reasons
+    )
+    if progress is not None:
+        progress(1.0)
+    phases = {k: v / target.cold_starts for k, v in target.phase_totals.items()} if target.cold_starts else {}
+    return SimResult(summary, timeline, dp.records() if record else None, phases)
+
+
+def _next_change(closed: Any, t: float, duration: float) -> float:
+    if closed is None:
+        return math.inf
+    changes = [c for c in closed.schedule.change_times(t, duration) if c > t]
+    return changes[0] if changes else math.inf
+
+
+def _counts(target: SimScaleTarget) -> dict[str, int]:
+    return {
+        "current_replicas": target.spec,
+        "ready": target.count(Phase.READY),
+        "starting": target.count(Phase.STARTING),
+        "pending": target.count(Phase.PENDING),
+        "draining": target.count(Phase.DRAINING),
+        "standby": target.count(Phase.STANDBY, standby=True),
+        "standby_target": target.standby_target,
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _summarize(
+    scenario: Scenario,
+    policy: Policy[Any],
+    seed: int,
+    dp: DataPlane,
+    target: SimScaleTarget,
+    ready_s: float,
+    gpus_s: float,
+    max_ready: int,
+    mem_sum: float,
+    mem_n: int,
+    reasons: Counter[str],
+) -> Summary:
+    duration = scenario.duration_s
+    gi = dp.gi
+    arrived = int(gi[K.G_ARRIVED])
+    completed = int(gi[K.G_COMPLETED])
+    timed_out = int(gi[K.G_TIMED_OUT])
+    ended_with_latency = completed + timed_out
+    hist = dp.hist
+    busy = dp.retired_busy_s
+    cpu = dp.retired_cpu_s
+    live = dp.active_slots
+    if len(live):
+        raw = dp.scrape(live, duration)
+        busy += float(raw[:, 0].sum())
+        cpu += float(raw[:, 1].sum())
+    gpu_secs, cost = target.gpu_seconds(duration)
+    little_l = dp.system_integral / duration
+    ended = arrived - dp.in_flight
+    lam = arrived / duration
+    mean_w = float(dp.gf[K.F_LAT_SUM]) / ended_with_latency if ended_with_latency else 0.0
+    mean_sys = float(dp.gf[K.F_SYS_SUM]) / ended if ended else 0.0
+    mean_sm = 100.0 * busy / ready_s if ready_s > 0 else None
+    mean_cpu = None
+    if ready_s > 0:
+        mean_cpu = min(
+            100.0, scenario.model.cpu_idle_pct + 100.0 * cpu / (ready_s * scenario.model.cpu_cores)
+        )
+    return Summary(
+        scenario=scenario.name,
+        policy=policy.name,
+        seed=seed,
+        duration_s=duration,
+        slo_ms=scenario.slo.latency_ms,
+        requests=arrived,
+        completed=completed,
+        rejected=int(gi[K.G_REJECTED]),
+        timed_out=timed_out,
+        dropped=int(gi[K.G_DROPPED]),
+        in_flight=dp.in_flight,
+        slo_attainment=int(gi[K.G_SLO_MET]) / arrived if arrived else 1.0,
+        latency_p50_ms=_ms(hist_quantile(hist, 0.50)),
+        latency_p95_ms=_ms(hist_quantile(hist, 0.95)),
+        latency_p99_ms=_ms(hist_quantile(hist, 0.99)),
+        latency_max_ms=float(dp.gf[K.F_LAT_MAX]) * 1000.0 if ended_with_latency else None,
+        latency_mean_ms=mean_w * 1000.0 if ended_with_latency else None,
+        queue_wait_p95_ms=_ms(hist_quantile(dp.wait_hist, 0.95)),
+        gpu_hours=gpu_secs / 3600.0,
+        cost_usd=cost,
+        mean_replicas=ready_s / duration,
+        max_replicas=max_ready,
+        mean_gpus_held=gpus_s / duration,
+        cold_starts=target.cold_starts,
+        mean_cold_start_s=target.cold_start_total_s / target.cold_starts if target.cold_starts else None,
+        scale_events=target.scale_events,
+        mean_gpu_memory_util_pct=mem_sum / mem_n if mem_n else None,
+        mean_sm_util_pct=mean_sm,
+        mean_cpu_util_pct=mean_cpu,
+        littles_law_l=little_l,
+        littles_law_lambda_w=lam * mean_sys,
+        decisions_by_reason=dict(sorted(reasons.items())),
+    )

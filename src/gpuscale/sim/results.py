@@ -1,0 +1,184 @@
+"""A run's results: the summary, the per-tick timeline, and writing them without half-written files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuscale.sim.dataplane import Records
+
+TIMELINE_COLUMNS: tuple[str, ...] = (
+    "time_s",
+    "arrivals",
+    "arrival_rps",
+    "completed",
+    "timed_out",
+    "rejected",
+    "dropped",
+    "desired",
+    "ready",
+    "starting",
+    "pending",
+    "draining",
+    "standby",
+    "gpus_held",
+    "gpu_util_pct",
+    "gpu_memory_util_pct",
+    "cpu_util_pct",
+    "concurrency",
+    "queue_length",
+    "p95_ms",
+    "gpu_hours",
+    "cost_usd",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Headline figures of one run. Latency quantiles carry the histogram's 1 % relative error."""
+
+    scenario: str
+    policy: str
+    seed: int
+    duration_s: float
+    slo_ms: float
+    requests: int
+    completed: int
+    rejected: int
+    timed_out: int
+    dropped: int
+    in_flight: int
+    slo_attainment: float
+    """Fraction of all requests answered within the SLO."""
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    latency_max_ms: float | None
+    latency_mean_ms: float | None
+    queue_wait_p95_ms: float | None
+    gpu_hours: float
+    cost_usd: float
+    mean_replicas: float
+    """Time-average of Ready pods."""
+    max_replicas: int
+    mean_gpus_held: float
+    cold_starts: int
+    mean_cold_start_s: float | None
+    scale_events: int
+    mean_gpu_memory_util_pct: float | None
+    mean_sm_util_pct: float | None
+    mean_cpu_util_pct: float | None
+    littles_law_l: float
+    """Time-average number of requests in the system."""
+    littles_law_lambda_w: float
+    """Arrival rate × mean time in the system of requests that ended (Little: equals L)."""
+    decisions_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Timeline:
+    """One row per control tick; columns :data:`TIMELINE_COLUMNS`."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def column(self, name: str) -> np.ndarray:
+        i = TIMELINE_COLUMNS.index(name)
+        values = [r[i] for r in self.rows]
+        if name == "reason":
+            return np.array(values, dtype=object)
+        return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(TIMELINE_COLUMNS)
+        for r in self.rows:
+            w.writerow(["" if v is None else (_fmt(v) if isinstance(v, float) else v) for v in r])
+        return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class SimResult:
+    summary: Summary
+    timeline: Timeline
+    records: Records | None = None
+    cold_start_phases_s: dict[str, float] = field(default_factory=dict)
+
+
+def _fmt(v: float) -> str:
+    if math.isnan(v):
+        return ""
+    return repr(round(v, 9))
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else round(obj, 9)
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def summary_json(summary: Summary) -> str:
+    return json.dumps(_clean(summary.to_dict()), indent=2, sort_keys=True) + "\n"
+
+
+def summary_csv(summaries: Sequence[Summary]) -> str:
+    names = [f.name for f in fields(Summary) if f.name != "decisions_by_reason"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(names)
+    for s in summaries:
+        d = s.to_dict()
+        w.writerow(["" if d[n] is None else (_fmt(d[n]) if isinstance(d[n], float) else d[n]) for n in names])
+    return buf.getvalue()
+
+
+def write_files_atomically(out_dir: Path, files: dict[str, str | bytes]) -> None:
+    """Write ``files`` into ``out_dir`` so that a reader sees all of them or none of the new ones.
+
+    Everything goes to a temporary folder beside ``out_dir`` first; only when every file is written
+    are they moved into place (one rename each), so a failure part-way leaves ``out_dir`` as it was.
+    """
+    out_dir = Path(out_dir)
+    parent = out_dir.parent if out_dir.parent != Path("") else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    try:
+        for name, content in files.items():
+            path = tmp / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                path.write_text(content, encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            dest = out_dir / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / name, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def result_files(result: SimResult) -> dict[str, str]:
+    files = {"summary.json": summary_json(result.summary), "summary.csv": summary_csv([result.summary])}
+    files["timeline.csv"] = result.timeline.to_csv()
+    return files

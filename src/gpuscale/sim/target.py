@@ -1,0 +1,204 @@
+"""The simulator's scale target: applies decisions to pods the way a Deployment and its ReplicaSet do.
+
+It keeps the spec replica count, creates pods (Pending until a GPU is free), and removes pods in the
+ReplicaSet's order (unscheduled first, then not-ready, then the most recently Ready), draining Ready
+ones. Warm-pool policies also set a standby target: standby pods start like any pod but stay outside
+the Service; a scale-up promotes them before creating new pods.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+
+from gpuscale.policies.base import Decision
+from gpuscale.sim.cluster import Cluster, Phase, Pod
+from gpuscale.sim.dataplane import DataPlane
+
+READY_EVENT = 0
+DRAIN_DEADLINE = 1
+
+
+class SimScaleTarget:
+    def __init__(self, cluster: Cluster, dp: DataPlane, *, grace_s: float, max_pods: int) -> None:
+        self.cluster = cluster
+        self.dp = dp
+        self.grace_s = grace_s
+        self.max_pods = max_pods
+        self.spec = 0
+        self.standby_target = 0
+        self.pods: dict[int, Pod] = {}
+        self.events: list[tuple[float, int, int, int]] = []
+        self._next_id = 0
+        self._seq = 0
+        self.scale_events = 0
+        self.cold_starts = 0
+        self.cold_start_total_s = 0.0
+        self.gpu_seconds_closed = 0.0
+        self.cost_closed = 0.0
+        self.gone: list[Pod] = []
+        self.phase_totals: dict[str, float] = {}
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, pod: Pod) -> None:
+        heapq.heappush(self.events, (t, self._seq, kind, pod.id))
+        self._seq += 1
+
+    def next_event_t(self) -> float:
+        return self.events[0][0] if self.events else math.inf
+
+    def pods_in(self, *phases: Phase, standby: bool | None = None) -> list[Pod]:
+        return [
+            p for p in self.pods.values() if p.phase in phases and (standby is None or p.standby == standby)
+        ]
+
+    def count(self, phase: Phase, standby: bool = False) -> int:
+        return sum(1 for p in self.pods.values() if p.phase == phase and p.standby == standby)
+
+    @property
+    def gpus_held(self) -> int:
+        return sum(self.cluster.gpus_per_pod for p in self.pods.values() if p.holds_gpu)
+
+    def gpu_seconds(self, t: float) -> tuple[float, float]:
+        """GPU-seconds and dollars so far, open pods counted up to ``t``."""
+        secs, cost = self.gpu_seconds_closed, self.cost_closed
+        for p in self.pods.values():
+            if p.holds_gpu and p.node is not None:
+                s = (t - p.scheduled_t) * self.cluster.gpus_per_pod
+                secs += s
+                cost += s / 3600.0 * p.node.pool.price
+        return secs, cost
+
+    def serving(self) -> Iterator[Pod]:
+        return (p for p in self.pods.values() if p.slot >= 0)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _new_pod(self, t: float, standby: bool) -> Pod:
+        if len(self.pods) >= self.max_pods:
+            raise RuntimeError(
+                f"the scenario's control.max_pods = {self.max_pods} is exceeded; raise it or lower the policy's max"
+            )
+        pod = Pod(id=self._next_id, created_t=t, standby=standby)
+        self._next_id += 1
+        self.pods[pod.id] = pod
+        return pod
+
+    def start_warm(self, n: int, t: float) -> None:
+        """``n`` Ready pods at ``t`` (the scenario's initial replicas): no cold start."""
+        for _ in range(n):
+            pod = self._new_pod(t, standby=False)
+            pod.initial = True
+            if not self.cluster.place(pod, t, warm=True):
+                raise RuntimeError("initial replicas do not fit the cluster")
+            self._serve(pod, t)
+        self.spec = n
+
+    def _serve(self, pod: Pod, t: float) -> None:
+        pod.phase = Phase.READY
+        pod.standby = False
+        pod.slot = self.dp.open_slot(t)
+
+    def _end(self, pod: Pod, t: float) -> None:
+        """The pod is gone at ``t``: GPU released, its slot handed back."""
+        if pod.holds_gpu and pod.node is not None:
+            s = (t - pod.scheduled_t) * self.cluster.gpus_per_pod
+            self.gpu_seconds_closed += s
+            self.cost_closed += s / 3600.0 * pod.node.pool.price
+        self.cluster.release(pod)
+        if pod.slot >= 0:
+            self.dp.close_slot(pod.slot)
+            pod.slot = -1
+        pod.phase = Phase.GONE
+        del self.pods[pod.id]
+        self.gone.append(pod)
+
+    def handle_event(self, kind: int, pod_id: int, t: float) -> None:
+        pod = self.pods.get(pod_id)
+        if pod is None:
+            return
+        if kind == READY_EVENT and pod.phase == Phase.STARTING:
+            self.cold_starts += 1
+            self.cold_start_total_s += pod.cold_start_s
+            for name, secs in pod.phases_s.items():
+                self.phase_totals[name] = self.phase_totals.get(name, 0.0) + secs
+            if pod.standby:
+                pod.phase = Phase.STANDBY
+            else:
+                self._serve(pod, t)
+        elif kind == DRAIN_DEADLINE and pod.phase == Phase.DRAINING:
+            self.dp.evict(pod.slot, t)
+            self._end(pod, t)
+            self.schedule_pending(t)
+
+    def reap_drained(self, t: float) -> bool:
+        """Draining pods that have emptied are gone (at the moment their last request ended)."""
+        freed = False
+        for pod in list(self.pods.values()):
+            if pod.phase == Phase.DRAINING and self.dp.outstanding(pod.slot) == 0:
+                self._end(pod, max(self.dp.last_end_t(pod.slot), pod.drain_started_t))
+                freed = True
+        if freed:
+            self.schedule_pending(t)
+        return freed
+
+    def schedule_pending(self, t: float) -> None:
+        for pod in sorted(self.pods_in(Phase.PENDING), key=lambda p: p.id):
+            if not self.cluster.place(pod, t):
+                break
+            if pod.phase == Phase.STARTING:
+                self._push(pod.ready_t, READY_EVENT, pod)
+            elif pod.phase == Phase.READY:
+                self._serve(pod, t)
+
+    def _remove(self, pod: Pod, t: float) -> None:
+        if pod.phase == Phase.READY:
+            pod.phase = Phase.DRAINING
+            pod.drain_started_t = t
+            self.dp.stop_accepting(pod.slot)
+            pod.drain_deadline = t + self.grace_s
+            self._push(pod.drain_deadline, DRAIN_DEADLINE, pod)
+        else:
+            self._end(pod, t)
+
+    @staticmethod
+    def _removal_order(pods: list[Pod]) -> list[Pod]:
+        # ReplicaSet order: unscheduled before scheduled, not-ready before ready, newest first.
+        rank = {Phase.PENDING: 0, Phase.STARTING: 1, Phase.STANDBY: 2, Phase.READY: 3}
+        return sorted(
+            pods, key=lambda p: (rank[p.phase], -(p.ready_t if p.ready_t == p.ready_t else 0.0), -p.id)
+        )
+
+    def apply(self, decision: Decision, t: float) -> None:
+        if decision.standby_replicas is not None:
+            self.standby_target = decision.standby_replicas
+        if decision.desired_replicas is not None and decision.desired_replicas != self.spec:
+            self.spec = decision.desired_replicas
+            self.scale_events += 1
+        self.reconcile(t)
+
+    def reconcile(self, t: float) -> None:
+        active = self.pods_in(Phase.PENDING, Phase.STARTING, Phase.READY, standby=False)
+        if self.spec > len(active):
+            need = self.spec - len(active)
+            ready_standby = sorted(self.pods_in(Phase.STANDBY, standby=True), key=lambda p: p.ready_t)
+            starting_standby = sorted(self.pods_in(Phase.STARTING, standby=True), key=lambda p: p.ready_t)
+            for pod in ready_standby[:need]:
+                self._serve(pod, t)  # promotion: instant, no cold start
+                need -= 1
+            for pod in starting_standby[:need]:
+                pod.standby = False
+                need -= 1
+            for _ in range(need):
+                self._new_pod(t, standby=False)
+        elif self.spec < len(active):
+            for pod in self._removal_order(active)[: len(active) - self.spec]:
+                self._remove(pod, t)
+        standby = self.pods_in(Phase.PENDING, Phase.STARTING, Phase.STANDBY, standby=True)
+        if self.standby_target > len(standby):
+            for _ in range(self.standby_target - len(standby)):
+                self._new_pod(t, standby=True)
+        elif self.standby_target < len(standby):
+            for pod in self._removal_order(standby)[: len(standby) - self.standby_target]:
+                self._end(pod, t)
+        self.schedule_pending(t)

@@ -1,0 +1,271 @@
+"""What a real autoscaler sees: scraped metrics, aggregated over windows, possibly late.
+
+Every ``scrape_interval_s`` the simulator records what the exporters would report (DCGM for the
+GPU, the pod's CPU, Knative's queue-proxy for concurrency, Triton for the queue and request
+counters, a latency histogram at the ingress). :class:`SimMetricsSource` turns that history into the
+:class:`~gpuscale.policies.base.MetricsSnapshot` a policy asked for, exactly as the live
+``PrometheusSource`` does with ``avg_over_time``/``rate`` over the same windows:
+
+* counters (GPU busy time, CPU time, the in-flight integral, requests) become rates: the difference
+  between the newest sample and the sample one window earlier (or the pod's first sample, when it
+  is younger than the window), divided by the time between them; a pod with one sample has no rate;
+* gauges (memory used, queue length) become the mean of the samples in the window;
+* latency quantiles come from the difference of two cumulative histograms.
+
+Memory is bounded: only the samples the longest declared window needs are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpuscale.config.profiles import ModelProfile
+from gpuscale.policies.base import (
+    LATENCY_METRICS,
+    Aggregation,
+    Metric,
+    MetricsSnapshot,
+    PodSample,
+    SignalSpec,
+    SignalValue,
+)
+from gpuscale.sim import kernel as K
+from gpuscale.sim.cluster import Phase, Pod
+from gpuscale.sim.dataplane import DataPlane
+
+# per-pod sample columns
+_BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE = range(9)
+_N_COLS = 9
+_QUANTILE = {Metric.LATENCY_P50_MS: 0.50, Metric.LATENCY_P95_MS: 0.95, Metric.LATENCY_P99_MS: 0.99}
+_BUCKET_VALUES_S = K.bucket_values()
+
+
+def hist_quantile(counts: np.ndarray, q: float) -> float | None:
+    """The q-quantile (seconds) of a latency histogram, within its 1 % relative error; None if empty."""
+    total = int(counts.sum())
+    if total <= 0:
+        return None
+    rank = q * total
+    idx = int(np.searchsorted(np.cumsum(counts), rank, side="left"))
+    return float(_BUCKET_VALUES_S[min(idx, len(_BUCKET_VALUES_S) - 1)])
+
+
+@dataclass
+class _Sample:
+    t: float
+    pod_ids: np.ndarray
+    """Sorted ids of the pods that reported."""
+    rows: np.ndarray
+    """(n pods, columns) readings, aligned with pod_ids."""
+    arrived: int
+    router_int: float
+    router_cum: float
+    count: int
+    hist: np.ndarray
+
+
+class SimMetricsSource:
+    """Scrapes the simulated service and fulfils policies' signal specs."""
+
+    def __init__(
+        self,
+        dp: DataPlane,
+        profile: ModelProfile,
+        *,
+        scrape_interval_s: float,
+        metrics_delay_s: float,
+        max_window_s: float,
+    ) -> None:
+        self.dp = dp
+        self.profile = profile
+        self.scrape_interval_s = scrape_interval_s
+        self.metrics_delay_s = metrics_delay_s
+        keep = math.ceil((max_window_s + metrics_delay_s) / scrape_interval_s) + 3
+        self._samples: deque[_Sample] = deque(maxlen=keep)
+        self._cum: dict[int, tuple[float, float, int]] = {}
+        self._router_cum = 0.0
+        self._count = 0
+        self._prealloc_gb = profile.preallocate_fraction * profile.device_memory_gb
+
+    # -- scraping -------------------------------------------------------------------------------
+    def memory_gb(self, slots: np.ndarray, batch_now: np.ndarray) -> np.ndarray:
+        """GPU memory in use as the runtime's allocator shows it (see ModelProfile.allocator)."""
+        p = self.profile
+        if p.allocator == "preallocate":
+            return np.full(len(slots), self._prealloc_gb)
+        batch = self.dp.pi[slots, K.HW_BATCH] if p.allocator == "caching" else batch_now
+        return p.runtime_overhead_gb + p.weights_gb + p.activation_gb_per_request * batch.astype(np.float64)
+
+    def scrape(self, t: float, pods: Iterable[Pod]) -> None:
+        serving = sorted((p for p in pods if p.slot >= 0), key=lambda p: p.id)
+        ids = np.array([p.id for p in serving], dtype=np.int64)
+        slots = np.array([p.slot for p in serving], dtype=np.int64)
+        raw = self.dp.scrape(slots, t)
+        rows = np.zeros((len(serving), _N_COLS), dtype=np.float64)
+        if len(serving):
+            mem = self.memory_gb(slots, raw[:, 6])
+            rows[:, _BUSY] = raw[:, 0]
+            rows[:, _CPU] = raw[:, 1]
+            rows[:, _INFLIGHT] = raw[:, 2]
+            rows[:, _ADMITTED] = raw[:, 3]
+            rows[:, _MEM] = mem
+            rows[:, _QUEUE] = raw[:, 5]
+            for k, pid in enumerate(ids.tolist()):
+                m, q, n = self._cum.get(pid, (0.0, 0.0, 0))
+                m += float(mem[k])
+                q += float(raw[k, 5])
+                n += 1
+                self._cum[pid] = (m, q, n)
+                rows[k, _MEM_CUM] = m
+                rows[k, _QUEUE_CUM] = q
+                rows[k, _COUNT] = n
+        self._router_cum += self.dp.router_queue_len
+        self._count += 1
+        self._samples.append(
+            _Sample(
+                t=t,
+                pod_ids=ids,
+                rows=rows,
+                arrived=self.dp.counter(K.G_ARRIVED),
+                router_int=float(self.dp.gf[K.F_RQ_INT]),
+                router_cum=self._router_cum,
+                count=self._count,
+                hist=self.dp.hist.copy(),
+            )
+        )
+
+    def forget(self, pod_id: int) -> None:
+        self._cum.pop(pod_id, None)
+
+    # -- fulfilling signals --------------------------------------------------------------------
+    def _newest(self, t: float) -> int | None:
+        cutoff = t - self.metrics_delay_s + 1e-9
+        for i in range(len(self._samples) - 1, -1, -1):
+            if self._samples[i].t <= cutoff:
+                return i
+        return None
+
+    def _window_start(self, new: int, window_s: float) -> int:
+        target = self._samples[new].t - window_s + 1e-9
+        old = 0
+        for i in range(new, -1, -1):
+            if self._samples[i].t <= target:
+                old = i
+                break
+        return old
+
+    def snapshot(
+        self, t: float, specs: Sequence[SignalSpec], pods: Sequence[Pod], **counts: int
+    ) -> MetricsSnapshot:
+        """The snapshot a policy sees at ``t``: replica counts plus every spec it declared."""
+        target = [
+            p for p in pods if not p.standby and p.phase in (Phase.PENDING, Phase.STARTING, Phase.READY)
+        ]
+        signals = {spec: self.fulfil(t, spec, target) for spec in specs}
+        return MetricsSnapshot(time_s=t, signals=signals, **counts)
+
+    def fulfil(self, t: float, spec: SignalSpec, pods: Sequence[Pod]) -> SignalValue:
+        new = self._newest(t)
+        if new is None:
+            return SignalValue.missing("no scrape yet")
+        s_new = self._samples[new]
+        age = t - s_new.t
+        old = self._window_start(new, spec.window_s)
+        s_old = self._samples[old]
+        if spec.metric in LATENCY_METRICS:
+            if old == new:
+                return SignalValue.missing("one scrape in the window", age)
+            q = hist_quantile(s_new.hist - s_old.hist, _QUANTILE[spec.metric])
+            if q is None:
+                return SignalValue.missing(f"no request completed in the last {spec.window_s:g} s", age)
+            return SignalValue(q * 1000.0, age)
+        per_pod = self._per_pod(spec.metric, new, old, pods)
+        values = [s.value for s in per_pod if s.value is not None and s.ready]
+        service = self._service_part(spec.metric, s_new, s_old)
+        if spec.aggregation == Aggregation.TOTAL:
+            if service is not None:
+                total = service if spec.metric == Metric.REQUEST_RATE else sum(values) + service
+                return SignalValue(total, age, per_pod=tuple(per_pod))
+            if not values:
+                return SignalValue(None, age, f"no Ready pod reports {spec.metric.value}", tuple(per_pod))
+            return SignalValue(float(sum(values)), age, per_pod=tuple(per_pod))
+        if not values:
+            return SignalValue(None, age, f"no Ready pod reports {spec.metric.value}", tuple(per_pod))
+        agg = max(values) if spec.aggregation == Aggregation.MAX else sum(values) / len(values)
+        return SignalValue(float(agg), age, per_pod=tuple(per_pod))
+
+    def _service_part(self, metric: Metric, s_new: _Sample, s_old: _Sample) -> float | None:
+        """Service-level additions: requests waiting in the router queue count as in flight/queued,
+        and the request rate is measured at the ingress (rejected requests included)."""
+        dt = s_new.t - s_old.t
+        if metric == Metric.REQUEST_RATE:
+            return (s_new.arrived - s_old.arrived) / dt if dt > 0 else None
+        if metric == Metric.CONCURRENCY:
+            return (s_new.router_int - s_old.router_int) / dt if dt > 0 else float(self.dp.router_queue_len)
+        if metric == Metric.QUEUE_LENGTH:
+            n = s_new.count - s_old.count
+            return (s_new.router_cum - s_old.router_cum) / n if n > 0 else float(self.dp.router_queue_len)
+        return None
+
+    def _per_pod(self, metric: Metric, new: int, old: int, pods: Sequence[Pod]) -> list[PodSample]:
+        s_new = self._samples[new]
+        out: list[PodSample] = []
+        for pod in pods:
+            ready = pod.phase == Phase.READY
+            running = pod.phase != Phase.PENDING
+            ready_for = max(0.0, s_new.t - pod.ready_t) if ready else 0.0
+            value = None
+            k_new = _find(s_new.pod_ids, pod.id)
+            if k_new >= 0:
+                value = self._pod_value(metric, pod.id, k_new, new, old)
+            out.append(PodSample(pod.name, value, ready, running, ready_for))
+        return out
+
+    def _pod_value(self, metric: Metric, pod_id: int, k_new: int, new: int, old: int) -> float | None:
+        s_new = self._samples[new]
+        row_new = s_new.rows[k_new]
+        # the oldest sample of this pod inside the window
+        k_old = -1
+        i_old = old
+        for i in range(old, new + 1):
+            k_old = _find(self._samples[i].pod_ids, pod_id)
+            if k_old >= 0:
+                i_old = i
+                break
+        s_old = self._samples[i_old]
+        row_old = s_old.rows[k_old]
+        if metric in (Metric.GPU_MEMORY_UTIL, Metric.GPU_MEMORY_USED_GB, Metric.QUEUE_LENGTH):
+            col, cum = (_QUEUE, _QUEUE_CUM) if metric == Metric.QUEUE_LENGTH else (_MEM, _MEM_CUM)
+            # mean of the samples in (old, new]; the pod's own first sample counts when it is younger
+            if i_old == old and i_old != new:
+                n = row_new[_COUNT] - row_old[_COUNT]
+                mean = (row_new[cum] - row_old[cum]) / n
+            else:
+                n = row_new[_COUNT] - row_old[_COUNT] + 1
+                mean = (row_new[cum] - row_old[cum] + row_old[col]) / n
+            if metric == Metric.GPU_MEMORY_UTIL:
+                return float(100.0 * mean / self.profile.device_memory_gb)
+            return float(mean)
+        dt = s_new.t - s_old.t
+        if dt <= 0:
+            return None
+        if metric == Metric.GPU_UTIL:
+            return float(min(100.0, 100.0 * (row_new[_BUSY] - row_old[_BUSY]) / dt))
+        if metric == Metric.CPU_UTIL:
+            busy = (row_new[_CPU] - row_old[_CPU]) / dt
+            return float(min(100.0, self.profile.cpu_idle_pct + 100.0 * busy / self.profile.cpu_cores))
+        if metric == Metric.CONCURRENCY:
+            return float((row_new[_INFLIGHT] - row_old[_INFLIGHT]) / dt)
+        if metric == Metric.REQUEST_RATE:
+            return float((row_new[_ADMITTED] - row_old[_ADMITTED]) / dt)
+        raise ValueError(f"metric {metric} is not a per-pod metric")
+
+
+def _find(sorted_ids: np.ndarray, pod_id: int) -> int:
+    k = int(np.searchsorted(sorted_ids, pod_id))
+    return k if k < len(sorted_ids) and int(sorted_ids[k]) == pod_id else -1
