@@ -1,2 +1,314 @@
+"""The ``gpuscale`` command line: the only place that prints, reads files for the user, or exits.
+
+Bad input of any kind ends in one clear message on stderr and exit code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gpuscale._core.errors import ConfigError, GpuscaleError
+from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES
+from gpuscale.experiments.catalog import DEFAULT_SCENARIO, builtin_scenario, resolve_scenario, scenario_names
+from gpuscale.policies.base import Policy, StaticPolicy
+from gpuscale.sim.results import SimResult, Summary, result_files, write_files_atomically
+
+app = typer.Typer(
+    name="gpuscale",
+    help=(
+        "Simulate, compare and run autoscaling for GPU inference services on Kubernetes.\n\n"
+        "Start with `gpuscale simulate` (the default scenario under a fixed number of replicas), "
+        "`gpuscale scenarios list` and `gpuscale policies list`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+scenarios_app = typer.Typer(help="The built-in scenario catalog.", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="Built-in model profiles (how a pod serves) and GPU types.", no_args_is_help=True
+)
+policies_app = typer.Typer(help="Autoscaling policy kinds and ready-made presets.", no_args_is_help=True)
+app.add_typer(scenarios_app, name="scenarios")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(policies_app, name="policies")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn gpuscale's own input errors into one message and exit code 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        fail(str(exc))
+    except GpuscaleError as exc:
+        fail(str(exc))
+
+
+class _LazyProgress:
+    """A progress bar that appears only once a run has taken more than ``after_s`` seconds."""
+
+    def __init__(self, label: str, after_s: float = 2.0) -> None:
+        self.label = label
+        self.after_s = after_s
+        self.start = time.monotonic()  # noqa: TID251 - the CLI is the edge where the clock lives
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __call__(self, fraction: float) -> None:
+        if self.bar is None:
+            if time.monotonic() - self.start < self.after_s:  # noqa: TID251
+                return
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=1.0)
+        self.bar.update(self.task, completed=fraction)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _load_policy(spec: str | None, replicas: int | None, default_replicas: int) -> Policy[Any]:
+    if spec is None:
+        return StaticPolicy(replicas if replicas is not None else default_replicas)
+    if replicas is not None:
+        fail("give either --policy or --replicas, not both")
+    from gpuscale.policies import registry
+
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.exists():
+        return registry.load_policy_file(path)
+    if spec in registry.preset_names():
+        return registry.load_preset(spec)
+    raise ConfigError(
+        "--policy",
+        None,
+        spec,
+        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
+    )
+
+
+def _fmt(v: float | None, digits: int = 1, unit: str = "") -> str:
+    return "-" if v is None else f"{v:,.{digits}f}{unit}"
+
+
+def summary_table(s: Summary) -> Table:
+    t = Table(title=f"{s.scenario} · {s.policy} · seed {s.seed}", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    rows: list[tuple[str, str]] = [
+        ("requests", f"{s.requests:,}"),
+        ("completed / timed out / rejected / dropped", f"{s.completed:,} / {s.timed_out:,} / {s.rejected:,} / {s.dropped:,}"),
+        (f"SLO attainment (≤ {s.slo_ms:g} ms)", f"{100 * s.slo_attainment:.2f} %"),
+        ("latency p50 / p95 / p99", f"{_fmt(s.latency_p50_ms)} / {_fmt(s.latency_p95_ms)} / {_fmt(s.latency_p99_ms)} ms"),
+        ("GPU-hours / cost", f"{s.gpu_hours:,.2f} / ${s.cost_usd:,.2f}"),
+        ("replicas mean / max", f"{s.mean_replicas:.2f} / {s.max_replicas}"),
+        ("cold starts (mean time to Ready)", f"{s.cold_starts} ({_fmt(s.mean_cold_start_s, 0, ' s')})"),
+        ("scale events", str(s.scale_events)),
+        ("mean SM / GPU memory / CPU utilization", f"{_fmt(s.mean_sm_util_pct)} / {_fmt(s.mean_gpu_memory_util_pct)} / {_fmt(s.mean_cpu_util_pct)} %"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+@app.command()
+def simulate(
+    scenario: Annotated[
+        str,
+        typer.Argument(
+            help="A built-in scenario name (see `gpuscale scenarios list`) or a scenario YAML file."
+        ),
+    ] = DEFAULT_SCENARIO,
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", "-p", help="A policy YAML file or preset name (`gpuscale policies list`)."),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=0, help="Without --policy: hold this many replicas (default: the scenario's)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Root seed (default: the scenario's).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for summary.json, summary.csv and timeline.csv.")
+    ] = None,
+) -> None:
+    """Run one policy on one scenario and print its summary; files go to --out (default out/SCENARIO-POLICY)."""
+    with user_errors():
+        ref = resolve_scenario(scenario)
+        pol = _load_policy(policy, replicas, ref.scenario.control.initial_replicas)
+        from gpuscale.sim.engine import simulate as run
+
+        progress = _LazyProgress(f"{ref.scenario.name} · {pol.name}")
+        start = time.perf_counter()
+        try:
+            result: SimResult = run(
+                ref.scenario, pol, seed=seed, base_dir=ref.base_dir, source=ref.source, progress=progress
+            )
+        finally:
+            progress.close()
+        wall = time.perf_counter() - start
+        target = out_dir if out_dir is not None else Path("out") / f"{ref.scenario.name}-{pol.name}"
+        write_files_atomically(target, result_files(result))
+    out.print(summary_table(result.summary))
+    s = result.summary
+    out.print(
+        f"{s.requests:,} requests simulated in {wall:.2f} s ({s.requests / max(wall, 1e-9) / 1e6:.2f} M/s); "
+        f"results in {target}/"
+    )
+
+
+@scenarios_app.command("list")
+def scenarios_list() -> None:
+    """The built-in scenarios."""
+    with user_errors():
+        t = Table(title="Built-in scenarios")
+        for col in ("name", "duration", "workload", "model", "SLO", "description"):
+            t.add_column(col, overflow="fold")
+        for name in scenario_names():
+            sc = builtin_scenario(name)
+            t.add_row(
+                name,
+                f"{sc.duration_s / 60:g} min",
+                sc.workload.kind,
+                sc.model.name,
+                f"{sc.slo.latency_ms:g} ms",
+                sc.description.strip(),
+            )
+    out.print(t)
+
+
+@scenarios_app.command("show")
+def scenarios_show(name: Annotated[str, typer.Argument(help="A built-in scenario name.")]) -> None:
+    """Print a built-in scenario's YAML (copy it to start your own)."""
+    from importlib import resources
+
+    with user_errors():
+        builtin_scenario(name)
+        text = (
+            resources.files("gpuscale.experiments").joinpath("scenarios", f"{name}.yaml").read_text("utf-8")
+        )
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """Built-in model profiles, with their sources."""
+    t = Table(title="Model profiles")
+    for col in ("name", "GPU", "max batch", "latency (batch → ms)", "CPU ms/req", "source"):
+        t.add_column(col, overflow="fold")
+    for p in BUILTIN_PROFILES.values():
+        pts = ", ".join(f"{b}→{ms:g}" for b, ms in p.batch_latency_ms[:4])
+        if len(p.batch_latency_ms) > 4:
+            pts += ", …"
+        gpu_name = p.gpu if p.gpus_per_pod == 1 else f"{p.gpus_per_pod}× {p.gpu}"
+        t.add_row(p.name, gpu_name, str(p.max_batch_size), pts, f"{p.cpu_ms_per_request:g}", p.source)
+    out.print(t)
+    g = Table(title="GPU types")
+    for col in ("name", "memory", "$/GPU-hour", "price source"):
+        g.add_column(col, overflow="fold")
+    for gpu in GPU_TYPES.values():
+        g.add_row(gpu.name, f"{gpu.memory_gb:g} GB", f"{gpu.usd_per_gpu_hour:.3f}", gpu.price_source)
+    out.print(g)
+
+
+@policies_app.command("list")
+def policies_list() -> None:
+    """Policy kinds and presets."""
+    from gpuscale.policies import registry
+
+    t = Table(title="Policy kinds (use with `kind:` in a policy YAML)")
+    t.add_column("kind")
+    t.add_column("what it does", overflow="fold")
+    for info in registry.policy_kinds():
+        t.add_row(info.kind, info.summary)
+    out.print(t)
+    p = Table(title="Presets (use with --policy NAME)")
+    p.add_column("preset")
+    p.add_column("kind")
+    for name in registry.preset_names():
+        p.add_row(name, registry.load_preset_config(name).kind)
+    out.print(p)
+
+
+@policies_app.command("show")
+def policies_show(kind: Annotated[str, typer.Argument(help="A policy kind or a preset name.")]) -> None:
+    """Every parameter of a policy kind, with its default and meaning (or a preset's YAML)."""
+    from gpuscale.policies import registry
+
+    with user_errors():
+        if kind in registry.preset_names():
+            out.print(registry.preset_text(kind), highlight=False, markup=False)
+            return
+        params = registry.describe_kind(kind)
+    t = Table(title=f"kind: {kind}")
+    for col in ("parameter", "type", "default", "meaning"):
+        t.add_column(col, overflow="fold")
+    for prm in params:
+        t.add_row(prm.name, prm.type, prm.default, prm.description)
+    out.print(t)
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="A smaller run (1 min of traffic, no 24-h memory run).")
+    ] = False,
+) -> None:
+    """Measure the simulator's speed (requests/s vs the SimPy reference) and memory; prints figures."""
+    from gpuscale.experiments.bench import run_bench
+
+    if quick:
+        figs = run_bench(duration_s=60.0, reference_s=5.0, long_s=None, cold_compile=False)
+    else:
+        with err.status("benchmarking (about two minutes)…"):
+            figs = run_bench()
+    t = Table(title="gpuscale bench (one core)", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("engine: requests simulated", f"{figs.requests:,} in {figs.wall_s:.2f} s")
+    t.add_row("engine: requests per second", f"{figs.requests_per_s / 1e6:.2f} M/s")
+    t.add_row("SimPy reference: requests per second", f"{figs.reference_requests_per_s / 1e6:.3f} M/s")
+    t.add_row("ratio engine / reference", f"{figs.ratio:.0f}×")
+    t.add_row("first call in this process (cached compile)", f"{figs.first_call_s:.2f} s")
+    if figs.cold_compile_s is not None:
+        t.add_row("cold compile (empty cache, fresh process)", f"{figs.cold_compile_s:.1f} s")
+    if figs.peak_rss_mb_24h is not None:
+        t.add_row("24-h run: requests / wall time", f"{figs.requests_24h:,} / {figs.wall_s_24h:.1f} s")
+        t.add_row("24-h run: peak memory (RSS)", f"{figs.peak_rss_mb_24h:.0f} MB")
+    out.print(t)
+
+
 def main() -> None:
-    pass
+    """Entry point of the ``gpuscale`` command."""
+    app(prog_name="gpuscale")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,7 @@ M = TypeVar("M")
 
 
 class StrictModel(BaseModel):
-    """Base for every config model: frozen, unknown keys rejected, numbers not coerced from text."""
+    """Base for every config model: frozen, unknown keys rejected, defaults validated too."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 

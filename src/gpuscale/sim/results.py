@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,7 @@ def summary_csv(summaries: Sequence[Summary]) -> str:
     return buf.getvalue()
 
 
-def write_files_atomically(out_dir: Path, files: dict[str, str | bytes]) -> None:
+def write_files_atomically(out_dir: Path, files: Mapping[str, str | bytes]) -> None:
     """Write ``files`` into ``out_dir`` so that a reader sees all of them or none of the new ones.
 
     Everything goes to a temporary folder beside ``out_dir`` first; only when every file is written

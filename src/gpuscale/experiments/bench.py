@@ -1,0 +1,141 @@
+"""The simulator's speed and memory benchmark (printed by ``gpuscale bench``; never asserted).
+
+* Throughput: simulated requests per wall-clock second on one core, for one hour at 2,000 requests/s
+  on 32 GPU pods with dynamic batching, least-outstanding routing and a 15-s control loop.
+* The SimPy reference model on a slice of the same scenario, and the ratio between the two.
+* Compilation: the kernel's cold compile (in a fresh process with an empty cache) and the cached load.
+* Peak memory of a 24-hour run at 2,000 requests/s (in a fresh process, ``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpuscale.config.scenario import Scenario, scenario_from_dict
+from gpuscale.policies.base import StaticPolicy
+from gpuscale.sim.engine import serving_params, simulate
+from gpuscale.sim.reference import simulate_reference
+
+
+def bench_scenario(duration_s: float = 3600.0, rate_rps: float = 2000.0, pods: int = 32) -> Scenario:
+    return scenario_from_dict(
+        {
+            "name": "bench",
+            "description": "speed benchmark",
+            "duration_s": duration_s,
+            "seed": 7,
+            "slo": {"latency_ms": 50},
+            "workload": {"kind": "poisson", "rate_rps": rate_rps},
+            "model": {"profile": "resnet50-a100-triton"},
+            "serving": {"routing": "least-outstanding", "timeout_s": 10},
+            "cluster": {"pools": [{"gpu": "a100-80gb", "gpus_per_node": 8, "nodes": (pods + 7) // 8}]},
+            "control": {"interval_s": 15, "initial_replicas": pods, "max_pods": pods + 8},
+            "telemetry": {"scrape_interval_s": 5},
+        },
+        "bench",
+    )
+
+
+@dataclass(frozen=True)
+class BenchFigures:
+    requests: int
+    wall_s: float
+    requests_per_s: float
+    reference_requests: int
+    reference_wall_s: float
+    reference_requests_per_s: float
+    ratio: float
+    first_call_s: float
+    cold_compile_s: float | None
+    peak_rss_mb_24h: float | None
+    requests_24h: int | None
+    wall_s_24h: float | None
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def engine_run(duration_s: float, rate_rps: float, pods: int) -> tuple[int, float]:
+    sc = bench_scenario(duration_s, rate_rps, pods)
+    result, wall = _timed(lambda: simulate(sc, StaticPolicy(pods)))
+    return result.summary.requests, wall
+
+
+def reference_run(duration_s: float, rate_rps: float, pods: int) -> tuple[int, float]:
+    """The SimPy reference on the same serving setup and arrival rate."""
+    sc = bench_scenario(duration_s, rate_rps, pods)
+    params = serving_params(sc)
+    rng = np.random.default_rng(7)
+    n = int(duration_s * rate_rps)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate_rps, n))
+    result, wall = _timed(
+        lambda: simulate_reference(params, pods, arrivals, float(arrivals[-1]) + 1.0, seed=7)
+    )
+    return int(result.seq.size + result.in_flight), wall
+
+
+def _subprocess_figures(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+_COLD = """
+import json, time
+t = time.perf_counter()
+from gpuscale.experiments.bench import engine_run
+engine_run(1.0, 100.0, 2)
+print(json.dumps({"s": time.perf_counter() - t}))
+"""
+
+_LONG = """
+import json, resource, time
+from gpuscale.experiments.bench import engine_run
+engine_run(1.0, 100.0, 2)
+t = time.perf_counter()
+n, wall = engine_run({duration}, {rate}, {pods})
+print(json.dumps({{"requests": n, "wall_s": wall, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_bench(
+    *,
+    duration_s: float = 3600.0,
+    rate_rps: float = 2000.0,
+    pods: int = 32,
+    reference_s: float = 60.0,
+    long_s: float | None = 86400.0,
+    cold_compile: bool = True,
+) -> BenchFigures:
+    """Measure everything the benchmark reports (in this process and two fresh ones)."""
+    _, first = _timed(lambda: engine_run(1.0, 100.0, 2))
+    n, wall = engine_run(duration_s, rate_rps, pods)
+    rn, rwall = reference_run(reference_s, rate_rps, pods)
+    cold = None
+    if cold_compile:
+        with tempfile.TemporaryDirectory() as cache:
+            cold = float(_subprocess_figures(_COLD, {"NUMBA_CACHE_DIR": cache})["s"])
+    rss = n24 = w24 = None
+    if long_s:
+        figs = _subprocess_figures(_LONG.format(duration=long_s, rate=rate_rps, pods=pods))
+        rss, n24, w24 = float(figs["rss_mb"]), int(figs["requests"]), float(figs["wall_s"])
+    rps = n / wall
+    rrps = rn / rwall
+    return BenchFigures(n, wall, rps, rn, rwall, rrps, rps / rrps, first, cold, rss, n24, w24)

@@ -1,0 +1,1 @@
+"""The simulator: workload, serving data plane, cluster and pod lifecycle, telemetry, results."""
