@@ -1,0 +1,523 @@
+"""The ``workload:`` section of a scenario: how requests (or users) arrive.
+
+Five kinds, chosen by ``kind``:
+
+========================  ==================================================================================
+``poisson``               open loop, exponential inter-arrival times; a constant rate or a time-varying shape
+``gamma``                 open loop, gamma renewal process: a mean rate plus the ``cv`` of inter-arrival times
+``mmpp``                  open loop, Markov-modulated Poisson: the rate switches between states at random
+``closed-loop``           Locust-like users: each sends, waits for the outcome, thinks, sends again
+``trace``                 replay of a CSV trace (Azure LLM 2023 format or a plain ``time_s`` column)
+========================  ==================================================================================
+
+A rate is either a number (``rate_rps: 50``) or a shape (``rate: {kind: sinusoid, ...}``), exactly one
+of the two. A user count is either an integer (``users: 50``) or a shape in users
+(``users: {kind: ramp, from_users: 1, to_users: 100, end_s: 1200, steps: 20}``). Value fields end in
+``_rps`` for rates and ``_users`` for user counts (written ``_*`` below). A shape is chosen by its own
+``kind`` key, like the workload itself, so every error names the exact key path. Shapes:
+
+* ``constant`` — one level forever.
+* ``step`` — ``levels: [[time_s, value], ...]``; each level holds until the next; the first is at 0 s.
+* ``ramp`` — linear from ``from_*`` to ``to_*`` between ``start_s`` and ``end_s``; ``steps: N`` makes it a
+  staircase of N equal-length levels, the first ``from_*`` and the last ``to_*``.
+* ``sinusoid`` — ``mean + amplitude·sin(2π(t − phase_s)/period_s)``; ``steps_per_period: N`` samples it at
+  the start of each of N equal steps per period and holds the sample.
+* ``diurnal`` — a 24-hour cosine between ``trough_*`` and ``peak_*`` peaking at ``peak_hour``;
+  ``period_s`` compresses the day, ``start_hour`` is the clock hour at t = 0.
+* ``spike`` — a flash crowd: ``base_*`` until ``start_s``, a linear rise over ``rise_s`` to ``peak_*``,
+  ``hold_s`` at the peak, a linear fall over ``fall_s`` back to ``base_*`` (a rise or fall of 0 is a jump).
+* ``piecewise-linear`` — ``points: [[time_s, value], ...]`` joined by straight lines, flat before the first
+  and after the last (two points at one time make a jump); or ``path:`` a CSV file with the header
+  ``time_s,rps`` (``time_s,users`` for users), relative to the scenario file's directory.
+* ``random-levels`` — a new level every ``interval_s``, uniform in [``min_*``, ``max_*``] (for users a
+  uniform integer), drawn from the workload's own seeded stream.
+
+User counts from a shape are rounded to the nearest integer (halves up).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from gpuscale.config.loading import StrictModel
+
+
+class _Model(StrictModel):
+    # inf and nan are never a meaningful rate, time or count here.
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+NonNegative = Annotated[float, Field(ge=0)]
+Point = tuple[NonNegative, NonNegative]
+
+
+def _check_levels(levels: list[Point]) -> list[Point]:
+    if levels[0][0] != 0:
+        raise PydanticCustomError("levels_start", "the first level must start at time 0 s")
+    times = [t for t, _ in levels]
+    if any(b <= a for a, b in pairwise(times)):
+        raise PydanticCustomError("levels_order", "level times must be strictly increasing")
+    return levels
+
+
+def _check_points(points: list[Point] | None) -> list[Point] | None:
+    if points is None:
+        return None
+    times = [t for t, _ in points]
+    if any(b < a for a, b in pairwise(times)):
+        raise PydanticCustomError("points_order", "point times must not decrease (equal times make a jump)")
+    if any(a == b == c for a, b, c in zip(times, times[1:], times[2:], strict=False)):
+        raise PydanticCustomError("points_jump", "at most two points may share a time (a jump)")
+    return points
+
+
+def _check_not_below(value: float, info: ValidationInfo, other: str) -> float:
+    low = info.data.get(other)
+    if low is not None and value < low:
+        raise PydanticCustomError("below_other", "must be ≥ {other} ({low})", {"other": other, "low": low})
+    return value
+
+
+class _PointsSource(_Model):
+    points: Annotated[list[Point] | None, AfterValidator(_check_points)] = Field(
+        default=None, min_length=1,
+        description="[[time_s, value], ...] in non-decreasing time; give this or path, not both")
+    path: str | None = Field(
+        default=None, min_length=1,
+        description="CSV file with a header row and two columns (time_s and the value); relative to the "
+        "scenario file's directory")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.points is None) == (self.path is None):
+            raise PydanticCustomError("points_source", "give exactly one of points or path")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rate shapes (requests per second)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RateConstant(_Model):
+    """One rate forever."""
+
+    kind: Literal["constant"] = Field(description="shape selector (nested kind)")
+    rate_rps: float = Field(ge=0, description="requests per second")
+
+
+class RateStep(_Model):
+    """Levels that each hold until the next level's time."""
+
+    kind: Literal["step"] = Field(description="shape selector (nested kind)")
+    levels: Annotated[list[Point], AfterValidator(_check_levels)] = Field(
+        min_length=1, description="[[time_s, rps], ...]; the first at 0 s, times strictly increasing")
+
+
+class RateRamp(_Model):
+    """Linear (or, with ``steps``, staircase) change from one rate to another."""
+
+    kind: Literal["ramp"] = Field(description="shape selector (nested kind)")
+    from_rps: float = Field(ge=0, description="rate before and at start_s")
+    to_rps: float = Field(ge=0, description="rate at and after end_s")
+    start_s: float = Field(default=0.0, ge=0, description="when the ramp begins")
+    end_s: float = Field(gt=0, description="when the ramp reaches to_rps; must be > start_s")
+    steps: int | None = Field(
+        default=None, ge=2,
+        description="staircase of this many equal-length levels (first from_rps, last to_rps); "
+        "omit for a continuous line")
+
+    @field_validator("end_s")
+    @classmethod
+    def _after_start(cls, v: float, info: ValidationInfo) -> float:
+        start = info.data.get("start_s")
+        if start is not None and v <= start:
+            raise PydanticCustomError("ramp_order", "must be > start_s ({start})", {"start": start})
+        return v
+
+
+class RateSinusoid(_Model):
+    """``mean + amplitude·sin(2π(t − phase_s)/period_s)``, optionally held in steps."""
+
+    kind: Literal["sinusoid"] = Field(description="shape selector (nested kind)")
+    mean_rps: float = Field(ge=0, description="mean rate")
+    amplitude_rps: float = Field(ge=0, description="peak deviation from the mean; at most mean_rps")
+    period_s: float = Field(gt=0, description="length of one cycle")
+    phase_s: float = Field(default=0.0, description="time at which the rate crosses the mean going up")
+    steps_per_period: int | None = Field(
+        default=None, ge=2,
+        description="hold the value sampled at the start of each of this many equal steps per period; "
+        "omit for a continuous curve")
+
+    @field_validator("amplitude_rps")
+    @classmethod
+    def _non_negative(cls, v: float, info: ValidationInfo) -> float:
+        mean = info.data.get("mean_rps")
+        if mean is not None and v > mean:
+            raise PydanticCustomError("amplitude", "must be ≤ mean_rps ({mean}) so the rate never goes "
+                                      "below 0", {"mean": mean})
+        return v
+
+
+class RateDiurnal(_Model):
+    """A daily cosine between a trough and a peak."""
+
+    kind: Literal["diurnal"] = Field(description="shape selector (nested kind)")
+    trough_rps: float = Field(ge=0, description="lowest rate of the day")
+    peak_rps: float = Field(ge=0, description="highest rate of the day; at least trough_rps")
+    peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
+    start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
+    period_s: float = Field(
+        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day")
+
+    @field_validator("peak_rps")
+    @classmethod
+    def _above_trough(cls, v: float, info: ValidationInfo) -> float:
+        return _check_not_below(v, info, "trough_rps")
+
+
+class RateSpike(_Model):
+    """A flash crowd: base, linear rise, hold at peak, linear fall, base again."""
+
+    kind: Literal["spike"] = Field(description="shape selector (nested kind)")
+    base_rps: float = Field(ge=0, description="rate outside the spike")
+    peak_rps: float = Field(ge=0, description="rate while the spike holds")
+    start_s: float = Field(ge=0, description="when the rise begins")
+    rise_s: float = Field(default=0.0, ge=0, description="duration of the linear rise (0 = a jump)")
+    hold_s: float = Field(ge=0, description="how long the peak holds")
+    fall_s: float = Field(default=0.0, ge=0, description="duration of the linear fall (0 = a jump)")
+
+
+class RatePiecewiseLinear(_PointsSource):
+    """Straight lines between points, given inline or as a ``time_s,rps`` CSV file."""
+
+    kind: Literal["piecewise-linear"] = Field(description="shape selector (nested kind)")
+
+
+class RateRandomLevels(_Model):
+    """A fresh uniform level every ``interval_s`` seconds, from the workload's seeded stream."""
+
+    kind: Literal["random-levels"] = Field(description="shape selector (nested kind)")
+    min_rps: float = Field(ge=0, description="lowest level")
+    max_rps: float = Field(ge=0, description="highest level; at least min_rps")
+    interval_s: float = Field(gt=0, description="how long each level holds")
+
+    @field_validator("max_rps")
+    @classmethod
+    def _above_min(cls, v: float, info: ValidationInfo) -> float:
+        return _check_not_below(v, info, "min_rps")
+
+
+RateShape = Annotated[
+    RateConstant | RateStep | RateRamp | RateSinusoid | RateDiurnal | RateSpike | RatePiecewiseLinear
+    | RateRandomLevels,
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User-count shapes (closed loop)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class UsersConstant(_Model):
+    """One user count forever."""
+
+    kind: Literal["constant"] = Field(description="shape selector (nested kind)")
+    users: int = Field(ge=0, description="number of users")
+
+
+class UsersStep(_Model):
+    """User levels that each hold until the next level's time."""
+
+    kind: Literal["step"] = Field(description="shape selector (nested kind)")
+    levels: Annotated[list[Point], AfterValidator(_check_levels)] = Field(
+        min_length=1, description="[[time_s, users], ...]; the first at 0 s, times strictly increasing")
+
+
+class UsersRamp(_Model):
+    """Linear (or, with ``steps``, staircase) change of the user count; KIS-S ramp: 1→100 in 20 steps."""
+
+    kind: Literal["ramp"] = Field(description="shape selector (nested kind)")
+    from_users: float = Field(ge=0, description="users before and at start_s")
+    to_users: float = Field(ge=0, description="users at and after end_s")
+    start_s: float = Field(default=0.0, ge=0, description="when the ramp begins")
+    end_s: float = Field(gt=0, description="when the ramp reaches to_users; must be > start_s")
+    steps: int | None = Field(
+        default=None, ge=2,
+        description="staircase of this many equal-length levels (first from_users, last to_users); "
+        "omit for a continuous line (the count then changes at every half-user crossing)")
+
+    @field_validator("end_s")
+    @classmethod
+    def _after_start(cls, v: float, info: ValidationInfo) -> float:
+        start = info.data.get("start_s")
+        if start is not None and v <= start:
+            raise PydanticCustomError("ramp_order", "must be > start_s ({start})", {"start": start})
+        return v
+
+
+class UsersSinusoid(_Model):
+    """``mean + amplitude·sin(2π(t − phase_s)/period_s)`` users, optionally held in steps."""
+
+    kind: Literal["sinusoid"] = Field(description="shape selector (nested kind)")
+    mean_users: float = Field(ge=0, description="mean user count")
+    amplitude_users: float = Field(ge=0, description="peak deviation from the mean; at most mean_users")
+    period_s: float = Field(gt=0, description="length of one cycle")
+    phase_s: float = Field(default=0.0, description="time at which the count crosses the mean going up")
+    steps_per_period: int | None = Field(
+        default=None, ge=2,
+        description="hold the value sampled at the start of each of this many equal steps per period; "
+        "omit for a continuous curve")
+
+    @field_validator("amplitude_users")
+    @classmethod
+    def _non_negative(cls, v: float, info: ValidationInfo) -> float:
+        mean = info.data.get("mean_users")
+        if mean is not None and v > mean:
+            raise PydanticCustomError("amplitude", "must be ≤ mean_users ({mean}) so the count never goes "
+                                      "below 0", {"mean": mean})
+        return v
+
+
+class UsersDiurnal(_Model):
+    """A daily cosine of the user count between a trough and a peak."""
+
+    kind: Literal["diurnal"] = Field(description="shape selector (nested kind)")
+    trough_users: float = Field(ge=0, description="fewest users of the day")
+    peak_users: float = Field(ge=0, description="most users of the day; at least trough_users")
+    peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
+    start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
+    period_s: float = Field(
+        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day")
+
+    @field_validator("peak_users")
+    @classmethod
+    def _above_trough(cls, v: float, info: ValidationInfo) -> float:
+        return _check_not_below(v, info, "trough_users")
+
+
+class UsersSpike(_Model):
+    """A flash crowd of users; KIS-S spike: 10 → 100 → 10 with start_s 270, hold_s 360 over 15 min."""
+
+    kind: Literal["spike"] = Field(description="shape selector (nested kind)")
+    base_users: float = Field(ge=0, description="users outside the spike")
+    peak_users: float = Field(ge=0, description="users while the spike holds")
+    start_s: float = Field(ge=0, description="when the rise begins")
+    rise_s: float = Field(default=0.0, ge=0, description="duration of the linear rise (0 = a jump)")
+    hold_s: float = Field(ge=0, description="how long the peak holds")
+    fall_s: float = Field(default=0.0, ge=0, description="duration of the linear fall (0 = a jump)")
+
+
+class UsersPiecewiseLinear(_PointsSource):
+    """Straight lines between user counts, given inline or as a ``time_s,users`` CSV file."""
+
+    kind: Literal["piecewise-linear"] = Field(description="shape selector (nested kind)")
+
+
+class UsersRandomLevels(_Model):
+    """A fresh uniform integer user count every ``interval_s`` seconds, from the workload's seeded stream."""
+
+    kind: Literal["random-levels"] = Field(description="shape selector (nested kind)")
+    min_users: int = Field(ge=0, description="fewest users (inclusive)")
+    max_users: int = Field(ge=0, description="most users (inclusive); at least min_users")
+    interval_s: float = Field(gt=0, description="how long each level holds")
+
+    @field_validator("max_users")
+    @classmethod
+    def _above_min(cls, v: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_users")
+        if low is not None and v < low:
+            raise PydanticCustomError("below_other", "must be ≥ min_users ({low})", {"low": low})
+        return v
+
+
+UsersShape = Annotated[
+    UsersConstant | UsersStep | UsersRamp | UsersSinusoid | UsersDiurnal | UsersSpike | UsersPiecewiseLinear
+    | UsersRandomLevels,
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Workload kinds
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _RateChoice(_Model):
+    rate_rps: float | None = Field(
+        default=None, ge=0, description="constant mean rate in requests per second; or give rate")
+    rate: RateShape | None = Field(
+        default=None, description="time-varying mean rate (a shape mapping); or give rate_rps")
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> Self:
+        if (self.rate_rps is None) == (self.rate is None):
+            raise PydanticCustomError("rate_choice", "give exactly one of rate_rps (a number) or rate "
+                                      "(a shape mapping)")
+        return self
+
+
+class PoissonWorkload(_RateChoice):
+    """Open-loop Poisson arrivals; with a shape, an exact non-homogeneous Poisson process."""
+
+    kind: Literal["poisson"] = Field(description="workload kind selector")
+
+
+class GammaWorkload(_RateChoice):
+    """Open-loop gamma renewal arrivals: bursty (cv > 1) or regular (cv < 1); cv = 1 is Poisson.
+
+    With a rate shape the renewal process runs in operational time (the integral of the rate), so the
+    mean rate follows the shape and the cv holds wherever the rate is locally constant.
+    """
+
+    kind: Literal["gamma"] = Field(description="workload kind selector")
+    cv: float = Field(gt=0, description="coefficient of variation of inter-arrival times (1 = Poisson)")
+
+
+class MmppWorkload(_Model):
+    """Markov-modulated Poisson arrivals: Poisson at the current state's rate; states switch at random.
+
+    Give either ``mean_sojourn_s`` (on leaving a state the next is uniform among the others; with two
+    states it simply alternates) or a full generator matrix ``transition_rates_per_s``.
+    """
+
+    kind: Literal["mmpp"] = Field(description="workload kind selector")
+    rates_rps: list[NonNegative] = Field(min_length=2, description="arrival rate in each state")
+    mean_sojourn_s: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, description="mean time spent in each state per visit (exponential); or give "
+        "transition_rates_per_s")
+    transition_rates_per_s: list[list[float]] | None = Field(
+        default=None, description="generator matrix Q: Q[i][j] ≥ 0 is the rate of jumping from i to j; "
+        "each row sums to 0 (the diagonal is minus the exit rate); the chain must be irreducible")
+
+    @field_validator("mean_sojourn_s")
+    @classmethod
+    def _sojourn_length(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        rates = info.data.get("rates_rps")
+        if v is not None and rates is not None and len(v) != len(rates):
+            raise PydanticCustomError("length", "needs one entry per state ({n})", {"n": len(rates)})
+        return v
+
+    @field_validator("transition_rates_per_s")
+    @classmethod
+    def _generator(cls, q: list[list[float]] | None, info: ValidationInfo) -> list[list[float]] | None:
+        rates = info.data.get("rates_rps")
+        if q is None or rates is None:
+            return q
+        n = len(rates)
+        if len(q) != n or any(len(row) != n for row in q):
+            raise PydanticCustomError("shape", "must be a {n}×{n} matrix (one row and column per state)",
+                                      {"n": n})
+        for i, row in enumerate(q):
+            if any(x < 0 for j, x in enumerate(row) if j != i):
+                raise PydanticCustomError("offdiag", "off-diagonal entries must be ≥ 0 (row {i})", {"i": i})
+            exit_rate = sum(x for j, x in enumerate(row) if j != i)
+            if exit_rate <= 0:
+                raise PydanticCustomError("absorbing", "state {i} has no way out (row {i} is all zero)",
+                                          {"i": i})
+            if abs(row[i] + exit_rate) > 1e-9 * max(1.0, exit_rate):
+                raise PydanticCustomError("rowsum", "row {i} must sum to 0 (diagonal = -{e})",
+                                          {"i": i, "e": exit_rate})
+        reach = {0}
+        frontier = [0]
+        while frontier:
+            i = frontier.pop()
+            for j, x in enumerate(q[i]):
+                if j != i and x > 0 and j not in reach:
+                    reach.add(j)
+                    frontier.append(j)
+        back = {0}
+        frontier = [0]
+        while frontier:
+            j = frontier.pop()
+            for i in range(n):
+                if i != j and q[i][j] > 0 and i not in back:
+                    back.add(i)
+                    frontier.append(i)
+        if len(reach) < n or len(back) < n:
+            raise PydanticCustomError("reducible", "every state must be reachable from every other "
+                                      "(irreducible chain)")
+        return q
+
+    @model_validator(mode="after")
+    def _one_dynamics(self) -> Self:
+        if (self.mean_sojourn_s is None) == (self.transition_rates_per_s is None):
+            raise PydanticCustomError("mmpp_choice", "give exactly one of mean_sojourn_s or "
+                                      "transition_rates_per_s")
+        return self
+
+
+class ClosedLoopWorkload(_Model):
+    """Locust-like closed-loop users: send, wait for the outcome, think, repeat.
+
+    ``think_time_s: [1, 2]`` is Locust's ``wait_time = between(1, 2)``.
+    """
+
+    kind: Literal["closed-loop"] = Field(description="workload kind selector")
+    users: UsersShape = Field(
+        description="number of users: a whole number (stored as a constant shape), or a shape in users "
+        "(rounded to whole users)")
+    think_time_s: tuple[NonNegative, NonNegative] = Field(
+        description="[min, max]: each think time is uniform in this range (min ≤ max; equal = constant)")
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _number_to_constant(cls, v: object) -> object:
+        # A plain number is the constant shape; checking it here (not through a union with int) gives one
+        # clear error instead of one per union member.
+        if isinstance(v, Mapping):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 \
+                and v == int(v):
+            return {"kind": "constant", "users": int(v)}
+        raise PydanticCustomError("users", "must be a whole number ≥ 0 or a shape mapping")
+
+    @field_validator("think_time_s")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise PydanticCustomError("think_order", "min must be ≤ max")
+        return v
+
+
+class TraceWorkload(_Model):
+    """Replay of a request trace from a CSV file.
+
+    Two formats, told apart by the header: the Azure LLM inference trace 2023
+    (``TIMESTAMP,ContextTokens,GeneratedTokens``, times relative to the first request) and a plain
+    ``time_s`` column (seconds as written, optional ``context_tokens``/``generated_tokens``).
+    """
+
+    kind: Literal["trace"] = Field(description="workload kind selector")
+    path: str = Field(
+        min_length=1,
+        description="CSV file, relative to the scenario file's directory, or "
+        "'builtin:azure-llm-2023-conv' for the packaged Azure LLM 2023 conversation trace (CC-BY 4.0)")
+    time_scale: float = Field(
+        default=1.0, gt=0, description="compression factor: 2 replays the trace twice as fast")
+    rate_multiplier: float = Field(
+        default=1.0, gt=0,
+        description="mean copies per request: 0.5 keeps each with probability 0.5; 2.5 sends each 2 or 3 "
+        "times (the extra copies spread within the gap to the next request)")
+    start_offset_s: float = Field(
+        default=0.0, ge=0, description="trace time (before time_scale) at which the replay starts")
+    loop: bool = Field(
+        default=False,
+        description="repeat the trace back to back (period: its span plus one mean gap) to fill the run")
+
+
+WorkloadConfig = Annotated[
+    PoissonWorkload | GammaWorkload | MmppWorkload | ClosedLoopWorkload | TraceWorkload,
+    Field(discriminator="kind"),
+]
+"""The ``workload:`` section: one of the five kinds, discriminated on ``kind``."""
+
+BUILTIN_TRACES: dict[str, str] = {"azure-llm-2023-conv": "azure_llm_2023_conv.csv"}
+"""``builtin:<name>`` trace names and their files in ``gpuscale/data``."""
