@@ -109,6 +109,7 @@ class DataPlane:
         self.rng = kernel_state(seed, "dataplane")
         self.scratch = np.zeros(max_slots, dtype=np.int64)
         self.recv = np.zeros(max_slots, dtype=np.int64)
+        self.pod_heap = np.zeros(2 * max_slots + 1, dtype=np.int64)
         self._rec_cap = 1024 if record else 1
         self.rec_seq = np.zeros(self._rec_cap, dtype=np.int64)
         self.rec_out = np.zeros(self._rec_cap, dtype=np.int8)
@@ -209,7 +210,7 @@ class DataPlane:
             self.pi, self.pf, self.cf, self.ci, self.lat_table, self.preferred,
             self.ring_arr, self.ring_stage, self.ring_seq, self.ring_user,
             self.rq_arr, self.rq_seq, self.rq_user, self.gi, self.gf, self.hist, self.wait_hist,
-            self.heap, self.user_t, self.free_users, self.rng, self.scratch, self.recv,
+            self.heap, self.user_t, self.free_users, self.rng, self.scratch, self.recv, self.pod_heap,
             self.rec_seq, self.rec_out, self.rec_lat, self.rec_pod,
         )  # fmt: skip
         if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:

@@ -41,6 +41,7 @@ def _compiled(inline: bool = False) -> Callable[[_F], _F]:
         options["inline"] = "always"
     return cast(Callable[[_F], _F], nb.njit(**options))
 
+
 # ---- per-pod integer columns (PI) ---------------------------------------------------------------
 HEAD = 0
 GPU_NEXT = 1
@@ -87,7 +88,8 @@ G_HEAP_N = 11
 G_RETIRE = 12
 G_FREE_N = 13
 G_RECORD = 14
-N_GI = 15
+G_EVENTS = 15
+N_GI = 16
 
 # ---- global float accumulators (GF) -------------------------------------------------------------
 F_LAT_SUM = 0
@@ -97,7 +99,9 @@ F_WAIT_SUM = 3
 F_N_WAIT = 4
 F_LAT_MAX = 5
 F_SYS_SUM = 6
-N_GF = 7
+F_SPARE_NORMAL = 7
+F_HAS_SPARE = 8
+N_GF = 9
 
 # ---- configuration (CF floats, CI ints) ---------------------------------------------------------
 C_CPU_S = 0
@@ -183,16 +187,23 @@ def _uniform(s: np.ndarray) -> float:
 
 
 @_compiled()
-def _std_normal(s: np.ndarray) -> float:
+def _std_normal(s: np.ndarray, gf: np.ndarray) -> float:
+    """Box-Muller; each pair of uniforms gives two normals, the second kept for the next call."""
+    if gf[F_HAS_SPARE] != 0.0:
+        gf[F_HAS_SPARE] = 0.0
+        return float(gf[F_SPARE_NORMAL])
     u1 = _uniform(s)
     while u1 <= 0.0:
         u1 = _uniform(s)
     u2 = _uniform(s)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    r = math.sqrt(-2.0 * math.log(u1))
+    gf[F_SPARE_NORMAL] = r * math.sin(2.0 * math.pi * u2)
+    gf[F_HAS_SPARE] = 1.0
+    return r * math.cos(2.0 * math.pi * u2)
 
 
 @_compiled(inline=True)
-def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray) -> float:
+def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray, gf: np.ndarray) -> float:
     kind = ci[K_JITTER]
     if kind == JIT_NONE:
         return 1.0
@@ -201,7 +212,7 @@ def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray) -> float:
         return -math.log(1.0 - u)
     cv = cf[C_JITTER_CV]
     sigma2 = math.log(1.0 + cv * cv)
-    return math.exp(math.sqrt(sigma2) * _std_normal(rng) - 0.5 * sigma2)
+    return math.exp(math.sqrt(sigma2) * _std_normal(rng, gf) - 0.5 * sigma2)
 
 
 # ---- closed-loop users: a binary min-heap of (wake time, user id) -------------------------------
@@ -335,8 +346,66 @@ def _touch(p: int, t: float, pi: np.ndarray, pf: np.ndarray) -> None:
 
 
 @_compiled(inline=True)
+def _ph_less(pf: np.ndarray, a: int, b: int) -> bool:
+    ka = pf[a, NEXT_T]
+    kb = pf[b, NEXT_T]
+    return bool(ka < kb or (ka == kb and a < b))
+
+
+@_compiled(inline=True)
+def _ph_fix(ph: np.ndarray, pf: np.ndarray, p: int) -> None:
+    """Restore the pod-event heap after pod ``p``'s next event time changed.
+
+    ``ph`` is an indexed binary min-heap of pod slots keyed by (NEXT_T, slot): ``ph[0]`` is its size,
+    ``ph[1..n]`` the heap, ``ph[1 + P + slot]`` each slot's position (0 = absent). With 32 pods it
+    replaces a 32-way scan on every event by a few swaps.
+    """
+    npos = (ph.shape[0] - 1) // 2
+    i = ph[1 + npos + p]
+    while i > 1:
+        parent = i >> 1
+        q = ph[parent]
+        if _ph_less(pf, p, q):
+            ph[i] = q
+            ph[1 + npos + q] = i
+            i = parent
+        else:
+            break
+    n = ph[0]
+    while True:
+        left = 2 * i
+        if left > n:
+            break
+        c = left
+        if left + 1 <= n and _ph_less(pf, ph[left + 1], ph[left]):
+            c = left + 1
+        if _ph_less(pf, ph[c], p):
+            q = ph[c]
+            ph[i] = q
+            ph[1 + npos + q] = i
+            i = c
+        else:
+            break
+    ph[i] = p
+    ph[1 + npos + p] = i
+
+
+@_compiled()
+def _ph_build(ph: np.ndarray, pf: np.ndarray, act: np.ndarray, n_act: int) -> None:
+    npos = (ph.shape[0] - 1) // 2
+    ph[0] = 0
+    ph[1 + npos :] = 0
+    for k in range(n_act):
+        p = act[k]
+        ph[0] += 1
+        ph[ph[0]] = p
+        ph[1 + npos + p] = ph[0]
+        _ph_fix(ph, pf, p)
+
+
+@_compiled(inline=True)
 def _update_next(
-    p: int, pi: np.ndarray, pf: np.ndarray, cf: np.ndarray, ring_stage: np.ndarray, mask: int
+    p: int, pi: np.ndarray, pf: np.ndarray, cf: np.ndarray, ring_stage: np.ndarray, mask: int, ph: np.ndarray
 ) -> None:
     nxt = math.inf
     if pi[p, CPU_DONE] < pi[p, CPU_NEXT]:
@@ -346,7 +415,10 @@ def _update_next(
             nxt = pf[p, BATCH_END]
     elif pf[p, TIMER] < nxt:
         nxt = pf[p, TIMER]
-    pf[p, NEXT_T] = nxt
+    if nxt != pf[p, NEXT_T]:
+        pf[p, NEXT_T] = nxt
+        if ph[1 + (ph.shape[0] - 1) // 2 + p] > 0:
+            _ph_fix(ph, pf, p)
 
 
 @_compiled(inline=True)
@@ -423,7 +495,7 @@ def _dispatch(
         wait_hist[_bucket(w)] += 1
         gf[F_WAIT_SUM] += w
     gf[F_N_WAIT] += b
-    dur = lat_table[b] * pf[p, SPEED] * _jitter(cf, ci, rng)
+    dur = lat_table[b] * pf[p, SPEED] * _jitter(cf, ci, rng, gf)
     pi[p, GPU_NEXT] = start + b
     pi[p, BUSY] = 1
     pi[p, CUR_BATCH] = b
@@ -523,6 +595,7 @@ def _admit(
     ut: np.ndarray,
     free: np.ndarray,
     rng: np.ndarray,
+    ph: np.ndarray,
 ) -> None:
     mask = ci[K_RING_MASK]
     if pi[p, TAIL] - pi[p, HEAD] >= ci[K_QCAP]:
@@ -569,7 +642,7 @@ def _admit(
                 p, t, pi, pf, cf, ci, lat_table, preferred, ring_arr, ring_stage, ring_seq, ring_user,
                 gi, gf, hist, wait_hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
             )  # fmt: skip
-    _update_next(p, pi, pf, cf, ring_stage, mask)
+    _update_next(p, pi, pf, cf, ring_stage, mask, ph)
 
 
 @_compiled(inline=True)
@@ -612,6 +685,7 @@ def _drain_router(
     ut: np.ndarray,
     free: np.ndarray,
     rng: np.ndarray,
+    ph: np.ndarray,
 ) -> None:
     """Hand router-queue requests out in FIFO order while some pod is eligible.
 
@@ -631,7 +705,7 @@ def _drain_router(
         _admit(
             p, t, rq_seq[j], rq_arr[j], rq_user[j], False, pi, pf, cf, ci, lat_table, preferred,
             ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
-            rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
+            rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
         )  # fmt: skip
         seen = False
         for k in range(n_recv):
@@ -653,7 +727,7 @@ def _drain_router(
                 q, t, pi, pf, cf, ci, lat_table, preferred, ring_arr, ring_stage, ring_seq, ring_user,
                 gi, gf, hist, wait_hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
             )  # fmt: skip
-        _update_next(q, pi, pf, cf, ring_stage, mask)
+        _update_next(q, pi, pf, cf, ring_stage, mask, ph)
 
 
 @_compiled()
@@ -689,6 +763,7 @@ def advance(
     rng: np.ndarray,
     scratch: np.ndarray,
     recv: np.ndarray,
+    ph: np.ndarray,
     rec_seq: np.ndarray,
     rec_out: np.ndarray,
     rec_lat: np.ndarray,
@@ -720,10 +795,11 @@ def advance(
             gi[G_RETIRE] += active - users_target
         gi[G_USERS_ACTIVE] = users_target
 
+    _ph_build(ph, pf, act, n_act)
     _drain_router(
         t0, acc, n_acc, scratch, recv, rq_arr, rq_seq, rq_user, pi, pf, cf, ci, lat_table, preferred,
         ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
-        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
+        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
     )  # fmt: skip
 
     ai = 0
@@ -739,14 +815,12 @@ def advance(
         if gi[G_HEAP_N] > 0 and ut[heap[0]] < t_arr:
             t_arr = ut[heap[0]]
             from_user = True
-        # next pod event: the lowest slot among the earliest
+        # next pod event: the lowest slot among the earliest (top of the pod-event heap)
         p_ev = -1
         t_pod = math.inf
-        for k in range(n_act):
-            p = act[k]
-            if pf[p, NEXT_T] < t_pod:
-                t_pod = pf[p, NEXT_T]
-                p_ev = p
+        if ph[0] > 0:
+            p_ev = ph[1]
+            t_pod = pf[p_ev, NEXT_T]
         # the oldest router-queue request gives up when it reaches the timeout
         t_rqx = math.inf
         if gi[G_RQ_HEAD] < gi[G_RQ_TAIL]:
@@ -754,6 +828,7 @@ def advance(
         if t_pod <= t_arr and t_pod <= t_rqx:
             if t_pod >= t1:
                 break
+            gi[G_EVENTS] += 1
             p = p_ev
             t = t_pod
             # 1. CPU completions due now; each frees a worker for the next waiting request
@@ -792,7 +867,7 @@ def advance(
                     _drain_router(
                         t, acc, n_acc, scratch, recv, rq_arr, rq_seq, rq_user, pi, pf, cf, ci, lat_table,
                         preferred, ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
-                        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
+                        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
                     )  # fmt: skip
             # 3. batching (its timeout drops may free capacity for the router queue too)
             if pi[p, BUSY] == 0:
@@ -804,9 +879,9 @@ def advance(
                     _drain_router(
                         t, acc, n_acc, scratch, recv, rq_arr, rq_seq, rq_user, pi, pf, cf, ci, lat_table,
                         preferred, ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
-                        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
+                        rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
                     )  # fmt: skip
-            _update_next(p, pi, pf, cf, ring_stage, mask)
+            _update_next(p, pi, pf, cf, ring_stage, mask, ph)
             continue
         if t_rqx <= t_arr:
             if t_rqx >= t1:
@@ -840,7 +915,7 @@ def advance(
         if p >= 0:
             _admit(
                 p, t, seq, t, user, True, pi, pf, cf, ci, lat_table, preferred, ring_arr, ring_stage, ring_seq,
-                ring_user, gi, gf, hist, wait_hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
+                ring_user, gi, gf, hist, wait_hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
             )  # fmt: skip
         elif gi[G_RQ_TAIL] - gi[G_RQ_HEAD] < ci[K_RQCAP]:
             _rq_touch(t, gi, gf)
