@@ -1,0 +1,312 @@
+"""Every policy kind gpuscale knows, how to load one from YAML, and the presets users ask for by name.
+
+A kind is a frozen pydantic config class with ``kind: Literal["..."]``, a ``build() -> Policy``
+method and, when some field is required, an ``example()`` classmethod returning a representative
+config (the conformance suite builds every kind from it); :data:`KIND_CONFIGS` lists them and everything else (the discriminated union, ``gpuscale
+policies list`` / ``show``, the conformance suite) follows from that tuple.
+
+Presets are policy YAML files shipped in ``gpuscale/policies/presets/``; the file name is the preset
+name (``gpu-util.yaml`` -> ``gpu-util``).
+
+This module reads files (presets, ``load_policy_file``); the policies it builds never do.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, Field, TypeAdapter
+from pydantic_core import PydanticUndefined, to_jsonable_python
+
+from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
+from gpuscale.config.loading import StrictModel, load_yaml, parse_yaml, validate
+from gpuscale.policies.base import Policy, StaticPolicy
+from gpuscale.policies.gpu_memory import GpuMemoryConfig
+from gpuscale.policies.hpa import HpaConfig
+from gpuscale.policies.keda import KedaConfig
+from gpuscale.policies.knative import KnativeConfig
+from gpuscale.policies.multi_signal import MultiSignalConfig
+from gpuscale.policies.predictive import PredictiveConfig
+from gpuscale.policies.ray_serve import RayServeConfig
+from gpuscale.policies.static_peak import StaticPeakConfig
+from gpuscale.policies.warm_pool import WarmPoolConfig
+
+
+class StaticConfig(StrictModel):
+    """A fixed replica count, whatever the load (the baseline every comparison needs)."""
+
+    kind: Literal["static"] = "static"
+    name: str | None = Field(None, description="Display name; defaults to the kind.")
+    replicas: int = Field(ge=0, description="The replica count to hold.")
+    standby_replicas: int = Field(
+        0, ge=0, description="Warm standby pods to keep outside the Service. Default 0."
+    )
+
+    @classmethod
+    def example(cls) -> StaticConfig:
+        """A representative config for docs and conformance tests."""
+        return cls(replicas=3)
+
+    def build(self) -> StaticPolicy:
+        return StaticPolicy(self.replicas, self.standby_replicas, self.name or "static")
+
+
+class PolicyConfig(Protocol):
+    """What every kind's config class provides."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def build(self) -> Policy[Any]: ...
+
+
+# The registered kinds. To add one, import its config class above and append it here: that single
+# line is all the registry, the CLI and the conformance suite need.
+KIND_CONFIGS: tuple[type[BaseModel], ...] = (StaticConfig, HpaConfig, KnativeConfig, KedaConfig)
+KIND_CONFIGS += (RayServeConfig,)
+KIND_CONFIGS += (GpuMemoryConfig,)
+KIND_CONFIGS += (MultiSignalConfig,)
+KIND_CONFIGS += (PredictiveConfig,)
+KIND_CONFIGS += (WarmPoolConfig,)
+KIND_CONFIGS += (StaticPeakConfig,)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kinds
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """One registered kind: its name, a one-line summary and its config class."""
+
+    kind: str
+    summary: str
+    config_class: type[BaseModel]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter of a kind, nested ones with dotted names (``metrics[].target.type``)."""
+
+    name: str
+    type: str
+    default: str
+    description: str
+
+
+def _kind_of(cls: type[BaseModel]) -> str:
+    default = cls.model_fields["kind"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{cls.__name__}.kind must default to its kind name")
+    return default
+
+
+def _summary(cls: type[BaseModel]) -> str:
+    doc = (cls.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def policy_kinds() -> list[KindInfo]:
+    """Every registered kind, in registration order."""
+    return [KindInfo(_kind_of(c), _summary(c), c) for c in KIND_CONFIGS]
+
+
+def kind_names() -> list[str]:
+    return [_kind_of(c) for c in KIND_CONFIGS]
+
+
+def config_class(kind: str) -> type[BaseModel]:
+    """The config class of ``kind``; ConfigError naming the known kinds otherwise."""
+    for c in KIND_CONFIGS:
+        if _kind_of(c) == kind:
+            return c
+    raise ConfigError(
+        "policy kinds", "kind", kind, f"unknown policy kind; allowed: {', '.join(kind_names())}"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (tuple, list):
+        inner = args[0] if args else Any
+        return f"list of {_type_name(inner)}"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return " | ".join(repr(m.value) for m in annotation)
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation)
+
+
+def _nested_models(annotation: Any) -> list[tuple[type[BaseModel], bool]]:
+    """Model classes inside an annotation, with whether they sit in a list."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(annotation, False)]
+    if origin in (tuple, list) and args:
+        return [(m, True) for m, _ in _nested_models(args[0])]
+    if origin in (typing.Union, types.UnionType, Annotated):
+        out: list[tuple[type[BaseModel], bool]] = []
+        for a in args if origin is not Annotated else args[:1]:
+            out += _nested_models(a)
+        return out
+    return []
+
+
+def _render_default(value: Any) -> str:
+    text = json.dumps(to_jsonable_python(value), separators=(", ", ": "))
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _describe(cls: type[BaseModel], prefix: str) -> list[ParamInfo]:
+    out: list[ParamInfo] = []
+    for name, info in cls.model_fields.items():
+        path = f"{prefix}{name}"
+        if info.is_required():
+            default = "required"
+        elif info.default_factory is not None:
+            default = _render_default(info.default_factory())  # type: ignore[call-arg]
+        elif info.default is PydanticUndefined:
+            default = "required"
+        else:
+            default = _render_default(info.default)
+        description = info.description or ("The policy kind (selects the family)." if path == "kind" else "")
+        out.append(ParamInfo(path, _type_name(info.annotation), default, description))
+        for model, in_list in _nested_models(info.annotation):
+            out += _describe(model, f"{path}[]." if in_list else f"{path}.")
+    return out
+
+
+def describe_kind(kind: str) -> list[ParamInfo]:
+    """Every parameter of ``kind`` (nested ones included) with its type, default and description."""
+    return _describe(config_class(kind), "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _adapter(kinds: tuple[type[BaseModel], ...]) -> TypeAdapter[Any]:
+    union = functools.reduce(operator.or_, kinds)
+    tagged: Any = Annotated[union, Field(discriminator="kind")]
+    return TypeAdapter(tagged)
+
+
+def load_policy_config(data: Any, source: str, prefix: str = "") -> PolicyConfig:
+    """Validate a policy mapping into its kind's config; ConfigError naming the key otherwise."""
+    kinds = kind_names()
+    key = f"{prefix}.kind" if prefix else "kind"
+    if isinstance(data, Mapping):
+        if "kind" not in data:
+            raise ConfigError(source, key, MISSING, f"required: the policy kind, one of {', '.join(kinds)}")
+        if data["kind"] not in kinds:
+            raise ConfigError(source, key, data["kind"], f"unknown policy kind; allowed: {', '.join(kinds)}")
+    config: PolicyConfig = validate(_adapter(KIND_CONFIGS), data, source, prefix)
+    return config
+
+
+def load_policy(data: Any, source: str, prefix: str = "") -> Policy[Any]:
+    """Validate a policy mapping and build the policy."""
+    return load_policy_config(data, source, prefix).build()
+
+
+def load_policy_file(path: str | Path) -> Policy[Any]:
+    """Read a policy YAML file and build the policy."""
+    return load_policy(load_yaml(path), str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------
+
+
+def _presets_dir() -> resources.abc.Traversable:
+    return resources.files("gpuscale.policies").joinpath("presets")
+
+
+def preset_names() -> list[str]:
+    """The shipped presets, sorted."""
+    folder = _presets_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    """The YAML of preset ``name`` (comments included: they explain where it comes from)."""
+    if name not in preset_names():
+        raise ConfigError("presets", "preset", name, f"unknown preset; allowed: {', '.join(preset_names())}")
+    return _presets_dir().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def load_preset_config(name: str) -> PolicyConfig:
+    """The config of preset ``name``, named after the preset unless it names itself."""
+    source = f"preset {name}"
+    config = load_policy_config(parse_yaml(preset_text(name), source), source)
+    if (
+        isinstance(config, BaseModel)
+        and getattr(config, "name", None) is None
+        and "name" in type(config).model_fields
+    ):
+        updated: PolicyConfig = config.model_copy(update={"name": name})
+        return updated
+    return config
+
+
+def load_preset(name: str) -> Policy[Any]:
+    """Build preset ``name``."""
+    return load_preset_config(name).build()
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks against the metrics source
+# --------------------------------------------------------------------------------------------------
+
+
+def check_windows(policy: Policy[Any], scrape_interval_s: float, source: str) -> None:
+    """Raise ConfigError when a signal's window is shorter than the scrape interval.
+
+    A window shorter than one scrape holds at most one sample: the "average over 6 s" a KPA asks for
+    is a single 15-s scrape in disguise. The error names the config key when the policy says where
+    the signal comes from (``signal_keys``), and the allowed range.
+    """
+    keys: Mapping[Any, str] = getattr(policy, "signal_keys", {}) or {}
+    errors: list[ConfigError] = []
+    for i, spec in enumerate(policy.signals):
+        if spec.window_s < scrape_interval_s:
+            key = keys.get(spec, f"signals[{i}]")
+            errors.append(
+                ConfigError(
+                    source,
+                    key,
+                    spec.window_s,
+                    f"the window of signal {spec.key} ({spec.window_s:g} s) is shorter than the scrape "
+                    f"interval; allowed: >= {scrape_interval_s:g} s (the scrape interval)",
+                )
+            )
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
