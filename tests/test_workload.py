@@ -28,10 +28,12 @@ def config(spec: str | dict[str, Any]) -> Any:
     return validate(ADAPTER, data, "test.yaml", "workload")
 
 
-def build(spec: str | dict[str, Any], *, seed: int = 7, duration_s: float = 600.0,
-          base_dir: Path | None = None) -> Workload:
-    return build_workload(config(spec), seed=seed, duration_s=duration_s, source="test.yaml",
-                          base_dir=base_dir)
+def build(
+    spec: str | dict[str, Any], *, seed: int = 7, duration_s: float = 600.0, base_dir: Path | None = None
+) -> Workload:
+    return build_workload(
+        config(spec), seed=seed, duration_s=duration_s, source="test.yaml", base_dir=base_dir
+    )
 
 
 def source(spec: str | dict[str, Any], **kw: Any) -> ArrivalSource:
@@ -99,8 +101,9 @@ def test_arrivals_do_not_depend_on_how_the_run_is_cut(spec: str, cuts: list[floa
 
 
 def test_thousands_of_irregular_calls_give_the_same_arrivals_as_one() -> None:
-    spec = ("{kind: gamma, rate: {kind: spike, base_rps: 200, peak_rps: 900, start_s: 700, hold_s: 300}, "
-            "cv: 1.7}")
+    spec = (
+        "{kind: gamma, rate: {kind: spike, base_rps: 200, peak_rps: 900, start_s: 700, hold_s: 300}, cv: 1.7}"
+    )
     rng = np.random.default_rng(3)
     cuts = list(np.cumsum(rng.exponential(0.9, size=4000)))
     whole = run(spec, 3600.0)
@@ -193,8 +196,11 @@ def test_window_counts_follow_the_rate_shape(spec: str) -> None:
 
 def test_sinusoid_peaks_and_troughs_where_the_formula_puts_them() -> None:
     # mean 100, amplitude 80, period 400 s, phase 50 s: peak at 150 s (+400k), trough at 350 s.
-    w = build("{kind: poisson, rate: {kind: sinusoid, mean_rps: 100, amplitude_rps: 80, period_s: 400, "
-              "phase_s: 50}}", duration_s=1600.0)
+    w = build(
+        "{kind: poisson, rate: {kind: sinusoid, mean_rps: 100, amplitude_rps: 80, period_s: 400, "
+        "phase_s: 50}}",
+        duration_s=1600.0,
+    )
     assert w.expected_rate_rps(150.0) == pytest.approx(180.0)
     assert w.expected_rate_rps(350.0) == pytest.approx(20.0)
     assert w.open_loop is not None
@@ -206,8 +212,10 @@ def test_sinusoid_peaks_and_troughs_where_the_formula_puts_them() -> None:
 
 def test_diurnal_peak_hour_and_compressed_day() -> None:
     # A day compressed into 2400 s (100 s per hour), peak at 14:00, the run starting at 06:00.
-    w = build("{kind: poisson, rate: {kind: diurnal, trough_rps: 10, peak_rps: 90, peak_hour: 14, "
-              "start_hour: 6, period_s: 2400}}")
+    w = build(
+        "{kind: poisson, rate: {kind: diurnal, trough_rps: 10, peak_rps: 90, peak_hour: 14, "
+        "start_hour: 6, period_s: 2400}}"
+    )
     assert w.expected_rate_rps(800.0) == pytest.approx(90.0)
     assert w.expected_rate_rps(2000.0) == pytest.approx(10.0)
     assert w.expected_rate_rps(0.0) == pytest.approx(50.0 + 40.0 * math.cos(2 * math.pi * -8 / 24))
@@ -218,18 +226,25 @@ def test_step_ramp_spike_and_piecewise_values() -> None:
     assert [step.expected_rate_rps(t) for t in (0, 99.9, 100, 249, 250, 9999)] == [20, 20, 80, 80, 10, 10]
     ramp = build("{kind: poisson, rate: {kind: ramp, from_rps: 10, to_rps: 110, start_s: 100, end_s: 200}}")
     assert [ramp.expected_rate_rps(t) for t in (0, 100, 150, 200, 500)] == pytest.approx(
-        [10, 10, 60, 110, 110])
+        [10, 10, 60, 110, 110]
+    )
     stairs = build("{kind: poisson, rate: {kind: ramp, from_rps: 10, to_rps: 40, end_s: 400, steps: 4}}")
     assert [stairs.expected_rate_rps(t) for t in (0, 99, 100, 250, 399, 1000)] == pytest.approx(
-        [10, 10, 20, 30, 40, 40])
-    spike = build("{kind: poisson, rate: {kind: spike, base_rps: 10, peak_rps: 110, start_s: 100, "
-                  "rise_s: 20, hold_s: 60, fall_s: 40}}")
+        [10, 10, 20, 30, 40, 40]
+    )
+    spike = build(
+        "{kind: poisson, rate: {kind: spike, base_rps: 10, peak_rps: 110, start_s: 100, "
+        "rise_s: 20, hold_s: 60, fall_s: 40}}"
+    )
     assert [spike.expected_rate_rps(t) for t in (99, 110, 120, 179, 200, 220, 300)] == pytest.approx(
-        [10, 60, 110, 110, 60, 10, 10])
-    pl = build("{kind: poisson, rate: {kind: piecewise-linear, points: [[10, 10], [100, 100], [100, 5], "
-               "[300, 45]]}}")
+        [10, 60, 110, 110, 60, 10, 10]
+    )
+    pl = build(
+        "{kind: poisson, rate: {kind: piecewise-linear, points: [[10, 10], [100, 100], [100, 5], [300, 45]]}}"
+    )
     assert [pl.expected_rate_rps(t) for t in (0, 55, 99.99, 100, 200, 1000)] == pytest.approx(
-        [10, 55, 99.99, 5, 25, 45])
+        [10, 55, 99.99, 5, 25, 45]
+    )
 
 
 def test_piecewise_rate_from_a_csv_file_relative_to_the_scenario(tmp_path: Path) -> None:
@@ -240,7 +255,11 @@ def test_piecewise_rate_from_a_csv_file_relative_to_the_scenario(tmp_path: Path)
     with pytest.raises(ConfigError) as err:
         build("{kind: poisson, rate: {kind: piecewise-linear, path: bad.csv}}", base_dir=tmp_path)
     assert (err.value.source, err.value.key, err.value.value, err.value.line) == (
-        str(tmp_path / "bad.csv"), "rps", "-5", 3)
+        str(tmp_path / "bad.csv"),
+        "rps",
+        "-5",
+        3,
+    )
 
 
 def test_random_levels_hold_for_each_interval_and_depend_on_the_seed() -> None:
@@ -277,13 +296,19 @@ def test_gamma_with_a_shape_follows_the_shape() -> None:
     assert abs(second - 120_000) < 5 * 2 * math.sqrt(120_000)
 
 
-@pytest.mark.parametrize(("spec", "mean_rate"), [
-    # Two states, mean sojourns 20 s and 5 s: π = (0.8, 0.2), mean rate 0.8·10 + 0.2·100 = 28.
-    ("{kind: mmpp, rates_rps: [10, 100], mean_sojourn_s: [20, 5]}", 28.0),
-    # Birth-death chain: π ∝ (1, 2, 0.4), so mean rate = (0·1 + 30·2 + 90·0.4) / 3.4.
-    ("{kind: mmpp, rates_rps: [0, 30, 90], transition_rates_per_s: [[-0.2, 0.2, 0], [0.1, -0.2, 0.1], "
-     "[0, 0.5, -0.5]]}", 96.0 / 3.4),
-])
+@pytest.mark.parametrize(
+    ("spec", "mean_rate"),
+    [
+        # Two states, mean sojourns 20 s and 5 s: π = (0.8, 0.2), mean rate 0.8·10 + 0.2·100 = 28.
+        ("{kind: mmpp, rates_rps: [10, 100], mean_sojourn_s: [20, 5]}", 28.0),
+        # Birth-death chain: π ∝ (1, 2, 0.4), so mean rate = (0·1 + 30·2 + 90·0.4) / 3.4.
+        (
+            "{kind: mmpp, rates_rps: [0, 30, 90], transition_rates_per_s: [[-0.2, 0.2, 0], [0.1, -0.2, 0.1], "
+            "[0, 0.5, -0.5]]}",
+            96.0 / 3.4,
+        ),
+    ],
+)
 def test_mmpp_long_run_rate_is_the_stationary_mean(spec: str, mean_rate: float) -> None:
     t_end = 20_000.0
     w = build(spec, duration_s=t_end)
@@ -325,8 +350,9 @@ def test_kis_s_ramp_1_to_100_in_20_steps_over_20_minutes() -> None:
 
 
 def test_kis_s_sinusoid_10_to_100_three_cycles_in_30_minutes() -> None:
-    s = users("{kind: sinusoid, mean_users: 55, amplitude_users: 45, period_s: 600, steps_per_period: 20}",
-              1800).closed_loop.schedule
+    s = users(
+        "{kind: sinusoid, mean_users: 55, amplitude_users: 45, period_s: 600, steps_per_period: 20}", 1800
+    ).closed_loop.schedule
     counts = [s.users_at(30.0 * k + 15.0) for k in range(60)]
     assert counts == [math.floor(55 + 45 * math.sin(2 * math.pi * k / 20) + 0.5) for k in range(60)]
     assert min(counts) == 10 and max(counts) == 100
@@ -354,7 +380,8 @@ def test_continuous_user_shapes_change_at_half_user_crossings() -> None:
     sine = w.closed_loop.schedule
     for t in np.linspace(0.0, 199.0, 997):
         assert sine.users_at(float(t)) == math.floor(5 + 3 * math.sin(2 * math.pi * t / 100) + 0.5) or any(
-            abs(t - c) < 1e-6 for c in sine.change_times(0, 200))
+            abs(t - c) < 1e-6 for c in sine.change_times(0, 200)
+        )
     changes = sine.change_times(0, 200)
     assert all(sine.users_at(c) != sine.users_at(c - 1e-6) for c in changes)
 
@@ -416,7 +443,7 @@ def test_loop_and_start_offset() -> None:
     looped = run(f"{{kind: trace, path: '{AZURE}', loop: true}}", 10_000.0)
     assert len(once) == AZURE_ROWS
     assert np.sum(looped < 2 * period) == 2 * AZURE_ROWS
-    assert np.array_equal(looped[AZURE_ROWS:2 * AZURE_ROWS], tau + period)
+    assert np.array_equal(looped[AZURE_ROWS : 2 * AZURE_ROWS], tau + period)
     late = run(f"{{kind: trace, path: '{AZURE}', start_offset_s: 1000}}", 10_000.0)
     assert len(late) == np.sum(tau >= 1000)
     assert late[0] == pytest.approx(tau[tau >= 1000][0] - 1000)
@@ -442,19 +469,43 @@ def write(tmp_path: Path, text: str, name: str = "trace.csv") -> Path:
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
 
-@pytest.mark.parametrize(("body", "line", "key", "value", "allowed"), [
-    ("2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:4x.0,1,1\n", 3, "TIMESTAMP",
-     "2023-11-16 18:15:4x.0", "a timestamp like"),
-    ("2023-11-16 18:15:46.6805900,374,44\n2023-11-31 18:15:47.0,1,1\n", 3, "TIMESTAMP",
-     "2023-11-31 18:15:47.0", "a timestamp like"),
-    ("2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:47.0,1,1\n2023-11-16 18:15:48.0,1\n", 4, None,
-     "2023-11-16 18:15:48.0,1", "3 comma-separated fields"),
-    ("2023-11-16 18:15:46.0,374,44\n2023-11-16 18:15:47.0,1,1\n2023-11-16 18:15:46.5,1,1\n", 4, "TIMESTAMP",
-     "2023-11-16 18:15:46.5", "non-decreasing order"),
-    ("2023-11-16 18:15:46.0,374,many\n", 2, "GeneratedTokens", "many", "a whole number of tokens"),
-])
-def test_bad_trace_rows_name_file_line_column_and_value(tmp_path: Path, body: str, line: int, key: str | None,
-                                                        value: str, allowed: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "line", "key", "value", "allowed"),
+    [
+        (
+            "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:4x.0,1,1\n",
+            3,
+            "TIMESTAMP",
+            "2023-11-16 18:15:4x.0",
+            "a timestamp like",
+        ),
+        (
+            "2023-11-16 18:15:46.6805900,374,44\n2023-11-31 18:15:47.0,1,1\n",
+            3,
+            "TIMESTAMP",
+            "2023-11-31 18:15:47.0",
+            "a timestamp like",
+        ),
+        (
+            "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:47.0,1,1\n2023-11-16 18:15:48.0,1\n",
+            4,
+            None,
+            "2023-11-16 18:15:48.0,1",
+            "3 comma-separated fields",
+        ),
+        (
+            "2023-11-16 18:15:46.0,374,44\n2023-11-16 18:15:47.0,1,1\n2023-11-16 18:15:46.5,1,1\n",
+            4,
+            "TIMESTAMP",
+            "2023-11-16 18:15:46.5",
+            "non-decreasing order",
+        ),
+        ("2023-11-16 18:15:46.0,374,many\n", 2, "GeneratedTokens", "many", "a whole number of tokens"),
+    ],
+)
+def test_bad_trace_rows_name_file_line_column_and_value(
+    tmp_path: Path, body: str, line: int, key: str | None, value: str, allowed: str
+) -> None:
     path = write(tmp_path, HEADER + body)
     with pytest.raises(ConfigError) as err:
         load_trace(str(path))
@@ -464,13 +515,17 @@ def test_bad_trace_rows_name_file_line_column_and_value(tmp_path: Path, body: st
     assert f"line {line}" in str(e)
 
 
-@pytest.mark.parametrize(("text", "line", "key", "allowed"), [
-    ("", 1, None, "is empty"),
-    (HEADER, 2, None, "no requests"),
-    ("when,ContextTokens\n2023-11-16 18:15:46.0,3\n", 1, "TIMESTAMP", "a header with a TIMESTAMP column"),
-])
-def test_empty_trace_or_missing_column(tmp_path: Path, text: str, line: int, key: str | None,
-                                       allowed: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "key", "allowed"),
+    [
+        ("", 1, None, "is empty"),
+        (HEADER, 2, None, "no requests"),
+        ("when,ContextTokens\n2023-11-16 18:15:46.0,3\n", 1, "TIMESTAMP", "a header with a TIMESTAMP column"),
+    ],
+)
+def test_empty_trace_or_missing_column(
+    tmp_path: Path, text: str, line: int, key: str | None, allowed: str
+) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_trace(str(path))
@@ -479,8 +534,10 @@ def test_empty_trace_or_missing_column(tmp_path: Path, text: str, line: int, key
 
 
 def test_slightly_out_of_order_timestamps_are_sorted(tmp_path: Path) -> None:
-    path = write(tmp_path, HEADER + "2023-11-16 23:59:59.9995,1,2\n2023-11-16 23:59:59.9990,3,4\n"
-                 "2023-11-17 00:00:01,5,6\n")
+    path = write(
+        tmp_path,
+        HEADER + "2023-11-16 23:59:59.9995,1,2\n2023-11-16 23:59:59.9990,3,4\n2023-11-17 00:00:01,5,6\n",
+    )
     trace = load_trace(str(path))
     assert trace.times_s.tolist() == pytest.approx([0.0, 0.0005, 1.001])
     assert trace.context_tokens is not None
@@ -508,7 +565,10 @@ def test_missing_trace_file_and_unknown_builtin(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         build("{kind: trace, path: 'builtin:nope'}")
     assert (err.value.source, err.value.key, err.value.value) == (
-        "test.yaml", "workload.path", "builtin:nope")
+        "test.yaml",
+        "workload.path",
+        "builtin:nope",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,31 +576,60 @@ def test_missing_trace_file_and_unknown_builtin(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("spec", "key", "allowed"), [
-    ("{kind: poisson, rate_rps: -3}", "workload.rate_rps", "greater than or equal to 0"),
-    ("{kind: poisson, rate: {kind: sinusoid, mean_rps: 10, amplitude_rps: 20, period_s: 60}}",
-     "workload.rate.amplitude_rps", "≤ mean_rps"),
-    ("{kind: poisson, rate: {kind: step, levels: [[0, 5], [10, -1]]}}", "workload.rate.levels[1][1]",
-     "greater than or equal to 0"),
-    ("{kind: poisson, rate: {kind: ramp, from_rps: 1, to_rps: 2, start_s: 10, end_s: 5}}",
-     "workload.rate.end_s", "> start_s"),
-    ("{kind: poisson}", "workload", "exactly one of rate_rps"),
-    ("{kind: poisson, rate_rps: 5, rate: {kind: constant, rate_rps: 5}}", "workload",
-     "exactly one of rate_rps"),
-    ("{kind: poisson, rate: {kind: wobble}}", "workload.rate", "unknown kind"),
-    ("{kind: gamma, rate_rps: 5, cv: 0}", "workload.cv", "greater than 0"),
-    ("{kind: gamma, rate_rps: 5, cv: -1}", "workload.cv", "greater than 0"),
-    ("{kind: closed-loop, users: 10, think_time_s: [3, 1]}", "workload.think_time_s", "min must be ≤ max"),
-    ("{kind: closed-loop, users: -1, think_time_s: [1, 2]}", "workload.users", "whole number ≥ 0"),
-    ("{kind: closed-loop, users: {kind: random-levels, min_users: 50, max_users: 10, interval_s: 30}, "
-     "think_time_s: [1, 2]}", "workload.users.max_users", "≥ min_users"),
-    ("{kind: mmpp, rates_rps: [1, 2], mean_sojourn_s: [1]}", "workload.mean_sojourn_s",
-     "one entry per state"),
-    ("{kind: mmpp, rates_rps: [1, 2, 3], transition_rates_per_s: [[-1, 1, 0], [1, -1, 0], [0, 1, -1]]}",
-     "workload.transition_rates_per_s", "irreducible"),
-    ("{kind: trace, path: x.csv, time_scale: 0}", "workload.time_scale", "greater than 0"),
-    ("{kind: poisson, rate_rps: .inf}", "workload.rate_rps", "finite"),
-])
+@pytest.mark.parametrize(
+    ("spec", "key", "allowed"),
+    [
+        ("{kind: poisson, rate_rps: -3}", "workload.rate_rps", "greater than or equal to 0"),
+        (
+            "{kind: poisson, rate: {kind: sinusoid, mean_rps: 10, amplitude_rps: 20, period_s: 60}}",
+            "workload.rate.amplitude_rps",
+            "≤ mean_rps",
+        ),
+        (
+            "{kind: poisson, rate: {kind: step, levels: [[0, 5], [10, -1]]}}",
+            "workload.rate.levels[1][1]",
+            "greater than or equal to 0",
+        ),
+        (
+            "{kind: poisson, rate: {kind: ramp, from_rps: 1, to_rps: 2, start_s: 10, end_s: 5}}",
+            "workload.rate.end_s",
+            "> start_s",
+        ),
+        ("{kind: poisson}", "workload", "exactly one of rate_rps"),
+        (
+            "{kind: poisson, rate_rps: 5, rate: {kind: constant, rate_rps: 5}}",
+            "workload",
+            "exactly one of rate_rps",
+        ),
+        ("{kind: poisson, rate: {kind: wobble}}", "workload.rate", "unknown kind"),
+        ("{kind: gamma, rate_rps: 5, cv: 0}", "workload.cv", "greater than 0"),
+        ("{kind: gamma, rate_rps: 5, cv: -1}", "workload.cv", "greater than 0"),
+        (
+            "{kind: closed-loop, users: 10, think_time_s: [3, 1]}",
+            "workload.think_time_s",
+            "min must be ≤ max",
+        ),
+        ("{kind: closed-loop, users: -1, think_time_s: [1, 2]}", "workload.users", "whole number ≥ 0"),
+        (
+            "{kind: closed-loop, users: {kind: random-levels, min_users: 50, max_users: 10, interval_s: 30}, "
+            "think_time_s: [1, 2]}",
+            "workload.users.max_users",
+            "≥ min_users",
+        ),
+        (
+            "{kind: mmpp, rates_rps: [1, 2], mean_sojourn_s: [1]}",
+            "workload.mean_sojourn_s",
+            "one entry per state",
+        ),
+        (
+            "{kind: mmpp, rates_rps: [1, 2, 3], transition_rates_per_s: [[-1, 1, 0], [1, -1, 0], [0, 1, -1]]}",
+            "workload.transition_rates_per_s",
+            "irreducible",
+        ),
+        ("{kind: trace, path: x.csv, time_scale: 0}", "workload.time_scale", "greater than 0"),
+        ("{kind: poisson, rate_rps: .inf}", "workload.rate_rps", "finite"),
+    ],
+)
 def test_bad_configs_are_rejected_with_the_key(spec: str, key: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as err:
         config(spec)
@@ -555,8 +644,10 @@ def test_a_plain_user_count_is_the_constant_shape() -> None:
 
 def test_too_fine_a_random_level_grid_is_refused() -> None:
     with pytest.raises(ConfigError, match="at most"):
-        build("{kind: poisson, rate: {kind: random-levels, min_rps: 1, max_rps: 2, interval_s: 0.0001}}",
-              duration_s=86_400.0)
+        build(
+            "{kind: poisson, rate: {kind: random-levels, min_rps: 1, max_rps: 2, interval_s: 0.0001}}",
+            duration_s=86_400.0,
+        )
 
 
 def test_a_trace_at_a_single_instant_cannot_loop(tmp_path: Path) -> None:

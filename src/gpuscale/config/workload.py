@@ -86,12 +86,16 @@ def _check_not_below(value: float, info: ValidationInfo, other: str) -> float:
 
 class _PointsSource(_Model):
     points: Annotated[list[Point] | None, AfterValidator(_check_points)] = Field(
-        default=None, min_length=1,
-        description="[[time_s, value], ...] in non-decreasing time; give this or path, not both")
+        default=None,
+        min_length=1,
+        description="[[time_s, value], ...] in non-decreasing time; give this or path, not both",
+    )
     path: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="CSV file with a header row and two columns (time_s and the value); relative to the "
-        "scenario file's directory")
+        "scenario file's directory",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -117,7 +121,8 @@ class RateStep(_Model):
 
     kind: Literal["step"] = Field(description="shape selector (nested kind)")
     levels: Annotated[list[Point], AfterValidator(_check_levels)] = Field(
-        min_length=1, description="[[time_s, rps], ...]; the first at 0 s, times strictly increasing")
+        min_length=1, description="[[time_s, rps], ...]; the first at 0 s, times strictly increasing"
+    )
 
 
 class RateRamp(_Model):
@@ -129,9 +134,11 @@ class RateRamp(_Model):
     start_s: float = Field(default=0.0, ge=0, description="when the ramp begins")
     end_s: float = Field(gt=0, description="when the ramp reaches to_rps; must be > start_s")
     steps: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="staircase of this many equal-length levels (first from_rps, last to_rps); "
-        "omit for a continuous line")
+        "omit for a continuous line",
+    )
 
     @field_validator("end_s")
     @classmethod
@@ -151,17 +158,20 @@ class RateSinusoid(_Model):
     period_s: float = Field(gt=0, description="length of one cycle")
     phase_s: float = Field(default=0.0, description="time at which the rate crosses the mean going up")
     steps_per_period: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="hold the value sampled at the start of each of this many equal steps per period; "
-        "omit for a continuous curve")
+        "omit for a continuous curve",
+    )
 
     @field_validator("amplitude_rps")
     @classmethod
     def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         mean = info.data.get("mean_rps")
         if mean is not None and v > mean:
-            raise PydanticCustomError("amplitude", "must be ≤ mean_rps ({mean}) so the rate never goes "
-                                      "below 0", {"mean": mean})
+            raise PydanticCustomError(
+                "amplitude", "must be ≤ mean_rps ({mean}) so the rate never goes below 0", {"mean": mean}
+            )
         return v
 
 
@@ -174,7 +184,8 @@ class RateDiurnal(_Model):
     peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
     start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
     period_s: float = Field(
-        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day")
+        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day"
+    )
 
     @field_validator("peak_rps")
     @classmethod
@@ -215,7 +226,13 @@ class RateRandomLevels(_Model):
 
 
 RateShape = Annotated[
-    RateConstant | RateStep | RateRamp | RateSinusoid | RateDiurnal | RateSpike | RatePiecewiseLinear
+    RateConstant
+    | RateStep
+    | RateRamp
+    | RateSinusoid
+    | RateDiurnal
+    | RateSpike
+    | RatePiecewiseLinear
     | RateRandomLevels,
     Field(discriminator="kind"),
 ]
@@ -238,7 +255,8 @@ class UsersStep(_Model):
 
     kind: Literal["step"] = Field(description="shape selector (nested kind)")
     levels: Annotated[list[Point], AfterValidator(_check_levels)] = Field(
-        min_length=1, description="[[time_s, users], ...]; the first at 0 s, times strictly increasing")
+        min_length=1, description="[[time_s, users], ...]; the first at 0 s, times strictly increasing"
+    )
 
 
 class UsersRamp(_Model):
@@ -250,9 +268,11 @@ class UsersRamp(_Model):
     start_s: float = Field(default=0.0, ge=0, description="when the ramp begins")
     end_s: float = Field(gt=0, description="when the ramp reaches to_users; must be > start_s")
     steps: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="staircase of this many equal-length levels (first from_users, last to_users); "
-        "omit for a continuous line (the count then changes at every half-user crossing)")
+        "omit for a continuous line (the count then changes at every half-user crossing)",
+    )
 
     @field_validator("end_s")
     @classmethod
@@ -272,17 +292,20 @@ class UsersSinusoid(_Model):
     period_s: float = Field(gt=0, description="length of one cycle")
     phase_s: float = Field(default=0.0, description="time at which the count crosses the mean going up")
     steps_per_period: int | None = Field(
-        default=None, ge=2,
+        default=None,
+        ge=2,
         description="hold the value sampled at the start of each of this many equal steps per period; "
-        "omit for a continuous curve")
+        "omit for a continuous curve",
+    )
 
     @field_validator("amplitude_users")
     @classmethod
     def _non_negative(cls, v: float, info: ValidationInfo) -> float:
         mean = info.data.get("mean_users")
         if mean is not None and v > mean:
-            raise PydanticCustomError("amplitude", "must be ≤ mean_users ({mean}) so the count never goes "
-                                      "below 0", {"mean": mean})
+            raise PydanticCustomError(
+                "amplitude", "must be ≤ mean_users ({mean}) so the count never goes below 0", {"mean": mean}
+            )
         return v
 
 
@@ -295,7 +318,8 @@ class UsersDiurnal(_Model):
     peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
     start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
     period_s: float = Field(
-        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day")
+        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day"
+    )
 
     @field_validator("peak_users")
     @classmethod
@@ -339,7 +363,13 @@ class UsersRandomLevels(_Model):
 
 
 UsersShape = Annotated[
-    UsersConstant | UsersStep | UsersRamp | UsersSinusoid | UsersDiurnal | UsersSpike | UsersPiecewiseLinear
+    UsersConstant
+    | UsersStep
+    | UsersRamp
+    | UsersSinusoid
+    | UsersDiurnal
+    | UsersSpike
+    | UsersPiecewiseLinear
     | UsersRandomLevels,
     Field(discriminator="kind"),
 ]
@@ -352,15 +382,18 @@ UsersShape = Annotated[
 
 class _RateChoice(_Model):
     rate_rps: float | None = Field(
-        default=None, ge=0, description="constant mean rate in requests per second; or give rate")
+        default=None, ge=0, description="constant mean rate in requests per second; or give rate"
+    )
     rate: RateShape | None = Field(
-        default=None, description="time-varying mean rate (a shape mapping); or give rate_rps")
+        default=None, description="time-varying mean rate (a shape mapping); or give rate_rps"
+    )
 
     @model_validator(mode="after")
     def _one_rate(self) -> Self:
         if (self.rate_rps is None) == (self.rate is None):
-            raise PydanticCustomError("rate_choice", "give exactly one of rate_rps (a number) or rate "
-                                      "(a shape mapping)")
+            raise PydanticCustomError(
+                "rate_choice", "give exactly one of rate_rps (a number) or rate (a shape mapping)"
+            )
         return self
 
 
@@ -391,11 +424,14 @@ class MmppWorkload(_Model):
     kind: Literal["mmpp"] = Field(description="workload kind selector")
     rates_rps: list[NonNegative] = Field(min_length=2, description="arrival rate in each state")
     mean_sojourn_s: list[Annotated[float, Field(gt=0)]] | None = Field(
-        default=None, description="mean time spent in each state per visit (exponential); or give "
-        "transition_rates_per_s")
+        default=None,
+        description="mean time spent in each state per visit (exponential); or give transition_rates_per_s",
+    )
     transition_rates_per_s: list[list[float]] | None = Field(
-        default=None, description="generator matrix Q: Q[i][j] ≥ 0 is the rate of jumping from i to j; "
-        "each row sums to 0 (the diagonal is minus the exit rate); the chain must be irreducible")
+        default=None,
+        description="generator matrix Q: Q[i][j] ≥ 0 is the rate of jumping from i to j; "
+        "each row sums to 0 (the diagonal is minus the exit rate); the chain must be irreducible",
+    )
 
     @field_validator("mean_sojourn_s")
     @classmethod
@@ -413,18 +449,21 @@ class MmppWorkload(_Model):
             return q
         n = len(rates)
         if len(q) != n or any(len(row) != n for row in q):
-            raise PydanticCustomError("shape", "must be a {n}×{n} matrix (one row and column per state)",
-                                      {"n": n})
+            raise PydanticCustomError(
+                "shape", "must be a {n}×{n} matrix (one row and column per state)", {"n": n}
+            )
         for i, row in enumerate(q):
             if any(x < 0 for j, x in enumerate(row) if j != i):
                 raise PydanticCustomError("offdiag", "off-diagonal entries must be ≥ 0 (row {i})", {"i": i})
             exit_rate = sum(x for j, x in enumerate(row) if j != i)
             if exit_rate <= 0:
-                raise PydanticCustomError("absorbing", "state {i} has no way out (row {i} is all zero)",
-                                          {"i": i})
+                raise PydanticCustomError(
+                    "absorbing", "state {i} has no way out (row {i} is all zero)", {"i": i}
+                )
             if abs(row[i] + exit_rate) > 1e-9 * max(1.0, exit_rate):
-                raise PydanticCustomError("rowsum", "row {i} must sum to 0 (diagonal = -{e})",
-                                          {"i": i, "e": exit_rate})
+                raise PydanticCustomError(
+                    "rowsum", "row {i} must sum to 0 (diagonal = -{e})", {"i": i, "e": exit_rate}
+                )
         reach = {0}
         frontier = [0]
         while frontier:
@@ -442,15 +481,17 @@ class MmppWorkload(_Model):
                     back.add(i)
                     frontier.append(i)
         if len(reach) < n or len(back) < n:
-            raise PydanticCustomError("reducible", "every state must be reachable from every other "
-                                      "(irreducible chain)")
+            raise PydanticCustomError(
+                "reducible", "every state must be reachable from every other (irreducible chain)"
+            )
         return q
 
     @model_validator(mode="after")
     def _one_dynamics(self) -> Self:
         if (self.mean_sojourn_s is None) == (self.transition_rates_per_s is None):
-            raise PydanticCustomError("mmpp_choice", "give exactly one of mean_sojourn_s or "
-                                      "transition_rates_per_s")
+            raise PydanticCustomError(
+                "mmpp_choice", "give exactly one of mean_sojourn_s or transition_rates_per_s"
+            )
         return self
 
 
@@ -463,9 +504,11 @@ class ClosedLoopWorkload(_Model):
     kind: Literal["closed-loop"] = Field(description="workload kind selector")
     users: UsersShape = Field(
         description="number of users: a whole number (stored as a constant shape), or a shape in users "
-        "(rounded to whole users)")
+        "(rounded to whole users)"
+    )
     think_time_s: tuple[NonNegative, NonNegative] = Field(
-        description="[min, max]: each think time is uniform in this range (min ≤ max; equal = constant)")
+        description="[min, max]: each think time is uniform in this range (min ≤ max; equal = constant)"
+    )
 
     @field_validator("users", mode="before")
     @classmethod
@@ -474,8 +517,13 @@ class ClosedLoopWorkload(_Model):
         # clear error instead of one per union member.
         if isinstance(v, Mapping):
             return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 \
-                and v == int(v):
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0
+            and v == int(v)
+        ):
             return {"kind": "constant", "users": int(v)}
         raise PydanticCustomError("users", "must be a whole number ≥ 0 or a shape mapping")
 
@@ -499,18 +547,24 @@ class TraceWorkload(_Model):
     path: str = Field(
         min_length=1,
         description="CSV file, relative to the scenario file's directory, or "
-        "'builtin:azure-llm-2023-conv' for the packaged Azure LLM 2023 conversation trace (CC-BY 4.0)")
+        "'builtin:azure-llm-2023-conv' for the packaged Azure LLM 2023 conversation trace (CC-BY 4.0)",
+    )
     time_scale: float = Field(
-        default=1.0, gt=0, description="compression factor: 2 replays the trace twice as fast")
+        default=1.0, gt=0, description="compression factor: 2 replays the trace twice as fast"
+    )
     rate_multiplier: float = Field(
-        default=1.0, gt=0,
+        default=1.0,
+        gt=0,
         description="mean copies per request: 0.5 keeps each with probability 0.5; 2.5 sends each 2 or 3 "
-        "times (the extra copies spread within the gap to the next request)")
+        "times (the extra copies spread within the gap to the next request)",
+    )
     start_offset_s: float = Field(
-        default=0.0, ge=0, description="trace time (before time_scale) at which the replay starts")
+        default=0.0, ge=0, description="trace time (before time_scale) at which the replay starts"
+    )
     loop: bool = Field(
         default=False,
-        description="repeat the trace back to back (period: its span plus one mean gap) to fill the run")
+        description="repeat the trace back to back (period: its span plus one mean gap) to fill the run",
+    )
 
 
 WorkloadConfig = Annotated[

@@ -271,9 +271,12 @@ def _materialised_count(step_s: float, ctx: _Context, key: str, value: float) ->
     """Levels of length ``step_s`` covering the run (plus one), refused beyond a memory guard."""
     n = math.floor(ctx.horizon_s / step_s) + 2
     if n > _MAX_MATERIALISED:
-        raise ConfigError(ctx.source, f"workload.{key}", value,
-                          f"at most {_MAX_MATERIALISED:,} levels over the run ({ctx.horizon_s:g} s); "
-                          "use longer steps")
+        raise ConfigError(
+            ctx.source,
+            f"workload.{key}",
+            value,
+            f"at most {_MAX_MATERIALISED:,} levels over the run ({ctx.horizon_s:g} s); use longer steps",
+        )
     return n
 
 
@@ -290,8 +293,9 @@ def _ramp(a: float, b: float, start: float, end: float, steps: int | None) -> _P
     return _Piecewise.from_levels(times, values)
 
 
-def _sinusoid(mean: float, amp: float, period: float, phase: float, steps: int | None,
-              ctx: _Context, key: str) -> _Profile:
+def _sinusoid(
+    mean: float, amp: float, period: float, phase: float, steps: int | None, ctx: _Context, key: str
+) -> _Profile:
     if amp == 0 or mean == 0:
         return _Piecewise.constant(mean)
     if steps is None:
@@ -319,8 +323,9 @@ def _spike(base: float, peak: float, start: float, rise: float, hold: float, fal
     return _Piecewise.from_points(t, v)
 
 
-def _points(points: Sequence[tuple[float, float]] | None, path: str | None, column: str,
-            ctx: _Context) -> _Piecewise:
+def _points(
+    points: Sequence[tuple[float, float]] | None, path: str | None, column: str, ctx: _Context
+) -> _Piecewise:
     if points is not None:
         arr = np.array(points, dtype=np.float64)
         return _Piecewise.from_points(arr[:, 0], arr[:, 1])
@@ -330,12 +335,16 @@ def _points(points: Sequence[tuple[float, float]] | None, path: str | None, colu
     return _Piecewise.from_points(times, values)
 
 
-def _random_levels(low: float, high: float, interval: float, integer: bool, ctx: _Context,
-                   key: str) -> _Piecewise:
+def _random_levels(
+    low: float, high: float, interval: float, integer: bool, ctx: _Context, key: str
+) -> _Piecewise:
     n = _materialised_count(interval, ctx, key, interval)
     rng = generator(ctx.seed, "workload/random-levels")
-    values = (rng.integers(int(low), int(high) + 1, size=n).astype(np.float64) if integer
-              else rng.uniform(low, high, size=n))
+    values = (
+        rng.integers(int(low), int(high) + 1, size=n).astype(np.float64)
+        if integer
+        else rng.uniform(low, high, size=n)
+    )
     return _Piecewise.from_levels(np.arange(n, dtype=np.float64) * interval, values)
 
 
@@ -432,8 +441,9 @@ class UserSchedule:
         return int(self.counts.max())
 
     @classmethod
-    def _from_candidates(cls, candidates: FloatArray, value: Callable[[FloatArray], FloatArray],
-                         tail: FloatArray) -> UserSchedule:
+    def _from_candidates(
+        cls, candidates: FloatArray, value: Callable[[FloatArray], FloatArray], tail: FloatArray
+    ) -> UserSchedule:
         """Count on each interval between candidate change times, then keep only real changes."""
         t = np.unique(np.concatenate(([0.0], candidates[candidates >= 0])))
         mids = np.append(0.5 * (t[:-1] + t[1:]), tail)
@@ -464,9 +474,13 @@ class UserSchedule:
         first, last = math.floor(-p.phase / p.period) - 1, math.ceil((horizon_s - p.phase) / p.period) + 1
         cycles = np.arange(first, last + 1)
         if len(cycles) * len(base) > _MAX_MATERIALISED:
-            raise ConfigError(ctx.source, "workload.users.period_s", p.period,
-                              f"at most {_MAX_MATERIALISED:,} user-count changes over the run; use a longer "
-                              "period or fewer users")
+            raise ConfigError(
+                ctx.source,
+                "workload.users.period_s",
+                p.period,
+                f"at most {_MAX_MATERIALISED:,} user-count changes over the run; use a longer "
+                "period or fewer users",
+            )
         cands = (base[None, :] + p.period * cycles[:, None]).ravel()
         cands = cands[(cands >= 0) & (cands < horizon_s)]
         # After the run's horizon the schedule holds the count it had just before it.
@@ -518,8 +532,10 @@ class ArrivalSource:
         if not (math.isfinite(t0) and math.isfinite(t1)) or t1 < t0:
             raise ValueError(f"arrivals({t0}, {t1}): need finite t0 ≤ t1")
         if t0 < self._last_t1:
-            raise ValueError(f"arrivals({t0}, {t1}): intervals must move forward "
-                             f"(the previous one ended at {self._last_t1})")
+            raise ValueError(
+                f"arrivals({t0}, {t1}): intervals must move forward "
+                f"(the previous one ended at {self._last_t1})"
+            )
         self._last_t1 = t1
         if self._complete_until < t1:
             pieces = [self._buf] if len(self._buf) else []
@@ -620,8 +636,14 @@ class _GammaBlocks:
 class _MmppBlocks:
     """Markov-modulated Poisson process; the chain's state and next switch time carry across blocks."""
 
-    def __init__(self, rates: FloatArray, exit_rates: FloatArray, jump_cdf: FloatArray,
-                 stationary: FloatArray, seed: int) -> None:
+    def __init__(
+        self,
+        rates: FloatArray,
+        exit_rates: FloatArray,
+        jump_cdf: FloatArray,
+        stationary: FloatArray,
+        seed: int,
+    ) -> None:
         self._rates = rates
         self._mean_sojourn = 1.0 / exit_rates
         self._jump_cdf = jump_cdf
@@ -750,8 +772,13 @@ def _header(lines: list[str], source: str) -> list[str]:
 def _split_row(line: str, ncol: int, header: list[str], source: str, lineno: int) -> list[str]:
     fields = [f.strip() for f in line.split(",")]
     if len(fields) != ncol:
-        raise ConfigError(source, None, line, f"{ncol} comma-separated fields, like the header "
-                          f"({','.join(header)})", line=lineno)
+        raise ConfigError(
+            source,
+            None,
+            line,
+            f"{ncol} comma-separated fields, like the header ({','.join(header)})",
+            line=lineno,
+        )
     return fields
 
 
@@ -764,8 +791,13 @@ def parse_trace_csv(text: str, source: str) -> Trace:
     elif "time_s" in header:
         time_col, tok_cols, azure = "time_s", ("context_tokens", "generated_tokens"), False
     else:
-        raise ConfigError(source, "TIMESTAMP", lines[0], "a header with a TIMESTAMP column (Azure LLM "
-                          "trace format) or a time_s column", line=1)
+        raise ConfigError(
+            source,
+            "TIMESTAMP",
+            lines[0],
+            "a header with a TIMESTAMP column (Azure LLM trace format) or a time_s column",
+            line=1,
+        )
     ncol = len(header)
     ti = header.index(time_col)
     toks = [header.index(c) if c in header else None for c in tok_cols]
@@ -813,11 +845,15 @@ def parse_trace_csv(text: str, source: str) -> Trace:
     back = np.flatnonzero(steps < -TRACE_ORDER_TOLERANCE_S)
     if len(back):
         j = int(back[0]) + 1
-        raise ConfigError(source, time_col, cells[j],
-                          f"times in non-decreasing order; this one is {-steps[j - 1]:.6f} s earlier than "
-                          f"line {linenos[j - 1]} (at most {TRACE_ORDER_TOLERANCE_S * 1e3:g} ms is "
-                          "tolerated)",
-                          line=linenos[j])
+        raise ConfigError(
+            source,
+            time_col,
+            cells[j],
+            f"times in non-decreasing order; this one is {-steps[j - 1]:.6f} s earlier than "
+            f"line {linenos[j - 1]} (at most {TRACE_ORDER_TOLERANCE_S * 1e3:g} ms is "
+            "tolerated)",
+            line=linenos[j],
+        )
     order = np.argsort(t, kind="stable")
     t = t[order]
     if azure:
@@ -848,8 +884,9 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         raise ConfigError(source, None, MISSING, "file not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, None, MISSING,
-                          f"cannot be read as UTF-8 text ({exc.__class__.__name__})") from None
+        raise ConfigError(
+            source, None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
+        ) from None
 
 
 @lru_cache(maxsize=8)
@@ -908,8 +945,13 @@ def _read_points_csv(path: Path, column: str) -> tuple[FloatArray, FloatArray]:
                 raise ConfigError(source, name, cell, "a finite number ≥ 0", line=lineno)
             parsed.append(x)
         if ts and parsed[0] < ts[-1]:
-            raise ConfigError(source, "time_s", fields[0], f"times in non-decreasing order (the previous "
-                              f"row has {ts[-1]:g})", line=lineno)
+            raise ConfigError(
+                source,
+                "time_s",
+                fields[0],
+                f"times in non-decreasing order (the previous row has {ts[-1]:g})",
+                line=lineno,
+            )
         ts.append(parsed[0])
         vs.append(parsed[1])
     if not ts:
@@ -985,10 +1027,10 @@ class _TraceBlocks:
         times = np.repeat(base, counts)
         if len(times) and counts.max() > 1:
             if hi < self._n:
-                nxt = self._tau[lo + 1:hi + 1] + shift
+                nxt = self._tau[lo + 1 : hi + 1] + shift
             else:
                 wrap = self._tau[0] + self._period if self._loop else self._tau[-1] + self._mean_gap
-                nxt = np.append(self._tau[lo + 1:hi], wrap) + shift
+                nxt = np.append(self._tau[lo + 1 : hi], wrap) + shift
             extra = np.ones(len(times), dtype=bool)
             extra[(np.cumsum(counts) - counts)[counts > 0]] = False  # each request's first copy stays put
             gaps = np.repeat(self._gap[lo:hi], counts)[extra]
@@ -1072,8 +1114,9 @@ def _rate(cfg: PoissonWorkload | GammaWorkload, ctx: _Context) -> _Profile:
     return _Piecewise.constant(cfg.rate_rps)
 
 
-def build_workload(cfg: WorkloadConfig, *, seed: int, duration_s: float, source: str,
-                   base_dir: Path | None = None) -> Workload:
+def build_workload(
+    cfg: WorkloadConfig, *, seed: int, duration_s: float, source: str, base_dir: Path | None = None
+) -> Workload:
     """Turn a validated workload config into a single-use :class:`Workload` for one run.
 
     ``duration_s`` bounds what periodic and random shapes lay out in advance (they hold their last
@@ -1088,13 +1131,15 @@ def build_workload(cfg: WorkloadConfig, *, seed: int, duration_s: float, source:
         return Workload(ArrivalSource(_PoissonBlocks(profile, seed)), None, lambda t: _scalar(profile, t))
     if isinstance(cfg, GammaWorkload):
         profile = _rate(cfg, ctx)
-        return Workload(ArrivalSource(_GammaBlocks(profile, cfg.cv, seed)), None,
-                        lambda t: _scalar(profile, t))
+        return Workload(
+            ArrivalSource(_GammaBlocks(profile, cfg.cv, seed)), None, lambda t: _scalar(profile, t)
+        )
     if isinstance(cfg, MmppWorkload):
         rates, exits, jump_cdf, pi = _mmpp_process(cfg)
         mean_rate = float(pi @ rates)
-        return Workload(ArrivalSource(_MmppBlocks(rates, exits, jump_cdf, pi, seed)), None,
-                        lambda t: mean_rate)
+        return Workload(
+            ArrivalSource(_MmppBlocks(rates, exits, jump_cdf, pi, seed)), None, lambda t: mean_rate
+        )
     if isinstance(cfg, ClosedLoopWorkload):
         schedule = UserSchedule._from_profile(_users_profile(cfg.users, ctx), ctx)
         loop = ClosedLoop(schedule, cfg.think_time_s[0], cfg.think_time_s[1])
@@ -1111,8 +1156,13 @@ def build_workload(cfg: WorkloadConfig, *, seed: int, duration_s: float, source:
         trace = load_trace(cfg.path, base_dir=base_dir, source=source)
         period = _loop_period(trace)
         if cfg.loop and not period > 0:
-            raise ConfigError(source, "workload.loop", True, "false: a trace whose requests all happen at "
-                              "time 0 cannot be looped")
-        return Workload(ArrivalSource(_TraceBlocks(trace, cfg, seed)), None, _TraceRate(trace, cfg, period),
-                        trace)
+            raise ConfigError(
+                source,
+                "workload.loop",
+                True,
+                "false: a trace whose requests all happen at time 0 cannot be looped",
+            )
+        return Workload(
+            ArrivalSource(_TraceBlocks(trace, cfg, seed)), None, _TraceRate(trace, cfg, period), trace
+        )
     assert_never(cfg)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs everything (scripts/setup.sh --dev) and runs the whole test suite: ruff, mypy --strict, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+.venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
+.venv/bin/mypy src
+.venv/bin/pytest -q -n 2 "$@"
