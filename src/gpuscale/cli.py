@@ -190,7 +190,7 @@ def scenarios_list() -> None:
     with user_errors():
         t = Table(title="Built-in scenarios")
         for col in ("name", "duration", "workload", "model", "SLO", "description"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", no_wrap=col == "name")
         for name in scenario_names():
             sc = builtin_scenario(name)
             t.add_row(
@@ -222,7 +222,7 @@ def profiles_list() -> None:
     """Built-in model profiles, with their sources."""
     t = Table(title="Model profiles")
     for col in ("name", "GPU", "max batch", "latency (batch → ms)", "CPU ms/req", "source"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col == "name")
     for p in BUILTIN_PROFILES.values():
         pts = ", ".join(f"{b}→{ms:g}" for b, ms in p.batch_latency_ms[:4])
         if len(p.batch_latency_ms) > 4:
@@ -259,17 +259,18 @@ def policies_list() -> None:
 
 @policies_app.command("show")
 def policies_show(kind: Annotated[str, typer.Argument(help="A policy kind or a preset name.")]) -> None:
-    """Every parameter of a policy kind, with its default and meaning (or a preset's YAML)."""
+    """Every parameter of a policy kind, with its default and meaning (or, for a preset name that is not
+    also a kind, the preset's YAML)."""
     from gpuscale.policies import registry
 
     with user_errors():
-        if kind in registry.preset_names():
+        if kind not in registry.kind_names() and kind in registry.preset_names():
             out.print(registry.preset_text(kind), highlight=False, markup=False)
             return
         params = registry.describe_kind(kind)
     t = Table(title=f"kind: {kind}")
     for col in ("parameter", "type", "default", "meaning"):
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col == "parameter")
     for prm in params:
         t.add_row(prm.name, prm.type, prm.default, prm.description)
     out.print(t)

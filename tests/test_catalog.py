@@ -1,0 +1,48 @@
+"""Every built-in scenario loads, and every policy family runs end to end on every one of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpuscale.config.scenario import scenario_from_dict
+from gpuscale.experiments.catalog import builtin_scenario, scenario_names
+from gpuscale.policies import registry
+from gpuscale.sim.engine import simulate
+
+KIS_S = {"kis-s-spike": 900, "kis-s-ramp": 1200, "kis-s-periodic": 1800, "kis-s-random": 1500}
+
+
+def test_the_catalog_has_the_scenarios_the_project_promises() -> None:
+    names = set(scenario_names())
+    assert {"thesis-constant", "thesis-variable", "diurnal", "flash-crowd", "azure-trace"} <= names
+    assert set(KIS_S) <= names
+    for name, duration in KIS_S.items():
+        sc = builtin_scenario(name)
+        assert sc.duration_s == duration
+        assert sc.workload.kind == "closed-loop"
+
+
+def _short(name: str, duration_s: float = 240.0) -> Any:
+    data = builtin_scenario(name).model_dump()
+    data["duration_s"] = min(duration_s, data["duration_s"])
+    return scenario_from_dict(data, name)
+
+
+POLICIES: list[tuple[str, Any]] = [(name, None) for name in registry.preset_names()] + [
+    ("static", {"kind": "static", "replicas": 2}),
+    ("static-peak", {"kind": "static-peak", "peak_rps": 1000, "capacity_rps_per_replica": 400}),
+]
+
+
+@pytest.mark.parametrize(("label", "config"), POLICIES, ids=[p[0] for p in POLICIES])
+def test_each_policy_runs_on_every_builtin_scenario(label: str, config: Any) -> None:
+    for name in scenario_names():
+        policy = registry.load_preset(label) if config is None else registry.load_policy(config, label)
+        result = simulate(_short(name), policy, source=name)
+        s = result.summary
+        assert s.requests > 0, name
+        assert s.requests == s.completed + s.timed_out + s.rejected + s.dropped + s.in_flight, name
+        assert sum(s.decisions_by_reason.values()) == len(result.timeline.rows), name
+        assert 0.0 <= s.slo_attainment <= 1.0
