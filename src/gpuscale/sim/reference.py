@@ -31,6 +31,7 @@ batch finishing at ``t``), which would break exactly the ties this model exists 
 from __future__ import annotations
 
 import heapq
+from functools import partial
 import math
 import time
 from collections import deque
@@ -225,9 +226,12 @@ class _Router:
             if self._params.timeout_s < float("inf"):
                 # The client gives up when its wait in the router queue reaches the timeout.
                 expiry = _signal_at(self.env, req.arrival + self._params.timeout_s, self.expiry_rank)
-                expiry.callbacks.append(lambda _ev, r=req: self._expire(r))
+                expiry.callbacks.append(partial(self._expire_event, req))
         else:
             self._ledger.end(req, Outcome.REJECTED, 0.0, -1)
+
+    def _expire_event(self, req: _Request, _event: simpy.Event) -> None:
+        self._expire(req)
 
     def _expire(self, req: _Request) -> None:
         # Expiry times follow arrival order, so a request still waiting is at the head.
