@@ -31,12 +31,12 @@ batch finishing at ``t``), which would break exactly the ties this model exists 
 from __future__ import annotations
 
 import heapq
-from functools import partial
 import math
 import time
 from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
