@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from gpuscale._core.errors import ConfigError
 from gpuscale._core.rng import generator
 from gpuscale.config.scenario import Scenario
 from gpuscale.policies.base import Aggregation, Metric, Policy, SignalSpec
+from gpuscale.policies.registry import check_windows
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase
 from gpuscale.sim.dataplane import DataPlane
@@ -53,18 +53,6 @@ def serving_params(scenario: Scenario) -> ServingParams:
     )
 
 
-def _check_windows(policy: Policy[Any], scenario: Scenario) -> None:
-    scrape = scenario.telemetry.scrape_interval_s
-    for spec in policy.signals:
-        if spec.window_s < scrape:
-            raise ConfigError(
-                f"policy {policy.name}",
-                f"signal {spec.key}",
-                spec.window_s,
-                f"a window must be at least the scenario's scrape interval ({scrape:g} s)",
-            )
-
-
 _TIMELINE_SPECS: dict[str, Metric] = {
     "gpu_util_pct": Metric.GPU_UTIL,
     "gpu_memory_util_pct": Metric.GPU_MEMORY_UTIL,
@@ -84,7 +72,7 @@ def simulate(
 ) -> SimResult:
     """Run ``policy`` on ``scenario``; deterministic for a given seed (default: the scenario's)."""
     seed = scenario.seed if seed is None else seed
-    _check_windows(policy, scenario)
+    check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
     duration = scenario.duration_s
     workload = build_workload(
         scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
