@@ -225,7 +225,7 @@ def simulate(
     if progress is not None:
         progress(1.0)
     phases = {k: v / target.cold_starts for k, v in target.phase_totals.items()} if target.cold_starts else {}
-    return SimResult(summary, timeline, dp.records() if record else None, phases)
+    return SimResult(summary, timeline, dp.records() if record else None, phases, dp.hist.copy())
 
 
 def _next_change(closed: Any, t: float, duration: float) -> float:

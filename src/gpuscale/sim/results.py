@@ -118,6 +118,8 @@ class SimResult:
     timeline: Timeline
     records: Records | None = None
     cold_start_phases_s: dict[str, float] = field(default_factory=dict)
+    latency_hist: np.ndarray | None = None
+    """Counts per latency bucket (``gpuscale.sim.kernel.bucket_values`` gives each bucket's seconds)."""
 
 
 def _fmt(v: float) -> str:

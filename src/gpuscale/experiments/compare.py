@@ -1,0 +1,271 @@
+"""``gpuscale compare``: every policy on every scenario over several seeds, next to an oracle.
+
+The grid runs in worker processes (one simulation per task); results are gathered and sorted by
+(scenario, policy, seed), so the output does not depend on how the work was scheduled. A run that
+fails on bad configuration is kept as a failed row with its error; the others complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from gpuscale._core.errors import GpuscaleError
+from gpuscale.sim.results import Summary
+
+TIMELINE_KEEP = ("time_s", "arrival_rps", "desired", "ready", "starting", "pending", "gpus_held", "p95_ms")
+"""Timeline columns a compare run keeps for the report."""
+
+METRICS: tuple[str, ...] = (
+    "slo_attainment",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "rejected",
+    "timed_out",
+    "gpu_hours",
+    "cost_usd",
+    "cold_starts",
+    "scale_events",
+    "mean_gpu_memory_util_pct",
+    "mean_sm_util_pct",
+    "mean_replicas",
+)
+"""Summary fields aggregated over seeds (mean and 95 % confidence interval)."""
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    scenario: str
+    policy: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """One simulation of the grid: its summary, or the error that stopped it."""
+
+    key: RunKey
+    summary: Summary | None
+    error: str | None = None
+    timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    latency_hist: np.ndarray | None = None
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.summary is not None
+
+
+@dataclass(frozen=True)
+class OracleResult:
+    """A clairvoyant lower bound on GPU-hours for one scenario and seed (see ``oracle.py``)."""
+
+    scenario: str
+    seed: int
+    capacity_rps_per_replica: float
+    gpu_hours: float
+    cost_usd: float
+    times_s: np.ndarray
+    replicas: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over seeds with a 95 % confidence interval (Student t); ``half_width`` is 0 for one seed."""
+
+    mean: float | None
+    half_width: float
+    n: int
+
+
+@dataclass(frozen=True)
+class PolicyRow:
+    """One policy on one scenario, aggregated over seeds."""
+
+    scenario: str
+    policy: str
+    estimates: dict[str, Estimate]
+    gpu_hours_x_oracle: Estimate
+    pareto: bool
+    failed: int
+    errors: tuple[str, ...]
+    meets_slo: bool
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    scenarios: list[str]
+    policies: list[str]
+    seeds: list[int]
+    slo_target: float
+    runs: list[RunOutcome]
+    oracles: dict[tuple[str, int], OracleResult]
+    rows: list[PolicyRow]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    slo_ms: dict[str, float] = field(default_factory=dict)
+
+    def rows_for(self, scenario: str) -> list[PolicyRow]:
+        return [r for r in self.rows if r.scenario == scenario]
+
+    def runs_for(self, scenario: str, policy: str | None = None) -> list[RunOutcome]:
+        return [
+            r for r in self.runs if r.key.scenario == scenario and (policy is None or r.key.policy == policy)
+        ]
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def estimate(values: Sequence[float | None]) -> Estimate:
+    """Mean and 95 % confidence half-width of the non-missing values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return Estimate(None, 0.0, 0)
+    mean = float(np.mean(xs))
+    if len(xs) < 2:
+        return Estimate(mean, 0.0, len(xs))
+    t = _T975.get(len(xs) - 1, 1.96)
+    half = t * float(np.std(xs, ddof=1)) / math.sqrt(len(xs))
+    return Estimate(mean, half, len(xs))
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For (GPU-hours, SLO attainment) points: True where no other point is at least as cheap and at
+    least as good, and strictly better in one of the two."""
+    flags = []
+    for i, (cost_i, good_i) in enumerate(points):
+        dominated = any(
+            (cost_j <= cost_i and good_j >= good_i) and (cost_j < cost_i or good_j > good_i)
+            for j, (cost_j, good_j) in enumerate(points)
+            if j != i
+        )
+        flags.append(not dominated)
+    return flags
+
+
+def aggregate(
+    runs: Sequence[RunOutcome], oracles: dict[tuple[str, int], OracleResult], slo_target: float
+) -> list[PolicyRow]:
+    by_pair: dict[tuple[str, str], list[RunOutcome]] = {}
+    for r in sorted(runs, key=lambda r: r.key):
+        by_pair.setdefault((r.key.scenario, r.key.policy), []).append(r)
+    rows: list[PolicyRow] = []
+    for (scenario, policy), group in by_pair.items():
+        ok = [r for r in group if r.summary is not None]
+        ests = {m: estimate([getattr(r.summary, m) for r in ok]) for m in METRICS}
+        ratios: list[float | None] = []
+        for r in ok:
+            oracle = oracles.get((scenario, r.key.seed))
+            assert r.summary is not None
+            ratios.append(r.summary.gpu_hours / oracle.gpu_hours if oracle and oracle.gpu_hours > 0 else None)
+        att = ests["slo_attainment"].mean
+        rows.append(
+            PolicyRow(
+                scenario=scenario,
+                policy=policy,
+                estimates=ests,
+                gpu_hours_x_oracle=estimate(ratios),
+                pareto=False,
+                failed=len(group) - len(ok),
+                errors=tuple(sorted({r.error for r in group if r.error})),
+                meets_slo=att is not None and att >= slo_target,
+            )
+        )
+    # Pareto flags per scenario over (GPU-hours, SLO attainment) means
+    out: list[PolicyRow] = []
+    for scenario in sorted({row.scenario for row in rows}):
+        members = [row for row in rows if row.scenario == scenario]
+        valid = [row for row in members if row.estimates["gpu_hours"].mean is not None]
+        flags = pareto_front(
+            [
+                (row.estimates["gpu_hours"].mean or 0.0, row.estimates["slo_attainment"].mean or 0.0)
+                for row in valid
+            ]
+        )
+        marked = {id(row): flag for row, flag in zip(valid, flags, strict=True)}
+        out.extend(replace(row, pareto=marked.get(id(row), False)) for row in members)
+    return sorted(out, key=_rank_key)
+
+
+def _rank_key(row: PolicyRow) -> tuple[str, int, float, float]:
+    """Within a scenario: policies that meet the SLO first, cheapest first; then by attainment."""
+    gpu = row.estimates["gpu_hours"].mean
+    att = row.estimates["slo_attainment"].mean
+    return (
+        row.scenario,
+        0 if row.meets_slo else (1 if row.failed == 0 else 2),
+        gpu if row.meets_slo and gpu is not None else -(att or 0.0),
+        gpu or 0.0,
+    )
+
+
+# -- running the grid -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    key: RunKey
+    scenario_spec: str
+    policy_spec: Any
+    """A preset name, a policy file path, or a policy config mapping (already resolved)."""
+
+
+def run_job(job: Job) -> RunOutcome:
+    """Run one simulation (in a worker process). Bad configuration becomes a failed outcome."""
+    import time
+
+    from gpuscale.experiments.catalog import resolve_scenario
+    from gpuscale.policies import registry
+    from gpuscale.sim.engine import simulate
+
+    start = time.perf_counter()
+    try:
+        ref = resolve_scenario(job.scenario_spec)
+        spec = job.policy_spec
+        if isinstance(spec, dict):
+            policy = registry.load_policy(spec, f"policy {job.key.policy}")
+        elif isinstance(spec, str) and spec in registry.preset_names():
+            policy = registry.load_preset(spec)
+        else:
+            policy = registry.load_policy_file(str(spec))
+        result = simulate(ref.scenario, policy, seed=job.key.seed, base_dir=ref.base_dir, source=ref.source)
+    except GpuscaleError as exc:
+        return RunOutcome(job.key, None, str(exc), wall_s=time.perf_counter() - start)
+    tl = result.timeline
+    timeline = {name: tl.column(name) for name in TIMELINE_KEEP}
+    return RunOutcome(
+        job.key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start
+    )
+
+
+def run_grid(
+    jobs: Sequence[Job], workers: int, on_done: Callable[[RunOutcome], None] | None = None
+) -> list[RunOutcome]:
+    """Run every job; with ``workers`` > 1 in that many processes. Output sorted by run key."""
+    outcomes: list[RunOutcome] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            outcome = run_job(job)
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(outcome)
+    else:
+        # Longest jobs first keeps the pool busy to the end.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(run_job, job) for job in jobs]
+            for fut in as_completed(futures):
+                outcome = fut.result()
+                outcomes.append(outcome)
+                if on_done is not None:
+                    on_done(outcome)
+    return sorted(outcomes, key=lambda o: o.key)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
