@@ -202,7 +202,8 @@ BUILTIN_PROFILES: dict[str, ModelProfile] = {
             cpu_workers=4,
             runtime_overhead_gb=1.2,
             weights_gb=0.1,
-            activation_gb_per_request=0.1,
+            # FP32 activations of a 224x224 image held by a PyTorch caching allocator (assumed)
+            activation_gb_per_request=0.4,
         ),
         ModelProfile(
             name="bert-large-h100-mlperf",
