@@ -216,6 +216,10 @@ class DataPlane:
         if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:
             raise RuntimeError("per-request record buffer overflowed")
 
+    def hand_out(self, t: float) -> None:
+        """Serve the router queue at ``t`` (a pod just became Ready), advancing no time."""
+        self.advance(t, t, np.zeros(0, dtype=np.float64), -1)
+
     def evict(self, p: int, t: float) -> int:
         """Drop every request still in pod ``p`` at ``t``; returns how many."""
         self._ensure_records(self.outstanding(p) + 1)

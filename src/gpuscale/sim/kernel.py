@@ -689,44 +689,54 @@ def _drain_router(
 ) -> None:
     """Hand router-queue requests out in FIFO order while some pod is eligible.
 
-    The hand-out is atomic: every request is routed first, then each pod that received some runs
-    its batcher once (in slot order), so a pod handed five requests can batch all five together.
+    A hand-out is atomic: every request is routed first; then each pod that received some runs its
+    batcher once, lowest slot first, so a pod handed five requests can batch all five together. A
+    batcher whose timeout drops free capacity hands the router queue out again at once, and the pods
+    that receive join the pods still waiting to batch (``recv`` is that worklist, sorted by slot).
     """
     cap = rq_arr.shape[0]
     mask = ci[K_RING_MASK]
     n_recv = 0
-    while gi[G_RQ_HEAD] < gi[G_RQ_TAIL]:
-        p = _choose_pod(pi, ci, gi, acc, n_acc, rng, scratch)
-        if p < 0:
-            break
-        j = gi[G_RQ_HEAD] % cap
-        _rq_touch(t, gi, gf)
-        gi[G_RQ_HEAD] += 1
-        _admit(
-            p, t, rq_seq[j], rq_arr[j], rq_user[j], False, pi, pf, cf, ci, lat_table, preferred,
-            ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
-            rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
-        )  # fmt: skip
-        seen = False
-        for k in range(n_recv):
-            if recv[k] == p:
-                seen = True
+    handing_out = True
+    while True:
+        while handing_out and gi[G_RQ_HEAD] < gi[G_RQ_TAIL]:
+            p = _choose_pod(pi, ci, gi, acc, n_acc, rng, scratch)
+            if p < 0:
                 break
-        if not seen:
-            # keep recv[:n_recv] sorted by slot (insertion)
-            k = n_recv
-            while k > 0 and recv[k - 1] > p:
-                recv[k] = recv[k - 1]
-                k -= 1
-            recv[k] = p
-            n_recv += 1
-    for k in range(n_recv):
-        q = recv[k]
+            j = gi[G_RQ_HEAD] % cap
+            _rq_touch(t, gi, gf)
+            gi[G_RQ_HEAD] += 1
+            _admit(
+                p, t, rq_seq[j], rq_arr[j], rq_user[j], False, pi, pf, cf, ci, lat_table, preferred,
+                ring_arr, ring_stage, ring_seq, ring_user, gi, gf, hist, wait_hist,
+                rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng, ph,
+            )  # fmt: skip
+            seen = False
+            for k in range(n_recv):
+                if recv[k] == p:
+                    seen = True
+                    break
+            if not seen:
+                k = n_recv
+                while k > 0 and recv[k - 1] > p:
+                    recv[k] = recv[k - 1]
+                    k -= 1
+                recv[k] = p
+                n_recv += 1
+        if n_recv == 0:
+            return
+        q = recv[0]
+        for k in range(1, n_recv):
+            recv[k - 1] = recv[k]
+        n_recv -= 1
+        handing_out = False
         if pi[q, BUSY] == 0:
+            dropped_before = pi[q, N_TIMED_OUT]
             _dispatch(
                 q, t, pi, pf, cf, ci, lat_table, preferred, ring_arr, ring_stage, ring_seq, ring_user,
                 gi, gf, hist, wait_hist, rec_seq, rec_out, rec_lat, rec_pod, heap, ut, free, rng,
             )  # fmt: skip
+            handing_out = pi[q, N_TIMED_OUT] > dropped_before
         _update_next(q, pi, pf, cf, ring_stage, mask, ph)
 
 

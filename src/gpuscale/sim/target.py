@@ -98,6 +98,10 @@ class SimScaleTarget:
         pod.phase = Phase.READY
         pod.standby = False
         pod.slot = self.dp.open_slot(t)
+        # Becoming Ready is the pod's own event: it takes from the router queue before the next pod
+        # that turns Ready at the same instant does (docs/simulator.md).
+        if self.dp.router_queue_len:
+            self.dp.hand_out(t)
 
     def _end(self, pod: Pod, t: float) -> None:
         """The pod is gone at ``t``: GPU released, its slot handed back."""
