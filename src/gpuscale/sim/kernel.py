@@ -136,30 +136,38 @@ OUT_TIMED_OUT = 1
 OUT_REJECTED = 2
 OUT_DROPPED = 3
 
-# ---- latency histograms: log buckets with 1 % relative error ------------------------------------
-HIST_MIN_S = 1e-6
-HIST_GAMMA = 1.02
-HIST_BUCKETS = 1500
-_LOG_GAMMA = math.log(HIST_GAMMA)
+# ---- latency histograms: log-linear buckets, relative error <= 0.8 % -------------------------------
+# A value x = m * 2**e (m in [0.5, 1), from frexp) falls in octave e, split into HIST_SUB equal
+# sub-buckets of m. No logarithm per request: frexp only reads the float's bits. A sub-bucket spans
+# 1/(2*HIST_SUB) of m and m >= 0.5, so its midpoint is within 1/(2*HIST_SUB) = 0.78 % of any value in it.
+HIST_SUB = 64
+HIST_MIN_EXP = -20
+"""Octave of the first bucket: 2**-21 .. 2**-20 s (about 0.5-1 µs); smaller values land in bucket 0."""
+HIST_OCTAVES = 42
+"""Up to 2**21 s (24 days); larger values land in the last bucket."""
+HIST_BUCKETS = HIST_SUB * HIST_OCTAVES
+HIST_REL_ERROR = 1.0 / (2 * HIST_SUB)
 
 
 @_compiled(inline=True)
 def _bucket(x: float) -> int:
-    if x <= HIST_MIN_S:
+    if x <= 0.0:
         return 0
-    b = int(math.log(x / HIST_MIN_S) / _LOG_GAMMA) + 1
-    return b if b < HIST_BUCKETS else HIST_BUCKETS - 1
+    m, e = math.frexp(x)
+    k = (e - HIST_MIN_EXP) * HIST_SUB + int((m - 0.5) * (2 * HIST_SUB))
+    if k < 0:
+        return 0
+    return k if k < HIST_BUCKETS else HIST_BUCKETS - 1
 
 
 def bucket_values() -> np.ndarray:
-    """The value each histogram bucket stands for: the point whose relative error to any value in the
-    bucket is at most (γ − 1)/(γ + 1) ≈ 1 % for γ = 1.02 (bucket 0 holds everything ≤ 1 µs)."""
+    """The value (seconds) each histogram bucket stands for: its midpoint, within HIST_REL_ERROR
+    (0.78 %) of any value in the bucket."""
     k = np.arange(HIST_BUCKETS, dtype=np.float64)
-    lo = HIST_MIN_S * HIST_GAMMA ** (k - 1)
-    hi = HIST_MIN_S * HIST_GAMMA**k
-    mid = 2.0 * lo * hi / (lo + hi)
-    mid[0] = HIST_MIN_S
-    return mid
+    e = HIST_MIN_EXP + np.floor(k / HIST_SUB)
+    j = k % HIST_SUB
+    lo = (0.5 + j / (2 * HIST_SUB)) * 2.0**e
+    return lo + 0.5 * 2.0**e / (2 * HIST_SUB)
 
 
 # ---- xoshiro256** ------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ TIMELINE_COLUMNS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Summary:
-    """Headline figures of one run. Latency quantiles carry the histogram's 1 % relative error."""
+    """Headline figures of one run. Latency quantiles carry the histogram's 0.78 % relative error."""
 
     scenario: str
     policy: str
