@@ -137,9 +137,15 @@ def estimate(values: Sequence[float | None]) -> Estimate:
     return Estimate(mean, half, len(xs))
 
 
+PARETO_ATTAINMENT_RESOLUTION = 1e-4
+"""Attainments closer than 0.01 percentage points count as equal on the Pareto front: a policy that
+answers one request in a million more in time is not a different trade-off."""
+
+
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     """For (GPU-hours, SLO attainment) points: True where no other point is at least as cheap and at
-    least as good, and strictly better in one of the two."""
+    least as good, and strictly better in one of the two (attainment at 0.01-point resolution)."""
+    points = [(cost, round(good / PARETO_ATTAINMENT_RESOLUTION)) for cost, good in points]
     flags = []
     for i, (cost_i, good_i) in enumerate(points):
         dominated = any(
