@@ -18,7 +18,7 @@ import numpy as np
 
 from gpuscale._core.rng import generator
 from gpuscale.config.scenario import Scenario
-from gpuscale.policies.base import Aggregation, Metric, Policy, SignalSpec
+from gpuscale.policies.base import Aggregation, Metric, Policy, SignalSpec, StaticPolicy
 from gpuscale.policies.registry import check_windows
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase
@@ -111,7 +111,10 @@ def simulate(
     queue_spec = SignalSpec(Metric.QUEUE_LENGTH, tick_s, Aggregation.TOTAL)
     p95_spec = SignalSpec(Metric.LATENCY_P95_MS, tick_s)
 
-    target.start_warm(scenario.control.initial_replicas, 0.0)
+    # A fixed-size deployment is already at its size when the run starts (a static policy is the
+    # "always provisioned" baseline, not a scale-up from the scenario's initial replicas).
+    initial = policy.replicas if isinstance(policy, StaticPolicy) else scenario.control.initial_replicas
+    target.start_warm(initial, 0.0)
     state = policy.initial_state()
     reasons: Counter[str] = Counter()
     timeline = Timeline()

@@ -85,13 +85,13 @@ class SimScaleTarget:
         return pod
 
     def start_warm(self, n: int, t: float) -> None:
-        """``n`` Ready pods at ``t`` (the scenario's initial replicas): no cold start."""
+        """``n`` Ready pods at ``t`` (a deployment already running): no cold start. Pods that do not
+        fit the cluster wait Pending like any other."""
         for _ in range(n):
             pod = self._new_pod(t, standby=False)
             pod.initial = True
-            if not self.cluster.place(pod, t, warm=True):
-                raise RuntimeError("initial replicas do not fit the cluster")
-            self._serve(pod, t)
+            if self.cluster.place(pod, t, warm=True):
+                self._serve(pod, t)
         self.spec = n
 
     def _serve(self, pod: Pod, t: float) -> None:

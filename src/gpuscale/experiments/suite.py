@@ -1,0 +1,121 @@
+"""What a compare runs: scenarios × policies × seeds, the built-in default suite, and suite files.
+
+A suite file is YAML::
+
+    scenarios: [thesis-constant, my-service.yaml]     # built-in names or scenario files
+    policies: [knative, gpu-util, my-policy.yaml]     # presets, policy files, or `static-peak`
+    seeds: [1, 2, 3]
+    slo_target: 0.99                                   # share of requests within the SLO that counts as met
+    workers: 2
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator
+
+from gpuscale._core.errors import ConfigError
+from gpuscale.config.loading import StrictModel, load_yaml, validate
+from gpuscale.experiments.compare import OracleResult
+
+DEFAULT_SCENARIOS: tuple[str, ...] = (
+    "thesis-constant",
+    "thesis-variable",
+    "kis-s-spike",
+    "kis-s-ramp",
+    "kis-s-periodic",
+    "kis-s-random",
+    "diurnal",
+    "flash-crowd",
+    "azure-trace",
+    "cpu-preprocess",
+)
+DEFAULT_POLICIES: tuple[str, ...] = (
+    "static-peak",
+    "cpu-hpa",
+    "gpu-util",
+    "gpu-memory-thesis",
+    "knative",
+    "keda-queue-depth",
+    "ray-serve",
+    "hpa-three-metric",
+    "multi-signal-gpu",
+    "predictive-holt-winters",
+    "warm-pool",
+)
+DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+
+STATIC_PEAK = "static-peak"
+"""Not a preset: the runner sizes it per scenario to the oracle's peak replica count."""
+
+CAPACITY_SIZED_KINDS = ("predictive", "static-peak")
+"""Kinds whose presets carry a capacity per replica; the runner sets it to the oracle's measured one."""
+
+
+class SuiteConfig(StrictModel):
+    scenarios: list[str] = Field(default_factory=lambda: list(DEFAULT_SCENARIOS), min_length=1)
+    policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES), min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
+    slo_target: float = Field(
+        default=0.99, gt=0, le=1, description="Attainment that counts as meeting the SLO."
+    )
+    workers: int | None = Field(default=None, ge=1, description="Worker processes (default: the cores).")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct integers >= 0")
+        return v
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), None, data, "expected a mapping with scenarios, policies, seeds")
+    return validate(SuiteConfig, data, str(path))
+
+
+def split_list(value: str, option: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(option, None, value, "expected a comma-separated list")
+    return items
+
+
+def parse_seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in split_list(value, "--seeds")]
+    except ValueError:
+        raise ConfigError("--seeds", None, value, "expected comma-separated integers, e.g. 1,2,3") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError("--seeds", None, value, "seeds must be distinct integers >= 0")
+    return seeds
+
+
+def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
+    """The policy to run for ``name`` on one scenario: (label, spec for ``compare.run_job``).
+
+    Presets whose kind sizes replicas from a capacity per replica (predictive, static-peak) get the
+    oracle's measured capacity, so they are judged with the same numbers as the oracle.
+    """
+    from gpuscale.policies import registry
+
+    if name == STATIC_PEAK:
+        peak = int(max(oracle.replicas)) if oracle is not None and len(oracle.replicas) else 1
+        return name, {"kind": "static", "name": STATIC_PEAK, "replicas": max(1, peak)}
+    if name in registry.preset_names():
+        data = yaml.safe_load(registry.preset_text(name))
+        if isinstance(data, dict) and data.get("kind") in CAPACITY_SIZED_KINDS and oracle is not None:
+            cap = oracle.capacity_rps_per_replica
+            if cap > 0 and math.isfinite(cap):
+                data = {**data, "capacity_rps_per_replica": round(cap, 3)}
+        if isinstance(data, dict) and "name" not in data:
+            data = {**data, "name": name}
+        return name, data
+    path = Path(name)
+    return path.stem, str(path)
