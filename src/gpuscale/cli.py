@@ -206,29 +206,30 @@ def compare_tables(result: Any) -> list[Table]:
             "SLO %",
             "p95 ms",
             "p99 ms",
-            "rej+t.o.",
+            "lost",
             "GPU-h",
             "×orc",
-            "$",
             "cold",
             "scale",
             "mem%",
             "SM%",
         )
-        for col in columns:
-            t.add_column(col, no_wrap=True, justify="left" if col in ("", "policy") else "right")
+        # A narrow terminal gets the headline columns; report.html has everything, with intervals.
+        shown = len(columns) if out.size.width >= 110 else 8
+        for col in columns[:shown]:
+            t.add_column(col, no_wrap=col != "policy", justify="left" if col in ("", "policy") else "right")
         for row in result.rows_for(scenario):
             e = row.estimates
             if row.failed and e["slo_attainment"].n == 0:
                 t.add_row("✗", row.policy, f"[red]failed: {row.errors[0] if row.errors else ''}[/]")
                 continue
             lost = (e["rejected"].mean or 0.0) + (e["timed_out"].mean or 0.0)
-            t.add_row(
+            cells = (
                 "★" if row.pareto else "",
                 row.policy + (" [red](failed runs)[/]" if row.failed else ""),
                 _fmt(_scaled(e["slo_attainment"].mean, 100.0), 2),
-                _fmt(e["latency_p95_ms"].mean),
-                _fmt(e["latency_p99_ms"].mean),
+                _fmt(e["latency_p95_ms"].mean, 0),
+                _fmt(e["latency_p99_ms"].mean, 0),
                 f"{lost:,.0f}",
                 _fmt(e["gpu_hours"].mean, 2),
                 _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
@@ -237,6 +238,7 @@ def compare_tables(result: Any) -> list[Table]:
                 _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
                 _fmt(e["mean_sm_util_pct"].mean, 0),
             )
+            t.add_row(*cells[:shown])
         tables.append(t)
     return tables
 

@@ -50,7 +50,7 @@ DEFAULT_POLICIES: tuple[str, ...] = (
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 
 STATIC_PEAK = "static-peak"
-"""Not a preset: the runner sizes it per scenario to the oracle's peak replica count."""
+"""Not a preset: the runner sizes it per scenario and seed to the oracle's peak replica count + 10 %."""
 
 CAPACITY_SIZED_KINDS = ("predictive", "static-peak")
 """Kinds whose presets carry a capacity per replica; the runner sets it to the oracle's measured one."""
@@ -106,8 +106,11 @@ def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
     from gpuscale.policies import registry
 
     if name == STATIC_PEAK:
+        # The oracle's peak fleet plus 10 % headroom (at least one spare pod): the over-provisioned
+        # baseline that never scales, sized for the worst window of this seed's load.
         peak = int(max(oracle.replicas)) if oracle is not None and len(oracle.replicas) else 1
-        return name, {"kind": "static", "name": STATIC_PEAK, "replicas": max(1, peak)}
+        peak = max(1, peak)
+        return name, {"kind": "static", "name": STATIC_PEAK, "replicas": peak + math.ceil(0.1 * peak)}
     if name in registry.preset_names():
         data = yaml.safe_load(registry.preset_text(name))
         if isinstance(data, dict) and data.get("kind") in CAPACITY_SIZED_KINDS and oracle is not None:
