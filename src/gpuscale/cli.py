@@ -423,7 +423,8 @@ def bench(
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_row(
-        "1 h at 2,000 req/s on 32 pods, LOR, dynamic batching", f"{figs.requests:,} in {figs.wall_s:.2f} s"
+        f"{figs.duration_s / 60:g} min at 2,000 req/s, 32 pods, LOR, batching",
+        f"{figs.requests:,} in {figs.wall_s:.2f} s",
     )
     t.add_row("engine: requests per second", f"{figs.requests_per_s / 1e6:.2f} M/s")
     t.add_row(

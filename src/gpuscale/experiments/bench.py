@@ -59,6 +59,7 @@ def bench_scenario(
 
 @dataclass(frozen=True)
 class BenchFigures:
+    duration_s: float
     requests: int
     wall_s: float
     requests_per_s: float
@@ -154,4 +155,6 @@ def run_bench(
         rss, n24, w24 = float(figs["rss_mb"]), int(figs["requests"]), float(figs["wall_s"])
     rps = n / wall
     rrps = rn / rwall
-    return BenchFigures(n, wall, rps, fn / fwall, rn, rwall, rrps, rps / rrps, first, cold, rss, n24, w24)
+    return BenchFigures(
+        duration_s, n, wall, rps, fn / fwall, rn, rwall, rrps, rps / rrps, first, cold, rss, n24, w24
+    )
