@@ -184,8 +184,14 @@ def simulate(
     )
 
 
-def _scaled(v: float | None, factor: float) -> float | None:
-    return None if v is None else v * factor
+def _ci(e: Any, digits: int, scale: float, with_interval: bool) -> str:
+    """An Estimate as ``mean ± 95 % half-width`` (the interval only when asked and not zero)."""
+    if e.mean is None:
+        return "-"
+    text = f"{e.mean * scale:,.{digits}f}"
+    if with_interval and e.n > 1 and e.half_width * scale >= 0.5 * 10**-digits:
+        text += f" ± {e.half_width * scale:,.{digits}f}"
+    return text
 
 
 def compare_tables(result: Any) -> list[Table]:
@@ -200,45 +206,49 @@ def compare_tables(result: Any) -> list[Table]:
             f" · oracle {_fmt(o_gpu, 2)} GPU-h ({_fmt(cap, 0)} req/s per replica) · ★ Pareto-optimal",
             title_justify="left",
         )
+        wide = out.size.width >= 150
         columns = (
             "",
             "policy",
             "SLO %",
             "p95 ms",
             "p99 ms",
-            "lost",
+            "rej / t.o.",
             "GPU-h",
             "×orc",
+            "$",
             "cold",
             "scale",
             "mem%",
             "SM%",
         )
-        # A narrow terminal gets the headline columns; report.html has everything, with intervals.
-        shown = len(columns) if out.size.width >= 110 else 8
-        for col in columns[:shown]:
+        # A narrow terminal gets the headline columns without intervals; report.html has everything.
+        keep = range(len(columns)) if wide else (0, 1, 2, 3, 4, 5, 6, 7)
+        for i in keep:
+            col = columns[i]
             t.add_column(col, no_wrap=col != "policy", justify="left" if col in ("", "policy") else "right")
         for row in result.rows_for(scenario):
             e = row.estimates
             if row.failed and e["slo_attainment"].n == 0:
                 t.add_row("✗", row.policy, f"[red]failed: {row.errors[0] if row.errors else ''}[/]")
                 continue
-            lost = (e["rejected"].mean or 0.0) + (e["timed_out"].mean or 0.0)
+            rej, tout = e["rejected"].mean or 0.0, e["timed_out"].mean or 0.0
             cells = (
                 "★" if row.pareto else "",
                 row.policy + (" [red](failed runs)[/]" if row.failed else ""),
-                _fmt(_scaled(e["slo_attainment"].mean, 100.0), 2),
-                _fmt(e["latency_p95_ms"].mean, 0),
-                _fmt(e["latency_p99_ms"].mean, 0),
-                f"{lost:,.0f}",
-                _fmt(e["gpu_hours"].mean, 2),
+                _ci(e["slo_attainment"], 2, 100.0, wide),
+                _ci(e["latency_p95_ms"], 0, 1.0, wide),
+                _ci(e["latency_p99_ms"], 0, 1.0, wide),
+                f"{rej:,.0f} / {tout:,.0f}",
+                _ci(e["gpu_hours"], 2, 1.0, wide),
                 _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
+                _ci(e["cost_usd"], 2, 1.0, wide),
                 _fmt(e["cold_starts"].mean, 0),
                 _fmt(e["scale_events"].mean, 0),
                 _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
                 _fmt(e["mean_sm_util_pct"].mean, 0),
             )
-            t.add_row(*cells[:shown])
+            t.add_row(*(cells[i] for i in keep))
         tables.append(t)
     return tables
 
