@@ -58,6 +58,7 @@ from gpuscale.policies.stages import (
     PipelineState,
     Recommendation,
     check_signals,
+    clamp_out_of_bounds,
     to_decision,
 )
 
@@ -161,12 +162,9 @@ class GpuMemoryPolicy:
     def decide(self, snapshot: MetricsSnapshot, state: GpuMemoryState) -> tuple[Decision, GpuMemoryState]:
         cfg = self.config
         current = snapshot.current_replicas
-        if not cfg.min_replicas <= current <= cfg.max_replicas:
-            # Outside the bounds (a fresh deployment at 0, a changed config): go to the bound at once,
-            # before any metric is read, as the HPA does; with no pod there is no memory to read.
-            rec = Recommendation(current, Reason.DESIRED_WITHIN_RANGE, f"{current} replicas")
-            final, tail = self.tail.run(rec, snapshot, state.tail)
-            return to_decision(final), GpuMemoryState(tail)
+        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
+        if clamped is not None:
+            return clamped[0], GpuMemoryState(clamped[1])
         check = check_signals(snapshot, self.signals, self.max_signal_age_s)
         if check.hold is not None:
             return check.hold, state

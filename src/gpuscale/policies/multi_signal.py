@@ -49,6 +49,7 @@ from gpuscale.policies.stages import (
     Recommendation,
     Stabilization,
     check_signals,
+    clamp_out_of_bounds,
     to_decision,
 )
 
@@ -236,12 +237,9 @@ class MultiSignalPolicy:
 
     def decide(self, snapshot: MetricsSnapshot, state: MultiSignalState) -> tuple[Decision, MultiSignalState]:
         cfg = self.config
-        current = snapshot.current_replicas
-        if not cfg.min_replicas <= current <= cfg.max_replicas:
-            # A count outside the bounds goes to the bound before any signal is read (as the HPA does).
-            as_is = Recommendation(current, Reason.DESIRED_WITHIN_RANGE, f"{current} replicas")
-            final, tail = self.tail.run(as_is, snapshot, state.tail)
-            return to_decision(final), MultiSignalState(tail)
+        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
+        if clamped is not None:
+            return clamped[0], MultiSignalState(clamped[1])
         check = check_signals(snapshot, self.signals, self.max_signal_age_s)
         if check.hold is not None:
             return check.hold, state

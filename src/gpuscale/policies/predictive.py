@@ -55,6 +55,7 @@ from gpuscale.policies.stages import (
     Recommendation,
     Stabilization,
     check_signals,
+    clamp_out_of_bounds,
     to_decision,
 )
 
@@ -385,11 +386,9 @@ class PredictivePolicy:
         check = check_signals(snapshot, self.signals, self.max_signal_age_s, require_all=True)
         if check.hold is None:
             state = self.observe(state, snapshot.time_s, check.values[self.rate])
-        if not cfg.min_replicas <= current <= cfg.max_replicas:
-            # A count outside the bounds goes to the bound before anything else (as the HPA does).
-            as_is = Recommendation(current, Reason.DESIRED_WITHIN_RANGE, f"{current} replicas")
-            final, tail = self.tail.run(as_is, snapshot, state.tail)
-            return to_decision(final), replace(state, tail=tail)
+        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
+        if clamped is not None:
+            return clamped[0], replace(state, tail=clamped[1])
         if check.hold is not None:
             return check.hold, state
         live = check.values[self.reactive]

@@ -838,3 +838,19 @@ class Cooldown:
         if final.replicas < snapshot.current_replicas:
             return replace(state, last_down_s=snapshot.time_s)
         return state
+
+
+def clamp_out_of_bounds(
+    tail: Pipeline, snapshot: MetricsSnapshot, state: PipelineState, min_replicas: int, max_replicas: int
+) -> tuple[Decision, PipelineState] | None:
+    """A replica count outside ``[min, max]`` goes to the bound at once, before any signal is read,
+    as the HPA does (a fresh deployment at 0 has no pod to measure). None when within the bounds.
+
+    The family's tail does the clamping, so the bound's reason and the tail's state stay as usual.
+    """
+    current = snapshot.current_replicas
+    if min_replicas <= current <= max_replicas:
+        return None
+    rec = Recommendation(current, Reason.DESIRED_WITHIN_RANGE, f"{current} replicas")
+    final, new_state = tail.run(rec, snapshot, state)
+    return to_decision(final), new_state
