@@ -415,6 +415,89 @@ def policies_show(kind: Annotated[str, typer.Argument(help="A policy kind or a p
     out.print(t)
 
 
+def _policy_config(spec: str) -> Any:
+    """A policy file or preset name as its validated config (not built)."""
+    from gpuscale.config.loading import load_yaml
+    from gpuscale.policies import registry
+
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.exists():
+        return registry.load_policy_config(load_yaml(path), str(path))
+    if spec in registry.preset_names():
+        return registry.load_preset_config(spec)
+    raise ConfigError(
+        "--policy",
+        None,
+        spec,
+        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and one rename."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@app.command()
+def manifests(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="A policy YAML file or preset name.")],
+    target: Annotated[str, typer.Option(help="The workload to scale, KIND/NAME (e.g. Deployment/resnet50).")],
+    namespace: Annotated[str, typer.Option(help="The workload's namespace.")] = "default",
+    fmt: Annotated[
+        str, typer.Option("--format", help="hpa, keda, knative, adapter (prometheus-adapter rules) or all.")
+    ] = "all",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the YAML here (default stdout).")
+    ] = None,
+) -> None:
+    """Render the native Kubernetes manifests (HPA, KEDA, Knative/KServe, prometheus-adapter) of a
+    policy; comments mark wherever the native form differs from the policy."""
+    from gpuscale.integrations.manifests import Target, render, render_yaml
+
+    with user_errors():
+        config = _policy_config(policy)
+        text = render_yaml(render(config, Target.parse(target, namespace), fmt), policy)
+        if out_file is not None:
+            _write_atomically(out_file, text)
+            return
+    typer.echo(text, nl=False)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path,
+        typer.Argument(help="An HPA, KEDA ScaledObject, Knative Service or KServe InferenceService YAML."),
+    ],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the policy YAML here (default stdout).")
+    ] = None,
+) -> None:
+    """Turn an existing autoscaler manifest into a gpuscale policy YAML (for simulate / compare)."""
+    from gpuscale.config.loading import load_yaml
+    from gpuscale.integrations.importer import import_manifest, policy_yaml
+
+    with user_errors():
+        load_yaml(file)  # a missing file or bad YAML: one located error
+        config = import_manifest(file.read_text(encoding="utf-8"), str(file))
+        text = policy_yaml(config, f"imported by gpuscale from {file.name}")
+        if out_file is not None:
+            _write_atomically(out_file, text)
+            return
+    typer.echo(text, nl=False)
+
+
 @app.command()
 def bench(
     quick: Annotated[
