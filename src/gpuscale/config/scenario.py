@@ -7,11 +7,12 @@ the same scenario runs under every policy. Durations carry ``_s``, latencies ``_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gpuscale._core.errors import ConfigError
+from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
 from gpuscale.config.workload import WorkloadConfig
@@ -109,17 +110,70 @@ class StartupConfig(StrictModel):
 
 
 class NodePool(StrictModel):
+    """A group of identical GPU nodes (a cluster-autoscaler node group / a Karpenter instance type)."""
+
     name: str = Field(default="gpu", description="Pool name.")
+    instance_type: str | None = Field(
+        default=None,
+        description=f"Cloud instance type from the built-in catalogue ({', '.join(INSTANCE_TYPES)}); "
+        "fills gpu, gpus_per_node and the node price.",
+    )
     gpu: str = Field(description=f"GPU type; one of {', '.join(GPU_TYPES)}.")
     gpus_per_node: int = Field(default=1, ge=1, description="GPUs per node.")
-    nodes: int = Field(ge=0, description="Nodes in the pool (fixed; node autoscaling is a later layer).")
+    nodes: int = Field(
+        ge=0, description="Nodes at t = 0 (the pool's fixed size when no node autoscaler is configured)."
+    )
     usd_per_gpu_hour: float | None = Field(
         default=None, ge=0, description="Price of one GPU-hour; default: the GPU type's catalogue price."
+    )
+    capacity_type: Literal["on-demand", "spot"] = Field(
+        default="on-demand", description="on-demand, or spot (cheaper, reclaimed with a 2-minute notice)."
+    )
+    usd_per_node_hour: float | None = Field(
+        default=None,
+        ge=0,
+        description="Price of one node-hour; default: the instance type's on-demand or spot price, else "
+        "gpus_per_node x the GPU-hour price (on demand).",
+    )
+    min_nodes: int = Field(
+        default=0, ge=0, description="A node autoscaler never shrinks the pool below this."
+    )
+    max_nodes: int | None = Field(
+        default=None,
+        ge=0,
+        description="A node autoscaler never grows the pool above this (the node group's max size); "
+        "default: nodes (the pool does not grow).",
+    )
+    spot_interruptions_per_node_hour: float = Field(
+        default=0.0,
+        ge=0,
+        description="Spot reclamations, per node-hour (exponential times). AWS Spot Instance Advisor "
+        "buckets are per month: 5-10 %/month is about 0.0001 per node-hour.",
+    )
+    spot_interruptions_at_s: list[float] = Field(
+        default_factory=list,
+        description="Scripted reclamations: at each time the pool's oldest running node gets its notice.",
     )
     image_cached: bool = Field(default=False, description="Nodes start with the image already pulled.")
     model_cached: bool = Field(
         default=False, description="Nodes start with the weights already on local disk."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_instance_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("instance_type"), str):
+            it = INSTANCE_TYPES.get(data["instance_type"])
+            if it is not None:
+                data = {"gpu": it.gpu, "gpus_per_node": it.gpus_per_node, **data}
+        return data
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_instance(cls, v: str | None) -> str | None:
+        if v is not None and v not in INSTANCE_TYPES:
+            raise ValueError(f"unknown instance type {v!r}; allowed: {', '.join(INSTANCE_TYPES)}")
+        return v
 
     @field_validator("gpu")
     @classmethod
@@ -127,6 +181,27 @@ class NodePool(StrictModel):
         if v not in GPU_TYPES:
             raise ValueError(f"unknown GPU type {v!r}; allowed: {', '.join(GPU_TYPES)}")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NodePool:
+        it = INSTANCE_TYPES.get(self.instance_type) if self.instance_type else None
+        if it is not None and (it.gpu, it.gpus_per_node) != (self.gpu, self.gpus_per_node):
+            raise ValueError(
+                f"instance_type {it.name} has {it.gpus_per_node}x {it.gpu}, not "
+                f"{self.gpus_per_node}x {self.gpu}; leave gpu and gpus_per_node out"
+            )
+        if self.max_nodes is not None and self.max_nodes < max(self.nodes, self.min_nodes):
+            raise ValueError(f"max_nodes = {self.max_nodes} is below nodes / min_nodes")
+        no_spot_price = it is None or it.spot_usd_per_hour is None
+        if self.capacity_type == "spot" and self.usd_per_node_hour is None and no_spot_price:
+            raise ValueError(
+                "a spot pool needs usd_per_node_hour or an instance_type with a catalogue spot price"
+            )
+        if self.capacity_type == "on-demand" and (
+            self.spot_interruptions_per_node_hour > 0 or self.spot_interruptions_at_s
+        ):
+            raise ValueError("spot interruptions need capacity_type: spot")
+        return self
 
     @property
     def price(self) -> float:
@@ -136,11 +211,117 @@ class NodePool(StrictModel):
             else GPU_TYPES[self.gpu].usd_per_gpu_hour
         )
 
+    @property
+    def on_demand_usd_per_node_hour(self) -> float:
+        """What the same node costs on demand (the base of spot savings)."""
+        if self.instance_type is not None:
+            return INSTANCE_TYPES[self.instance_type].on_demand_usd_per_hour
+        if self.capacity_type == "on-demand" and self.usd_per_node_hour is not None:
+            return self.usd_per_node_hour
+        return self.gpus_per_node * self.price
+
+    @property
+    def node_price(self) -> float:
+        """USD per node-hour this pool is billed."""
+        if self.usd_per_node_hour is not None:
+            return self.usd_per_node_hour
+        if self.capacity_type == "spot":
+            spot = INSTANCE_TYPES[self.instance_type].spot_usd_per_hour if self.instance_type else None
+            assert spot is not None  # checked by _consistent
+            return spot
+        return self.on_demand_usd_per_node_hour
+
+    @property
+    def max_size(self) -> int:
+        return self.nodes if self.max_nodes is None else self.max_nodes
+
+
+class NodeStartupConfig(StrictModel):
+    """How long a new GPU node takes, from the cloud API call to GPUs the scheduler can use."""
+
+    provision_s: Duration = Field(
+        default=Uniform(uniform=(180.0, 240.0)),
+        description="Launch to node Ready, GPU driver install included (cluster-autoscaler FAQ: 3-4 min "
+        "on GCE; seed 004: 180 s+).",
+    )
+    gpu_allocatable_s: Duration = Field(
+        default=30.0,
+        description="Node Ready to nvidia.com/gpu allocatable (device plugin registration). An assumed "
+        "30 s; measure yours (kubernetes/autoscaler#1949, NVIDIA/gpu-operator#708).",
+    )
+
+    _check = field_validator("provision_s", "gpu_allocatable_s")(_check_duration)
+
+
+class NoNodeAutoscaler(StrictModel):
+    """Fixed pools: each pool keeps its ``nodes`` (spot reclamations are not replaced)."""
+
+    kind: Literal["none"] = "none"
+
+
+class ClusterAutoscalerConfig(StrictModel):
+    """Kubernetes Cluster Autoscaler over node groups (one per pool). Defaults are upstream's flags."""
+
+    kind: Literal["cluster-autoscaler"]
+    scan_interval_s: float = Field(default=10.0, gt=0, description="Default 10 s (--scan-interval).")
+    expander: Literal["random", "priority", "price"] = Field(
+        default="random",
+        description="Which node group grows: random (upstream default, --expander), priority (pools in "
+        "listed order: spot first, on-demand as fallback), price (cheapest per pod).",
+    )
+    scale_down_utilization_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A node is unneeded below this GPU requests / allocatable. Default 0.5 "
+        "(--scale-down-gpu-utilization-threshold).",
+    )
+    scale_down_unneeded_time_s: float = Field(
+        default=600.0, ge=0, description="Default 10 min (--scale-down-unneeded-time)."
+    )
+    scale_down_delay_after_add_s: float = Field(
+        default=600.0, ge=0, description="Default 10 min (--scale-down-delay-after-add)."
+    )
+    max_node_provision_time_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Default 15 min (--max-node-provision-time); later nodes are removed.",
+    )
+    max_empty_bulk_delete: int = Field(default=10, ge=1, description="Default 10 (--max-empty-bulk-delete).")
+    gpu_unready_until_allocatable: bool = Field(
+        default=True,
+        description="A Ready GPU node counts as still starting until its GPUs are allocatable "
+        "(kubernetes/autoscaler PR #461); false reproduces the extra scale-up it fixed.",
+    )
+
+
+NodeAutoscaler = Annotated[NoNodeAutoscaler | ClusterAutoscalerConfig, Field(discriminator="kind")]
+
 
 class ClusterConfig(StrictModel):
     pools: list[NodePool] = Field(
         min_length=1, description="GPU node pools, tried first to last (first-fit)."
     )
+    node_autoscaler: NodeAutoscaler = Field(
+        default=NoNodeAutoscaler(), description="none (fixed pools) or cluster-autoscaler."
+    )
+    node_startup: NodeStartupConfig = NodeStartupConfig()
+    spot_notice_s: float = Field(
+        default=120.0, ge=0, description="Warning before a spot node is reclaimed (AWS: 2 minutes)."
+    )
+    pdb_min_available: int | None = Field(
+        default=None,
+        ge=0,
+        description="PodDisruptionBudget minAvailable of the serving pods: voluntary evictions (node "
+        "scale-down) keep this many Ready; spot reclamation ignores it.",
+    )
+
+    @property
+    def node_layer(self) -> bool:
+        """Whether nodes change during a run (autoscaling or spot reclamation)."""
+        return self.node_autoscaler.kind != "none" or any(
+            p.spot_interruptions_per_node_hour > 0 or p.spot_interruptions_at_s for p in self.pools
+        )
 
 
 class TelemetryConfig(StrictModel):

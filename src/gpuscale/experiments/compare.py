@@ -35,6 +35,9 @@ METRICS: tuple[str, ...] = (
     "mean_gpu_memory_util_pct",
     "mean_sm_util_pct",
     "mean_replicas",
+    "node_hours",
+    "node_cost_usd",
+    "pending_pod_s",
 )
 """Summary fields aggregated over seeds (mean and 95 % confidence interval)."""
 

@@ -155,6 +155,8 @@ _COLUMNS: tuple[_Column, ...] = (
     _Column("gpu_hours", "GPU-hours", "num"),
     _Column("gpu_hours_x_oracle", "× oracle", "ratio"),
     _Column("cost_usd", "Cost ($)", "usd"),
+    _Column("node_hours", "Node-hours", "num"),
+    _Column("pending_pod_s", "Pending pod-s", "num"),
     _Column("cold_starts", "Cold starts", "count"),
     _Column("scale_events", "Scale events", "count"),
     _Column("mean_gpu_memory_util_pct", "GPU memory (%)", "util"),

@@ -2,8 +2,9 @@
 
 Pod phases: Pending (no free GPU) → Starting (scheduled; image pull, model download, load, warm-up)
 → Ready → Draining → gone. Warm-pool pods stop at Standby (loaded, outside the Service) until they
-are promoted. Node autoscaling, spot capacity and GPU sharing plug in here later; today pools are
-fixed and pods take whole GPUs, placed first-fit.
+are promoted. Pods take whole GPUs, placed first-fit over the nodes in launch order. Nodes are
+billed from launch to termination (``node_seconds``); the node layer (``gpuscale.sim.nodes``) adds and
+removes them, and a node's GPUs are usable only from ``allocatable_t``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ class Node:
     """When the image is (or will be) on the node's disk."""
     model_at: float = math.inf
     """When the weights are (or will be) in the node's local cache."""
+    pool_index: int = 0
+    created_t: float = 0.0
+    """Launch time: billing starts here."""
+    ready_t: float = -math.inf
+    """Node Ready (kubelet up, driver installed); ``inf`` if it never registers."""
+    allocatable_t: float = -math.inf
+    """The device plugin advertises its GPUs: pods can be placed from here on."""
+    cordoned: bool = False
+    """No new pods (being removed or reclaimed)."""
+    deleting: bool = False
+    """Terminated as soon as its last pod is gone."""
+    unneeded_since: float = math.nan
+    reclaim_t: float = math.inf
+    """When a spot reclamation terminates it (set by the notice)."""
 
 
 @dataclass
@@ -84,15 +99,46 @@ class Cluster:
         self.startup = startup
         self.gpus_per_pod = gpus_per_pod
         self.rng = rng
+        self.pools = pools
+        self.pool_labels = _labels(pools)
         self.nodes: list[Node] = []
-        for pool in pools:
+        """Nodes that exist now, in launch order (the first-fit order)."""
+        self._launched = 0
+        self.node_seconds_closed = [0.0] * len(pools)
+        self.removed_nodes = 0
+        for i, pool in enumerate(pools):
             for _ in range(pool.nodes):
-                node = Node(len(self.nodes), pool, pool.gpus_per_node)
-                if pool.image_cached:
-                    node.image_at = -math.inf
-                if pool.model_cached:
-                    node.model_at = -math.inf
-                self.nodes.append(node)
+                self.launch(i, 0.0)
+
+    def launch(self, pool_index: int, t: float) -> Node:
+        """A new node of pool ``pool_index``, billed from ``t``; usable at once unless the caller
+        sets its ``ready_t`` / ``allocatable_t``."""
+        pool = self.pools[pool_index]
+        node = Node(self._launched, pool, pool.gpus_per_node, pool_index=pool_index, created_t=t)
+        self._launched += 1
+        if pool.image_cached:
+            node.image_at = -math.inf
+        if pool.model_cached:
+            node.model_at = -math.inf
+        self.nodes.append(node)
+        return node
+
+    def remove_node(self, node: Node, t: float) -> None:
+        """Terminate ``node`` at ``t`` (its pods must be gone): billing stops."""
+        if node in self.nodes:
+            self.nodes.remove(node)
+            self.node_seconds_closed[node.pool_index] += t - node.created_t
+            self.removed_nodes += 1
+
+    def node_seconds(self, t: float) -> list[float]:
+        """Node-seconds per pool so far, running nodes counted up to ``t``."""
+        out = list(self.node_seconds_closed)
+        for n in self.nodes:
+            out[n.pool_index] += t - n.created_t
+        return out
+
+    def pool_size(self, pool_index: int) -> int:
+        return sum(1 for n in self.nodes if n.pool_index == pool_index)
 
     @property
     def total_gpus(self) -> int:
@@ -109,7 +155,7 @@ class Cluster:
         weights) once: a second pod scheduled while the first pull is running waits for that pull.
         """
         for node in self.nodes:
-            if node.gpus_free >= self.gpus_per_pod:
+            if node.gpus_free >= self.gpus_per_pod and not node.cordoned and node.allocatable_t <= t:
                 node.gpus_free -= self.gpus_per_pod
                 pod.node = node
                 pod.scheduled_t = t
@@ -152,6 +198,19 @@ class Cluster:
         pod.cold_start_s = now - pod.created_t
         pod.phases_s = phases
 
-    def release(self, pod: Pod) -> None:
-        if pod.node is not None and pod.holds_gpu:
-            pod.node.gpus_free += self.gpus_per_pod
+    def release(self, pod: Pod, t: float) -> None:
+        node = pod.node
+        if node is not None and pod.holds_gpu:
+            node.gpus_free += self.gpus_per_pod
+            if node.deleting and node.gpus_free == node.pool.gpus_per_node:
+                self.remove_node(node, t)
+
+
+def _labels(pools: list[NodePool]) -> list[str]:
+    """Unique pool names for reports (a repeated name gets ``#2``, ``#3``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in pools:
+        seen[p.name] = seen.get(p.name, 0) + 1
+        out.append(p.name if seen[p.name] == 1 else f"{p.name}#{seen[p.name]}")
+    return out

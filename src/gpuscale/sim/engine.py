@@ -11,6 +11,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gpuscale.policies.registry import check_windows
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase
 from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.nodes import NodeLayer
 from gpuscale.sim.results import SimResult, Summary, Timeline
 from gpuscale.sim.serving import Jitter, Routing, ServingParams, interpolate_batch_latency
 from gpuscale.sim.target import SimScaleTarget
@@ -95,6 +97,7 @@ def simulate(
         scenario.cluster.pools, scenario.startup, scenario.model.gpus_per_pod, generator(seed, "cluster")
     )
     target = SimScaleTarget(cluster, dp, grace_s=scenario.serving.termination_grace_s, max_pods=max_slots)
+    nodes = NodeLayer(scenario.cluster, cluster, target, seed) if scenario.cluster.node_layer else None
     windows = [s.window_s for s in policy.signals] + [tick_s, 60.0]
     source_ = SimMetricsSource(
         dp,
@@ -127,7 +130,9 @@ def simulate(
     t = 0.0
     ready_s = 0.0
     gpus_s = 0.0
+    pending_s = 0.0
     max_ready = target.count(Phase.READY)
+    max_nodes = len(cluster.nodes)
     mem_sum = 0.0
     mem_n = 0
     last_counts = np.zeros(K.N_GI, dtype=np.int64)
@@ -140,20 +145,26 @@ def simulate(
         next_scrape = n_scrape * scrape_s
         next_tick = n_tick * tick_s
         t_next = min(target.next_event_t(), next_scrape, next_tick, next_user_change, duration)
+        if nodes is not None:
+            t_next = min(t_next, nodes.next_event_t())
         if t_next > t:
             arrivals = workload.open_loop.arrivals(t, t_next) if workload.open_loop is not None else empty
             dp.advance(t, t_next, arrivals, users)
             n_ready = target.count(Phase.READY)
             ready_s += n_ready * (t_next - t)
             gpus_s += target.gpus_held * (t_next - t)
+            pending_s += target.count(Phase.PENDING) * (t_next - t)
             t = t_next
         if t >= duration:
             break
         target.reap_drained(t)
+        if nodes is not None:
+            nodes.step(t)
         while target.events and target.events[0][0] <= t:
             _, _, kind, pod_id = heapq.heappop(target.events)
             target.handle_event(kind, pod_id, t)
         max_ready = max(max_ready, target.count(Phase.READY))
+        max_nodes = max(max_nodes, len(cluster.nodes))
         if t >= next_user_change and closed is not None:
             users = closed.schedule.users_at(t)
             next_user_change = _next_change(closed, t, duration)
@@ -174,6 +185,7 @@ def simulate(
             n_tick += 1
             pods = list(target.pods.values())
             counts = _counts(target)
+            counts["pending_nodes"] = nodes.pending_nodes(t) if nodes is not None else 0
             snapshot = source_.snapshot(t, policy.signals, pods, **counts)
             decision, state = policy.decide(snapshot, state)
             reasons[decision.reason.value] += 1
@@ -216,6 +228,10 @@ def simulate(
                     gpu_secs / 3600.0,
                     cost,
                     last_reason,
+                    len(cluster.nodes),
+                    nodes.pending_nodes(t) if nodes is not None else 0,
+                    pending_s,
+                    _node_cost(cluster, t),
                 )
             )
         if progress is not None and t >= next_report:
@@ -225,10 +241,59 @@ def simulate(
     summary = _summarize(
         scenario, policy, seed, dp, target, ready_s, gpus_s, max_ready, mem_sum, mem_n, reasons
     )
+    summary = _with_nodes(summary, scenario, cluster, nodes, pending_s, max_nodes)
     if progress is not None:
         progress(1.0)
     phases = {k: v / target.cold_starts for k, v in target.phase_totals.items()} if target.cold_starts else {}
     return SimResult(summary, timeline, dp.records() if record else None, phases, dp.hist.copy())
+
+
+def _node_cost(cluster: Cluster, t: float) -> float:
+    return sum(s / 3600.0 * p.node_price for s, p in zip(cluster.node_seconds(t), cluster.pools, strict=True))
+
+
+def _with_nodes(
+    summary: Summary,
+    scenario: Scenario,
+    cluster: Cluster,
+    nodes: NodeLayer | None,
+    pending_s: float,
+    max_nodes: int,
+) -> Summary:
+    """The node-layer figures: node-hours and dollars by pool, spot savings, pending time.
+
+    ``cost_usd`` is the node bill when a node autoscaler is configured (clouds bill nodes); with fixed
+    pools it stays the pod GPU-hours x GPU price it always was. ``pod_cost_usd`` is always the latter.
+    """
+    secs = cluster.node_seconds(scenario.duration_s)
+    labels = cluster.pool_labels
+    hours = {labels[i]: s / 3600.0 for i, s in enumerate(secs)}
+    cost = {
+        labels[i]: s / 3600.0 * p.node_price for i, (s, p) in enumerate(zip(secs, cluster.pools, strict=True))
+    }
+    on_demand = sum(
+        s / 3600.0 * p.on_demand_usd_per_node_hour for s, p in zip(secs, cluster.pools, strict=True)
+    )
+    node_cost = sum(cost.values())
+    node_basis = scenario.cluster.node_autoscaler.kind != "none"
+    return replace(
+        summary,
+        cost_usd=node_cost if node_basis else summary.cost_usd,
+        cost_basis="node" if node_basis else "pod",
+        pod_cost_usd=summary.cost_usd,
+        node_hours=sum(hours.values()),
+        node_cost_usd=node_cost,
+        node_hours_by_pool=hours,
+        node_cost_by_pool_usd=cost,
+        on_demand_node_cost_usd=on_demand,
+        spot_savings_usd=on_demand - node_cost,
+        max_nodes=max_nodes,
+        node_scale_ups=nodes.scale_ups if nodes is not None else 0,
+        node_scale_downs=nodes.scale_downs if nodes is not None else 0,
+        spot_interruptions=nodes.spot_interruptions if nodes is not None else 0,
+        evictions=nodes.target.evictions if nodes is not None else 0,
+        pending_pod_s=pending_s,
+    )
 
 
 def _next_change(closed: Any, t: float, duration: float) -> float:

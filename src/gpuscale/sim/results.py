@@ -42,6 +42,10 @@ TIMELINE_COLUMNS: tuple[str, ...] = (
     "gpu_hours",
     "cost_usd",
     "reason",
+    "nodes",
+    "pending_nodes",
+    "pending_pod_s",
+    "node_cost_usd",
 )
 
 
@@ -85,6 +89,29 @@ class Summary:
     littles_law_lambda_w: float
     """Arrival rate × mean time in the system of requests that ended (Little: equals L)."""
     decisions_by_reason: dict[str, int] = field(default_factory=dict)
+    # -- the node layer (appended: older call sites still construct a Summary without them) --------
+    cost_basis: str = "pod"
+    """What ``cost_usd`` is: "pod" = GPU-hours held by pods x GPU price (fixed pools); "node" =
+    node-hours x node price (a node autoscaler is configured: clouds bill nodes)."""
+    pod_cost_usd: float = 0.0
+    """GPU-hours held by pods x GPU price, whatever the basis."""
+    node_hours: float = 0.0
+    node_cost_usd: float = 0.0
+    """Sum over pools of node-hours x the pool's node price."""
+    node_hours_by_pool: dict[str, float] = field(default_factory=dict)
+    node_cost_by_pool_usd: dict[str, float] = field(default_factory=dict)
+    on_demand_node_cost_usd: float = 0.0
+    """The same node-hours at on-demand prices."""
+    spot_savings_usd: float = 0.0
+    """``on_demand_node_cost_usd - node_cost_usd``."""
+    max_nodes: int = 0
+    node_scale_ups: int = 0
+    node_scale_downs: int = 0
+    spot_interruptions: int = 0
+    evictions: int = 0
+    """Pods evicted by node scale-down or spot reclamation."""
+    pending_pod_s: float = 0.0
+    """Pod-seconds spent Pending (waiting for a GPU)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +170,8 @@ def summary_json(summary: Summary) -> str:
 
 
 def summary_csv(summaries: Sequence[Summary]) -> str:
-    names = [f.name for f in fields(Summary) if f.name != "decisions_by_reason"]
+    # Mappings (decisions by reason, figures by pool) stay in the JSON.
+    names = [f.name for f in fields(Summary) if not str(f.type).startswith("dict")]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(names)

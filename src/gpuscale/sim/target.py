@@ -39,6 +39,7 @@ class SimScaleTarget:
         self.cost_closed = 0.0
         self.gone: list[Pod] = []
         self.phase_totals: dict[str, float] = {}
+        self.evictions = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, pod: Pod) -> None:
@@ -109,7 +110,7 @@ class SimScaleTarget:
             s = (t - pod.scheduled_t) * self.cluster.gpus_per_pod
             self.gpu_seconds_closed += s
             self.cost_closed += s / 3600.0 * pod.node.pool.price
-        self.cluster.release(pod)
+        self.cluster.release(pod, t)
         if pod.slot >= 0:
             self.dp.close_slot(pod.slot)
             pod.slot = -1
@@ -155,15 +156,33 @@ class SimScaleTarget:
             elif pod.phase == Phase.READY:
                 self._serve(pod, t)
 
-    def _remove(self, pod: Pod, t: float) -> None:
+    def _remove(self, pod: Pod, t: float, grace_s: float | None = None) -> None:
         if pod.phase == Phase.READY:
             pod.phase = Phase.DRAINING
             pod.drain_started_t = t
             self.dp.stop_accepting(pod.slot)
-            pod.drain_deadline = t + self.grace_s
+            pod.drain_deadline = t + (self.grace_s if grace_s is None else grace_s)
             self._push(pod.drain_deadline, DRAIN_DEADLINE, pod)
-        else:
+        elif pod.phase != Phase.DRAINING:
             self._end(pod, t)
+        elif grace_s is not None and t + grace_s < pod.drain_deadline:
+            pod.drain_deadline = t + grace_s
+            self._push(pod.drain_deadline, DRAIN_DEADLINE, pod)
+
+    def evict(self, pods: list[Pod], t: float, grace_s: float | None = None) -> None:
+        """Evict ``pods`` (node scale-down or spot reclamation): Ready pods drain within ``grace_s``
+        (default: the termination grace), the others go at once, and the ReplicaSet creates
+        replacements, which cold-start wherever they fit."""
+        self.evictions += len(pods)
+        for pod in pods:
+            self._remove(pod, t, grace_s)
+        self.reconcile(t)
+
+    def kill(self, pod: Pod, t: float) -> None:
+        """The node under ``pod`` is gone: whatever is still inside is dropped."""
+        if pod.slot >= 0:
+            self.dp.evict(pod.slot, t)
+        self._end(pod, t)
 
     @staticmethod
     def _removal_order(pods: list[Pod]) -> list[Pod]:

@@ -1,0 +1,260 @@
+"""The node layer: GPU nodes that come and go — Cluster Autoscaler and spot reclamation.
+
+Three timescales meet here (seed 004): pods start in seconds to minutes, GPU nodes in minutes, GPUs
+are allocated at scheduling time. A new node is launched (billed from then), becomes Ready after the
+provisioning time, and its GPUs become allocatable after the device plugin registers; only then do
+Pending pods land on it.
+
+Cluster Autoscaler (``kubernetes/autoscaler`` ``cluster-autoscaler/FAQ.md``), every scan interval:
+
+* **scale-up**: Pending pods that do not fit on nodes still starting get new nodes of one node group
+  (the expander picks which), as many as needed, up to the group's max. A GPU node that is Ready but
+  has no allocatable GPU yet counts as still starting (PR #461), so it does not cause a second
+  scale-up.
+* **scale-down**: a node whose GPU requests / allocatable is under the threshold and whose pods fit
+  on the other nodes (nodes are checked in launch order; pods moved in the simulation fill their new
+  node, which is then no longer removable) is *unneeded*; once unneeded for the unneeded time, and
+  at least delay-after-add after the last scale-up, it is removed: empty nodes in bulk, else one
+  node per scan. A node whose pods the PodDisruptionBudget (``minAvailable``) does not let go is
+  not removable (the simulation skips it, so its pods' would-be destination may go instead).
+
+Spot: a reclaimed node gets the notice, is cordoned and its pods evicted (no PDB: reclamation is not
+voluntary); at the end of the notice the node is terminated and anything still on it is dropped.
+Replacement pods are Pending like any other, and a node autoscaler may launch a node for them.
+
+Simplifications (stated, not hidden): no node-group backoff after a failed launch, no capacity
+shortage of a spot pool, no scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict".
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from gpuscale._core.rng import generator
+from gpuscale.config.scenario import ClusterAutoscalerConfig, ClusterConfig
+from gpuscale.sim.cluster import Cluster, Node, Phase, Pod, draw
+from gpuscale.sim.target import SimScaleTarget
+
+_ALLOCATABLE = 0
+_PROVISION_TIMEOUT = 1
+_SPOT_NOTICE = 2
+_SPOT_TERMINATE = 3
+_SCRIPTED_RECLAIM = 4
+
+
+class NodeLayer:
+    """Node provisioning, the Cluster Autoscaler's loop and spot reclamation, driven by the engine."""
+
+    def __init__(self, cfg: ClusterConfig, cluster: Cluster, target: SimScaleTarget, seed: int) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.target = target
+        self.ca = cfg.node_autoscaler if isinstance(cfg.node_autoscaler, ClusterAutoscalerConfig) else None
+        self._rng_provision = generator(seed, "nodes/provision")
+        self._rng_spot = generator(seed, "nodes/spot")
+        self._rng_expander = generator(seed, "nodes/expander")
+        self.events: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+        self._n_scan = 0
+        self.last_scale_up_t = -math.inf
+        self.scale_ups = 0
+        self.scale_downs = 0
+        self.spot_interruptions = 0
+        self.failed_launches = 0
+        self._by_index: dict[int, Node] = {}
+        for node in cluster.nodes:
+            self._track(node, 0.0)
+        for i, pool in enumerate(cluster.pools):
+            for at in pool.spot_interruptions_at_s:
+                self._push(at, _SCRIPTED_RECLAIM, i)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, arg: int) -> None:
+        heapq.heappush(self.events, (t, self._seq, kind, arg))
+        self._seq += 1
+
+    def _track(self, node: Node, t: float) -> None:
+        self._by_index[node.index] = node
+        rate = node.pool.spot_interruptions_per_node_hour
+        if node.pool.capacity_type == "spot" and rate > 0:
+            self._push(t + float(self._rng_spot.exponential(3600.0 / rate)), _SPOT_NOTICE, node.index)
+
+    def next_event_t(self) -> float:
+        nxt = self.events[0][0] if self.events else math.inf
+        if self.ca is not None:
+            nxt = min(nxt, self._n_scan * self.ca.scan_interval_s)
+        return nxt
+
+    def pending_nodes(self, t: float) -> int:
+        """Nodes launched whose GPUs are not allocatable yet."""
+        return sum(1 for n in self.cluster.nodes if n.allocatable_t > t)
+
+    def _pods_on(self, node: Node) -> list[Pod]:
+        return [p for p in self.target.pods.values() if p.node is node and p.holds_gpu]
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def step(self, t: float) -> None:
+        """Everything due at ``t``: node events first, then a Cluster Autoscaler scan."""
+        while self.events and self.events[0][0] <= t:
+            _, _, kind, arg = heapq.heappop(self.events)
+            self._handle(kind, arg, t)
+        if self.ca is not None and t >= self._n_scan * self.ca.scan_interval_s:
+            self._n_scan += 1
+            self._scale_up(self.ca, t)
+            self._scale_down(self.ca, t)
+
+    def _handle(self, kind: int, arg: int, t: float) -> None:
+        if kind == _SCRIPTED_RECLAIM:
+            running = [n for n in self.cluster.nodes if n.pool_index == arg and n.reclaim_t == math.inf]
+            if running:
+                self._notice(running[0], t)
+            return
+        node = self._by_index.get(arg)
+        if node is None or node not in self.cluster.nodes:
+            return
+        if kind == _ALLOCATABLE:
+            self.target.schedule_pending(t)
+        elif kind == _PROVISION_TIMEOUT:
+            self.failed_launches += 1
+            self.cluster.remove_node(node, t)
+        elif kind == _SPOT_NOTICE and node.reclaim_t == math.inf:
+            self._notice(node, t)
+        elif kind == _SPOT_TERMINATE:
+            for pod in self._pods_on(node):
+                self.target.kill(pod, t)
+            self.cluster.remove_node(node, t)
+            self.target.schedule_pending(t)
+
+    def _notice(self, node: Node, t: float) -> None:
+        """A spot reclamation notice: cordon, evict everything (no PDB), terminate after the notice."""
+        self.spot_interruptions += 1
+        node.cordoned = True
+        node.reclaim_t = t + self.cfg.spot_notice_s
+        node.unneeded_since = math.nan
+        self._push(node.reclaim_t, _SPOT_TERMINATE, node.index)
+        grace = min(self.target.grace_s, self.cfg.spot_notice_s)
+        self.target.evict(self._pods_on(node), t, grace)
+
+    def launch(self, pool_index: int, t: float, provision_timeout_s: float = math.inf) -> Node:
+        """Launch a node: Ready after the provisioning time, GPUs allocatable after the device plugin."""
+        node = self.cluster.launch(pool_index, t)
+        startup = self.cfg.node_startup
+        provision = draw(startup.provision_s, self._rng_provision)
+        allocatable = draw(startup.gpu_allocatable_s, self._rng_provision)
+        if provision > provision_timeout_s:
+            node.ready_t = node.allocatable_t = math.inf
+            self._push(t + provision_timeout_s, _PROVISION_TIMEOUT, node.index)
+        else:
+            node.ready_t = t + provision
+            node.allocatable_t = node.ready_t + allocatable
+            self._push(node.allocatable_t, _ALLOCATABLE, node.index)
+        self._track(node, t)
+        return node
+
+    # -- Cluster Autoscaler ------------------------------------------------------------------------
+    def _scale_up(self, ca: ClusterAutoscalerConfig, t: float) -> None:
+        pending = self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True)
+        if pending == 0:
+            return
+        g = self.cluster.gpus_per_pod
+        upcoming = [
+            n
+            for n in self.cluster.nodes
+            if not n.cordoned
+            and (n.ready_t > t or (ca.gpu_unready_until_allocatable and n.allocatable_t > t))
+        ]
+        # Pods already promised a place on a node that is still starting do not ask for another.
+        remaining = pending - sum(n.gpus_free // g for n in upcoming)
+        while remaining > 0:
+            groups = [
+                i
+                for i, p in enumerate(self.cluster.pools)
+                if p.gpus_per_node >= g and self.cluster.pool_size(i) < p.max_size
+            ]
+            if not groups:
+                return
+            i = self._expand(ca, groups)
+            pool = self.cluster.pools[i]
+            per_node = pool.gpus_per_node // g
+            k = min(-(-remaining // per_node), pool.max_size - self.cluster.pool_size(i))
+            for _ in range(k):
+                self.launch(i, t, ca.max_node_provision_time_s)
+            self.scale_ups += k
+            self.last_scale_up_t = t
+            remaining -= k * per_node
+
+    def _expand(self, ca: ClusterAutoscalerConfig, groups: list[int]) -> int:
+        pools = self.cluster.pools
+        if ca.expander == "priority":
+            return groups[0]
+        if ca.expander == "price":
+            g = self.cluster.gpus_per_pod
+            return min(groups, key=lambda i: pools[i].node_price / (pools[i].gpus_per_node // g))
+        return groups[int(self._rng_expander.integers(len(groups)))]
+
+    def _scale_down(self, ca: ClusterAutoscalerConfig, t: float) -> None:
+        g = self.cluster.gpus_per_pod
+        live = [n for n in self.cluster.nodes if not n.cordoned and n.allocatable_t <= t]
+        sim_free = {n.index: n.gpus_free for n in live}
+        removed: set[int] = set()
+        sizes = {i: self.cluster.pool_size(i) for i in range(len(self.cluster.pools))}
+        for node in live:
+            total = node.pool.gpus_per_node
+            used = total - sim_free[node.index]
+            if used / total >= ca.scale_down_utilization_threshold or sizes[node.pool_index] <= (
+                node.pool.min_nodes
+            ):
+                node.unneeded_since = math.nan
+                continue
+            if used and not self._pdb_allows(self._pods_on(node)):
+                node.unneeded_since = math.nan  # its pods cannot be evicted now
+                continue
+            moves: dict[int, int] = {}
+            to_move = used // g
+            for dest in live:
+                if to_move == 0:
+                    break
+                if dest is node or dest.index in removed:
+                    continue
+                fit = min(to_move, (sim_free[dest.index] - moves.get(dest.index, 0) * g) // g)
+                if fit > 0:
+                    moves[dest.index] = moves.get(dest.index, 0) + fit
+                    to_move -= fit
+            if to_move > 0:
+                node.unneeded_since = math.nan
+                continue
+            for idx, n in moves.items():
+                sim_free[idx] -= n * g
+            removed.add(node.index)
+            sizes[node.pool_index] -= 1
+            if math.isnan(node.unneeded_since):
+                node.unneeded_since = t
+        if t < self.last_scale_up_t + ca.scale_down_delay_after_add_s:
+            return
+        due = [
+            n for n in live if n.index in removed and t >= n.unneeded_since + ca.scale_down_unneeded_time_s
+        ]
+        empty = [n for n in due if n.gpus_free == n.pool.gpus_per_node][: ca.max_empty_bulk_delete]
+        for node in empty:
+            self.cluster.remove_node(node, t)
+            self.scale_downs += 1
+        if empty:
+            return
+        for node in due:
+            pods = self._pods_on(node)
+            if not self._pdb_allows(pods):
+                continue
+            node.cordoned = node.deleting = True
+            self.scale_downs += 1
+            self.target.evict(pods, t)
+            return
+
+    def _pdb_allows(self, pods: list[Pod]) -> bool:
+        """Evicting ``pods`` keeps at least ``minAvailable`` serving pods Ready."""
+        floor = self.cfg.pdb_min_available
+        if floor is None:
+            return True
+        healthy = self.target.count(Phase.READY)
+        leaving = sum(1 for p in pods if p.phase == Phase.READY and not p.standby)
+        return leaving == 0 or healthy - leaving >= floor
