@@ -498,6 +498,40 @@ def import_(
     typer.echo(text, nl=False)
 
 
+@app.command("keda-scaler")
+def keda_scaler(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="The scaler's config YAML (policy, metrics source, TLS).")
+    ],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="gRPC port; 0 picks a free one.")] = 9090,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface, as a Service needs).")
+    ] = "0.0.0.0",
+) -> None:
+    """Serve KEDA's external-scaler gRPC API, driven by a gpuscale policy, until interrupted."""
+    import logging
+    import signal
+
+    from gpuscale._core.clock import SystemClock
+    from gpuscale.integrations.keda_scaler import build_server, load_keda_scaler_config
+
+    with user_errors():
+        cfg = load_keda_scaler_config(config)
+        server = build_server(cfg, config, SystemClock(), host=host, port=port)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        bound = server.start()
+    err.print(f"gpuscale keda-scaler listening on {host}:{bound}", highlight=False)
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        server.stop()  # Kubernetes sends SIGTERM: report NOT_SERVING, end the streams, drain
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
 @app.command()
 def bench(
     quick: Annotated[
