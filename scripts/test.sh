@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
+# The real Kubernetes control plane the integration tests start (built once per machine, cached).
+scripts/k8s-control-plane.sh > /dev/null
 .venv/bin/ruff check src tests
 .venv/bin/ruff format --check src tests
 .venv/bin/mypy src
