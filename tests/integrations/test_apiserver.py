@@ -37,7 +37,7 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane
             got = plane.request(
                 "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/scaledobjects.keda.sh"
             )
-            conditions = got.body.get("status", {}).get("conditions", [])
+            conditions = (got.body.get("status") or {}).get("conditions") or []
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 break
             time.sleep(0.25)
