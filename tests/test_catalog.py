@@ -17,6 +17,9 @@ KIS_S = {"kis-s-spike": 900, "kis-s-ramp": 1200, "kis-s-periodic": 1800, "kis-s-
 def test_the_catalog_has_the_scenarios_the_project_promises() -> None:
     names = set(scenario_names())
     assert {"thesis-constant", "thesis-variable", "diurnal", "flash-crowd", "azure-trace"} <= names
+    # The node and GPU layers (issue 5).
+    assert {"gpu-node-cold-start", "spot-diurnal", "small-model-mig", "small-model-whole-gpu"} <= names
+    assert "pending-pod-cascade" in names
     assert set(KIS_S) <= names
     for name, duration in KIS_S.items():
         sc = builtin_scenario(name)

@@ -15,6 +15,7 @@ from gpuscale._core.errors import ConfigError
 from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
+from gpuscale.config.sharing import GpuSharing, MigLayout, TimeSlicing, WholeGpus, check_layout, mig_profile
 from gpuscale.config.workload import WorkloadConfig
 
 
@@ -154,6 +155,11 @@ class NodePool(StrictModel):
         default_factory=list,
         description="Scripted reclamations: at each time the pool's oldest running node gets its notice.",
     )
+    gpu_sharing: GpuSharing = Field(
+        default=WholeGpus(),
+        description="whole (default), mig (a MIG layout per GPU) or time-slicing (N pods per GPU); "
+        "see gpuscale.config.sharing.",
+    )
     image_cached: bool = Field(default=False, description="Nodes start with the image already pulled.")
     model_cached: bool = Field(
         default=False, description="Nodes start with the weights already on local disk."
@@ -201,6 +207,13 @@ class NodePool(StrictModel):
             self.spot_interruptions_per_node_hour > 0 or self.spot_interruptions_at_s
         ):
             raise ValueError("spot interruptions need capacity_type: spot")
+        sharing = self.gpu_sharing
+        if isinstance(sharing, MigLayout):
+            why = check_layout(self.gpu, sharing.layout)
+            if why is None and set(sharing.speed_factor) - set(sharing.layout):
+                why = "speed_factor names a profile that is not in the layout"
+            if why is not None:
+                raise ValueError(f"gpu_sharing: {why}")
         return self
 
     @property
@@ -295,7 +308,63 @@ class ClusterAutoscalerConfig(StrictModel):
     )
 
 
-NodeAutoscaler = Annotated[NoNodeAutoscaler | ClusterAutoscalerConfig, Field(discriminator="kind")]
+class KarpenterConfig(StrictModel):
+    """Karpenter: pools are the candidate instance types and capacity types of one NodePool.
+
+    Defaults are upstream's (karpenter.sh settings and ``concepts/disruption.md``).
+    """
+
+    kind: Literal["karpenter"]
+    batch_idle_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A provisioning batch ends this long after the last new pending pod "
+        "(BATCH_IDLE_DURATION, default 1 s).",
+    )
+    batch_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="...or this long after it opened (BATCH_MAX_DURATION, default 10 s).",
+    )
+    consolidation_policy: Literal["WhenEmptyOrUnderutilized", "WhenEmpty"] = Field(
+        default="WhenEmptyOrUnderutilized",
+        description="NodePool disruption.consolidationPolicy (default WhenEmptyOrUnderutilized).",
+    )
+    consolidate_after_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="A node is consolidatable this long after its last pod came or went "
+        "(disruption.consolidateAfter; 0 s in the v1 examples).",
+    )
+    disruption_budget_pct: float = Field(
+        default=10.0,
+        ge=0,
+        le=100,
+        description="Nodes that may be disrupted at once, % of the NodePool, "
+        "rounded up, minus nodes deleting or not ready (default budget nodes: 10%).",
+    )
+    consolidation_interval_s: float = Field(
+        default=10.0, gt=0, description="How often the disruption controller looks for candidates (10 s)."
+    )
+    do_not_disrupt: bool = Field(
+        default=False,
+        description='The serving pods carry karpenter.sh/do-not-disrupt: "true": nodes '
+        "running them are never consolidated (spot reclamation still takes them).",
+    )
+    registration_ttl_s: float = Field(
+        default=900.0, gt=0, description="A NodeClaim not registered after this is deleted (15 min)."
+    )
+
+    @model_validator(mode="after")
+    def _batch(self) -> KarpenterConfig:
+        if self.batch_max_s < self.batch_idle_s:
+            raise ValueError("batch_max_s must be >= batch_idle_s")
+        return self
+
+
+NodeAutoscaler = Annotated[
+    NoNodeAutoscaler | ClusterAutoscalerConfig | KarpenterConfig, Field(discriminator="kind")
+]
 
 
 class ClusterConfig(StrictModel):
@@ -303,7 +372,7 @@ class ClusterConfig(StrictModel):
         min_length=1, description="GPU node pools, tried first to last (first-fit)."
     )
     node_autoscaler: NodeAutoscaler = Field(
-        default=NoNodeAutoscaler(), description="none (fixed pools) or cluster-autoscaler."
+        default=NoNodeAutoscaler(), description="none (fixed pools), cluster-autoscaler or karpenter."
     )
     node_startup: NodeStartupConfig = NodeStartupConfig()
     spot_notice_s: float = Field(
@@ -315,6 +384,41 @@ class ClusterConfig(StrictModel):
         description="PodDisruptionBudget minAvailable of the serving pods: voluntary evictions (node "
         "scale-down) keep this many Ready; spot reclamation ignores it.",
     )
+    mig_profile: str | None = Field(
+        default=None,
+        description="The MIG slice each serving pod requests (nvidia.com/mig-<profile>: 1); the pods run "
+        "only on pools whose MIG layout has it. None = whole GPUs or time-sliced shares.",
+    )
+
+    @model_validator(mode="after")
+    def _mig(self) -> ClusterConfig:
+        mig = [p for p in self.pools if isinstance(p.gpu_sharing, MigLayout)]
+        if self.mig_profile is None and mig:
+            raise ValueError(
+                f"pool {mig[0].name} is partitioned by MIG; set mig_profile to the slice pods request"
+            )
+        if self.mig_profile is not None and not any(
+            isinstance(p.gpu_sharing, MigLayout) and self.mig_profile in p.gpu_sharing.layout
+            for p in self.pools
+        ):
+            raise ValueError(f"mig_profile {self.mig_profile!r} is in no pool's MIG layout")
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """Whether some pool hands out MIG slices or time-sliced shares."""
+        return any(not isinstance(p.gpu_sharing, WholeGpus) for p in self.pools)
+
+    def pods_per_node(self, pool: NodePool, gpus_per_pod: int) -> int:
+        """Serving pods an empty node of ``pool`` takes."""
+        sharing = pool.gpu_sharing
+        if isinstance(sharing, MigLayout):
+            return pool.gpus_per_node * sharing.layout.count(self.mig_profile or "")
+        if self.mig_profile is not None:
+            return 0
+        if isinstance(sharing, TimeSlicing):
+            return pool.gpus_per_node * sharing.replicas_per_gpu
+        return pool.gpus_per_node // gpus_per_pod
 
     @property
     def node_layer(self) -> bool:
@@ -363,6 +467,25 @@ class Scenario(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
+        c = self.cluster
+        if c.shared:
+            if self.model.gpus_per_pod != 1:
+                raise ValueError("model.gpus_per_pod must be 1 on MIG or time-sliced pools")
+            for pool in c.pools:
+                profile = mig_profile(pool.gpu, c.mig_profile) if c.mig_profile else None
+                if profile is None or not isinstance(pool.gpu_sharing, MigLayout):
+                    continue
+                if self.model.memory_at_batch_gb(0) > profile.memory_gb:
+                    raise ValueError(
+                        f"cluster.mig_profile {profile.name} has {profile.memory_gb:g} GB; the model needs "
+                        f"{self.model.memory_at_batch_gb(0):g} GB before its first batch"
+                    )
+            pods = sum(c.pods_per_node(p, 1) * p.nodes for p in c.pools)
+            if self.control.initial_replicas > pods:
+                raise ValueError(
+                    f"control.initial_replicas = {self.control.initial_replicas}; the cluster takes {pods} pods"
+                )
+            return self
         gpus = sum(p.gpus_per_node * p.nodes for p in self.cluster.pools)
         if self.control.initial_replicas * self.model.gpus_per_pod > gpus:
             raise ValueError(

@@ -2,9 +2,14 @@
 
 Pod phases: Pending (no free GPU) → Starting (scheduled; image pull, model download, load, warm-up)
 → Ready → Draining → gone. Warm-pool pods stop at Standby (loaded, outside the Service) until they
-are promoted. Pods take whole GPUs, placed first-fit over the nodes in launch order. Nodes are
-billed from launch to termination (``node_seconds``); the node layer (``gpuscale.sim.nodes``) adds and
-removes them, and a node's GPUs are usable only from ``allocatable_t``.
+are promoted. Pods are placed first-fit over the nodes in launch order. Nodes are billed from
+launch to termination (``node_seconds``); the node layer (``gpuscale.sim.nodes``) adds and removes
+them, and a node's GPUs are usable only from ``allocatable_t``.
+
+A node's capacity is counted in *units*: whole GPUs on a whole-GPU pool (a pod takes
+``gpus_per_pod``), or pod places on a shared pool (a pod takes one): a MIG slice of the requested
+profile, or one of a time-sliced GPU's replicas. A shared node keeps one :class:`Device` per MIG slice
+or per time-sliced GPU: its memory, its base slowdown and the pods on it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from enum import IntEnum
 
 import numpy as np
 
+from gpuscale.config.profiles import GPU_TYPES
 from gpuscale.config.scenario import Duration, LogNormal, NodePool, StartupConfig, Uniform
+from gpuscale.config.sharing import MigLayout, TimeSlicing, mig_profile
 
 
 class Phase(IntEnum):
@@ -28,10 +35,29 @@ class Phase(IntEnum):
 
 
 @dataclass
+class Device:
+    """One MIG slice, or one time-sliced GPU, of a shared node."""
+
+    memory_gb: float
+    units: int
+    """Pods it takes (1 for a MIG slice, the replicas of a time-sliced GPU)."""
+    speed: float
+    """Batch-time multiplier of a pod alone on it (MIG: 7 / compute slices)."""
+    interference: float = 0.0
+    gpus: float = 1.0
+    """Share of a physical GPU (MIG: compute slices / 7)."""
+    pods: list[Pod] = field(default_factory=list)
+
+
+@dataclass
 class Node:
     index: int
     pool: NodePool
-    gpus_free: int
+    units_free: int
+    """Free capacity: whole GPUs, or pod places on a shared pool (module docstring)."""
+    units: int = 0
+    """Capacity of the empty node, in the same units."""
+    devices: list[Device] = field(default_factory=list)
     image_at: float = math.inf
     """When the image is (or will be) on the node's disk."""
     model_at: float = math.inf
@@ -50,6 +76,8 @@ class Node:
     unneeded_since: float = math.nan
     reclaim_t: float = math.inf
     """When a spot reclamation terminates it (set by the notice)."""
+    pods_changed_t: float = 0.0
+    """When a pod last landed on it or left it (Karpenter's consolidateAfter counts from here)."""
 
 
 @dataclass
@@ -70,6 +98,14 @@ class Pod:
     drain_deadline: float = math.inf
     drain_started_t: float = math.nan
     initial: bool = False
+    device: Device | None = None
+    """Its MIG slice or time-sliced GPU (None on whole GPUs)."""
+    gpus: float = 0
+    """GPUs it holds (an int on whole GPUs; a share on MIG or time-slicing)."""
+    restarts: int = 0
+    """Container restarts after an OOM kill (CrashLoopBackOff)."""
+    leaving: bool = False
+    """On a node Karpenter is consolidating: serves until a replacement is Ready, then is evicted."""
 
     @property
     def name(self) -> str:
@@ -94,10 +130,17 @@ class Cluster:
     """Fixed GPU node pools; whole-GPU, first-fit placement; per-node image and model caches."""
 
     def __init__(
-        self, pools: list[NodePool], startup: StartupConfig, gpus_per_pod: int, rng: np.random.Generator
+        self,
+        pools: list[NodePool],
+        startup: StartupConfig,
+        gpus_per_pod: int,
+        rng: np.random.Generator,
+        mig_profile: str | None = None,
     ) -> None:
         self.startup = startup
         self.gpus_per_pod = gpus_per_pod
+        self.mig_profile = mig_profile
+        self.shared = any(p.gpu_sharing.kind != "whole" for p in pools)
         self.rng = rng
         self.pools = pools
         self.pool_labels = _labels(pools)
@@ -114,7 +157,9 @@ class Cluster:
         """A new node of pool ``pool_index``, billed from ``t``; usable at once unless the caller
         sets its ``ready_t`` / ``allocatable_t``."""
         pool = self.pools[pool_index]
-        node = Node(self._launched, pool, pool.gpus_per_node, pool_index=pool_index, created_t=t)
+        devices = self._devices(pool)
+        units = sum(d.units for d in devices) if self.shared else pool.gpus_per_node
+        node = Node(self._launched, pool, units, units, devices, pool_index=pool_index, created_t=t)
         self._launched += 1
         if pool.image_cached:
             node.image_at = -math.inf
@@ -122,6 +167,41 @@ class Cluster:
             node.model_at = -math.inf
         self.nodes.append(node)
         return node
+
+    def _devices(self, pool: NodePool) -> list[Device]:
+        sharing = pool.gpu_sharing
+        n = pool.gpus_per_node
+        if isinstance(sharing, MigLayout):
+            profile = mig_profile(pool.gpu, self.mig_profile or "")
+            if profile is None:
+                return []
+            k = sharing.layout.count(profile.name)
+            speed = sharing.speed(profile)
+            return [
+                Device(profile.memory_gb, 1, speed, gpus=profile.compute_slices / 7) for _ in range(n * k)
+            ]
+        if isinstance(sharing, TimeSlicing) and self.mig_profile is None:
+            mem = pool_memory_gb(pool)
+            r = sharing.replicas_per_gpu
+            return [Device(mem, r, 1.0, sharing.interference, 1.0 / r) for _ in range(n)]
+        if self.mig_profile is None and self.shared:  # whole GPUs beside shared pools: one pod each
+            return [Device(pool_memory_gb(pool), 1, 1.0) for _ in range(n)]
+        return []
+
+    @property
+    def pod_units(self) -> int:
+        """Units one pod takes."""
+        return 1 if self.shared else self.gpus_per_pod
+
+    def pods_fit(self, node: Node) -> int:
+        """More pods ``node`` takes now (ignoring cordons and allocatability)."""
+        return node.units_free // self.pod_units
+
+    def per_node(self, pool: NodePool) -> int:
+        """Pods an empty node of ``pool`` takes."""
+        if not self.shared:
+            return pool.gpus_per_node // self.gpus_per_pod
+        return sum(d.units for d in self._devices(pool))
 
     def remove_node(self, node: Node, t: float) -> None:
         """Terminate ``node`` at ``t`` (its pods must be gone): billing stops."""
@@ -140,14 +220,6 @@ class Cluster:
     def pool_size(self, pool_index: int) -> int:
         return sum(1 for n in self.nodes if n.pool_index == pool_index)
 
-    @property
-    def total_gpus(self) -> int:
-        return sum(n.pool.gpus_per_node for n in self.nodes)
-
-    @property
-    def free_gpus(self) -> int:
-        return sum(n.gpus_free for n in self.nodes)
-
     def place(self, pod: Pod, t: float, *, warm: bool = False) -> bool:
         """Bind ``pod`` to the first node with enough free GPUs and plan its cold start.
 
@@ -155,9 +227,16 @@ class Cluster:
         weights) once: a second pod scheduled while the first pull is running waits for that pull.
         """
         for node in self.nodes:
-            if node.gpus_free >= self.gpus_per_pod and not node.cordoned and node.allocatable_t <= t:
-                node.gpus_free -= self.gpus_per_pod
+            if node.units_free >= self.pod_units and not node.cordoned and node.allocatable_t <= t:
+                node.units_free -= self.pod_units
+                pod.gpus = self.gpus_per_pod
+                if self.shared:
+                    device = next(d for d in node.devices if len(d.pods) < d.units)
+                    device.pods.append(pod)
+                    pod.device = device
+                    pod.gpus = device.gpus
                 pod.node = node
+                node.pods_changed_t = t
                 pod.scheduled_t = t
                 if warm:
                     pod.ready_t = t
@@ -198,12 +277,27 @@ class Cluster:
         pod.cold_start_s = now - pod.created_t
         pod.phases_s = phases
 
+    def plan_restart(self, pod: Pod, t: float, backoff_s: float) -> None:
+        """The container restarts in place after ``backoff_s``: weights load again, warm-up again."""
+        phases = {"restart_backoff": backoff_s, "model_load": draw(self.startup.model_load_s, self.rng)}
+        phases["warmup"] = draw(self.startup.warmup_s, self.rng)
+        pod.ready_t = t + sum(phases.values())
+        pod.cold_start_s = pod.ready_t - t
+        pod.phases_s = phases
+
     def release(self, pod: Pod, t: float) -> None:
         node = pod.node
         if node is not None and pod.holds_gpu:
-            node.gpus_free += self.gpus_per_pod
-            if node.deleting and node.gpus_free == node.pool.gpus_per_node:
+            node.units_free += self.pod_units
+            node.pods_changed_t = t
+            if pod.device is not None:
+                pod.device.pods.remove(pod)
+            if node.deleting and node.units_free == node.units:
                 self.remove_node(node, t)
+
+
+def pool_memory_gb(pool: NodePool) -> float:
+    return GPU_TYPES[pool.gpu].memory_gb
 
 
 def _labels(pools: list[NodePool]) -> list[str]:

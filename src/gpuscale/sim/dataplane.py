@@ -144,6 +144,10 @@ class DataPlane:
         self._reindex()
         return p
 
+    def set_speed(self, p: int, speed: float) -> None:
+        """Batch-time multiplier of pod ``p`` from its next batch on (a batch running keeps its end)."""
+        self.pf[p, K.SPEED] = speed
+
     def stop_accepting(self, p: int) -> None:
         self._accepting.discard(p)
         self._reindex()

@@ -94,7 +94,11 @@ def simulate(
         record=record,
     )
     cluster = Cluster(
-        scenario.cluster.pools, scenario.startup, scenario.model.gpus_per_pod, generator(seed, "cluster")
+        scenario.cluster.pools,
+        scenario.startup,
+        scenario.model.gpus_per_pod,
+        generator(seed, "cluster"),
+        scenario.cluster.mig_profile,
     )
     target = SimScaleTarget(cluster, dp, grace_s=scenario.serving.termination_grace_s, max_pods=max_slots)
     nodes = NodeLayer(scenario.cluster, cluster, target, seed) if scenario.cluster.node_layer else None
@@ -163,6 +167,8 @@ def simulate(
         while target.events and target.events[0][0] <= t:
             _, _, kind, pod_id = heapq.heappop(target.events)
             target.handle_event(kind, pod_id, t)
+        if cluster.shared:
+            target.check_memory(t, scenario.model)
         max_ready = max(max_ready, target.count(Phase.READY))
         max_nodes = max(max_nodes, len(cluster.nodes))
         if t >= next_user_change and closed is not None:
@@ -234,6 +240,8 @@ def simulate(
                     _node_cost(cluster, t),
                 )
             )
+        if nodes is not None:
+            nodes.settle(t)
         if progress is not None and t >= next_report:
             progress(t / duration)
             next_report += report_every
@@ -241,7 +249,7 @@ def simulate(
     summary = _summarize(
         scenario, policy, seed, dp, target, ready_s, gpus_s, max_ready, mem_sum, mem_n, reasons
     )
-    summary = _with_nodes(summary, scenario, cluster, nodes, pending_s, max_nodes)
+    summary = _with_nodes(summary, scenario, cluster, nodes, pending_s, max_nodes, target.oom_kills)
     if progress is not None:
         progress(1.0)
     phases = {k: v / target.cold_starts for k, v in target.phase_totals.items()} if target.cold_starts else {}
@@ -259,6 +267,7 @@ def _with_nodes(
     nodes: NodeLayer | None,
     pending_s: float,
     max_nodes: int,
+    target_oom: int,
 ) -> Summary:
     """The node-layer figures: node-hours and dollars by pool, spot savings, pending time.
 
@@ -292,6 +301,7 @@ def _with_nodes(
         node_scale_downs=nodes.scale_downs if nodes is not None else 0,
         spot_interruptions=nodes.spot_interruptions if nodes is not None else 0,
         evictions=nodes.target.evictions if nodes is not None else 0,
+        oom_kills=target_oom,
         pending_pod_s=pending_s,
     )
 

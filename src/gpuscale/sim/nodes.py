@@ -18,12 +18,28 @@ Cluster Autoscaler (``kubernetes/autoscaler`` ``cluster-autoscaler/FAQ.md``), ev
   node per scan. A node whose pods the PodDisruptionBudget (``minAvailable``) does not let go is
   not removable (the simulation skips it, so its pods' would-be destination may go instead).
 
+Karpenter (``kubernetes-sigs/karpenter``, ``concepts/disruption.md``; pools are the candidate
+instance types and capacity types of one NodePool):
+
+* **provisioning**: Pending pods not covered by nodes still starting open a batch; it closes 1 s after
+  the last new Pending pod or 10 s after it opened. Then, until every pod has a place, the pool with the
+  lowest price per pod placed (⌈pods / pods-per-node⌉ nodes, up to the pool's max) is launched, ties to
+  the first listed: spot before on-demand when spot is cheaper, on-demand when spot is at its max.
+* **consolidation**, every 10 s, within the disruption budget (⌈nodes x 10 %⌉ - deleting - not ready),
+  on nodes whose pods have not changed for ``consolidate_after_s``: first every empty node (in one go),
+  else one node whose pods all fit in the free places of the other nodes (WhenEmptyOrUnderutilized;
+  fewest pods first), never while pods are Pending (kubernetes-sigs/karpenter#4533 behaviour), never a
+  node whose pods the PDB does not let go or that runs do-not-disrupt pods. The node is tainted
+  (cordoned), replacement pods are created at once, and each old pod is evicted only once the pods
+  Ready exceed the spec (its replacement is Ready elsewhere); the node goes with its last pod.
+
 Spot: a reclaimed node gets the notice, is cordoned and its pods evicted (no PDB: reclamation is not
 voluntary); at the end of the notice the node is terminated and anything still on it is dropped.
 Replacement pods are Pending like any other, and a node autoscaler may launch a node for them.
 
 Simplifications (stated, not hidden): no node-group backoff after a failed launch, no capacity
-shortage of a spot pool, no scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict".
+shortage of a spot pool, no scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict";
+Karpenter: no multi-node consolidation, no replacement by a cheaper node, no drift or expiry.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ import heapq
 import math
 
 from gpuscale._core.rng import generator
-from gpuscale.config.scenario import ClusterAutoscalerConfig, ClusterConfig
+from gpuscale.config.scenario import ClusterAutoscalerConfig, ClusterConfig, KarpenterConfig
 from gpuscale.sim.cluster import Cluster, Node, Phase, Pod, draw
 from gpuscale.sim.target import SimScaleTarget
 
@@ -51,6 +67,12 @@ class NodeLayer:
         self.cluster = cluster
         self.target = target
         self.ca = cfg.node_autoscaler if isinstance(cfg.node_autoscaler, ClusterAutoscalerConfig) else None
+        self.karpenter = cfg.node_autoscaler if isinstance(cfg.node_autoscaler, KarpenterConfig) else None
+        self._batch_open = math.inf
+        """When the open provisioning batch began (inf: none open)."""
+        self._batch_last = math.inf
+        self._batch_need = 0
+        self._n_poll = 0
         self._rng_provision = generator(seed, "nodes/provision")
         self._rng_spot = generator(seed, "nodes/spot")
         self._rng_expander = generator(seed, "nodes/expander")
@@ -84,6 +106,14 @@ class NodeLayer:
         nxt = self.events[0][0] if self.events else math.inf
         if self.ca is not None:
             nxt = min(nxt, self._n_scan * self.ca.scan_interval_s)
+        k = self.karpenter
+        if k is not None:
+            nxt = min(
+                nxt,
+                self._batch_last + k.batch_idle_s,
+                self._batch_open + k.batch_max_s,
+                self._n_poll * k.consolidation_interval_s,
+            )
         return nxt
 
     def pending_nodes(self, t: float) -> int:
@@ -103,6 +133,36 @@ class NodeLayer:
             self._n_scan += 1
             self._scale_up(self.ca, t)
             self._scale_down(self.ca, t)
+        k = self.karpenter
+        if k is not None:
+            if t >= min(self._batch_last + k.batch_idle_s, self._batch_open + k.batch_max_s):
+                self._batch_open = self._batch_last = math.inf
+                self._batch_need = 0
+                self._provision(k, t)
+            if t >= self._n_poll * k.consolidation_interval_s:
+                self._n_poll += 1
+                self._consolidate(k, t)
+
+    def settle(self, t: float) -> None:
+        """End of an instant: pods leaving a consolidated node go once replaced; Karpenter sees the
+        Pending pods the instant created (its batch opens or stretches)."""
+        leaving = sorted((p for p in self.target.pods.values() if p.leaving), key=lambda p: p.id)
+        for pod in leaving:
+            if pod.phase != Phase.READY:
+                if pod.phase != Phase.DRAINING:
+                    self.target.evict([pod], t)
+            elif self.target.count(Phase.READY) > self.target.spec and self._pdb_allows([pod]):
+                self.target.evict([pod], t)
+        if self.karpenter is None:
+            return
+        need = self._uncovered(t)
+        if need <= 0:
+            return
+        if self._batch_open == math.inf:
+            self._batch_open = self._batch_last = t
+        elif need > self._batch_need:
+            self._batch_last = t
+        self._batch_need = need
 
     def _handle(self, kind: int, arg: int, t: float) -> None:
         if kind == _SCRIPTED_RECLAIM:
@@ -152,12 +212,88 @@ class NodeLayer:
         self._track(node, t)
         return node
 
+    # -- Karpenter ---------------------------------------------------------------------------------
+    def _uncovered(self, t: float) -> int:
+        """Pending pods that no node still starting has a place for."""
+        pending = self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True)
+        if pending == 0:
+            return 0
+        upcoming = [n for n in self.cluster.nodes if not n.cordoned and n.allocatable_t > t]
+        return pending - sum(self.cluster.pods_fit(n) for n in upcoming)
+
+    def _provision(self, k: KarpenterConfig, t: float) -> None:
+        """The cheapest launch per pod placed, pool by pool, until every Pending pod has a place.
+
+        E.g. 2 pods, a 1-GPU pool at $2.5/h and a 4-GPU pool at $8/h: 2 x 2.5 / 2 = $2.5 per pod
+        against 8 / 2 = $4, so two small nodes; with 4 pods the big node wins ($2 against $2.5).
+        """
+        remaining = self._uncovered(t)
+        while remaining > 0:
+            best: tuple[float, int, int, int] | None = None
+            for i, pool in enumerate(self.cluster.pools):
+                per = self.cluster.per_node(pool)
+                room = pool.max_size - self.cluster.pool_size(i)
+                if per < 1 or room < 1:
+                    continue
+                nodes = min(-(-remaining // per), room)
+                placed = min(remaining, nodes * per)
+                option = (nodes * pool.node_price / placed, i, nodes, placed)
+                if best is None or option[0] < best[0]:
+                    best = option
+            if best is None:
+                return
+            _, i, nodes, placed = best
+            for _ in range(nodes):
+                self.launch(i, t, k.registration_ttl_s)
+            self.scale_ups += nodes
+            self.last_scale_up_t = t
+            remaining -= placed
+
+    def _consolidate(self, k: KarpenterConfig, t: float) -> None:
+        nodes = self.cluster.nodes
+        not_ready = sum(1 for n in nodes if n.allocatable_t > t)
+        deleting = sum(1 for n in nodes if n.cordoned)
+        allowed = math.ceil(len(nodes) * k.disruption_budget_pct / 100.0 - 1e-9) - deleting - not_ready
+        if allowed <= 0:
+            return
+        sizes = {i: self.cluster.pool_size(i) for i in range(len(self.cluster.pools))}
+        candidates = []
+        for n in nodes:
+            if n.cordoned or n.allocatable_t > t or t < n.pods_changed_t + k.consolidate_after_s:
+                continue
+            if sizes[n.pool_index] <= n.pool.min_nodes:
+                continue
+            candidates.append(n)
+        empty = [n for n in candidates if n.units_free == n.units]
+        for node in empty[:allowed]:
+            if sizes[node.pool_index] <= node.pool.min_nodes:
+                continue
+            sizes[node.pool_index] -= 1
+            self.cluster.remove_node(node, t)
+            self.scale_downs += 1
+        if empty or k.consolidation_policy == "WhenEmpty" or k.do_not_disrupt:
+            return
+        if self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True):
+            return
+        live = [n for n in nodes if not n.cordoned and n.allocatable_t <= t]
+        for node in sorted(candidates, key=lambda n: (len(self._pods_on(n)), n.index)):
+            pods = self._pods_on(node)
+            free = sum(self.cluster.pods_fit(n) for n in live if n is not node)
+            if free < len(pods) or not self._pdb_allows(pods):
+                continue
+            node.cordoned = node.deleting = True
+            node.unneeded_since = math.nan
+            for pod in pods:
+                pod.leaving = True
+            self.scale_downs += 1
+            self.target.reconcile(t)  # replacements, on the other nodes
+            return
+
     # -- Cluster Autoscaler ------------------------------------------------------------------------
     def _scale_up(self, ca: ClusterAutoscalerConfig, t: float) -> None:
         pending = self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True)
         if pending == 0:
             return
-        g = self.cluster.gpus_per_pod
         upcoming = [
             n
             for n in self.cluster.nodes
@@ -165,18 +301,18 @@ class NodeLayer:
             and (n.ready_t > t or (ca.gpu_unready_until_allocatable and n.allocatable_t > t))
         ]
         # Pods already promised a place on a node that is still starting do not ask for another.
-        remaining = pending - sum(n.gpus_free // g for n in upcoming)
+        remaining = pending - sum(self.cluster.pods_fit(n) for n in upcoming)
         while remaining > 0:
             groups = [
                 i
                 for i, p in enumerate(self.cluster.pools)
-                if p.gpus_per_node >= g and self.cluster.pool_size(i) < p.max_size
+                if self.cluster.per_node(p) >= 1 and self.cluster.pool_size(i) < p.max_size
             ]
             if not groups:
                 return
             i = self._expand(ca, groups)
             pool = self.cluster.pools[i]
-            per_node = pool.gpus_per_node // g
+            per_node = self.cluster.per_node(pool)
             k = min(-(-remaining // per_node), pool.max_size - self.cluster.pool_size(i))
             for _ in range(k):
                 self.launch(i, t, ca.max_node_provision_time_s)
@@ -189,18 +325,17 @@ class NodeLayer:
         if ca.expander == "priority":
             return groups[0]
         if ca.expander == "price":
-            g = self.cluster.gpus_per_pod
-            return min(groups, key=lambda i: pools[i].node_price / (pools[i].gpus_per_node // g))
+            return min(groups, key=lambda i: pools[i].node_price / self.cluster.per_node(pools[i]))
         return groups[int(self._rng_expander.integers(len(groups)))]
 
     def _scale_down(self, ca: ClusterAutoscalerConfig, t: float) -> None:
-        g = self.cluster.gpus_per_pod
+        g = self.cluster.pod_units
         live = [n for n in self.cluster.nodes if not n.cordoned and n.allocatable_t <= t]
-        sim_free = {n.index: n.gpus_free for n in live}
+        sim_free = {n.index: n.units_free for n in live}
         removed: set[int] = set()
         sizes = {i: self.cluster.pool_size(i) for i in range(len(self.cluster.pools))}
         for node in live:
-            total = node.pool.gpus_per_node
+            total = node.units
             used = total - sim_free[node.index]
             if used / total >= ca.scale_down_utilization_threshold or sizes[node.pool_index] <= (
                 node.pool.min_nodes
@@ -235,7 +370,7 @@ class NodeLayer:
         due = [
             n for n in live if n.index in removed and t >= n.unneeded_since + ca.scale_down_unneeded_time_s
         ]
-        empty = [n for n in due if n.gpus_free == n.pool.gpus_per_node][: ca.max_empty_bulk_delete]
+        empty = [n for n in due if n.units_free == n.units][: ca.max_empty_bulk_delete]
         for node in empty:
             self.cluster.remove_node(node, t)
             self.scale_downs += 1

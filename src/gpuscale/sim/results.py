@@ -112,6 +112,8 @@ class Summary:
     """Pods evicted by node scale-down or spot reclamation."""
     pending_pod_s: float = 0.0
     """Pod-seconds spent Pending (waiting for a GPU)."""
+    oom_kills: int = 0
+    """Pods OOM-killed on an over-packed shared GPU (each restarts in place with a cold start)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

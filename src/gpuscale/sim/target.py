@@ -12,8 +12,10 @@ import heapq
 import math
 from collections.abc import Iterator
 
+from gpuscale.config.profiles import ModelProfile
 from gpuscale.policies.base import Decision
-from gpuscale.sim.cluster import Cluster, Phase, Pod
+from gpuscale.sim import kernel as K
+from gpuscale.sim.cluster import Cluster, Device, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 
 READY_EVENT = 0
@@ -40,6 +42,7 @@ class SimScaleTarget:
         self.gone: list[Pod] = []
         self.phase_totals: dict[str, float] = {}
         self.evictions = 0
+        self.oom_kills = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, pod: Pod) -> None:
@@ -58,15 +61,15 @@ class SimScaleTarget:
         return sum(1 for p in self.pods.values() if p.phase == phase and p.standby == standby)
 
     @property
-    def gpus_held(self) -> int:
-        return sum(self.cluster.gpus_per_pod for p in self.pods.values() if p.holds_gpu)
+    def gpus_held(self) -> float:
+        return sum(p.gpus for p in self.pods.values() if p.holds_gpu)
 
     def gpu_seconds(self, t: float) -> tuple[float, float]:
         """GPU-seconds and dollars so far, open pods counted up to ``t``."""
         secs, cost = self.gpu_seconds_closed, self.cost_closed
         for p in self.pods.values():
             if p.holds_gpu and p.node is not None:
-                s = (t - p.scheduled_t) * self.cluster.gpus_per_pod
+                s = (t - p.scheduled_t) * p.gpus
                 secs += s
                 cost += s / 3600.0 * p.node.pool.price
         return secs, cost
@@ -98,7 +101,11 @@ class SimScaleTarget:
     def _serve(self, pod: Pod, t: float) -> None:
         pod.phase = Phase.READY
         pod.standby = False
-        pod.slot = self.dp.open_slot(t)
+        if pod.device is None:
+            pod.slot = self.dp.open_slot(t)
+        else:
+            pod.slot = self.dp.open_slot(t, self._speed(pod.device, 1))
+            self._respeed(pod.device)
         # Becoming Ready is the pod's own event: it takes from the router queue before the next pod
         # that turns Ready at the same instant does (docs/simulator.md).
         if self.dp.router_queue_len:
@@ -107,13 +114,15 @@ class SimScaleTarget:
     def _end(self, pod: Pod, t: float) -> None:
         """The pod is gone at ``t``: GPU released, its slot handed back."""
         if pod.holds_gpu and pod.node is not None:
-            s = (t - pod.scheduled_t) * self.cluster.gpus_per_pod
+            s = (t - pod.scheduled_t) * pod.gpus
             self.gpu_seconds_closed += s
             self.cost_closed += s / 3600.0 * pod.node.pool.price
         self.cluster.release(pod, t)
         if pod.slot >= 0:
             self.dp.close_slot(pod.slot)
             pod.slot = -1
+        if pod.device is not None:
+            self._respeed(pod.device)
         pod.phase = Phase.GONE
         del self.pods[pod.id]
         self.gone.append(pod)
@@ -122,7 +131,7 @@ class SimScaleTarget:
         pod = self.pods.get(pod_id)
         if pod is None:
             return
-        if kind == READY_EVENT and pod.phase == Phase.STARTING:
+        if kind == READY_EVENT and pod.phase == Phase.STARTING and t >= pod.ready_t:
             self.cold_starts += 1
             self.cold_start_total_s += pod.cold_start_s
             for name, secs in pod.phases_s.items():
@@ -135,6 +144,70 @@ class SimScaleTarget:
             self.dp.evict(pod.slot, t)
             self._end(pod, t)
             self.schedule_pending(t)
+
+    # -- shared GPUs ---------------------------------------------------------------------------------
+    @staticmethod
+    def _speed(device: Device, extra: int = 0) -> float:
+        """Batch-time multiplier on ``device``: its base (MIG: 7 / compute slices) x (1 + interference
+        x (serving pods on it - 1)); ``extra`` counts a pod about to start serving."""
+        serving = sum(1 for p in device.pods if p.slot >= 0) + extra
+        return device.speed * (1.0 + device.interference * max(serving - 1, 0))
+
+    def _respeed(self, device: Device) -> None:
+        """Co-residents changed: every serving pod on ``device`` runs its next batch at the new speed."""
+        if device.interference > 0:
+            speed = self._speed(device)
+            for p in device.pods:
+                if p.slot >= 0:
+                    self.dp.set_speed(p.slot, speed)
+
+    def memory_need_gb(self, pod: Pod, model: ModelProfile, t: float) -> float:
+        """GPU memory ``pod`` holds at ``t``: from the start of its model load, the runtime and weights;
+        once serving, at its batch high-water mark (a preallocating runtime takes its fraction of the
+        memory it sees: the slice, or the whole time-sliced GPU)."""
+        assert pod.device is not None
+        if pod.phase == Phase.STARTING:
+            loading_t = pod.ready_t - pod.phases_s.get("model_load", 0.0) - pod.phases_s.get("warmup", 0.0)
+            if t < loading_t:
+                return 0.0
+        if model.allocator == "preallocate":
+            return model.preallocate_fraction * pod.device.memory_gb
+        batch = int(self.dp.pi[pod.slot, K.HW_BATCH]) if pod.slot >= 0 else 0
+        return model.memory_at_batch_gb(batch)
+
+    def check_memory(self, t: float, model: ModelProfile) -> None:
+        """OOM kills on shared GPUs. On each device, pods in the order they were scheduled keep what
+        they hold; a pod whose need no longer fits in what is left is OOM-killed, though the device
+        plugin still shows free places on the GPU (seed 004)."""
+        for node in self.cluster.nodes:
+            for device in node.devices:
+                if not device.pods:
+                    continue
+                left = device.memory_gb
+                for pod in sorted(device.pods, key=lambda p: (p.scheduled_t, p.id)):
+                    need = self.memory_need_gb(pod, model, t)
+                    if need > left + 1e-9:
+                        self._oom(pod, t)
+                    else:
+                        left -= need
+
+    def _oom(self, pod: Pod, t: float) -> None:
+        """CUDA out of memory: the container dies and restarts in place after the kubelet's
+        CrashLoopBackOff (10 s, doubling to 300 s), loading its weights again."""
+        self.oom_kills += 1
+        if pod.phase == Phase.DRAINING:
+            self.kill(pod, t)
+            return
+        if pod.slot >= 0:
+            self.dp.evict(pod.slot, t)
+            self.dp.close_slot(pod.slot)
+            pod.slot = -1
+        pod.restarts += 1
+        pod.phase = Phase.STARTING
+        self.cluster.plan_restart(pod, t, min(10.0 * 2.0 ** (pod.restarts - 1), 300.0))
+        self._push(pod.ready_t, READY_EVENT, pod)
+        assert pod.device is not None
+        self._respeed(pod.device)
 
     def reap_drained(self, t: float) -> bool:
         """Draining pods that have emptied are gone (at the moment their last request ended)."""
@@ -201,7 +274,12 @@ class SimScaleTarget:
         self.reconcile(t)
 
     def reconcile(self, t: float) -> None:
-        active = self.pods_in(Phase.PENDING, Phase.STARTING, Phase.READY, standby=False)
+        # Pods leaving a node being consolidated are already replaced (they go once it is Ready).
+        active = [
+            p
+            for p in self.pods_in(Phase.PENDING, Phase.STARTING, Phase.READY, standby=False)
+            if not p.leaving
+        ]
         if self.spec > len(active):
             need = self.spec - len(active)
             ready_standby = sorted(self.pods_in(Phase.STANDBY, standby=True), key=lambda p: p.ready_t)
@@ -217,7 +295,11 @@ class SimScaleTarget:
         elif self.spec < len(active):
             for pod in self._removal_order(active)[: len(active) - self.spec]:
                 self._remove(pod, t)
-        standby = self.pods_in(Phase.PENDING, Phase.STARTING, Phase.STANDBY, standby=True)
+        standby = [
+            p
+            for p in self.pods_in(Phase.PENDING, Phase.STARTING, Phase.STANDBY, standby=True)
+            if not p.leaving
+        ]
         if self.standby_target > len(standby):
             for _ in range(self.standby_target - len(standby)):
                 self._new_pod(t, standby=True)
