@@ -97,7 +97,6 @@ class Pod:
     slot: int = -1
     drain_deadline: float = math.inf
     drain_started_t: float = math.nan
-    initial: bool = False
     device: Device | None = None
     """Its MIG slice or time-sliced GPU (None on whole GPUs)."""
     gpus: float = 0

@@ -39,7 +39,6 @@ class SimScaleTarget:
         self.cold_start_total_s = 0.0
         self.gpu_seconds_closed = 0.0
         self.cost_closed = 0.0
-        self.gone: list[Pod] = []
         self.phase_totals: dict[str, float] = {}
         self.evictions = 0
         self.oom_kills = 0
@@ -93,7 +92,6 @@ class SimScaleTarget:
         fit the cluster wait Pending like any other."""
         for _ in range(n):
             pod = self._new_pod(t, standby=False)
-            pod.initial = True
             if self.cluster.place(pod, t, warm=True):
                 self._serve(pod, t)
         self.spec = n
@@ -125,7 +123,6 @@ class SimScaleTarget:
             self._respeed(pod.device)
         pod.phase = Phase.GONE
         del self.pods[pod.id]
-        self.gone.append(pod)
 
     def handle_event(self, kind: int, pod_id: int, t: float) -> None:
         pod = self.pods.get(pod_id)
