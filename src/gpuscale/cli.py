@@ -507,6 +507,14 @@ def keda_scaler(
     host: Annotated[
         str, typer.Option(help="Address to listen on (0.0.0.0: every interface, as a Service needs).")
     ] = "0.0.0.0",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve the scaler's Prometheus metrics on this port (same host); off if unset.",
+        ),
+    ] = None,
 ) -> None:
     """Serve KEDA's external-scaler gRPC API, driven by a gpuscale policy, until interrupted."""
     import logging
@@ -517,10 +525,12 @@ def keda_scaler(
 
     with user_errors():
         cfg = load_keda_scaler_config(config)
-        server = build_server(cfg, config, SystemClock(), host=host, port=port)
+        server = build_server(cfg, config, SystemClock(), host=host, port=port, metrics_port=metrics_port)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         bound = server.start()
     err.print(f"gpuscale keda-scaler listening on {host}:{bound}", highlight=False)
+    if server.metrics_port is not None:
+        err.print(f"gpuscale keda-scaler metrics on {host}:{server.metrics_port}/metrics", highlight=False)
 
     def _on_signal(_signum: int, _frame: object) -> None:
         server.stop()  # Kubernetes sends SIGTERM: report NOT_SERVING, end the streams, drain

@@ -477,7 +477,9 @@ STATIC_SOURCE = {
     [
         ({"source": STATIC_SOURCE}, "policy"),
         ({"policy": "no-such-preset", "source": STATIC_SOURCE}, "no-such-preset"),
-        ({"policy": "ray-serve", "source": {"kind": "prometheus"}}, "live controller"),
+        ({"policy": "ray-serve", "source": {"kind": "prometheus"}}, "source.url"),
+        ({"policy": "ray-serve", "source": {"kind": "prometheus", "url": "localhost:9090"}}, "http://"),
+        ({"policy": "ray-serve", "source": {"kind": "prometheus", "url": "http://p:9090", "queries": {"queue_length": "sum(x{$selector})"}}}, "$selector"),
         ({"policy": "ray-serve", "source": STATIC_SOURCE, "port": 1}, "port"),
         ({"policy": {"kind": "ray-serve", "min_replicas": -1}, "source": STATIC_SOURCE}, "policy.min_replicas"),
         ({"policy": "ray-serve", "source": STATIC_SOURCE, "tls": {"cert_file": "x.crt", "key_file": "x.key"}}, "tls.cert_file"),

@@ -78,7 +78,7 @@ def test_keda_trigger_queries_per_signal() -> None:
     )
     spec = M.render_keda(config, TARGET).body["spec"]
     queries = [t["metadata"]["query"] for t in spec["triggers"]]
-    sel = 'namespace="ml",pod=~"triton\\-resnet-.*"'
+    sel = 'namespace="ml",pod=~"triton-resnet-.*"'
     assert queries[0] == f"avg(avg_over_time(DCGM_FI_DEV_GPU_UTIL{{{sel}}}[180s]))"
     assert (
         "DCGM_FI_DEV_FB_USED" in queries[1]

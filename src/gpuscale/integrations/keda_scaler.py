@@ -29,6 +29,14 @@ the KPA's windows) need one evaluation per period whether or not KEDA happens to
 Time is read only through the injected :class:`~gpuscale._core.clock.Clock`: ``now()`` stamps the
 snapshot, ``monotonic()`` decides when the cached decision is due again.
 
+Snapshots come from the config's ``source``: ``kind: static`` (a fixed snapshot, for trials) or
+``kind: prometheus`` (:mod:`gpuscale.integrations.prometheus`: one source per ScaledObject, its
+``$namespace``/``$name`` filled into the pod selector; replica counts from kube-state-metrics).
+
+The scaler's own metrics (prometheus-client, on ``--metrics-port``; see :class:`ScalerMetrics`):
+``gpuscale_scaler_desired_replicas{scaledobject}``, ``gpuscale_scaler_decisions_total{reason}`` (one
+per policy evaluation, labelled with the decision's reason) and ``gpuscale_scaler_errors_total{kind}``.
+
 The trigger metadata KEDA sends (``scalerMetadata``) is what ``gpuscale manifests --format keda``
 renders: ``scalerAddress`` and ``policy`` (the policy's name; when present it must be the policy this
 scaler runs, so a trigger pointed at the wrong scaler fails loudly), plus KEDA's own ``enableTLS`` and
@@ -44,10 +52,11 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import Field
 
 from gpuscale._core.clock import Clock
@@ -55,6 +64,12 @@ from gpuscale._core.errors import MISSING, ConfigError, PermanentError, Temporar
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.integrations._externalscaler import externalscaler_pb2 as pb
 from gpuscale.integrations._externalscaler import externalscaler_pb2_grpc as pb_grpc
+from gpuscale.integrations.prometheus import (
+    PrometheusSourceConfig,
+    ScaledObjectSource,
+    build_client,
+    source_for,
+)
 from gpuscale.policies import registry
 from gpuscale.policies.base import (
     Aggregation,
@@ -89,8 +104,9 @@ class MetricsSource(Protocol):
     :mod:`gpuscale.policies.base`: no data is ``None`` with a reason, every value carries its age.
     It may raise :class:`~gpuscale._core.errors.TemporaryError` (Prometheus timed out: KEDA retries
     and, after its failure threshold, applies the ScaledObject's fallback) or
-    :class:`~gpuscale._core.errors.PermanentError`. The Prometheus source comes with the live
-    controller; :class:`StaticSource` serves a fixed snapshot for tests and dry runs.
+    :class:`~gpuscale._core.errors.PermanentError`.
+    :class:`~gpuscale.integrations.prometheus.ScaledObjectSource` reads Prometheus;
+    :class:`StaticSource` serves a fixed snapshot for tests and dry runs.
     """
 
     def snapshot(self, now: float) -> MetricsSnapshot: ...
@@ -143,6 +159,50 @@ class Evaluation:
         return self.desired_replicas > 0
 
 
+class ScalerMetrics:
+    """The scaler's own Prometheus metrics, in a registry of their own (several scalers per process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.desired = Gauge(
+            "gpuscale_scaler_desired_replicas",
+            "Replicas the policy wants (on a hold: the current count), per ScaledObject.",
+            ["scaledobject"],
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "gpuscale_scaler_decisions",
+            "Policy evaluations, by the decision's reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "gpuscale_scaler_errors",
+            "Failed evaluations and rejected requests, by kind (temporary, permanent, internal, or the "
+            "gRPC status of a rejected request).",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe(self, evaluation: Evaluation) -> None:
+        self.desired.labels(scaledobject=str(evaluation.key)).set(evaluation.desired_replicas)
+        self.decisions.labels(reason=evaluation.decision.reason.value).inc()
+
+    def error(self, exc: BaseException) -> None:
+        self.errors.labels(kind=error_kind(exc)).inc()
+
+
+def error_kind(exc: BaseException) -> str:
+    """``temporary``, ``permanent``, a rejected request's gRPC status (``invalid_argument``), or ``internal``."""
+    if isinstance(exc, _Abort):
+        return str(exc.code.name).lower()
+    if isinstance(exc, TemporaryError):
+        return "temporary"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    return "internal"
+
+
 class TooManyScaledObjects(PermanentError):
     """More distinct ScaledObjects asked than ``max_scaled_objects`` allows."""
 
@@ -167,6 +227,7 @@ class PolicyScaler:
         *,
         default_sync_period_s: float = 15.0,
         max_scaled_objects: int = 1000,
+        metrics: ScalerMetrics | None = None,
     ) -> None:
         if not default_sync_period_s > 0:
             raise ValueError("default_sync_period_s must be > 0")
@@ -178,6 +239,7 @@ class PolicyScaler:
         self._entries: dict[ScaledObjectKey, _Entry] = {}
         self._changed = threading.Condition()
         self._closed = False
+        self.metrics = metrics if metrics is not None else ScalerMetrics()
 
     @property
     def closed(self) -> bool:
@@ -201,6 +263,13 @@ class PolicyScaler:
 
     def evaluate(self, key: ScaledObjectKey) -> Evaluation:
         """The decision for ``key``: cached within an evaluation period, else the policy runs once."""
+        try:
+            return self._evaluate(key)
+        except Exception as exc:
+            self.metrics.error(exc)
+            raise
+
+    def _evaluate(self, key: ScaledObjectKey) -> Evaluation:
         entry = self._entry(key)
         with entry.lock:
             now_mono = self._clock.monotonic()
@@ -217,6 +286,7 @@ class PolicyScaler:
             entry.state = state
             entry.evaluation = evaluation
             entry.due = now_mono + self.period_s
+            self.metrics.observe(evaluation)
         # A change of count or reason at INFO; a repeat (one per period per ScaledObject) at DEBUG.
         changed = previous is None or (previous.desired_replicas, previous.decision.reason) != (
             desired,
@@ -319,8 +389,9 @@ class ExternalScalerServicer:
     def _evaluate(self, ref: Any) -> Evaluation:
         return self.scaler.evaluate(self._key(ref))
 
-    @staticmethod
-    def _abort(context: Any, exc: Exception) -> None:
+    def _abort(self, context: Any, exc: Exception) -> None:
+        if isinstance(exc, _Abort):  # evaluation failures are counted by the scaler itself
+            self.scaler.metrics.error(exc)
         code, details = _status_of(exc)
         context.abort(code, details)
 
@@ -401,7 +472,13 @@ class KedaScalerServer:
         max_workers: int = 16,
         background_ticks: bool = True,
         stream_wait_s: float | None = None,
+        metrics_host: str | None = None,
+        metrics_port: int | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """``metrics_port`` (0: a free one) serves the scaler's metrics on ``metrics_host`` (default
+        ``host``); None serves none. ``on_stop`` runs last in :meth:`stop` (closes the source's client).
+        """
         self.scaler = scaler
         self.servicer = ExternalScalerServicer(scaler, stream_wait_s=stream_wait_s)
         self.health = health.HealthServicer()
@@ -413,6 +490,11 @@ class KedaScalerServer:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.port: int | None = None
+        self._metrics_host = metrics_host if metrics_host is not None else host
+        self._metrics_port = metrics_port
+        self._metrics_http: Any = None
+        self.metrics_port: int | None = None
+        self._on_stop = on_stop
 
     def start(self) -> int:
         """Bind, start serving and return the bound port (``port=0`` picks a free one)."""
@@ -434,6 +516,17 @@ class KedaScalerServer:
         if not port:
             raise PermanentError(f"cannot listen on {address}")
         self.port = int(port)
+        if self._metrics_port is not None:
+            try:
+                self._metrics_http, _thread = start_http_server(
+                    self._metrics_port, addr=self._metrics_host, registry=self.scaler.metrics.registry
+                )
+            except OSError as exc:
+                self._server.stop(None)
+                raise PermanentError(
+                    f"cannot serve metrics on {self._metrics_host}:{self._metrics_port}: {exc}"
+                ) from None
+            self.metrics_port = int(self._metrics_http.server_port)
         self._server.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -467,6 +560,13 @@ class KedaScalerServer:
         self._server.stop(grace_s).wait(timeout=grace_s + 5.0)
         if self._ticker is not None:
             self._ticker.join(timeout=grace_s + 5.0)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        if self._on_stop is not None:
+            on_stop, self._on_stop = self._on_stop, None
+            on_stop()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until the server stops (or ``timeout_s``); True when it stopped."""
@@ -517,7 +617,7 @@ class StaticSnapshot(StrictModel):
 
 
 class StaticSourceConfig(StrictModel):
-    """A fixed snapshot, for tests and dry runs (``kind: prometheus`` comes with the live controller)."""
+    """A fixed snapshot, for tests and dry runs."""
 
     kind: Literal["static"] = "static"
     snapshot: StaticSnapshot
@@ -537,7 +637,9 @@ class KedaScalerConfig(StrictModel):
     policy: str | dict[str, Any] = Field(
         description="A preset name, a policy YAML file (relative to this file), or an inline policy."
     )
-    source: StaticSourceConfig = Field(description="Where snapshots come from; for now kind: static.")
+    source: Annotated[StaticSourceConfig | PrometheusSourceConfig, Field(discriminator="kind")] = Field(
+        description="Where snapshots come from: kind static (a fixed snapshot) or prometheus."
+    )
     default_sync_period_s: float = Field(
         15.0,
         gt=0,
@@ -556,18 +658,7 @@ class KedaScalerConfig(StrictModel):
 
 def load_keda_scaler_config(path: str | Path) -> KedaScalerConfig:
     """Read and validate a scaler config file; ConfigError naming the key otherwise."""
-    source = str(path)
-    data = load_yaml(path)
-    if isinstance(data, Mapping):
-        kind = data.get("source", {}).get("kind") if isinstance(data.get("source"), Mapping) else None
-        if kind == "prometheus":
-            raise ConfigError(
-                source,
-                "source.kind",
-                kind,
-                "the prometheus source comes with the live controller; allowed now: static",
-            )
-    return validate(KedaScalerConfig, data, source)
+    return validate(KedaScalerConfig, load_yaml(path), str(path))
 
 
 def build_policy(config: KedaScalerConfig, config_path: str | Path) -> Policy[Any]:
@@ -600,16 +691,38 @@ def _read(path: Path | None, base: Path, source: str, key: str) -> bytes | None:
 
 
 def build_server(
-    config: KedaScalerConfig, config_path: str | Path, clock: Clock, *, host: str, port: int
+    config: KedaScalerConfig,
+    config_path: str | Path,
+    clock: Clock,
+    *,
+    host: str,
+    port: int,
+    metrics_host: str | None = None,
+    metrics_port: int | None = None,
 ) -> KedaScalerServer:
     """Everything ``gpuscale keda-scaler`` runs, from its config (files read here, nothing started)."""
     source_name = str(config_path)
     policy = build_policy(config, config_path)
-    template = config.source.snapshot.build()
-    static = StaticSource(template)
+    sources: SourceFactory
+    on_stop: Callable[[], None] | None = None
+    if isinstance(config.source, PrometheusSourceConfig):
+        prometheus = config.source
+        client = build_client(prometheus, config_path)  # one connection pool for every ScaledObject
+        on_stop = client.close
+
+        def sources(key: ScaledObjectKey) -> MetricsSource:
+            source, replicas = source_for(prometheus, client, namespace=key.namespace, name=key.name)
+            return ScaledObjectSource(source, tuple(policy.signals), replicas)
+
+    else:
+        static = StaticSource(config.source.snapshot.build())
+
+        def sources(key: ScaledObjectKey) -> MetricsSource:
+            return static
+
     scaler = PolicyScaler(
         policy,
-        lambda _key: static,
+        sources,
         clock,
         default_sync_period_s=config.default_sync_period_s,
         max_scaled_objects=config.max_scaled_objects,
@@ -623,4 +736,13 @@ def build_server(
         if cert is None or key is None:  # pragma: no cover - both fields are required
             raise ConfigError(source_name, "tls", MISSING, "cert_file and key_file are required")
         tls = TlsFiles(cert, key, ca)
-    return KedaScalerServer(scaler, host=host, port=port, tls=tls, max_workers=config.max_workers)
+    return KedaScalerServer(
+        scaler,
+        host=host,
+        port=port,
+        tls=tls,
+        max_workers=config.max_workers,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+        on_stop=on_stop,
+    )

@@ -21,6 +21,13 @@ counters are ``rate``\\ d, and the pods are combined with ``avg`` (pod_mean), ``
 labels Prometheus' Kubernetes service discovery attaches; dcgm-exporter needs its pod mapping
 enabled, ``--kubernetes``, to carry them).
 
+The table is split by exporter into **presets** (:data:`PRESET_SOURCES`): ``dcgm``, ``knative``,
+``triton`` and ``vllm``; a list of presets, first one wins, says where each metric is read
+(``cpu_util`` comes from cAdvisor whatever the presets). :func:`signal_query` writes the query of a
+signal for any presets and label matchers; :func:`freshness_query` the query that finds the newest
+sample behind it (for the signal's age). :func:`query` is the fixed choice the manifests use
+(``dcgm``, ``knative``, then the runtime).
+
 :func:`query` writes one query; :func:`parse_query` reads it (or a hand-written one of the same
 shape) back into a :class:`~gpuscale.policies.base.SignalSpec` for ``gpuscale import``.
 """
@@ -34,6 +41,8 @@ from typing import Literal
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec
 
 Runtime = Literal["triton", "vllm"]
+Preset = Literal["dcgm", "knative", "triton", "vllm"]
+ALL_PRESETS: tuple[Preset, ...] = ("dcgm", "knative", "triton", "vllm")
 
 _AGG_FN = {Aggregation.POD_MEAN: "avg", Aggregation.TOTAL: "sum", Aggregation.MAX: "max"}
 _FN_AGG = {v: k for k, v in _AGG_FN.items()}
@@ -73,22 +82,102 @@ _RUNTIME_SOURCES: dict[Runtime, dict[Metric, Source]] = {
 _LATENCY_SERIES = "vllm:e2e_request_latency_seconds_bucket"
 
 
+_LATENCY_SOURCE = Source(_LATENCY_SERIES, counter=True, exporter="vLLM")
+_CPU_SOURCE = SOURCES[Metric.CPU_UTIL]
+
+PRESET_SOURCES: dict[Preset, dict[Metric, Source]] = {
+    "dcgm": {m: SOURCES[m] for m in (Metric.GPU_UTIL, Metric.GPU_MEMORY_UTIL, Metric.GPU_MEMORY_USED_GB)},
+    "knative": {Metric.CONCURRENCY: SOURCES[Metric.CONCURRENCY]},
+    "triton": dict(_RUNTIME_SOURCES["triton"]),
+    "vllm": {**_RUNTIME_SOURCES["vllm"], **dict.fromkeys(_QUANTILES, _LATENCY_SOURCE)},
+}
+"""Which metrics each exporter serves, and from which series."""
+
+
+def runtime_presets(runtime: Runtime) -> tuple[Preset, ...]:
+    """The preset order :func:`query` uses: DCGM, Knative, the runtime, then the other runtime."""
+    other: Runtime = "vllm" if runtime == "triton" else "triton"
+    return ("dcgm", "knative", runtime, other)
+
+
+def preset_source(metric: Metric, presets: tuple[Preset, ...]) -> Source | None:
+    """The source of ``metric`` under ``presets`` (first wins); cAdvisor for cpu_util; else None."""
+    if metric == Metric.CPU_UTIL:
+        return _CPU_SOURCE
+    for preset in presets:
+        found = PRESET_SOURCES[preset].get(metric)
+        if found is not None:
+            return found
+    return None
+
+
 def source_of(metric: Metric, runtime: Runtime = "triton") -> Source:
-    if metric in _QUANTILES:
-        return Source(_LATENCY_SERIES, counter=True, exporter="vLLM")
-    return _RUNTIME_SOURCES[runtime].get(metric) or SOURCES[metric]
+    found = preset_source(metric, runtime_presets(runtime))
+    assert found is not None, metric  # every metric has a source under the four presets
+    return found
+
+
+_RE2_META = frozenset("\\.+*?()|[]{}^$")
+
+
+def regex_escape(text: str) -> str:
+    """``text`` as a literal in a Prometheus (RE2) regex: only metacharacters get a backslash.
+
+    Python's :func:`re.escape` also escapes ``-``, which PromQL's string syntax then rejects
+    ("unknown escape sequence"): ``llm-7b`` must stay ``llm-7b``, while ``v1.5`` becomes ``v1\\.5``.
+    """
+    return "".join(f"\\{c}" if c in _RE2_META else c for c in text)
+
+
+def string_literal(text: str) -> str:
+    """``text`` as a double-quoted PromQL string (backslashes and quotes escaped)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def matchers(namespace: str | None = None, pod_regex: str | None = None, **labels: str) -> str:
+    """Label matchers (without braces): ``namespace``, ``pod`` by regex, and exact ``labels``.
+
+    >>> matchers("ml", "llm-.*", app="llm")
+    'namespace="ml",pod=~"llm-.*",app="llm"'
+    """
+    parts = []
+    if namespace is not None:
+        parts.append(f"namespace={string_literal(namespace)}")
+    if pod_regex is not None:
+        parts.append(f"pod=~{string_literal(pod_regex)}")
+    parts += [f"{k}={string_literal(v)}" for k, v in labels.items()]
+    return ",".join(parts)
 
 
 def selector(namespace: str, pod_prefix: str) -> str:
-    return f'namespace="{namespace}",pod=~"{re.escape(pod_prefix)}-.*"'
+    return matchers(namespace, f"{regex_escape(pod_prefix)}-.*")
 
 
 def window(window_s: float) -> str:
-    return f"{window_s:g}s"
+    """A PromQL range: ``60s``; a fraction of a second in milliseconds (``2.5`` -> ``2500ms``).
+
+    Prometheus' durations are whole numbers of a unit: ``[2.5s]`` is a parse error.
+    """
+    if float(window_s).is_integer():
+        return f"{int(window_s)}s"
+    return f"{max(1, round(window_s * 1000))}ms"
 
 
 def per_pod_expr(metric: Metric, window_s: float, labels: str, runtime: Runtime = "triton") -> str:
     """The metric per pod (one series per pod), averaged or rated over ``window_s``."""
+    expr = preset_per_pod_expr(metric, window_s, labels, runtime_presets(runtime))
+    assert expr is not None, metric
+    return expr
+
+
+def preset_per_pod_expr(
+    metric: Metric, window_s: float, labels: str, presets: tuple[Preset, ...]
+) -> str | None:
+    """:func:`per_pod_expr` under ``presets``; None when none of them serves ``metric``."""
+    src = preset_source(metric, presets)
+    if src is None:  # a latency metric gives its buckets' rate: signal_query takes the quantile
+        return None
     w = window(window_s)
     if metric == Metric.GPU_MEMORY_UTIL:
         used = f"avg_over_time(DCGM_FI_DEV_FB_USED{{{labels}}}[{w}])"
@@ -100,10 +189,42 @@ def per_pod_expr(metric: Metric, window_s: float, labels: str, runtime: Runtime 
         usage = f'sum by (pod) (rate(container_cpu_usage_seconds_total{{{labels},container!=""}}[{w}]))'
         request = f'sum by (pod) (kube_pod_container_resource_requests{{{labels},resource="cpu"}})'
         return f"100 * {usage} / {request}"
-    src = source_of(metric, runtime)
     if src.counter:
         return f"rate({src.series}{{{labels}}}[{w}])"
     return f"avg_over_time({src.series}{{{labels}}}[{w}])"
+
+
+def aggregation_fn(aggregation: Aggregation) -> str:
+    """The PromQL aggregation operator of a pod aggregation: avg, sum or max."""
+    return _AGG_FN[aggregation]
+
+
+def signal_query(spec: SignalSpec, labels: str, presets: tuple[Preset, ...] = ALL_PRESETS) -> str | None:
+    """One instant query returning one number for ``spec`` over the series ``labels`` select.
+
+    None when none of ``presets`` serves the metric (e.g. latency without ``vllm``: Triton publishes
+    no latency histogram by default).
+    """
+    if spec.metric in _QUANTILES:
+        if preset_source(spec.metric, presets) is None:
+            return None
+        rate = f"sum by (le) (rate({_LATENCY_SERIES}{{{labels}}}[{window(spec.window_s)}]))"
+        return f"histogram_quantile({_QUANTILES[spec.metric]}, {rate}) * 1000"
+    expr = preset_per_pod_expr(spec.metric, spec.window_s, labels, presets)
+    return None if expr is None else f"{_AGG_FN[spec.aggregation]}({expr})"
+
+
+def freshness_query(metric: Metric, labels: str, presets: tuple[Preset, ...] = ALL_PRESETS) -> str | None:
+    """The time of the newest sample behind ``metric``: ``max(timestamp(series{labels}))``.
+
+    ``timestamp()`` of a plain selector is the sample's own scrape time (within Prometheus' 5 min
+    lookback), not the evaluation time, so ``now - result`` is the signal's age.
+    """
+    src = preset_source(metric, presets)
+    if src is None:
+        return None
+    extra = ',container!=""' if metric == Metric.CPU_UTIL else ""
+    return f"max(timestamp({src.series}{{{labels}{extra}}}))"
 
 
 def query(spec: SignalSpec, namespace: str, pod_prefix: str, runtime: Runtime = "triton") -> str:
@@ -112,11 +233,9 @@ def query(spec: SignalSpec, namespace: str, pod_prefix: str, runtime: Runtime = 
     >>> query(SignalSpec(Metric.QUEUE_LENGTH, 60, Aggregation.TOTAL), "ml", "resnet")
     'sum(avg_over_time(nv_inference_pending_request_count{namespace="ml",pod=~"resnet-.*"}[60s]))'
     """
-    labels = selector(namespace, pod_prefix)
-    if spec.metric in _QUANTILES:
-        rate = f"sum by (le) (rate({_LATENCY_SERIES}{{{labels}}}[{window(spec.window_s)}]))"
-        return f"histogram_quantile({_QUANTILES[spec.metric]}, {rate}) * 1000"
-    return f"{_AGG_FN[spec.aggregation]}({per_pod_expr(spec.metric, spec.window_s, labels, runtime)})"
+    found = signal_query(spec, selector(namespace, pod_prefix), runtime_presets(runtime))
+    assert found is not None, spec  # the four presets serve every metric
+    return found
 
 
 _WINDOW = re.compile(r"\[(\d+(?:\.\d+)?)(ms|s|m|h)\]")
