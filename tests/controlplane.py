@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "gpuscale-test-admin-token"
+VIEWER_TOKEN = "gpuscale-test-viewer-token"
+"""A user ``viewer`` with no rights until a test binds a Role to it (RBAC denials)."""
 
 
 def _free_port() -> int:
@@ -85,7 +87,9 @@ class ControlPlane:
             check=True,
             capture_output=True,
         )
-        (w / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n", encoding="utf-8")
+        (w / "tokens.csv").write_text(
+            f"{TOKEN},admin,admin,system:masters\n{VIEWER_TOKEN},viewer,viewer\n", encoding="utf-8"
+        )
         api_log = (w / "apiserver.log").open("wb")
         self.procs.append(
             subprocess.Popen(

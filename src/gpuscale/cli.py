@@ -542,6 +542,58 @@ def keda_scaler(
         server.stop()
 
 
+@app.command("run")
+def run_controller(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="The controller's config YAML (target, policy, safety).")
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Decide and log, but never write the scale.")
+    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="One tick, then exit (1 if the tick failed).")] = False,
+) -> None:
+    """Run the live controller: scale a workload's scale subresource by a gpuscale policy."""
+    import logging
+    import signal
+    import sys
+    import threading
+
+    from gpuscale._core.clock import SystemClock
+    from gpuscale.controller import build_controller, load_controller_config
+    from gpuscale.controller.loop import json_lines_sink
+
+    with user_errors():
+        cfg = load_controller_config(config)
+        log_file = None
+        if cfg.decision_log is not None:
+            path = cfg.decision_log if cfg.decision_log.is_absolute() else config.parent / cfg.decision_log
+            try:
+                log_file = path.open("a", encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    str(config), "decision_log", str(path), f"cannot be opened ({exc})"
+                ) from None
+        stream = log_file or sys.stdout
+        sink = json_lines_sink(stream.write, stream.flush)
+        controller = build_controller(cfg, config, SystemClock(), dry_run=dry_run, sink=sink)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if once:
+            outcome = controller.tick()
+            if outcome.action == "error":
+                raise typer.Exit(1)
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+        try:
+            controller.run(stop=stop)
+        except KeyboardInterrupt:
+            stop.set()
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
 @app.command()
 def bench(
     quick: Annotated[

@@ -1,0 +1,330 @@
+"""The live control loop: snapshot -> policy -> safety -> write -> one JSON-lines record per tick.
+
+Deciding is apart from acting: the policy is pure, :func:`apply_safety` is pure, and only
+:meth:`Controller.tick` touches the target. Every failure becomes a :class:`TickOutcome` (kopf's
+"outcome, not exception"): a temporary error holds and is retried next tick, a permanent one (403, the
+target deleted) is reported every tick until someone fixes it; nothing escapes :meth:`Controller.run`.
+
+Safety, in order (each step that changes the number adds a reason to ``TickOutcome.safety``):
+
+1. fail-static: a scale-down while any signal the policy reads is missing becomes a hold -- no data
+   must never look like no load;
+2. ``min_replicas`` / ``max_replicas``;
+3. ``max_step`` per tick: 2 -> 10 with max_step 3 writes 5;
+4. the GPU budget, last, so no step ever writes more GPUs than the budget: budget 10 at 4 GPUs per
+   pod caps at 2 replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gpuscale._core.clock import Clock
+from gpuscale._core.errors import ConfigError, PermanentError, TemporaryError
+from gpuscale.controller.config import ControllerConfig, SafetyConfig
+from gpuscale.controller.target import KubernetesTarget, TargetCounts, api_client
+from gpuscale.integrations.prometheus import build_client, source_for
+from gpuscale.policies import registry
+from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, Reason, SignalSpec
+
+log = logging.getLogger("gpuscale.controller")
+
+
+class MetricsSource(Protocol):
+    """Fulfils the policy's signals; :class:`~gpuscale.integrations.prometheus.PrometheusSource` is one."""
+
+    def snapshot(
+        self,
+        now: float,
+        specs: Iterable[SignalSpec],
+        *,
+        current_replicas: int,
+        ready: int,
+        starting: int = 0,
+        pending: int = 0,
+        draining: int = 0,
+    ) -> MetricsSnapshot: ...
+
+
+class ScaleTarget(Protocol):
+    """What the loop needs of a target; :class:`~gpuscale.controller.target.KubernetesTarget` is one."""
+
+    def counts(self) -> TargetCounts: ...
+
+    def scale(self, replicas: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Bounded:
+    replicas: int
+    reasons: tuple[str, ...]
+
+
+def apply_safety(desired: int, current: int, safety: SafetyConfig, *, signals_missing: bool) -> Bounded:
+    """The replica count actually written for a policy's ``desired`` (see the module doc)."""
+    reasons: list[str] = []
+    n = desired
+    if n < current and signals_missing:
+        n = current
+        reasons.append(Reason.NO_DATA.value)
+    if n < safety.min_replicas:
+        n = safety.min_replicas
+        reasons.append(Reason.TOO_FEW_REPLICAS.value)
+    if n > safety.max_replicas:
+        n = safety.max_replicas
+        reasons.append(Reason.TOO_MANY_REPLICAS.value)
+    if safety.max_step is not None and abs(n - current) > safety.max_step:
+        up = n > current
+        n = current + safety.max_step if up else current - safety.max_step
+        reasons.append((Reason.SCALE_UP_LIMITED if up else Reason.SCALE_DOWN_LIMITED).value)
+    if n > safety.ceiling:
+        n = safety.ceiling
+        reasons.append("GpuBudget")
+    return Bounded(n, tuple(reasons))
+
+
+@dataclass(frozen=True)
+class TickOutcome:
+    """What one tick saw, decided and did. ``action``: scaled, unchanged, dry_run or error."""
+
+    time_s: float
+    action: str
+    counts: TargetCounts | None = None
+    snapshot: MetricsSnapshot | None = None
+    decision: Decision | None = None
+    replicas: int | None = None
+    safety: tuple[str, ...] = ()
+    error_kind: str | None = None
+    error: str | None = None
+
+    def record(self, target: str) -> dict[str, Any]:
+        """The JSON-lines decision-log record."""
+        out: dict[str, Any] = {"time": self.time_s, "target": target, "action": self.action}
+        if self.counts is not None:
+            c = self.counts
+            out["replicas"] = {
+                "current": c.current_replicas,
+                "ready": c.ready,
+                "starting": c.starting,
+                "pending": c.pending,
+                "draining": c.draining,
+            }
+        if self.snapshot is not None:
+            out["signals"] = {
+                spec.key: {
+                    "value": v.value,
+                    "age_s": None if math.isinf(v.age_s) else v.age_s,
+                    **({"reason": v.reason} if v.reason else {}),
+                }
+                for spec, v in self.snapshot.signals.items()
+            }
+        if self.decision is not None:
+            out["decision"] = {
+                "desired_replicas": self.decision.desired_replicas,
+                "reason": self.decision.reason.value,
+                "message": self.decision.message,
+            }
+        if self.replicas is not None:
+            out["written_replicas" if self.action == "scaled" else "target_replicas"] = self.replicas
+        if self.safety:
+            out["safety"] = list(self.safety)
+        if self.error_kind is not None:
+            out["error"] = {"kind": self.error_kind, "message": self.error}
+        return out
+
+
+def _error_kind(exc: BaseException) -> str:
+    if isinstance(exc, TemporaryError):
+        return "temporary"
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    return "unexpected"
+
+
+@dataclass
+class Controller:
+    """Runs ``policy`` against one target on ``clock``; ``sink`` receives every decision record."""
+
+    policy: Policy[Any]
+    metrics: MetricsSource
+    target: ScaleTarget
+    safety: SafetyConfig
+    clock: Clock
+    interval_s: float = 15.0
+    dry_run: bool = False
+    target_name: str = ""
+    sink: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
+    errors: Counter[str] = field(default_factory=Counter)
+    state: Any = None
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = self.policy.initial_state()
+
+    def tick(self) -> TickOutcome:
+        """One pass; never raises (an error is an outcome, counted in ``errors`` by kind)."""
+        now = self.clock.now()
+        counts: TargetCounts | None = None
+        outcome: TickOutcome
+        try:
+            counts = self.target.counts()
+            outcome = self._decide_and_act(now, counts)
+        except Exception as exc:  # nothing escapes the loop; the kind says what it was
+            kind = _error_kind(exc)
+            self.errors[kind] += 1
+            if kind == "unexpected":
+                log.exception("tick failed unexpectedly")
+            outcome = TickOutcome(
+                now,
+                "error",
+                counts=counts,
+                error_kind=kind,
+                error=str(exc) or exc.__class__.__name__,
+            )
+        try:
+            self.sink(outcome.record(self.target_name))
+        except Exception:  # a full disk must not stop scaling
+            log.exception("could not write the decision record")
+        return outcome
+
+    def _decide_and_act(self, now: float, counts: TargetCounts) -> TickOutcome:
+        specs = tuple(self.policy.signals)
+        snapshot = self.metrics.snapshot(
+            now,
+            specs,
+            current_replicas=counts.current_replicas,
+            ready=counts.ready,
+            starting=counts.starting,
+            pending=counts.pending,
+            draining=counts.draining,
+        )
+        decision, self.state = self.policy.decide(snapshot, self.state)
+        current = counts.current_replicas
+        desired = current if decision.desired_replicas is None else decision.desired_replicas
+        missing = any(snapshot.get(spec).value is None for spec in specs)
+        bounded = apply_safety(desired, current, self.safety, signals_missing=missing)
+        common: dict[str, Any] = {
+            "counts": counts,
+            "snapshot": snapshot,
+            "decision": decision,
+            "replicas": bounded.replicas,
+            "safety": bounded.reasons,
+        }
+        if bounded.replicas == current:
+            return TickOutcome(now, "unchanged", **common)
+        if self.dry_run:
+            return TickOutcome(now, "dry_run", **common)
+        self.target.scale(bounded.replicas)
+        return TickOutcome(now, "scaled", **common)
+
+    def run(self, *, max_ticks: int | None = None, stop: threading.Event | None = None) -> list[TickOutcome]:
+        """Tick every ``interval_s`` until ``stop`` is set or ``max_ticks`` ran; returns the outcomes
+        only when ``max_ticks`` bounds the run (an endless run keeps none)."""
+        outcomes: list[TickOutcome] = []
+        ticks = 0
+        while not (stop is not None and stop.is_set()):
+            started = self.clock.monotonic()
+            outcome = self.tick()
+            ticks += 1
+            if max_ticks is not None:
+                outcomes.append(outcome)
+                if ticks >= max_ticks:
+                    break
+            wait = self.interval_s - (self.clock.monotonic() - started)
+            if stop is not None:  # a real run: a signal ends the wait at once (real time)
+                stop.wait(max(0.0, wait))
+            else:
+                self.clock.sleep(wait)
+        return outcomes
+
+
+def json_lines_sink(
+    write: Callable[[str], Any], flush: Callable[[], Any] | None = None
+) -> Callable[[dict[str, Any]], None]:
+    """A sink writing one JSON object per line."""
+
+    def sink(record: dict[str, Any]) -> None:
+        write(json.dumps(record, sort_keys=True) + "\n")
+        if flush is not None:
+            flush()
+
+    return sink
+
+
+def build_policy(spec: str | dict[str, Any], config_path: str | Path) -> Policy[Any]:
+    """A preset name, a policy file beside the config, or an inline policy mapping."""
+    source = str(config_path)
+    if isinstance(spec, dict):
+        return registry.load_policy(spec, source, prefix="policy")
+    path = Path(spec) if Path(spec).is_absolute() else Path(config_path).parent / spec
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        return registry.load_policy_file(path)
+    if spec in registry.preset_names():
+        return registry.load_preset(spec)
+    raise ConfigError(
+        source,
+        "policy",
+        spec,
+        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
+    )
+
+
+class NoSignals:
+    """The metrics source of a config without ``prometheus``: every signal is missing."""
+
+    def snapshot(
+        self,
+        now: float,
+        specs: Iterable[SignalSpec],
+        *,
+        current_replicas: int,
+        ready: int,
+        starting: int = 0,
+        pending: int = 0,
+        draining: int = 0,
+    ) -> MetricsSnapshot:
+        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining)
+
+
+def build_controller(
+    config: ControllerConfig,
+    config_path: str | Path,
+    clock: Clock,
+    *,
+    dry_run: bool = False,
+    sink: Callable[[dict[str, Any]], None] | None = None,
+) -> Controller:
+    """Everything ``gpuscale run`` runs, from its config (files read here, nothing started)."""
+    source = str(config_path)
+    base = Path(config_path).parent
+    policy = build_policy(config.policy, config_path)
+    kubeconfig = config.kubeconfig
+    if kubeconfig is not None and not kubeconfig.is_absolute():
+        kubeconfig = base / kubeconfig
+    api = api_client(kubeconfig, source)
+    t = config.target
+    target = KubernetesTarget(api, t, config.pod_selector, timeout_s=config.request_timeout_s)
+    metrics: MetricsSource = NoSignals()
+    if config.prometheus is not None:
+        client = build_client(config.prometheus, config_path)
+        metrics, _ = source_for(config.prometheus, client, namespace=t.namespace, name=t.name)
+    interval = config.interval_s or policy.sync_period_s or 15.0
+    return Controller(
+        policy,
+        metrics,
+        target,
+        config.safety,
+        clock,
+        interval_s=interval,
+        dry_run=dry_run,
+        target_name=f"{t.namespace}/{t.kind}/{t.name}",
+        sink=sink or (lambda record: None),
+    )

@@ -1,0 +1,338 @@
+"""``gpuscale run`` against a real kube-apiserver: a Deployment's scale subresource, real RBAC, real 404s.
+
+The only fake is at our own boundary: :class:`ScriptedSource`, a metrics source that serves given
+values. The policy is a real HPA; the clock is a ManualClock, so a loop of N ticks takes no time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from typer.testing import CliRunner
+
+from gpuscale._core.clock import ManualClock
+from gpuscale._core.errors import PermanentError, TemporaryError
+from gpuscale.cli import app
+from gpuscale.controller import Controller, SafetyConfig, TargetConfig, apply_safety
+from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetGone, api_client
+from gpuscale.policies import registry
+from gpuscale.policies.base import MetricsSnapshot, Policy, SignalSpec, SignalValue
+from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, binaries
+
+NS = "default"
+HPA = {
+    "kind": "hpa",
+    "min_replicas": 0,
+    "max_replicas": 100,
+    "downscale_stabilization_s": 0,
+    "behavior": {"scale_up": {"policies": [{"type": "Pods", "value": 100, "period_s": 15}]}},
+    "metrics": [
+        {
+            "type": "External",
+            "metric": "queue_length",
+            "aggregation": "total",
+            "window_s": 60,
+            "target": {"type": "AverageValue", "average_value": 10},
+        }
+    ],
+}
+"""desired = ceil(queue / 10): a queue of 95 asks for 10 replicas, a queue of 0 for 0."""
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    cp = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
+    cp.start()
+    try:
+        # Pods need their namespace's ServiceAccount; there is no controller-manager to create it.
+        made = cp.request(
+            "POST", f"/api/v1/namespaces/{NS}/serviceaccounts", {"metadata": {"name": "default"}}
+        )
+        assert made.status in (201, 409), made.body
+        yield cp
+    finally:
+        cp.stop()
+
+
+def kubeconfig(plane: ControlPlane, path: Path, token: str = TOKEN, server: str | None = None) -> Path:
+    bundle = (plane.workdir / "certs" / "apiserver.crt").read_text(encoding="utf-8")
+    certs = ["-----BEGIN CERTIFICATE-----" + c for c in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
+    ca = path.parent / "ca.crt"
+    ca.write_text("".join(certs[1:] or certs), encoding="utf-8")
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "t", "cluster": {"server": server or plane.url, "certificate-authority": str(ca)}}
+        ],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "u"}}],
+        "current-context": "t",
+    }
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def create_deployment(plane: ControlPlane, name: str, replicas: int) -> None:
+    labels = {"app": name}
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {"name": "s", "image": "triton:x", "resources": {"limits": {"nvidia.com/gpu": 1}}}
+                    ]
+                },
+            },
+        },
+    }
+    made = plane.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", body)
+    assert made.status == 201, made.body
+
+
+def deployment(plane: ControlPlane, name: str) -> dict[str, Any]:
+    got = plane.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
+    assert got.status == 200, got.body
+    return got.body
+
+
+class ScriptedSource:
+    """Serves the policy's signals from a script: one value (None: no data) per tick, last repeated."""
+
+    def __init__(self, values: list[float | None]) -> None:
+        self.values = values
+        self.calls = 0
+
+    def snapshot(
+        self,
+        now: float,
+        specs: Iterable[SignalSpec],
+        *,
+        current_replicas: int,
+        ready: int,
+        starting: int = 0,
+        pending: int = 0,
+        draining: int = 0,
+    ) -> MetricsSnapshot:
+        value = self.values[min(self.calls, len(self.values) - 1)]
+        self.calls += 1
+        signals = {
+            spec: SignalValue(value, age_s=5.0) if value is not None else SignalValue.missing("scripted gap")
+            for spec in specs
+        }
+        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining, signals=signals)
+
+
+def controller(
+    plane: ControlPlane,
+    tmp_path: Path,
+    name: str,
+    values: list[float | None],
+    *,
+    token: str = TOKEN,
+    server: str | None = None,
+    dry_run: bool = False,
+    policy: Policy[Any] | None = None,
+    **safety: Any,
+) -> tuple[Controller, list[dict[str, Any]]]:
+    api = api_client(kubeconfig(plane, tmp_path / f"kubeconfig-{token}", token, server), "test")
+    target = KubernetesTarget(api, TargetConfig(name=name, namespace=NS), f"app={name}", timeout_s=5)
+    records: list[dict[str, Any]] = []
+    ctl = Controller(
+        policy or registry.load_policy(HPA, "test"),
+        ScriptedSource(values),
+        target,
+        SafetyConfig(**{"min_replicas": 0, "max_replicas": 50, **safety}),
+        ManualClock(1_000.0),
+        interval_s=15.0,
+        dry_run=dry_run,
+        target_name=name,
+        sink=records.append,
+    )
+    return ctl, records
+
+
+def test_scales_a_real_deployment_and_writes_only_on_change(plane: ControlPlane, tmp_path: Path) -> None:
+    create_deployment(plane, "scale-up", 2)
+    # two pods of the selector: one Ready, one not yet scheduled
+    for i in range(2):
+        pod = {
+            "metadata": {"name": f"scale-up-{i}", "labels": {"app": "scale-up"}},
+            "spec": {"automountServiceAccountToken": False, "containers": [{"name": "s", "image": "x"}]},
+        }
+        assert plane.request("POST", f"/api/v1/namespaces/{NS}/pods", pod).status == 201
+    ready = plane.request("GET", f"/api/v1/namespaces/{NS}/pods/scale-up-0").body
+    ready["status"] = {
+        "phase": "Running",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+    }
+    put = plane.request("PUT", f"/api/v1/namespaces/{NS}/pods/scale-up-0/status", ready)
+    assert put.status == 200, put.body
+
+    ctl, records = controller(plane, tmp_path, "scale-up", [95.0, 95.0])
+    first = ctl.tick()
+    assert first.action == "scaled" and first.replicas == 10
+    assert first.counts is not None and (first.counts.ready, first.counts.pending) == (1, 1)
+    after_write = deployment(plane, "scale-up")
+    assert after_write["spec"]["replicas"] == 10
+
+    second = ctl.tick()  # 95 queued at 10 replicas: still 10, nothing to write
+    assert second.action == "unchanged"
+    assert (
+        deployment(plane, "scale-up")["metadata"]["resourceVersion"]
+        == after_write["metadata"]["resourceVersion"]
+    )
+
+    assert [r["action"] for r in records] == ["scaled", "unchanged"]
+    rec = json.loads(json.dumps(records[0]))  # JSON-serialisable as written to the decision log
+    assert rec["decision"]["reason"] == "ScaleUp" and rec["decision"]["desired_replicas"] == 10
+    assert rec["signals"]["queue_length:total:60s"] == {"value": 95.0, "age_s": 5.0}
+    assert rec["replicas"]["current"] == 2 and rec["written_replicas"] == 10 and rec["time"] == 1_000.0
+
+
+def test_min_max_step_and_gpu_budget_bound_what_is_written(plane: ControlPlane, tmp_path: Path) -> None:
+    create_deployment(plane, "bounded", 2)
+    # budget 8 GPUs at 2 per pod pays for 4 replicas; 2 -> 10 is cut to 2 + 3 = 5 by max_step, then 4
+    ctl, _ = controller(
+        plane, tmp_path, "bounded", [95.0, 0.0], min_replicas=3, max_step=3, gpu_budget=8, gpus_per_pod=2
+    )
+    up = ctl.tick()
+    assert (up.action, up.replicas, up.safety) == ("scaled", 4, ("ScaleUpLimited", "GpuBudget"))
+    assert deployment(plane, "bounded")["spec"]["replicas"] == 4
+    down = ctl.tick()  # the queue drains: the HPA wants 0, min_replicas keeps 3
+    assert (down.action, down.replicas, down.safety) == ("scaled", 3, ("TooFewReplicas",))
+    assert deployment(plane, "bounded")["spec"]["replicas"] == 3
+
+
+def test_dry_run_writes_nothing(plane: ControlPlane, tmp_path: Path) -> None:
+    create_deployment(plane, "dry", 2)
+    before = deployment(plane, "dry")["metadata"]["resourceVersion"]
+    ctl, records = controller(plane, tmp_path, "dry", [95.0], dry_run=True)
+    out = ctl.tick()
+    assert (out.action, out.replicas) == ("dry_run", 10)
+    assert records[0]["target_replicas"] == 10 and "written_replicas" not in records[0]
+    assert deployment(plane, "dry")["metadata"]["resourceVersion"] == before
+
+
+def test_rbac_denial_names_the_missing_verb_and_resource(plane: ControlPlane, tmp_path: Path) -> None:
+    create_deployment(plane, "denied", 2)
+    role = {
+        "metadata": {"name": "read-only-scaler", "namespace": NS},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        ],
+    }
+    binding = {
+        "metadata": {"name": "read-only-scaler", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-scaler"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "viewer"}],
+    }
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}"
+    assert plane.request("POST", f"{rbac}/roles", role).status == 201
+    assert plane.request("POST", f"{rbac}/rolebindings", binding).status == 201
+
+    ctl, records = controller(plane, tmp_path, "denied", [95.0], token=VIEWER_TOKEN)
+    out = ctl.tick()  # reads succeed, the write is denied
+    assert out.action == "error" and out.error_kind == "permanent"
+    assert out.error is not None and "may not patch deployments/scale" in out.error
+    assert records[0]["error"]["kind"] == "permanent"
+    assert ctl.errors == {"permanent": 1}
+    assert deployment(plane, "denied")["spec"]["replicas"] == 2
+
+
+def test_a_deleted_target_is_a_permanent_error_and_the_loop_goes_on(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    create_deployment(plane, "vanishing", 2)
+    ctl, _ = controller(plane, tmp_path, "vanishing", [95.0])
+    assert ctl.tick().action == "scaled"
+    assert plane.request("DELETE", f"/apis/apps/v1/namespaces/{NS}/deployments/vanishing").status == 200
+    outcomes = ctl.run(max_ticks=3)
+    assert [(o.action, o.error_kind) for o in outcomes] == [("error", "permanent")] * 3
+    assert all("is gone" in (o.error or "") for o in outcomes)
+    assert ctl.errors == {"permanent": 3}
+
+
+def test_api_server_down_holds_and_counts_temporary_errors(plane: ControlPlane, tmp_path: Path) -> None:
+    dead = f"https://127.0.0.1:{_free_port()}"  # nothing listens there
+    ctl, records = controller(plane, tmp_path, "anything", [95.0], server=dead)
+    clock = ctl.clock
+    outcomes = ctl.run(max_ticks=2)
+    assert [(o.action, o.error_kind) for o in outcomes] == [("error", "temporary")] * 2
+    assert ctl.errors == {"temporary": 2}
+    assert [r["time"] for r in records] == [1_000.0, 1_015.0]  # one tick per interval on the clock
+    assert clock.now() == 1_015.0  # no sleep after the last bounded tick
+
+
+def test_fail_static_never_scales_down_without_data() -> None:
+    safety = SafetyConfig(min_replicas=1, max_replicas=10)
+    assert apply_safety(2, 6, safety, signals_missing=True).replicas == 6
+    assert apply_safety(2, 6, safety, signals_missing=True).reasons == ("NoData",)
+    assert apply_safety(8, 6, safety, signals_missing=True).replicas == 8  # scaling up stays allowed
+    assert apply_safety(2, 6, safety, signals_missing=False).replicas == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (409, TemporaryError),
+        (500, TemporaryError),
+        (403, Forbidden),
+        (404, TargetGone),
+        (422, PermanentError),
+    ],
+)
+def test_api_errors_map_onto_the_taxonomy(status: int, error: type[Exception]) -> None:
+    target = KubernetesTarget(k8s.ApiClient(), TargetConfig(name="x"), "app=x")
+
+    def fail() -> None:
+        raise ApiException(status=status, reason="scripted")
+
+    with pytest.raises(error):
+        target._call("patch", "deployments/scale", fail)
+
+
+def _config(tmp_path: Path, plane: ControlPlane, **extra: Any) -> Path:
+    cfg = {
+        "kubeconfig": str(kubeconfig(plane, tmp_path / "kubeconfig")),
+        "target": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS, "name": "cli"},
+        "pod_selector": "app=cli",
+        "policy": {"kind": "static", "replicas": 3},
+        "safety": {"min_replicas": 1, "max_replicas": 8},
+        **extra,
+    }
+    path = tmp_path / "controller.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_cli_once_dry_run_prints_the_decision_record(plane: ControlPlane, tmp_path: Path) -> None:
+    create_deployment(plane, "cli", 1)
+    result = CliRunner().invoke(
+        app, ["run", "--config", str(_config(tmp_path, plane)), "--once", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (record["action"], record["target_replicas"]) == ("dry_run", 3)
+    assert deployment(plane, "cli")["spec"]["replicas"] == 1
+
+
+def test_cli_bad_config_exits_2(plane: ControlPlane, tmp_path: Path) -> None:
+    path = _config(tmp_path, plane, safety={"min_replicas": 5, "max_replicas": 2})
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--once"])
+    assert result.exit_code == 2
+    assert "safety" in result.output and "min_replicas 5 > max_replicas 2" in result.output
