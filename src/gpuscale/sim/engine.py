@@ -110,8 +110,13 @@ def simulate(
         metrics_delay_s=scenario.telemetry.metrics_delay_s,
         max_window_s=max(windows),
     )
-    truth = SimMetricsSource(
-        dp, scenario.model, scrape_interval_s=scrape_s, metrics_delay_s=0.0, max_window_s=max(windows)
+    # The timeline reports ground truth (no pipeline delay); with no delay that is the policy's source.
+    truth = (
+        source_
+        if scenario.telemetry.metrics_delay_s == 0
+        else SimMetricsSource(
+            dp, scenario.model, scrape_interval_s=scrape_s, metrics_delay_s=0.0, max_window_s=max(windows)
+        )
     )
     timeline_specs = {name: SignalSpec(metric, tick_s) for name, metric in _TIMELINE_SPECS.items()}
     conc_spec = SignalSpec(Metric.CONCURRENCY, tick_s, Aggregation.TOTAL)
@@ -177,7 +182,8 @@ def simulate(
         if t >= next_scrape:
             pods = list(target.pods.values())
             source_.scrape(t, pods)
-            truth.scrape(t, pods)
+            if truth is not source_:
+                truth.scrape(t, pods)
             n_scrape += 1
             ready_pods = [p for p in pods if p.phase == Phase.READY]
             if ready_pods:
@@ -207,7 +213,8 @@ def simulate(
             after = _counts(target)
             gpu_secs, cost = target.gpu_seconds(t)
             row_vals = {
-                name: truth.fulfil(t, spec, target_pods).value for name, spec in timeline_specs.items()
+                name: truth.fulfil(t, spec, target_pods, with_pods=False).value
+                for name, spec in timeline_specs.items()
             }
             timeline.rows.append(
                 (
