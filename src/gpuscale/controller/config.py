@@ -8,6 +8,8 @@ Example::
     policy: hpa-gpu-util            # a preset, a policy YAML beside this file, or an inline mapping
     interval_s: 15
     safety: {min_replicas: 1, max_replicas: 16, max_step: 4, gpu_budget: 32, gpus_per_pod: 2}
+    leader_election: {enabled: true}      # two replicas, one acts (a Lease in the target's namespace)
+    metrics: {bind_address: 0.0.0.0, port: 8080}   # /metrics, /healthz, /readyz
 """
 
 from __future__ import annotations
@@ -85,6 +87,73 @@ class SafetyConfig(StrictModel):
         return self
 
 
+class LeaderElectionConfig(StrictModel):
+    """Leader election on a ``coordination.k8s.io/v1`` Lease, with client-go's semantics and defaults.
+
+    The defaults are client-go's "core clients" values (kube-controller-manager, kube-scheduler):
+    lease 15 s, renew deadline 10 s, retry period 2 s. A standby waits ``lease_duration_s`` after it
+    last saw the lease change, on its own clock; a leader that has not renewed for
+    ``renew_deadline_s`` stops acting first, so the two never act at once while the clocks run at
+    about the same rate (client-go's doc: the ratio lease/renew is the tolerated clock-rate ratio).
+    """
+
+    enabled: bool = Field(False, description="Elect one acting replica among several. Default false.")
+    lease_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The Lease's name; default 'gpuscale-' plus the target's name.",
+    )
+    namespace: str | None = Field(
+        None, min_length=1, description="The Lease's namespace; default the target's."
+    )
+    identity: str | None = Field(
+        None,
+        min_length=1,
+        description="This candidate's holderIdentity; default env POD_NAME, else hostname_pid.",
+    )
+    lease_duration_s: float = Field(
+        15.0, ge=1, description="How long a standby waits before taking over. Default 15 (client-go)."
+    )
+    renew_deadline_s: float = Field(
+        10.0, ge=1, description="How long a leader retries renewing before it stops. Default 10 (client-go)."
+    )
+    retry_period_s: float = Field(
+        2.0, ge=1, description="Seconds between tries to acquire or renew. Default 2 (client-go)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionConfig:
+        # client-go's NewLeaderElector checks, with its jitter factor 1.2
+        if self.lease_duration_s <= self.renew_deadline_s:
+            raise ValueError(
+                f"lease_duration_s {self.lease_duration_s:g} must be greater than "
+                f"renew_deadline_s {self.renew_deadline_s:g}"
+            )
+        if self.renew_deadline_s <= 1.2 * self.retry_period_s:
+            raise ValueError(
+                f"renew_deadline_s {self.renew_deadline_s:g} must be greater than 1.2 x "
+                f"retry_period_s {self.retry_period_s:g}"
+            )
+        return self
+
+    def lease_for(self, target: TargetConfig) -> tuple[str, str]:
+        """``(namespace, name)`` of the Lease for ``target``."""
+        return self.namespace or target.namespace, self.lease_name or f"gpuscale-{target.name}"
+
+
+class MetricsServerConfig(StrictModel):
+    """The controller's own HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``."""
+
+    bind_address: str = Field(
+        "0.0.0.0", min_length=1, description="Address to listen on. Default 0.0.0.0 (a probe needs it)."
+    )
+    port: int | None = Field(
+        None, ge=0, le=65535, description="Port; 0 picks a free one; null: no endpoint. Default null."
+    )
+
+
 class ControllerConfig(StrictModel):
     """The ``gpuscale run --config`` file."""
 
@@ -111,6 +180,18 @@ class ControllerConfig(StrictModel):
         None, description="Append JSON-lines decision records here; default standard output."
     )
     safety: SafetyConfig
+    backoff_max_s: float | None = Field(
+        None,
+        gt=0,
+        description="Longest wait after consecutive failed ticks; default 10 x interval or 300 s, "
+        "whichever is smaller.",
+    )
+    leader_election: LeaderElectionConfig = Field(
+        default_factory=LeaderElectionConfig, description="High availability: one acting replica."
+    )
+    metrics: MetricsServerConfig = Field(
+        default_factory=MetricsServerConfig, description="The /metrics, /healthz, /readyz endpoint."
+    )
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:

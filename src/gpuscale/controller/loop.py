@@ -13,6 +13,17 @@ Safety, in order (each step that changes the number adds a reason to ``TickOutco
 3. ``max_step`` per tick: 2 -> 10 with max_step 3 writes 5;
 4. the GPU budget, last, so no step ever writes more GPUs than the budget: budget 10 at 4 GPUs per
    pod caps at 2 replicas.
+
+**Backoff.** After a failed tick the next one comes after the normal interval (one failure may be a
+blip); each further failure in a row doubles the wait, up to ``backoff_max_s`` (default 10 x the
+interval or 5 min, whichever is smaller); the first success returns to the interval. Worked example,
+interval 15 s, cap 150 s: failures 1, 2, 3, 4, 5, 6 wait 15, 30, 60, 120, 150, 150 s.
+
+**High availability.** With a :class:`~gpuscale.controller.leader.LeaderElector`, :meth:`Controller.run`
+also runs an election round every ``retry_period_s`` (renewals go on during backoff); a tick of a
+replica that is not the leader reads and writes nothing and records action ``standby``, and the
+leadership is checked again just before a write. A replica that becomes leader ticks at once.
+On the way out, ``run`` releases the Lease (client-go's ``ReleaseOnCancel``).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from typing import Any, Protocol
 from gpuscale._core.clock import Clock
 from gpuscale._core.errors import ConfigError, PermanentError, TemporaryError
 from gpuscale.controller.config import ControllerConfig, SafetyConfig
+from gpuscale.controller.leader import LeaderElector, default_identity
+from gpuscale.controller.observe import ControllerMetrics, LoopStatus
 from gpuscale.controller.target import KubernetesTarget, TargetCounts, api_client
 from gpuscale.integrations.prometheus import build_client, source_for
 from gpuscale.policies import registry
@@ -93,7 +106,7 @@ def apply_safety(desired: int, current: int, safety: SafetyConfig, *, signals_mi
 
 @dataclass(frozen=True)
 class TickOutcome:
-    """What one tick saw, decided and did. ``action``: scaled, unchanged, dry_run or error."""
+    """What one tick saw, decided and did. ``action``: scaled, unchanged, dry_run, standby or error."""
 
     time_s: float
     action: str
@@ -149,9 +162,26 @@ def _error_kind(exc: BaseException) -> str:
     return "unexpected"
 
 
+def backoff_wait(interval_s: float, failures: int, max_s: float | None = None) -> float:
+    """Seconds to wait after ``failures`` failed ticks in a row (see the module doc).
+
+    ``interval_s * 2**(failures - 1)``, capped at ``max_s`` (default ``min(10 * interval_s, 300)``),
+    never below ``interval_s``: 15 s and 3 failures wait 60 s.
+    """
+    if failures <= 1:
+        return interval_s
+    cap = max_s if max_s is not None else min(10.0 * interval_s, 300.0)
+    grown = interval_s * 2.0 ** min(failures - 1, 62)
+    return max(interval_s, min(grown, cap))
+
+
 @dataclass
 class Controller:
-    """Runs ``policy`` against one target on ``clock``; ``sink`` receives every decision record."""
+    """Runs ``policy`` against one target on ``clock``; ``sink`` receives every decision record.
+
+    ``elector`` (optional) makes the controller act only while it holds the Lease; ``metrics`` and
+    ``status`` are what the observability endpoint serves.
+    """
 
     policy: Policy[Any]
     metrics: MetricsSource
@@ -164,19 +194,65 @@ class Controller:
     sink: Callable[[dict[str, Any]], None] = field(default=lambda record: None)
     errors: Counter[str] = field(default_factory=Counter)
     state: Any = None
+    elector: LeaderElector | None = None
+    backoff_max_s: float | None = None
+    observer: ControllerMetrics | None = None
+    status: LoopStatus | None = None
 
     def __post_init__(self) -> None:
         if self.state is None:
             self.state = self.policy.initial_state()
+        if self.observer is None:
+            self.observer = ControllerMetrics(self.target_name)
+        if self.status is None:
+            self.status = LoopStatus(self.interval_s, self.clock.monotonic())
+        self.observer.is_leader.set(0 if self.elector is not None else 1)
+
+    @property
+    def acting(self) -> bool:
+        """True when this replica may read and write: no election, or the Lease is ours."""
+        return self.elector is None or self.elector.is_leader
+
+    @property
+    def failures(self) -> int:
+        """Failed ticks in a row."""
+        assert self.status is not None
+        return self.status.failures
+
+    def next_wait(self) -> float:
+        """Seconds until the next tick: the interval, or the backoff after failed ticks."""
+        return backoff_wait(self.interval_s, self.failures, self.backoff_max_s)
+
+    def elect(self) -> bool:
+        """One election round (no elector: always acting); returns whether this replica acts."""
+        assert self.observer is not None and self.status is not None
+        if self.elector is None:
+            return True
+        leading = self.elector.step()
+        err = self.elector.last_error
+        self.status.election_error = str(err) if err is not None else None
+        if err is not None:
+            kind = _error_kind(err)
+            self.errors[f"election_{kind}"] += 1
+            self.observer.election_error(kind)
+        self.status.standby = not leading
+        self.observer.is_leader.set(1 if leading else 0)
+        return leading
 
     def tick(self) -> TickOutcome:
         """One pass; never raises (an error is an outcome, counted in ``errors`` by kind)."""
+        assert self.observer is not None and self.status is not None
         now = self.clock.now()
+        started = self.clock.monotonic()
+        self.status.last_tick_started = started
         counts: TargetCounts | None = None
         outcome: TickOutcome
         try:
-            counts = self.target.counts()
-            outcome = self._decide_and_act(now, counts)
+            if not self.acting:
+                outcome = TickOutcome(now, "standby")
+            else:
+                counts = self.target.counts()
+                outcome = self._decide_and_act(now, counts)
         except Exception as exc:  # nothing escapes the loop; the kind says what it was
             kind = _error_kind(exc)
             self.errors[kind] += 1
@@ -189,11 +265,31 @@ class Controller:
                 error_kind=kind,
                 error=str(exc) or exc.__class__.__name__,
             )
+        self._account(outcome, started)
         try:
             self.sink(outcome.record(self.target_name))
         except Exception:  # a full disk must not stop scaling
             log.exception("could not write the decision record")
         return outcome
+
+    def _account(self, outcome: TickOutcome, started: float) -> None:
+        assert self.observer is not None and self.status is not None
+        st = self.status
+        st.standby = outcome.action == "standby"
+        if outcome.action == "error":
+            st.failures += 1
+            st.last_error = outcome.error
+        else:
+            st.failures = 0
+            st.last_error = None
+            if not st.standby:
+                st.last_success = self.clock.monotonic()
+        st.next_wait_s = self.next_wait()
+        obs = self.observer
+        obs.observe_tick(outcome, self.clock.monotonic() - started)
+        obs.failures.set(st.failures)
+        obs.next_wait.set(st.next_wait_s)
+        obs.is_leader.set(1 if self.acting else 0)
 
     def _decide_and_act(self, now: float, counts: TargetCounts) -> TickOutcome:
         specs = tuple(self.policy.signals)
@@ -222,27 +318,53 @@ class Controller:
             return TickOutcome(now, "unchanged", **common)
         if self.dry_run:
             return TickOutcome(now, "dry_run", **common)
+        if not self.acting:  # the renew deadline passed while we read: another replica may act now
+            return TickOutcome(now, "standby", **common)
         self.target.scale(bounded.replicas)
         return TickOutcome(now, "scaled", **common)
 
-    def run(self, *, max_ticks: int | None = None, stop: threading.Event | None = None) -> list[TickOutcome]:
-        """Tick every ``interval_s`` until ``stop`` is set or ``max_ticks`` ran; returns the outcomes
-        only when ``max_ticks`` bounds the run (an endless run keeps none)."""
+    def run(
+        self,
+        *,
+        max_ticks: int | None = None,
+        stop: threading.Event | None = None,
+        release: bool = True,
+    ) -> list[TickOutcome]:
+        """Tick every ``interval_s`` (longer under backoff; with an elector, an election round every
+        retry period in between) until ``stop`` is set or ``max_ticks`` ran; returns the outcomes only
+        when ``max_ticks`` bounds the run (an endless run keeps none). On the way out the Lease is
+        released unless ``release`` is false. Nothing raises out of the loop."""
         outcomes: list[TickOutcome] = []
         ticks = 0
-        while not (stop is not None and stop.is_set()):
-            started = self.clock.monotonic()
-            outcome = self.tick()
-            ticks += 1
-            if max_ticks is not None:
-                outcomes.append(outcome)
-                if ticks >= max_ticks:
-                    break
-            wait = self.interval_s - (self.clock.monotonic() - started)
-            if stop is not None:  # a real run: a signal ends the wait at once (real time)
-                stop.wait(max(0.0, wait))
-            else:
-                self.clock.sleep(wait)
+        clock, elector = self.clock, self.elector
+        next_tick = next_round = clock.monotonic()
+        try:
+            while not (stop is not None and stop.is_set()):
+                now = clock.monotonic()
+                if elector is not None and now >= next_round:
+                    was = self.acting
+                    if self.elect() and not was:
+                        next_tick = now  # a new leader acts at once
+                    next_round = now + elector.retry_period_s
+                if now >= next_tick:
+                    outcome = self.tick()
+                    ticks += 1
+                    if max_ticks is not None:
+                        outcomes.append(outcome)
+                        if ticks >= max_ticks:
+                            break
+                    next_tick = now + self.next_wait()
+                wake = next_tick if elector is None else min(next_tick, next_round)
+                wait = wake - clock.monotonic()
+                if stop is not None:  # a real run: a signal ends the wait at once (real time)
+                    stop.wait(max(0.0, wait))
+                else:
+                    clock.sleep(wait)
+        finally:
+            if release and elector is not None:
+                elector.release()
+                assert self.observer is not None
+                self.observer.is_leader.set(0)
         return outcomes
 
 
@@ -317,6 +439,21 @@ def build_controller(
         client = build_client(config.prometheus, config_path)
         metrics, _ = source_for(config.prometheus, client, namespace=t.namespace, name=t.name)
     interval = config.interval_s or policy.sync_period_s or 15.0
+    elector: LeaderElector | None = None
+    le = config.leader_election
+    if le.enabled:
+        lease_ns, lease_name = le.lease_for(t)
+        elector = LeaderElector(
+            api,
+            namespace=lease_ns,
+            name=lease_name,
+            identity=le.identity or default_identity(),
+            clock=clock,
+            lease_duration_s=le.lease_duration_s,
+            renew_deadline_s=le.renew_deadline_s,
+            retry_period_s=le.retry_period_s,
+            timeout_s=config.request_timeout_s,
+        )
     return Controller(
         policy,
         metrics,
@@ -327,4 +464,6 @@ def build_controller(
         dry_run=dry_run,
         target_name=f"{t.namespace}/{t.kind}/{t.name}",
         sink=sink or (lambda record: None),
+        elector=elector,
+        backoff_max_s=config.backoff_max_s,
     )

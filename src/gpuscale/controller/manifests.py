@@ -1,0 +1,272 @@
+"""``gpuscale manifests controller``: the objects that run ``gpuscale run`` inside the cluster.
+
+From one controller config, in order: a ServiceAccount; a least-privilege Role and RoleBinding per
+namespace involved; a ConfigMap holding the controller config; a Deployment running
+``gpuscale run --config /etc/gpuscale/controller.yaml``.
+
+The Role grants exactly what the controller calls:
+
+=====================================  =================================  ===========================
+resource (API group)                   verbs                              where
+=====================================  =================================  ===========================
+``pods`` (core)                        get, list, watch                   the target's namespace
+``<resource>/scale`` (target's group)  get, patch, update (the target's   the target's namespace
+                                       name only)
+``leases`` (coordination.k8s.io)       get, update (the lease's name      the lease's namespace
+                                       only), create                      (only with leader election)
+=====================================  =================================  ===========================
+
+``create`` cannot be limited by ``resourceNames`` (the name is not known to the authorizer before the
+object exists), so it is a rule of its own.
+
+The ConfigMap's config needs nothing else in the pod: a policy given as a file or a preset is
+inlined; ``kubeconfig`` is dropped (the pod uses its ServiceAccount), ``decision_log`` is dropped (the
+records go to standard output, i.e. the pod's log), a fixed ``leader_election.identity`` is dropped
+(each pod is named by ``$POD_NAME``), and the metrics endpoint is bound to ``0.0.0.0`` on a port the
+probes use. Files a ``prometheus`` block names (CA, token) must be mounted by the user; a comment
+says so when there are any.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpuscale._core.errors import ConfigError
+from gpuscale.config.loading import load_yaml, parse_yaml
+from gpuscale.controller.config import ControllerConfig
+from gpuscale.policies import registry
+
+CONFIG_DIR = "/etc/gpuscale"
+CONFIG_FILE = "controller.yaml"
+DEFAULT_PORT = 8080
+
+
+def default_image() -> str:
+    """``gpuscale:<installed version>``; pass ``--image`` for your registry's copy."""
+    try:
+        return f"gpuscale:{version('gpuscale')}"
+    except PackageNotFoundError:
+        return "gpuscale:latest"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for people: no anchors, multi-line strings (the ConfigMap's file) as blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _dump(obj: Any) -> str:
+    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def _inline_policy(spec: str | dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """The policy as a mapping: a file beside the config or a preset, read and validated here."""
+    source = str(config_path)
+    if isinstance(spec, dict):
+        registry.load_policy_config(spec, source, prefix="policy")
+        return spec
+    path = Path(spec) if Path(spec).is_absolute() else config_path.parent / spec
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        data = load_yaml(path)
+        registry.load_policy_config(data, str(path))
+    elif spec in registry.preset_names():
+        data = parse_yaml(registry.preset_text(spec), f"preset {spec}")
+        registry.load_policy_config(data, f"preset {spec}")
+        if isinstance(data, dict) and "name" not in data:
+            data = {"name": spec, **data}
+    else:
+        raise ConfigError(
+            source,
+            "policy",
+            spec,
+            f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
+        )
+    assert isinstance(data, dict)
+    return data
+
+
+def pod_config(config: ControllerConfig, config_path: str | Path) -> dict[str, Any]:
+    """The controller config as the pod reads it (see the module doc)."""
+    path = Path(config_path)
+    data: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["policy"] = _inline_policy(config.policy, path)
+    data.pop("kubeconfig", None)
+    data.pop("decision_log", None)
+    le = data.get("leader_election", {})
+    le.pop("identity", None)
+    metrics = data.setdefault("metrics", {})
+    metrics["bind_address"] = "0.0.0.0"
+    if not metrics.get("port"):
+        metrics["port"] = DEFAULT_PORT
+    return data
+
+
+def _mounted_files(config: ControllerConfig) -> list[str]:
+    prom = config.prometheus
+    if prom is None:
+        return []
+    found: list[str] = []
+    for key in ("bearer_token_file", "ca_file"):
+        value = getattr(prom, key, None)
+        if value is not None:
+            found.append(f"prometheus.{key}: {value}")
+    return found
+
+
+def render_controller(
+    config: ControllerConfig,
+    config_path: str | Path,
+    *,
+    namespace: str | None = None,
+    image: str | None = None,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """ServiceAccount, Role(s) + RoleBinding(s), ConfigMap and Deployment for ``gpuscale run``.
+
+    ``namespace`` is where the controller runs (default: the target's namespace).
+    """
+    t = config.target
+    ns = namespace or t.namespace
+    app = name or f"gpuscale-{t.name}"
+    labels = {"app.kubernetes.io/name": "gpuscale-controller", "app.kubernetes.io/instance": app}
+    le = config.leader_election
+
+    rules: dict[str, list[dict[str, Any]]] = {
+        t.namespace: [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": [t.group],
+                "resources": [f"{t.resource}/scale"],
+                "resourceNames": [t.name],
+                "verbs": ["get", "patch", "update"],
+            },
+        ]
+    }
+    if le.enabled:
+        lease_ns, lease_name = le.lease_for(t)
+        rules.setdefault(lease_ns, []).extend(
+            [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "resourceNames": [lease_name],
+                    "verbs": ["get", "update"],
+                },
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+            ]
+        )
+
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": app, "namespace": ns, "labels": labels},
+        }
+    ]
+    for rule_ns, rule_list in rules.items():
+        objects.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": app, "namespace": rule_ns, "labels": labels},
+                "rules": rule_list,
+            }
+        )
+        objects.append(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": app, "namespace": rule_ns, "labels": labels},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": app},
+                "subjects": [{"kind": "ServiceAccount", "name": app, "namespace": ns}],
+            }
+        )
+
+    text = yaml.safe_dump(pod_config(config, config_path), sort_keys=False, width=100)
+    port = int(config.metrics.port or DEFAULT_PORT)
+    objects.append(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": app, "namespace": ns, "labels": labels},
+            "data": {CONFIG_FILE: text},
+        }
+    )
+    probe = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
+    container = {
+        "name": "controller",
+        "image": image or default_image(),
+        "command": ["gpuscale"],
+        "args": ["run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [{"name": "metrics", "containerPort": port, "protocol": "TCP"}],
+        "livenessProbe": {**probe, "initialDelaySeconds": 10},
+        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 5},
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "128Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+    }
+    objects.append(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": app, "namespace": ns, "labels": labels},
+            "spec": {
+                "replicas": 2 if le.enabled else 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": labels,
+                        # a changed config rolls the pods
+                        "annotations": {
+                            "gpuscale.io/config-sha256": hashlib.sha256(text.encode()).hexdigest()
+                        },
+                    },
+                    "spec": {
+                        "serviceAccountName": app,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 65532,
+                            "runAsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [container],
+                        "volumes": [{"name": "config", "configMap": {"name": app}}],
+                    },
+                },
+            },
+        }
+    )
+    return objects
+
+
+def render_controller_yaml(objects: list[dict[str, Any]], config: ControllerConfig, source: str) -> str:
+    """The objects as one multi-document YAML, with a header naming the source."""
+    header = [f"# gpuscale manifests controller, from {source}"]
+    files = _mounted_files(config)
+    if files:
+        header.append("# NOTE: the config names files the pod must mount itself:")
+        header.extend(f"#   {f}" for f in files)
+    docs = "---\n".join(_dump(o) for o in objects)
+    return "\n".join(header) + "\n---\n" + docs
