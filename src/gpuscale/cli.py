@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from gpuscale._core.errors import ConfigError, GpuscaleError
+from gpuscale._core.errors import MISSING, ConfigError, GpuscaleError
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES
 from gpuscale.experiments.catalog import DEFAULT_SCENARIO, builtin_scenario, resolve_scenario, scenario_names
 from gpuscale.policies.base import Policy, StaticPolicy
@@ -195,8 +195,15 @@ def _ci(e: Any, digits: int, scale: float, with_interval: bool) -> str:
 
 
 def compare_tables(result: Any) -> list[Table]:
-    """One ranked table per scenario (means over seeds; the report has the confidence intervals)."""
+    """One ranked table per scenario (means over seeds; the report has the confidence intervals).
+
+    A scenario with a node layer adds node-hours and its dollars (the node bill) to the headline
+    columns; a terminal under 100 columns then drops p99 to keep the policy names readable. A narrow
+    terminal gets the headline columns only; report.html has everything.
+    """
     tables = []
+    width = out.size.width
+    wide = width >= 150
     for scenario in result.scenarios:
         oracle = [o for (name, _), o in result.oracles.items() if name == scenario]
         o_gpu = sum(o.gpu_hours for o in oracle) / len(oracle) if oracle else None
@@ -206,7 +213,7 @@ def compare_tables(result: Any) -> list[Table]:
             f" · oracle {_fmt(o_gpu, 2)} GPU-h ({_fmt(cap, 0)} req/s per replica) · ★ Pareto-optimal",
             title_justify="left",
         )
-        wide = out.size.width >= 150
+        nodes = result.has_node_layer(scenario)
         columns = (
             "",
             "policy",
@@ -216,17 +223,31 @@ def compare_tables(result: Any) -> list[Table]:
             "rej / t.o.",
             "GPU-h",
             "×orc",
+            "node-h",
             "$",
             "cold",
             "scale",
             "mem%",
             "SM%",
         )
-        # A narrow terminal gets the headline columns without intervals; report.html has everything.
-        keep = range(len(columns)) if wide else (0, 1, 2, 3, 4, 5, 6, 7)
+        keep = list(range(8))
+        if nodes:
+            keep += [8, 9]
+            if width < 100:
+                keep.remove(4)
+        elif wide:
+            keep += [9]
+        if wide:
+            keep += [10, 11, 12, 13]
+        names = [row.policy for row in result.rows_for(scenario)]
         for i in keep:
             col = columns[i]
-            t.add_column(col, no_wrap=col != "policy", justify="left" if col in ("", "policy") else "right")
+            t.add_column(
+                col,
+                no_wrap=col != "policy",
+                justify="left" if col in ("", "policy") else "right",
+                min_width=min(max(map(len, names), default=6), 24) if col == "policy" else None,
+            )
         for row in result.rows_for(scenario):
             e = row.estimates
             if row.failed and e["slo_attainment"].n == 0:
@@ -242,6 +263,7 @@ def compare_tables(result: Any) -> list[Table]:
                 f"{rej:,.0f} / {tout:,.0f}",
                 _ci(e["gpu_hours"], 2, 1.0, wide),
                 _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
+                _ci(e["node_hours"], 2, 1.0, wide),
                 _ci(e["cost_usd"], 2, 1.0, wide),
                 _fmt(e["cold_starts"].mean, 0),
                 _fmt(e["scale_events"].mean, 0),
@@ -451,23 +473,68 @@ def _write_atomically(path: Path, text: str) -> None:
 
 @app.command()
 def manifests(
-    policy: Annotated[str, typer.Option("--policy", "-p", help="A policy YAML file or preset name.")],
-    target: Annotated[str, typer.Option(help="The workload to scale, KIND/NAME (e.g. Deployment/resnet50).")],
-    namespace: Annotated[str, typer.Option(help="The workload's namespace.")] = "default",
+    what: Annotated[
+        str | None,
+        typer.Argument(
+            help="Leave out for a policy's native autoscaler manifests; `controller` for the objects "
+            "that run `gpuscale run` in the cluster (with --config).",
+            show_default=False,
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", "-p", help="A policy YAML file or preset name.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="The workload to scale, KIND/NAME (e.g. Deployment/resnet50).")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="The workload's namespace (default 'default'); for `controller`: where it runs."),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="hpa, keda, knative, adapter (prometheus-adapter rules) or all.")
     ] = "all",
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="`controller`: the controller's config YAML.")
+    ] = None,
+    image: Annotated[
+        str | None, typer.Option(help="`controller`: the container image (default gpuscale:VERSION).")
+    ] = None,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the YAML here (default stdout).")
     ] = None,
 ) -> None:
     """Render the native Kubernetes manifests (HPA, KEDA, Knative/KServe, prometheus-adapter) of a
-    policy; comments mark wherever the native form differs from the policy."""
-    from gpuscale.integrations.manifests import Target, render, render_yaml
+    policy; comments mark wherever the native form differs from the policy.
 
+    `gpuscale manifests controller --config FILE` renders instead the ServiceAccount, least-privilege
+    Role and RoleBinding, ConfigMap and Deployment that run the live controller in the cluster."""
     with user_errors():
-        config = _policy_config(policy)
-        text = render_yaml(render(config, Target.parse(target, namespace), fmt), policy)
+        if what == "controller":
+            from gpuscale.controller import load_controller_config
+            from gpuscale.controller.manifests import render_controller, render_controller_yaml
+
+            if config is None:
+                raise ConfigError(
+                    "manifests controller", "--config", MISSING, "required: the controller config"
+                )
+            cfg = load_controller_config(config)
+            objects = render_controller(cfg, config, namespace=namespace, image=image)
+            text = render_controller_yaml(objects, cfg, str(config))
+        elif what is not None:
+            raise ConfigError("manifests", None, what, "unknown argument; allowed: controller (or none)")
+        else:
+            from gpuscale.integrations.manifests import Target, render, render_yaml
+
+            if policy is None or target is None:
+                missing = "--policy" if policy is None else "--target"
+                raise ConfigError(
+                    "manifests", missing, MISSING, "required (or `manifests controller --config`)"
+                )
+            policy_config = _policy_config(policy)
+            text = render_yaml(
+                render(policy_config, Target.parse(target, namespace or "default"), fmt), policy
+            )
         if out_file is not None:
             _write_atomically(out_file, text)
             return
@@ -551,8 +618,23 @@ def run_controller(
         bool, typer.Option("--dry-run", help="Decide and log, but never write the scale.")
     ] = False,
     once: Annotated[bool, typer.Option("--once", help="One tick, then exit (1 if the tick failed).")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (0: a free one); "
+            "default the config's metrics.port, else off.",
+        ),
+    ] = None,
+    metrics_bind: Annotated[
+        str | None,
+        typer.Option(help="Address of the metrics endpoint; default the config's metrics.bind_address."),
+    ] = None,
 ) -> None:
-    """Run the live controller: scale a workload's scale subresource by a gpuscale policy."""
+    """Run the live controller: scale a workload's scale subresource by a gpuscale policy.
+
+    With `leader_election.enabled` several replicas may run; only the Lease holder acts."""
     import logging
     import signal
     import sys
@@ -561,7 +643,10 @@ def run_controller(
     from gpuscale._core.clock import SystemClock
     from gpuscale.controller import build_controller, load_controller_config
     from gpuscale.controller.loop import json_lines_sink
+    from gpuscale.controller.observe import ObservabilityServer
 
+    clock = SystemClock()
+    server: ObservabilityServer | None = None
     with user_errors():
         cfg = load_controller_config(config)
         log_file = None
@@ -575,11 +660,28 @@ def run_controller(
                 ) from None
         stream = log_file or sys.stdout
         sink = json_lines_sink(stream.write, stream.flush)
-        controller = build_controller(cfg, config, SystemClock(), dry_run=dry_run, sink=sink)
+        controller = build_controller(cfg, config, clock, dry_run=dry_run, sink=sink)
+        port = metrics_port if metrics_port is not None else cfg.metrics.port
+        if port is not None and not once:
+            assert controller.observer is not None and controller.status is not None
+            server = ObservabilityServer(
+                controller.observer.registry,
+                controller.status,
+                clock,
+                host=metrics_bind or cfg.metrics.bind_address,
+                port=port,
+            )
+            bound = server.start()
+            err.print(f"gpuscale run: /metrics, /healthz, /readyz on {server.host}:{bound}", highlight=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if once:
-            outcome = controller.tick()
+            try:
+                controller.elect()
+                outcome = controller.tick()
+            finally:
+                if controller.elector is not None:
+                    controller.elector.release()
             if outcome.action == "error":
                 raise typer.Exit(1)
             return
@@ -590,6 +692,8 @@ def run_controller(
         except KeyboardInterrupt:
             stop.set()
     finally:
+        if server is not None:
+            server.stop()
         if log_file is not None:
             log_file.close()
 
