@@ -195,3 +195,16 @@ def test_bad_karpenter_settings_name_the_key(karpenter: dict[str, Any], key: str
     with pytest.raises(ConfigError) as err:
         make_scenario(cluster=_cluster([SMALL], karpenter=karpenter))
     assert key in str(err.value)
+
+
+def test_an_offering_without_capacity_is_skipped_for_three_minutes() -> None:
+    # Spot ($1/h) is cheapest but has no capacity until t = 100. The batch closing at 6 tries it,
+    # gets InsufficientCapacity and launches on-demand instead; at 300 the spot offering is back.
+    spot = {**SMALL, "name": "spot", "nodes": 0, "capacity_type": "spot", "usd_per_node_hour": 1.0,
+            "capacity_shortages_s": [[0, 100]]}  # fmt: skip
+    sc = make_scenario(duration_s=400, cluster=_cluster([spot, SMALL]))
+    result = simulate(sc, Scripted(plan=((5.0, 2), (300.0, 3))))
+    s = result.summary
+    assert _row(result, 10.0)["nodes"] == 2
+    assert s.node_hours_by_pool["small"] == pytest.approx((400 + 400 - 6) / 3600)
+    assert s.node_hours_by_pool["spot"] == pytest.approx((400 - 301) / 3600)

@@ -160,6 +160,12 @@ class NodePool(StrictModel):
         description="whole (default), mig (a MIG layout per GPU) or time-slicing (N pods per GPU); "
         "see gpuscale.config.sharing.",
     )
+    capacity_shortages_s: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="Windows [start, end) in seconds when the cloud has no capacity for this pool "
+        "(InsufficientInstanceCapacity, common for spot GPUs): every launch in them fails. The Cluster "
+        "Autoscaler backs the node group off; Karpenter skips the offering for 3 minutes.",
+    )
     image_cached: bool = Field(default=False, description="Nodes start with the image already pulled.")
     model_cached: bool = Field(
         default=False, description="Nodes start with the weights already on local disk."
@@ -179,6 +185,14 @@ class NodePool(StrictModel):
     def _known_instance(cls, v: str | None) -> str | None:
         if v is not None and v not in INSTANCE_TYPES:
             raise ValueError(f"unknown instance type {v!r}; allowed: {', '.join(INSTANCE_TYPES)}")
+        return v
+
+    @field_validator("capacity_shortages_s")
+    @classmethod
+    def _windows(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for start, end in v:
+            if start < 0 or end <= start:
+                raise ValueError(f"window [{start:g}, {end:g}]: expected [start, end] with 0 <= start < end")
         return v
 
     @field_validator("gpu")
@@ -298,7 +312,26 @@ class ClusterAutoscalerConfig(StrictModel):
     max_node_provision_time_s: float = Field(
         default=900.0,
         gt=0,
-        description="Default 15 min (--max-node-provision-time); later nodes are removed.",
+        description="Default 15 min (--max-node-provision-time); later nodes are removed and their node "
+        "group is backed off.",
+    )
+    initial_node_group_backoff_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A node group whose launch failed is not expanded for this long; the expander picks "
+        "another. Default 5 min (--initial-node-group-backoff-duration).",
+    )
+    max_node_group_backoff_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Each failure after a backoff has ended doubles the backoff, up to this. Default "
+        "30 min (--max-node-group-backoff-duration).",
+    )
+    node_group_backoff_reset_s: float = Field(
+        default=10800.0,
+        gt=0,
+        description="The backoff starts over from its initial length after this long without a failure. "
+        "Default 3 h (--node-group-backoff-reset-timeout).",
     )
     max_empty_bulk_delete: int = Field(default=10, ge=1, description="Default 10 (--max-empty-bulk-delete).")
     gpu_unready_until_allocatable: bool = Field(
@@ -306,6 +339,12 @@ class ClusterAutoscalerConfig(StrictModel):
         description="A Ready GPU node counts as still starting until its GPUs are allocatable "
         "(kubernetes/autoscaler PR #461); false reproduces the extra scale-up it fixed.",
     )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> ClusterAutoscalerConfig:
+        if self.max_node_group_backoff_s < self.initial_node_group_backoff_s:
+            raise ValueError("max_node_group_backoff_s must be >= initial_node_group_backoff_s")
+        return self
 
 
 class KarpenterConfig(StrictModel):

@@ -198,18 +198,27 @@ class Decision:
 
     ``standby_replicas`` (warm-pool policies only) asks the target to keep that many loaded pods
     outside the Service; ``None`` leaves the standby pool as it is.
+
+    ``placeholder_pods`` asks for that many low-priority placeholder ("pause") pods, each requesting
+    what a serving pod requests (the cluster over-provisioner pattern): they hold spare GPUs on nodes
+    the node autoscaler keeps up for them, and a serving pod that finds no free GPU preempts one at
+    once. ``None`` leaves them as they are. The simulator applies it; live, deploy the placeholders
+    as their own low-priority Deployment.
     """
 
     desired_replicas: int | None
     reason: Reason
     message: str = ""
     standby_replicas: int | None = None
+    placeholder_pods: int | None = None
 
     def __post_init__(self) -> None:
         if self.desired_replicas is not None and self.desired_replicas < 0:
             raise ValueError("desired_replicas must be >= 0")
         if self.standby_replicas is not None and self.standby_replicas < 0:
             raise ValueError("standby_replicas must be >= 0")
+        if self.placeholder_pods is not None and self.placeholder_pods < 0:
+            raise ValueError("placeholder_pods must be >= 0")
 
     @property
     def is_hold(self) -> bool:

@@ -29,8 +29,21 @@ With steady traffic that stops at t = 0 the stable average reaches 0 at t = 60 s
 Inactive then, and the last pod goes at t = 90 s. Upstream can go faster when the activator has
 already been in the request path for the whole grace period (the SKS "proxy" fast path); gpuscale
 does not model the activator's routing and always waits the grace period — the conservative reading.
-A PA that is wanted (> 0) but has fewer ready pods than needed is **Activating**; if it stays so
-with nothing wanted past ``progress_deadline_s + 30 s`` it gives up and goes to 0, as upstream.
+A PA that is wanted (> 0) but has fewer ready pods than needed is **Activating**. The activation
+timeout is upstream's (``kpa/scaler.go`` ``handleScaleToZero``, ``CanFailActivation``): while the
+decider still wants pods (requests wait at the activator, which reports their concurrency) the PA
+keeps activating, however long a GPU node takes; only once it wants **0** — the activator's requests
+have timed out and a stable window has passed without any — while the PA has been Activating for
+``progress_deadline_s + 30 s`` (config-deployment ``progress-deadline``, 600 s, or the revision's
+``serving.knative.dev/progress-deadline``; the 30 s is ``activationTimeoutBuffer``) does it give up:
+the target goes to 0 at once (its Pending and starting pods are deleted) and the PA is Inactive
+(``TimedOut``). The next request activates it again. Min-scale >= 1 keeps the wanted count above 0,
+so such a revision never gives up. Example (tests/test_progress_deadline.py): a burst at t = 60 s is
+seen at the tick t = 62 s; its requests time out at the activator after 300 s, so the stable average
+is 0 from about t = 435 s; the PA gives up at 62 + 600 + 30 = 692 s. Upstream also marks a revision
+that never reached its initial scale failed (``ProgressDeadlineExceeded``, "Initial scale was never
+achieved"); a run here starts from a revision that served before (scaled to zero, or warm), so its
+scale target is initialized and that case does not arise.
 """
 
 from __future__ import annotations
@@ -148,7 +161,9 @@ class KnativeConfig(StrictModel):
     progress_deadline_s: float = Field(
         600.0,
         gt=0,
-        description="Default 600 s (config-deployment progress-deadline); +30 s activation timeout.",
+        description="Default 600 s (config-deployment progress-deadline, or the revision's "
+        "serving.knative.dev/progress-deadline). A PA still Activating this long + 30 s after it began, "
+        "with no pod wanted any more, gives up and scales to 0.",
     )
     max_signal_age_s: float | None = Field(
         None, gt=0, description="A signal older than this is stale (hold). Default 3 ticks (6 s)."
@@ -373,7 +388,8 @@ class KnativePolicy:
     def _first(self, snapshot: MetricsSnapshot) -> KnativeState:
         # newAutoscaler: a new decider over more than one ready pod starts in panic mode, holding the
         # current count until it has a window of data of its own.
-        # A run that starts with no pods at all is treated as a revision scaled to zero long ago.
+        # A run that starts with no pods at all is treated as a revision scaled to zero long ago: it
+        # reached its initial scale once (ScaleTargetInitialized), so initial scale no longer applies.
         panic = self.config.restarted and snapshot.ready > 1
         idle = snapshot.current_replicas == 0 and snapshot.ready == 0
         return KnativeState(
@@ -382,6 +398,7 @@ class KnativePolicy:
             max_panic_pods=snapshot.ready if self.config.restarted else 0,
             activity=Activity.INACTIVE if idle else Activity.ACTIVATING,
             activity_since_s=snapshot.time_s,
+            initialized=idle,
         )
 
     def _scale_to_zero(
@@ -398,7 +415,11 @@ class KnativePolicy:
         if state.activity is Activity.ACTIVATING:
             timeout = cfg.progress_deadline_s + ACTIVATION_TIMEOUT_BUFFER_S
             if since >= timeout:
-                msg = f"{rec.message}; activating for {since:g} s >= {timeout:g} s: giving up -> 0"
+                msg = (
+                    f"{rec.message}; activating for {since:g} s >= progress deadline "
+                    f"{cfg.progress_deadline_s:g} s + {ACTIVATION_TIMEOUT_BUFFER_S:g} s: activation timed "
+                    "out, giving up -> 0"
+                )
                 return Decision(0, Reason.SCALE_TO_ZERO, msg), 0
             return Decision.hold(Reason.SCALE_TO_ZERO_GRACE, f"{rec.message}; activating, waiting"), -1
         if state.activity is Activity.ACTIVE:

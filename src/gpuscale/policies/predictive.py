@@ -31,6 +31,9 @@ History lives in the policy state: the sampled rate is averaged into ``history_r
 (60 s by default, Crane's ``historyResolution``), gaps are filled with the last value, and only as
 many buckets as the forecaster needs are kept. Forecasts are recomputed when a bucket completes, not
 on every tick.
+
+``headroom_replicas`` keeps a warm-node buffer (``Decision.placeholder_pods``): placeholder pods hold
+spare GPUs, so the pods a forecast adds start at once instead of after a node's provisioning time.
 """
 
 from __future__ import annotations
@@ -388,9 +391,9 @@ class PredictivePolicy:
             state = self.observe(state, snapshot.time_s, check.values[self.rate])
         clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
         if clamped is not None:
-            return clamped[0], replace(state, tail=clamped[1])
+            return self._with_headroom(clamped[0]), replace(state, tail=clamped[1])
         if check.hold is not None:
-            return check.hold, state
+            return self._with_headroom(check.hold), state
         live = check.values[self.reactive]
         target = cfg.resolved_reactive_target
         reactive = math.ceil(live / target - 1e-9)
@@ -418,7 +421,12 @@ class PredictivePolicy:
             reason = Reason.DESIRED_WITHIN_RANGE
         rec = Recommendation(desired, reason, "; ".join(parts) + f" -> max = {desired}")
         final, tail = self.tail.run(rec, snapshot, state.tail)
-        return to_decision(final), replace(state, tail=tail)
+        return self._with_headroom(to_decision(final)), replace(state, tail=tail)
+
+    def _with_headroom(self, decision: Decision) -> Decision:
+        if not self.config.headroom_replicas:
+            return decision
+        return replace(decision, placeholder_pods=self.config.headroom_replicas)
 
 
 class PredictiveConfig(StrictModel):
@@ -501,6 +509,13 @@ class PredictiveConfig(StrictModel):
     )
     max_signal_age_s: float | None = Field(
         default=None, gt=0, description="A signal older than this is stale. Default 3 sync periods."
+    )
+    headroom_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Warm-node buffer: low-priority placeholder pods, each requesting what a serving pod "
+        "requests (the cluster over-provisioner pattern), so the node autoscaler keeps spare GPU nodes "
+        "up for the forecast's scale-ups; a serving pod preempts one at once. Default 0 (none).",
     )
 
     @property

@@ -17,6 +17,11 @@ Every decision carries ``standby_replicas`` (the pool size), so the target keeps
 A scale-up while standby pods exist is reported as ``WarmPoolPromote``: the target promotes
 ``min(standby, increase)`` pods at once and starts the rest (and the refills) cold. The wrapped
 policy's reason and message stay in the message.
+
+``headroom_replicas`` adds a warm-*node* buffer on top (``Decision.placeholder_pods``): placeholder
+pods hold spare GPUs, so the pods of a scale-up (and the pool's refills) find a GPU at once instead
+of waiting minutes for a new node; the placeholders they preempt go Pending and the node autoscaler
+launches a node for them in the background. Their nodes are billed like any other.
 """
 
 from __future__ import annotations
@@ -33,8 +38,11 @@ from gpuscale.policies.base import Decision, Metric, MetricsSnapshot, Policy, Re
 from gpuscale.policies.hpa import HpaConfig, HpaMetric, HpaMetricTarget
 
 
-def promote_decision(inner: Decision, snapshot: MetricsSnapshot, pool: int) -> Decision:
-    """The wrapped policy's decision with the pool size attached, and the promotion made explicit."""
+def promote_decision(
+    inner: Decision, snapshot: MetricsSnapshot, pool: int, headroom: int | None = None
+) -> Decision:
+    """The wrapped policy's decision with the pool size (and the placeholder pods) attached, and the
+    promotion made explicit."""
     desired = inner.desired_replicas
     if desired is not None and desired > snapshot.current_replicas and snapshot.standby > 0:
         increase = desired - snapshot.current_replicas
@@ -46,8 +54,10 @@ def promote_decision(inner: Decision, snapshot: MetricsSnapshot, pool: int) -> D
         message = (
             f"{inner.reason.value}: {inner.message}; {note}; refill the pool to {pool} in the background"
         )
-        return Decision(desired, Reason.WARM_POOL_PROMOTE, message, standby_replicas=pool)
-    return Decision(desired, inner.reason, inner.message, standby_replicas=pool)
+        return Decision(
+            desired, Reason.WARM_POOL_PROMOTE, message, standby_replicas=pool, placeholder_pods=headroom
+        )
+    return Decision(desired, inner.reason, inner.message, standby_replicas=pool, placeholder_pods=headroom)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class WarmPoolPolicy:
     inner: Policy[Any]
     standby_replicas: int
     label: str | None = None
+    headroom_replicas: int = 0
 
     @property
     def name(self) -> str:
@@ -97,7 +108,10 @@ class WarmPoolPolicy:
 
     def decide(self, snapshot: MetricsSnapshot, state: WarmPoolState) -> tuple[Decision, WarmPoolState]:
         inner_decision, inner_state = self.inner.decide(snapshot, state.inner)
-        return promote_decision(inner_decision, snapshot, self.standby_replicas), WarmPoolState(inner_state)
+        decision = promote_decision(
+            inner_decision, snapshot, self.standby_replicas, self.headroom_replicas or None
+        )
+        return decision, WarmPoolState(inner_state)
 
 
 def _nested_errors(exc: ValidationError, prefix: tuple[str | int, ...]) -> ValidationError:
@@ -129,6 +143,13 @@ class WarmPoolConfig(StrictModel):
     )
     standby_replicas: int = Field(
         ge=1, description="Loaded standby pods to keep outside the Service; required."
+    )
+    headroom_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Warm-node buffer: low-priority placeholder pods, each requesting what a serving pod "
+        "requests (the cluster over-provisioner pattern), so the node autoscaler keeps spare GPU nodes "
+        "up; a serving or standby pod preempts one at once. Default 0 (none).",
     )
     active: dict[str, Any] | None = Field(
         default=None,
@@ -198,4 +219,4 @@ class WarmPoolConfig(StrictModel):
 
     def build(self) -> WarmPoolPolicy:
         inner: Policy[Any] = self.active_config().build()
-        return WarmPoolPolicy(inner, self.standby_replicas, self.name)
+        return WarmPoolPolicy(inner, self.standby_replicas, self.name, self.headroom_replicas)

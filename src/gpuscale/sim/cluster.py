@@ -2,7 +2,8 @@
 
 Pod phases: Pending (no free GPU) → Starting (scheduled; image pull, model download, load, warm-up)
 → Ready → Draining → gone. Warm-pool pods stop at Standby (loaded, outside the Service) until they
-are promoted. Pods are placed first-fit over the nodes in launch order. Nodes are billed from
+are promoted. Placeholder pods of a warm-node buffer go from Pending straight to Running (a pause
+container) and hold their GPUs until a serving pod preempts them. Pods are placed first-fit over the nodes in launch order. Nodes are billed from
 launch to termination (``node_seconds``); the node layer (``gpuscale.sim.nodes``) adds and removes
 them, and a node's GPUs are usable only from ``allocatable_t``.
 
@@ -105,6 +106,9 @@ class Pod:
     """Container restarts after an OOM kill (CrashLoopBackOff)."""
     leaving: bool = False
     """On a node Karpenter is consolidating: serves until a replacement is Ready, then is evicted."""
+    placeholder: bool = False
+    """A low-priority placeholder ("pause") pod of the warm-node buffer: holds a serving pod's GPUs,
+    never serves, is Running at once when placed, and is preempted by any serving pod."""
 
     @property
     def name(self) -> str:
@@ -237,6 +241,10 @@ class Cluster:
                 pod.node = node
                 node.pods_changed_t = t
                 pod.scheduled_t = t
+                if pod.placeholder:  # a pause container: running at once, pulls nothing
+                    pod.ready_t = t
+                    pod.phase = Phase.READY
+                    return True
                 if warm:
                     pod.ready_t = t
                     pod.phase = Phase.STANDBY if pod.standby else Phase.READY

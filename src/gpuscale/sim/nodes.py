@@ -1,4 +1,4 @@
-"""The node layer: GPU nodes that come and go — Cluster Autoscaler and spot reclamation.
+"""The node layer: GPU nodes that come and go — Cluster Autoscaler, Karpenter, spot reclamation.
 
 Three timescales meet here (seed 004): pods start in seconds to minutes, GPU nodes in minutes, GPUs
 are allocated at scheduling time. A new node is launched (billed from then), becomes Ready after the
@@ -11,6 +11,11 @@ Cluster Autoscaler (``kubernetes/autoscaler`` ``cluster-autoscaler/FAQ.md``), ev
   (the expander picks which), as many as needed, up to the group's max. A GPU node that is Ready but
   has no allocatable GPU yet counts as still starting (PR #461), so it does not cause a second
   scale-up.
+* **backoff** (``clusterstate`` ``exponentialBackoff``): a launch the cloud rejects (a pool's
+  capacity shortage window: the rejection is seen in the same scan, and nothing is billed) or a node
+  removed for not registering within max-node-provision-time backs its group off; the expander skips
+  a backed-off group. 5 min at first; a failure after the backoff ended doubles it (up to 30 min), one
+  during it keeps its length; 3 h without a failure resets it.
 * **scale-down**: a node whose GPU requests / allocatable is under the threshold and whose pods fit
   on the other nodes (nodes are checked in launch order; pods moved in the simulation fill their new
   node, which is then no longer removable) is *unneeded*; once unneeded for the unneeded time, and
@@ -33,13 +38,23 @@ instance types and capacity types of one NodePool):
   (cordoned), replacement pods are created at once, and each old pod is evicted only once the pods
   Ready exceed the spec (its replacement is Ready elsewhere); the node goes with its last pod.
 
+A launch into a pool with no capacity (InsufficientCapacity) makes Karpenter skip that offering for
+3 minutes (its unavailable-offerings cache) and launch the next cheapest.
+
+Warm-node buffer: placeholder pods (``SimScaleTarget.placeholders``) are Pending pods like any for
+scale-up and batching, and used GPUs for scale-down and consolidation; a node being drained,
+consolidated or reclaimed loses them at once (preempted, not drained), and they go Pending again.
+
 Spot: a reclaimed node gets the notice, is cordoned and its pods evicted (no PDB: reclamation is not
 voluntary); at the end of the notice the node is terminated and anything still on it is dropped.
 Replacement pods are Pending like any other, and a node autoscaler may launch a node for them.
 
-Simplifications (stated, not hidden): no node-group backoff after a failed launch, no capacity
-shortage of a spot pool, no scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict";
-Karpenter: no multi-node consolidation, no replacement by a cheaper node, no drift or expiry.
+Simplifications (stated, not hidden): a rejected Cluster Autoscaler launch is seen at once (on AWS
+the ASG accepts the increase and the failed instance shows up a loop or more later); no
+scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict"; placeholders have no priority
+of their own beyond "below every serving pod" and the Cluster Autoscaler treats them as ordinary pods
+(they are above its expendable-pods cutoff, as over-provisioner pods are). Karpenter: no multi-node
+consolidation, no replacement by a cheaper node, no drift or expiry.
 """
 
 from __future__ import annotations
@@ -57,6 +72,8 @@ _PROVISION_TIMEOUT = 1
 _SPOT_NOTICE = 2
 _SPOT_TERMINATE = 3
 _SCRIPTED_RECLAIM = 4
+UNAVAILABLE_OFFERING_TTL_S = 180.0
+"""Karpenter keeps an offering that failed with InsufficientCapacity out of its choices this long."""
 
 
 class NodeLayer:
@@ -84,6 +101,14 @@ class NodeLayer:
         self.scale_downs = 0
         self.spot_interruptions = 0
         self.failed_launches = 0
+        self.backoffs = 0
+        n_pools = len(cluster.pools)
+        self._backoff_until = [-math.inf] * n_pools
+        """Per node group: no scale-up before this (Cluster Autoscaler backoff)."""
+        self._backoff_s = [0.0] * n_pools
+        self._last_failure_t = [-math.inf] * n_pools
+        self._unavailable_until = [-math.inf] * n_pools
+        """Per pool: Karpenter's unavailable-offerings cache after a failed launch (3 min)."""
         self._by_index: dict[int, Node] = {}
         for node in cluster.nodes:
             self._track(node, 0.0)
@@ -122,6 +147,11 @@ class NodeLayer:
 
     def _pods_on(self, node: Node) -> list[Pod]:
         return [p for p in self.target.pods.values() if p.node is node and p.holds_gpu]
+
+    def _pending(self) -> int:
+        """Pending pods that want a GPU: serving, standby and placeholder pods alike."""
+        t = self.target
+        return t.count(Phase.PENDING) + t.count(Phase.PENDING, standby=True) + t.pending_placeholders()
 
     # -- the loop ----------------------------------------------------------------------------------
     def step(self, t: float) -> None:
@@ -178,11 +208,14 @@ class NodeLayer:
         elif kind == _PROVISION_TIMEOUT:
             self.failed_launches += 1
             self.cluster.remove_node(node, t)
+            if self.ca is not None:
+                self._back_off(self.ca, node.pool_index, t)
         elif kind == _SPOT_NOTICE and node.reclaim_t == math.inf:
             self._notice(node, t)
         elif kind == _SPOT_TERMINATE:
             for pod in self._pods_on(node):
                 self.target.kill(pod, t)
+            self.target.preempt(self.target.placeholders_on(node), t)
             self.cluster.remove_node(node, t)
             self.target.schedule_pending(t)
 
@@ -194,10 +227,18 @@ class NodeLayer:
         node.unneeded_since = math.nan
         self._push(node.reclaim_t, _SPOT_TERMINATE, node.index)
         grace = min(self.target.grace_s, self.cfg.spot_notice_s)
+        self.target.preempt(self.target.placeholders_on(node), t)
         self.target.evict(self._pods_on(node), t, grace)
 
-    def launch(self, pool_index: int, t: float, provision_timeout_s: float = math.inf) -> Node:
-        """Launch a node: Ready after the provisioning time, GPUs allocatable after the device plugin."""
+    def _short(self, pool_index: int, t: float) -> bool:
+        return any(a <= t < b for a, b in self.cluster.pools[pool_index].capacity_shortages_s)
+
+    def launch(self, pool_index: int, t: float, provision_timeout_s: float = math.inf) -> Node | None:
+        """Launch a node: Ready after the provisioning time, GPUs allocatable after the device plugin.
+        ``None`` when the pool has no capacity now (the cloud rejects the launch; nothing is billed)."""
+        if self._short(pool_index, t):
+            self.failed_launches += 1
+            return None
         node = self.cluster.launch(pool_index, t)
         startup = self.cfg.node_startup
         provision = draw(startup.provision_s, self._rng_provision)
@@ -215,7 +256,7 @@ class NodeLayer:
     # -- Karpenter ---------------------------------------------------------------------------------
     def _uncovered(self, t: float) -> int:
         """Pending pods that no node still starting has a place for."""
-        pending = self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True)
+        pending = self._pending()
         if pending == 0:
             return 0
         upcoming = [n for n in self.cluster.nodes if not n.cordoned and n.allocatable_t > t]
@@ -233,7 +274,7 @@ class NodeLayer:
             for i, pool in enumerate(self.cluster.pools):
                 per = self.cluster.per_node(pool)
                 room = pool.max_size - self.cluster.pool_size(i)
-                if per < 1 or room < 1:
+                if per < 1 or room < 1 or t < self._unavailable_until[i]:
                     continue
                 nodes = min(-(-remaining // per), room)
                 placed = min(remaining, nodes * per)
@@ -243,7 +284,11 @@ class NodeLayer:
             if best is None:
                 return
             _, i, nodes, placed = best
-            for _ in range(nodes):
+            if self.launch(i, t, k.registration_ttl_s) is None:
+                # InsufficientCapacityError: the offering is unavailable for 3 minutes; try the next.
+                self._unavailable_until[i] = t + UNAVAILABLE_OFFERING_TTL_S
+                continue
+            for _ in range(nodes - 1):
                 self.launch(i, t, k.registration_ttl_s)
             self.scale_ups += nodes
             self.last_scale_up_t = t
@@ -273,25 +318,27 @@ class NodeLayer:
             self.scale_downs += 1
         if empty or k.consolidation_policy == "WhenEmpty" or k.do_not_disrupt:
             return
-        if self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True):
+        if self._pending():
             return
         live = [n for n in nodes if not n.cordoned and n.allocatable_t <= t]
         for node in sorted(candidates, key=lambda n: (len(self._pods_on(n)), n.index)):
             pods = self._pods_on(node)
+            held = self.target.placeholders_on(node)
             free = sum(self.cluster.pods_fit(n) for n in live if n is not node)
-            if free < len(pods) or not self._pdb_allows(pods):
+            if free < len(pods) + len(held) or not self._pdb_allows(pods):
                 continue
             node.cordoned = node.deleting = True
             node.unneeded_since = math.nan
             for pod in pods:
                 pod.leaving = True
+            self.target.preempt(held, t)
             self.scale_downs += 1
             self.target.reconcile(t)  # replacements, on the other nodes
             return
 
     # -- Cluster Autoscaler ------------------------------------------------------------------------
     def _scale_up(self, ca: ClusterAutoscalerConfig, t: float) -> None:
-        pending = self.target.count(Phase.PENDING) + self.target.count(Phase.PENDING, standby=True)
+        pending = self._pending()
         if pending == 0:
             return
         upcoming = [
@@ -306,7 +353,9 @@ class NodeLayer:
             groups = [
                 i
                 for i, p in enumerate(self.cluster.pools)
-                if self.cluster.per_node(p) >= 1 and self.cluster.pool_size(i) < p.max_size
+                if self.cluster.per_node(p) >= 1
+                and self.cluster.pool_size(i) < p.max_size
+                and t >= self._backoff_until[i]
             ]
             if not groups:
                 return
@@ -314,11 +363,33 @@ class NodeLayer:
             pool = self.cluster.pools[i]
             per_node = self.cluster.per_node(pool)
             k = min(-(-remaining // per_node), pool.max_size - self.cluster.pool_size(i))
-            for _ in range(k):
+            if self.launch(i, t, ca.max_node_provision_time_s) is None:
+                # The cloud rejected the increase: back the group off, let the expander pick another.
+                self._back_off(ca, i, t)
+                continue
+            for _ in range(k - 1):
                 self.launch(i, t, ca.max_node_provision_time_s)
             self.scale_ups += k
             self.last_scale_up_t = t
             remaining -= k * per_node
+
+    def _back_off(self, ca: ClusterAutoscalerConfig, i: int, t: float) -> None:
+        """``exponentialBackoff.Backoff``: the initial length, doubled (up to the max) by a failure after
+        the last backoff ended; one during a backoff keeps its length. Reset after 3 h without a failure.
+
+        E.g. failures at 0, 100 and 400 s: backed off until 300 (5 min), 400 (still 5 min: it came
+        during the backoff), then 1000 (10 min: the backoff had ended).
+        """
+        if t - self._last_failure_t[i] > ca.node_group_backoff_reset_s:
+            duration = ca.initial_node_group_backoff_s
+        elif t >= self._backoff_until[i]:
+            duration = min(2.0 * self._backoff_s[i], ca.max_node_group_backoff_s)
+        else:
+            duration = self._backoff_s[i]
+        self._backoff_s[i] = duration
+        self._backoff_until[i] = t + duration
+        self._last_failure_t[i] = t
+        self.backoffs += 1
 
     def _expand(self, ca: ClusterAutoscalerConfig, groups: list[int]) -> int:
         pools = self.cluster.pools
@@ -382,6 +453,7 @@ class NodeLayer:
                 continue
             node.cordoned = node.deleting = True
             self.scale_downs += 1
+            self.target.preempt(self.target.placeholders_on(node), t)
             self.target.evict(pods, t)
             return
 

@@ -4,6 +4,12 @@ It keeps the spec replica count, creates pods (Pending until a GPU is free), and
 ReplicaSet's order (unscheduled first, then not-ready, then the most recently Ready), draining Ready
 ones. Warm-pool policies also set a standby target: standby pods start like any pod but stay outside
 the Service; a scale-up promotes them before creating new pods.
+
+A decision's ``placeholder_pods`` keeps that many low-priority placeholder pods (the warm-node
+buffer; kept apart from ``pods``): each takes a serving pod's GPUs where one fits, and a serving or
+standby pod that finds no free GPU preempts one at once (on the first node, in launch order, that
+holds one); the preempted placeholder is Pending again, and the node layer launches a node for it
+like for any Pending pod. Placeholders count as used GPUs for node scale-down and consolidation.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Iterator
 from gpuscale.config.profiles import ModelProfile
 from gpuscale.policies.base import Decision
 from gpuscale.sim import kernel as K
-from gpuscale.sim.cluster import Cluster, Device, Phase, Pod
+from gpuscale.sim.cluster import Cluster, Device, Node, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 
 READY_EVENT = 0
@@ -42,6 +48,9 @@ class SimScaleTarget:
         self.phase_totals: dict[str, float] = {}
         self.evictions = 0
         self.oom_kills = 0
+        self.placeholder_target = 0
+        self.placeholders: dict[int, Pod] = {}
+        self.preemptions = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, pod: Pod) -> None:
@@ -182,6 +191,8 @@ class SimScaleTarget:
                     continue
                 left = device.memory_gb
                 for pod in sorted(device.pods, key=lambda p: (p.scheduled_t, p.id)):
+                    if pod.placeholder:  # a pause container holds no GPU memory
+                        continue
                     need = self.memory_need_gb(pod, model, t)
                     if need > left + 1e-9:
                         self._oom(pod, t)
@@ -219,12 +230,62 @@ class SimScaleTarget:
 
     def schedule_pending(self, t: float) -> None:
         for pod in sorted(self.pods_in(Phase.PENDING), key=lambda p: p.id):
-            if not self.cluster.place(pod, t):
+            if not self.cluster.place(pod, t) and not (self._preempt_one(t) and self.cluster.place(pod, t)):
                 break
             if pod.phase == Phase.STARTING:
                 self._push(pod.ready_t, READY_EVENT, pod)
             elif pod.phase == Phase.READY:
                 self._serve(pod, t)
+        if self.placeholders:
+            for pod in sorted(self.placeholders.values(), key=lambda p: p.id):
+                if pod.phase == Phase.PENDING and not self.cluster.place(pod, t):
+                    break
+
+    # -- warm-node buffer ----------------------------------------------------------------------------
+    def pending_placeholders(self) -> int:
+        return sum(1 for p in self.placeholders.values() if p.phase == Phase.PENDING)
+
+    def placeholders_on(self, node: Node) -> list[Pod]:
+        return [p for p in self.placeholders.values() if p.node is node]
+
+    def _preempt_one(self, t: float) -> bool:
+        """Preempt the placeholder on the first usable node (launch order) that runs one."""
+        if not self.placeholders:
+            return False
+        for node in self.cluster.nodes:
+            if node.cordoned or node.allocatable_t > t:
+                continue
+            on = self.placeholders_on(node)
+            if on:
+                self.preempt(on[:1], t)
+                return True
+        return False
+
+    def preempt(self, pods: list[Pod], t: float) -> None:
+        """Placeholders lose their place at once (no grace): Pending again, their Deployment's
+        replacement waits for a free GPU like any pod."""
+        for pod in pods:
+            self.cluster.release(pod, t)
+            pod.node = None
+            pod.device = None
+            pod.phase = Phase.PENDING
+            pod.scheduled_t = math.nan
+            self.preemptions += 1
+
+    def _reconcile_placeholders(self, t: float) -> None:
+        have = sorted(self.placeholders.values(), key=lambda p: p.id)
+        if self.placeholder_target > len(have):
+            for _ in range(self.placeholder_target - len(have)):
+                pod = Pod(id=self._next_id, created_t=t, placeholder=True)
+                self._next_id += 1
+                self.placeholders[pod.id] = pod
+        elif self.placeholder_target < len(have):
+            # Unscheduled first, then the newest.
+            for pod in sorted(have, key=lambda p: (p.node is not None, -p.id))[
+                : len(have) - self.placeholder_target
+            ]:
+                self.cluster.release(pod, t)
+                del self.placeholders[pod.id]
 
     def _remove(self, pod: Pod, t: float, grace_s: float | None = None) -> None:
         if pod.phase == Phase.READY:
@@ -265,6 +326,8 @@ class SimScaleTarget:
     def apply(self, decision: Decision, t: float) -> None:
         if decision.standby_replicas is not None:
             self.standby_target = decision.standby_replicas
+        if decision.placeholder_pods is not None:
+            self.placeholder_target = decision.placeholder_pods
         if decision.desired_replicas is not None and decision.desired_replicas != self.spec:
             self.spec = decision.desired_replicas
             self.scale_events += 1
@@ -303,4 +366,6 @@ class SimScaleTarget:
         elif self.standby_target < len(standby):
             for pod in self._removal_order(standby)[: len(standby) - self.standby_target]:
                 self._end(pod, t)
+        if self.placeholder_target or self.placeholders:
+            self._reconcile_placeholders(t)
         self.schedule_pending(t)
