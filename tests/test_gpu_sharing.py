@@ -14,6 +14,7 @@ import pytest
 
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.profiles import BUILTIN_PROFILES
+from gpuscale.policies.base import Metric, SignalSpec
 from gpuscale.sim.engine import simulate
 from tests.conftest import make_scenario
 from tests.test_engine import Scripted
@@ -175,3 +176,67 @@ def test_bad_sharing_settings_name_the_key(cluster: dict[str, Any], model: Any, 
     with pytest.raises(ConfigError) as err:
         make_scenario(cluster=cluster, **({"model": model} if model else {}))
     assert key in str(err.value)
+
+
+# -- GPU memory utilization as the exporter reports it ------------------------------------------------
+def _memory_run(
+    pool: dict[str, Any], mig: str | None, plan: tuple[tuple[float, int], ...], **model: Any
+) -> Any:
+    cluster: dict[str, Any] = {"pools": [pool]}
+    if mig is not None:
+        cluster["mig_profile"] = mig
+    sc = make_scenario(
+        duration_s=30,
+        # weights + runtime with no activation memory: every pod holds the same, whatever its batches
+        model=_model(allocator="exact", weights_gb=2.5, activation_gb_per_request=0.0, **model),
+        cluster=cluster,
+        workload={"kind": "poisson", "rate_rps": 20},
+        control={"interval_s": 5, "initial_replicas": 2},
+    )
+    return sc, simulate(sc, Scripted(plan=plan))
+
+
+def test_a_pod_on_a_mig_slice_reports_memory_against_its_slice() -> None:
+    # 1.5 GB runtime + 2.5 GB weights = 4 GB: 40 % of a 1g.10gb slice (DCGM reports per GPU instance),
+    # where the whole 80-GB GPU would show 5 %.
+    sc, result = _memory_run(_pool({"kind": "mig", "layout": ["1g.10gb"] * 7}), "1g.10gb", ())
+    held = sc.model.memory_at_batch_gb(0)
+    slice_pct = 100.0 * held / 10.0
+    assert _row(result, 20.0)["gpu_memory_util_pct"] == pytest.approx(slice_pct)
+    assert result.summary.mean_gpu_memory_util_pct == pytest.approx(slice_pct)
+    _, whole = _memory_run({"gpu": "a100-80gb", "gpus_per_node": 2, "nodes": 1}, None, ())
+    assert whole.summary.mean_gpu_memory_util_pct == pytest.approx(100.0 * held / 80.0)
+    assert slice_pct == pytest.approx(8 * whole.summary.mean_gpu_memory_util_pct)
+
+
+def test_a_preallocating_runtime_on_a_mig_slice_takes_its_fraction_of_the_slice() -> None:
+    # vLLM-style: 90 % of the memory the pod sees. On a 10-GB slice that is 9 GB (90 %), not 72 GB.
+    sc = make_scenario(
+        duration_s=20,
+        model=_model(allocator="preallocate", preallocate_fraction=0.9),
+        cluster={"pools": [_pool({"kind": "mig", "layout": ["1g.10gb"] * 7})], "mig_profile": "1g.10gb"},
+        workload={"kind": "poisson", "rate_rps": 20},
+    )
+    spec = SignalSpec(Metric.GPU_MEMORY_USED_GB, 5.0)
+    policy = Scripted(plan=(), signals=(spec,))
+    result = simulate(sc, policy)
+    used = policy.seen[-1].signals[spec].value
+    assert used == pytest.approx(0.9 * 10.0)
+    assert result.summary.mean_gpu_memory_util_pct == pytest.approx(90.0)
+
+
+def test_time_sliced_pods_report_the_memory_of_every_pod_on_their_gpu() -> None:
+    # Two pods on one time-sliced A100 80 GB hold 4 GB each: both report 8 GB used, 10 %. At t = 5 a
+    # third pod is scheduled there; it loads its weights from t = 6 (after 1 s of scheduling) and is
+    # Ready at 15, and from its load on the two serving pods see its memory too: 12 GB, 15 %.
+    pool = _pool({"kind": "time-slicing", "replicas_per_gpu": 4})
+    sc, result = _memory_run(pool, None, ((5.0, 3),))
+    held = sc.model.memory_at_batch_gb(0)
+    assert _row(result, 5.0)["gpu_memory_util_pct"] == pytest.approx(100.0 * 2 * held / 80.0)
+    assert _row(result, 10.0)["ready"] == 2
+    assert _row(result, 10.0)["gpu_memory_util_pct"] == pytest.approx(100.0 * 3 * held / 80.0)
+    assert _row(result, 20.0)["ready"] == 3
+    assert _row(result, 20.0)["gpu_memory_util_pct"] == pytest.approx(100.0 * 3 * held / 80.0)
+    # The same two pods on whole GPUs each see their own 4 GB.
+    _, whole = _memory_run({"gpu": "a100-80gb", "gpus_per_node": 2, "nodes": 1}, None, ())
+    assert _row(whole, 5.0)["gpu_memory_util_pct"] == pytest.approx(100.0 * held / 80.0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gpuscale.config.scenario import Scenario, StartupConfig, scenario_from_dict
+from gpuscale.config.sharing import MigLayout, mig_profile
 from gpuscale.experiments.catalog import builtin_scenario
 from gpuscale.experiments.oracle import (
     capacity_at_slo,
@@ -182,6 +183,8 @@ def _with_initial(sc: Scenario, replicas: int) -> Scenario:
         # A ramp: cpu-hpa scales up late, runs pods hot through each step and still meets the target
         # over the run; the oracle must spend the same slack to stay below it.
         ("cpu-preprocess", 1200, ("cpu-hpa", "multi-signal-gpu", "ray-serve")),
+        # Pods on 1g.10gb MIG slices: measured and charged on their slice, not on a whole GPU.
+        ("small-model-mig", 3600, ("gpu-util", "knative", "keda-queue-depth")),
     ],
 )
 def test_every_run_that_meets_the_slo_uses_at_least_the_oracles_gpu_hours(
@@ -205,3 +208,76 @@ def test_every_run_that_meets_the_slo_uses_at_least_the_oracles_gpu_hours(
     # Holding the oracle's peak all the time meets the SLO: the measured capacity is consistent.
     assert f"static-{peak}" in met
     assert len(met) >= 3
+
+
+# -- shared GPUs ----------------------------------------------------------------------------------------
+def test_on_mig_slices_capacity_is_measured_on_the_slice_the_pods_get() -> None:
+    mig, whole = builtin_scenario("small-model-mig"), builtin_scenario("small-model-whole-gpu")
+    assert mig.model == whole.model and mig.slo == whole.slo  # the same service, on a slice or a GPU
+    sharing = mig.cluster.pools[0].gpu_sharing
+    assert isinstance(sharing, MigLayout)
+    slice_ = mig_profile(mig.cluster.pools[0].gpu, mig.cluster.mig_profile or "")
+    assert slice_ is not None
+    speed = sharing.speed(slice_)  # 7: a 1g slice runs each batch 7 x slower
+    on_slice, on_gpu = capacity_at_slo(mig, 1), capacity_at_slo(whole, 1)
+    # A slice is the whole GPU with every batch stretched 7 x under the same SLO: a seventh of the
+    # GPU's capacity at most (less: the SLO leaves a seventh of the room for queueing and batching)...
+    assert on_slice <= on_gpu / speed
+    # ... and about what the whole GPU carries, a seventh as fast, at a seventh of the SLO (not exact:
+    # the CPU stage and the batching delay do not slow down on a slice).
+    data = whole.model_dump(mode="json")
+    data["slo"]["latency_ms"] = whole.slo.latency_ms / speed
+    rescaled = capacity_at_slo(scenario_from_dict(data, "whole-at-a-seventh"), 1) / speed
+    assert on_slice == pytest.approx(rescaled, rel=0.15)
+
+    oracle = compute_oracle(mig, seed=1)
+    assert oracle.capacity_rps_per_replica < on_gpu / speed
+    assert "1g.10gb MIG slice" in oracle.method
+    # Charged as the simulator charges a slice: a seventh of a GPU per pod-hour, at the pool's price.
+    pod_hours = float((oracle.replicas * 10.0).sum()) / 3600
+    assert pod_hours / speed <= oracle.gpu_hours < 1.2 * pod_hours / speed  # (+ the starting pods)
+    assert oracle.cost_usd == pytest.approx(oracle.gpu_hours * mig.cluster.pools[0].price)
+
+
+def test_time_sliced_pods_are_measured_with_their_interference() -> None:
+    def scenario(interference: float) -> Scenario:
+        pool = {
+            "gpu": "a100-80gb",
+            "gpus_per_node": 1,
+            "nodes": 2,
+            "gpu_sharing": {"kind": "time-slicing", "replicas_per_gpu": 4, "interference": interference},
+        }
+        return md1(cluster={"pools": [pool]})
+
+    # Alone on its GPU a pod runs at full speed whatever the interference; the first two pods fill
+    # one GPU (4 places) and slow each other by 1 + 0.5 = 1.5 x, so they carry well under what two
+    # pods without interference carry (which is what two whole GPUs carry).
+    alone = capacity_at_slo(scenario(0.5), 1)
+    assert alone == pytest.approx(capacity_at_slo(md1(), 1), rel=0.03)
+    shared, clean = capacity_at_slo(scenario(0.5), 2), capacity_at_slo(scenario(0.0), 2)
+    assert shared < 0.8 * clean
+    assert clean == pytest.approx(capacity_at_slo(md1(), 2), rel=0.03)
+
+
+def test_under_a_node_autoscaler_the_oracle_uses_the_nodes_pools_can_grow_to_at_their_node_price() -> None:
+    # The pool starts empty and may grow to 2 spot nodes at 0.66 $/h: the oracle holds its one pod
+    # there all along, billed at the node's price (the GPU's catalogue price is 2.21 $/h on demand).
+    pool = {
+        "name": "spot",
+        "gpu": "a100-80gb",
+        "nodes": 0,
+        "max_nodes": 2,
+        "capacity_type": "spot",
+        "usd_per_node_hour": 0.66,
+    }
+    sc = md1(
+        duration_s=300,
+        workload={"kind": "poisson", "rate_rps": 30},
+        cluster={"pools": [pool], "node_autoscaler": {"kind": "cluster-autoscaler"}},
+        control={"interval_s": 5, "initial_replicas": 0},
+    )
+    oracle = compute_oracle(sc, seed=1)
+    assert oracle.replicas.tolist() == [1] * 30
+    assert oracle.gpu_hours == pytest.approx(300 / 3600)
+    assert oracle.cost_usd == pytest.approx(oracle.gpu_hours * 0.66)
+    assert "clouds bill nodes" in oracle.method

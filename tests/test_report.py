@@ -311,3 +311,168 @@ def test_the_verdict_is_generated_from_the_data_not_from_names(base_run: SimResu
     text = verdict(_compare(base_run, grid, failing=False), "spike")
     cheapest = _cheapest_meeting(SPIKE)
     assert cheapest is not None and text.startswith(f"{renamed(cheapest)} is the cheapest")
+
+
+# -- the node layer -----------------------------------------------------------------------------------
+SPOT, ON_DEMAND = "a100-spot", "a100-on-demand"
+# Per seed: dollars by pool; each policy's node-hours are its dollars at 0.66 (spot) and 2.21 $/h.
+NODES: dict[str, dict[str, Any]] = {
+    "alpha": {"att": [0.995, 0.996], "gpu": [2.0, 2.4], "pools": [(1.32, 2.21), (1.98, 0.0)]},
+    "beta": {"att": [0.999, 0.999], "gpu": [3.0, 3.0], "pools": [(0.66, 4.42), (0.66, 6.63)]},
+    "gamma": {"att": [0.90, 0.93], "gpu": [1.0, 1.2], "pools": [(0.66, 0.0), (1.32, 0.0)]},
+}
+PRICES = {SPOT: 0.66, ON_DEMAND: 2.21}
+
+
+@pytest.fixture(scope="module")
+def node_run() -> SimResult:
+    pools = [
+        {"name": SPOT, "gpu": "a100-80gb", "nodes": 1, "max_nodes": 3, "capacity_type": "spot",
+         "usd_per_node_hour": PRICES[SPOT]},
+        {"name": ON_DEMAND, "gpu": "a100-80gb", "nodes": 0, "max_nodes": 3},
+    ]  # fmt: skip
+    sc = make_scenario(
+        duration_s=300,
+        cluster={"pools": pools, "node_autoscaler": {"kind": "cluster-autoscaler"}},
+        workload={"kind": "poisson", "rate": {"kind": "step", "levels": [[0, 200], [60, 6000]]}},
+    )
+    return simulate(sc, load_preset("knative"), seed=1)
+
+
+def _node_compare(base: SimResult, nodes: SimResult) -> CompareResult:
+    """The spike scenario on fixed pools beside a "spot" scenario whose nodes come and go."""
+    flat = _compare(base, {"spike": SPIKE}, failing=False)
+    runs = list(flat.runs)
+    oracles = dict(flat.oracles)
+    for i, seed in enumerate(SEEDS):
+        oracles[("spot", seed)] = _oracle("spot", seed, 0.8)
+        for policy, spec in NODES.items():
+            dollars = dict(zip((SPOT, ON_DEMAND), spec["pools"][i], strict=True))
+            hours = {pool: usd / PRICES[pool] for pool, usd in dollars.items()}
+            summary = replace(
+                nodes.summary, scenario="spot", policy=policy, seed=seed,
+                slo_attainment=spec["att"][i], gpu_hours=spec["gpu"][i], cost_usd=sum(dollars.values()),
+                cost_basis="node", node_cost_usd=sum(dollars.values()), node_cost_by_pool_usd=dollars,
+                node_hours=sum(hours.values()), node_hours_by_pool=hours,
+                spot_savings_usd=hours[SPOT] * (PRICES[ON_DEMAND] - PRICES[SPOT]),
+            )  # fmt: skip
+            timeline = {name: nodes.timeline.column(name) for name in TIMELINE_KEEP}
+            runs.append(RunOutcome(RunKey("spot", policy, seed), summary, None, timeline, nodes.latency_hist))
+    runs.sort(key=lambda r: r.key)
+    return CompareResult(
+        scenarios=["spike", "spot"],
+        policies=list(SPIKE),
+        seeds=SEEDS,
+        slo_target=TARGET,
+        runs=runs,
+        oracles=oracles,
+        rows=aggregate(runs, oracles, TARGET),
+        descriptions={"spike": "Fixed pools.", "spot": "Spot first, on demand behind it."},
+        slo_ms={"spike": 100.0, "spot": 100.0},
+        node_layer={"spike": False, "spot": True},
+        spot={"spike": False, "spot": True},
+    )
+
+
+@pytest.fixture(scope="module")
+def node_result(base_run: SimResult, node_run: SimResult) -> CompareResult:
+    return _node_compare(base_run, node_run)
+
+
+def _mean_pool(policy: str, pool: str) -> float:
+    return mean(dict(zip((SPOT, ON_DEMAND), seed, strict=True))[pool] for seed in NODES[policy]["pools"])
+
+
+def _section(page: str, scenario: str) -> str:
+    return page.split(f"<h2>{scenario}</h2>", 1)[1].split("</section>", 1)[0]
+
+
+def test_a_scenario_with_a_node_layer_gets_its_nodes_plot_and_dollars_by_pool(
+    node_result: CompareResult, node_run: SimResult
+) -> None:
+    assert max(node_run.timeline.column("nodes")) > 1  # the spike made the node autoscaler add nodes
+    page = report_files(node_result)["report.html"]
+    spot, fixed = _section(page, "spot"), _section(page, "spike")
+    assert len(re.findall(r'<img src="data:image/png', spot)) == 4  # + nodes over time
+    assert len(re.findall(r'<img src="data:image/png', fixed)) == 3
+    assert "Nodes and dollars by pool" in spot and "Nodes and dollars by pool" not in fixed
+    # Node columns only where nodes move.
+    assert "<th>Node-hours</th>" in spot and "<th>Node-hours</th>" not in fixed
+    table = spot.split("Nodes and dollars by pool", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<th>\$ ([^<]+)</th>", table) == [SPOT, ON_DEMAND]  # the cluster's order
+    assert "<th>Spot savings ($)</th>" in table
+    for policy in NODES:
+        row = table.split(f'<td class="name">{policy}</td>', 1)[1].split("</tr>", 1)[0]
+        cells = re.findall(r"<td>([^<]*)", row)
+        assert cells[:2] == [f"{_mean_pool(policy, SPOT):,.2f}", f"{_mean_pool(policy, ON_DEMAND):,.2f}"]
+        total = mean(sum(seed) for seed in NODES[policy]["pools"])
+        assert cells[2] == f"{total:,.2f}"
+
+
+def test_summaries_hold_dollars_by_pool_and_spot_savings_only_where_there_is_spot(
+    node_result: CompareResult,
+) -> None:
+    files = report_files(node_result)
+    doc = json.loads(files["summary.json"], parse_constant=_no_nan)
+    spot, fixed = doc["scenarios"]["spot"], doc["scenarios"]["spike"]
+    assert (spot["node_layer"], spot["spot"], spot["pools"]) == (True, True, [SPOT, ON_DEMAND])
+    assert (fixed["node_layer"], fixed["spot"]) == (False, False)
+    for policy, spec in NODES.items():
+        got = spot["policies"][policy]
+        for pool in (SPOT, ON_DEMAND):
+            est = got["by_pool"]["node_cost_by_pool_usd"][pool]
+            values = [dict(zip((SPOT, ON_DEMAND), seed, strict=True))[pool] for seed in spec["pools"]]
+            assert est["mean"] == pytest.approx(mean(values))
+            assert est["half_width"] == pytest.approx(estimate(values).half_width)
+            assert got["by_pool"]["node_hours_by_pool"][pool]["mean"] == pytest.approx(
+                mean(values) / PRICES[pool]
+            )
+        assert got["estimates"]["spot_savings_usd"]["mean"] > 0
+    assert "spot_savings_usd" not in fixed["policies"]["alpha"]["estimates"]
+    assert "node_hours" in fixed["policies"]["alpha"]["estimates"]
+
+    rows = list(csv.DictReader(io.StringIO(files["summary.csv"])))
+    header = list(rows[0])
+    pool_columns = [h for h in header if h.startswith("node_cost_usd[") and h.endswith("_mean")]
+    fixed_pool = next(iter(node_result.pools("spike")))
+    # One column per pool name, each scenario's pools in its cluster's order, scenarios as asked for.
+    assert pool_columns == [f"node_cost_usd[{p}]_mean" for p in (fixed_pool, SPOT, ON_DEMAND)]
+    for row in rows:
+        if row["scenario"] == "spot":
+            assert float(row[f"node_cost_usd[{SPOT}]_mean"]) == pytest.approx(_mean_pool(row["policy"], SPOT))
+            assert float(row["spot_savings_usd_mean"]) > 0
+            assert row[f"node_cost_usd[{fixed_pool}]_mean"] == ""
+        else:
+            assert float(row[f"node_cost_usd[{fixed_pool}]_mean"]) == pytest.approx(
+                float(row["node_cost_usd_mean"])
+            )
+            assert row[f"node_cost_usd[{SPOT}]_mean"] == "" and row["spot_savings_usd_mean"] == ""
+    again = report_files(_node_compare_again(node_result))
+    assert again["summary.json"] == files["summary.json"] and again["summary.csv"] == files["summary.csv"]
+
+
+def _node_compare_again(result: CompareResult) -> CompareResult:
+    """The same runs re-aggregated: the same bytes must come out."""
+    return replace(result, rows=aggregate(result.runs, result.oracles, TARGET))
+
+
+def test_the_terminal_table_adds_node_hours_and_dollars_where_a_scenario_has_nodes(
+    node_result: CompareResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import gpuscale.cli as cli
+
+    for width in (80, 120):
+        screen = Console(width=width, file=io.StringIO(), force_terminal=False)
+        monkeypatch.setattr(cli, "out", screen)
+        tables = cli.compare_tables(node_result)
+        headers = {str(t.title).split(" · ")[0]: [str(c.header) for c in t.columns] for t in tables}
+        assert {"node-h", "$"} <= set(headers["spot"])
+        assert "node-h" not in headers["spike"]  # fixed pools: nothing to show
+        for table in tables:
+            screen.print(table)
+        text = screen.file.getvalue()  # type: ignore[attr-defined]
+        assert max(len(line) for line in text.splitlines()) <= width
+        for policy in NODES:  # the names stay readable
+            assert f" {policy} " in text

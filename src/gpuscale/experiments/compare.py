@@ -19,7 +19,18 @@ import numpy as np
 from gpuscale._core.errors import GpuscaleError
 from gpuscale.sim.results import Summary
 
-TIMELINE_KEEP = ("time_s", "arrival_rps", "desired", "ready", "starting", "pending", "gpus_held", "p95_ms")
+TIMELINE_KEEP = (
+    "time_s",
+    "arrival_rps",
+    "desired",
+    "ready",
+    "starting",
+    "pending",
+    "gpus_held",
+    "p95_ms",
+    "nodes",
+    "pending_nodes",
+)
 """Timeline columns a compare run keeps for the report."""
 
 METRICS: tuple[str, ...] = (
@@ -38,8 +49,12 @@ METRICS: tuple[str, ...] = (
     "node_hours",
     "node_cost_usd",
     "pending_pod_s",
+    "spot_savings_usd",
 )
 """Summary fields aggregated over seeds (mean and 95 % confidence interval)."""
+
+BY_POOL: tuple[str, ...] = ("node_hours_by_pool", "node_cost_by_pool_usd")
+"""Summary mappings (pool name → figure) aggregated over seeds pool by pool."""
 
 
 @dataclass(frozen=True, order=True)
@@ -100,6 +115,8 @@ class PolicyRow:
     failed: int
     errors: tuple[str, ...]
     meets_slo: bool
+    by_pool: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    """:data:`BY_POOL` field → pool name → estimate, pools in the cluster's order."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,36 @@ class CompareResult:
     rows: list[PolicyRow]
     descriptions: dict[str, str] = field(default_factory=dict)
     slo_ms: dict[str, float] = field(default_factory=dict)
+    node_layer: dict[str, bool] = field(default_factory=dict)
+    """Scenarios whose nodes change during a run (a node autoscaler, or spot reclamation)."""
+    spot: dict[str, bool] = field(default_factory=dict)
+    """Scenarios with a spot pool."""
+
+    def has_node_layer(self, scenario: str) -> bool:
+        """Whether ``scenario`` has a node layer; without the flag, whether a run billed nodes or
+        changed them."""
+        if scenario in self.node_layer:
+            return self.node_layer[scenario]
+        return any(
+            s.cost_basis == "node" or s.node_scale_ups > 0 or s.spot_interruptions > 0
+            for s in self._summaries(scenario)
+        )
+
+    def has_spot(self, scenario: str) -> bool:
+        """Whether ``scenario`` has a spot pool; without the flag, whether a run saved on spot."""
+        if scenario in self.spot:
+            return self.spot[scenario]
+        return any(s.spot_savings_usd != 0 for s in self._summaries(scenario))
+
+    def pools(self, scenario: str) -> list[str]:
+        """Pool names of ``scenario`` in the cluster's order (as its runs report them)."""
+        names: dict[str, None] = {}
+        for s in self._summaries(scenario):
+            names.update(dict.fromkeys(s.node_cost_by_pool_usd))
+        return list(names)
+
+    def _summaries(self, scenario: str) -> list[Summary]:
+        return [r.summary for r in self.runs if r.key.scenario == scenario and r.summary is not None]
 
     def rows_for(self, scenario: str) -> list[PolicyRow]:
         return [r for r in self.rows if r.scenario == scenario]
@@ -170,6 +217,11 @@ def aggregate(
     for (scenario, policy), group in by_pair.items():
         ok = [r for r in group if r.summary is not None]
         ests = {m: estimate([getattr(r.summary, m) for r in ok]) for m in METRICS}
+        by_pool: dict[str, dict[str, Estimate]] = {}
+        for name in BY_POOL:
+            maps: list[dict[str, float]] = [getattr(r.summary, name) for r in ok]
+            pools = list(dict.fromkeys(pool for m in maps for pool in m))
+            by_pool[name] = {pool: estimate([m.get(pool) for m in maps]) for pool in pools}
         ratios: list[float | None] = []
         for r in ok:
             oracle = oracles.get((scenario, r.key.seed))
@@ -186,6 +238,7 @@ def aggregate(
                 failed=len(group) - len(ok),
                 errors=tuple(sorted({r.error for r in group if r.error})),
                 meets_slo=att is not None and att >= slo_target,
+                by_pool=by_pool,
             )
         )
     # Pareto flags per scenario over (GPU-hours, SLO attainment) means

@@ -17,9 +17,14 @@ Method
    budget). Bisection finds the largest load at which the SLO attainment (answered within the SLO /
    sent) is at least ``slo_target``, to 1 % (open loop) or one user (closed loop). Seeds are fixed
    (:data:`MEASURE_SEED`), so capacity is a property of the service, the same for every run seed, and
-   is cached per (service, k, target) in the process. A measurement run scrapes and ticks every 300 s:
-   a static fleet's outcomes do not depend on either (the data plane advances in chunk-invariant
-   pieces), and 1-s scrapes made a probe 20× slower.
+   is cached per (service, k, target) in the process. Each pod gets the GPU it gets in the scenario:
+   whole GPUs of the model's type; or, where pools hand out MIG slices or time-sliced GPUs, the
+   scenario's own pools with their sharing, the k pods filling them first-fit as the cluster does. A
+   pod on a 1g.10gb slice then runs each batch 7 x slower and has 10 GB, and time-sliced pods slow
+   each other by the pool's interference, so the capacity is that of the pods the policies run (a
+   whole GPU would overstate a 1g slice's by 7 x or more: the SLO does not stretch with the batches).
+   A measurement run scrapes and ticks every 300 s: a static fleet's outcomes do not depend on either
+   (the data plane advances in chunk-invariant pieces), and 1-s scrapes made a probe 20× slower.
 
    The load has the scenario's arrival process: Poisson requests/s (a gamma stream with the scenario's
    ``cv`` for gamma workloads; Poisson for MMPP and traces), or for closed-loop workloads a number of
@@ -71,13 +76,16 @@ Method
    and download only where the startup config says nodes do not keep them) and holds its GPUs while it
    starts. A pod idle for less than one cold start between two needs is kept rather than restarted (the
    offline optimum of keep-or-restart, pod by pod); otherwise GPUs are freed at once. Pods Ready at
-   t = 0 cost nothing to start, as a scenario's initial replicas cost a policy nothing. GPU-hours =
-   pod-seconds × ``gpus_per_pod`` / 3600. Cost: pods fill the node pools first-fit in their order, as
-   the simulator places them, and pay their pool's price per GPU-hour.
+   t = 0 cost nothing to start, as a scenario's initial replicas cost a policy nothing. Pods fill the
+   node pools first-fit in their order, as the simulator places them (a pool under a node autoscaler
+   at its largest size), and each is charged as the simulator charges it: GPU-hours = pod-seconds ×
+   its GPUs (``gpus_per_pod``; a MIG slice's compute slices / 7; 1 / replicas of a time-sliced GPU) /
+   3600, at its pool's price per GPU-hour (under a node autoscaler, where clouds bill nodes, the
+   pool's node price per GPU: a pod's share of a perfectly packed node, a lower bound on the bill).
 
-Why it is a lower bound, and where not strictly: the oracle never waits for a metric, never starts a
-pod late or early, never drains, is charged the fastest cold start, and spends the miss budget at
-optimistic prices. But its attainment estimates come from steady runs, and a policy that overloads
+Why it is a lower bound, and where not strictly: the oracle never waits for a metric or a new node,
+never starts a pod late or early, never drains, is charged the fastest cold start, and spends the miss
+budget at optimistic prices. But its attainment estimates come from steady runs, and a policy that overloads
 pods briefly after a quiet spell starts from short queues, which a steady run never does; the 50 %
 floor and the kept last pod forgo a little; and capacity is known to about 1 %, so a static fleet
 whose load sits within 1 % of a capacity step can land on either side. Traffic burstier than Poisson
@@ -98,7 +106,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from gpuscale.config.scenario import Duration, LogNormal, Scenario, StartupConfig, Uniform, scenario_from_dict
+from gpuscale.config.scenario import (
+    Duration,
+    LogNormal,
+    NodePool,
+    Scenario,
+    StartupConfig,
+    Uniform,
+    scenario_from_dict,
+)
+from gpuscale.config.sharing import MigLayout, TimeSlicing, mig_profile
 from gpuscale.config.workload import (
     ClosedLoopWorkload,
     GammaWorkload,
@@ -193,10 +210,11 @@ def _lowest(d: Duration) -> float:
     return float(d)
 
 
-def _max_rps_per_pod(scenario: Scenario) -> float:
-    """Throughput of one saturated pod: its best batch rate, or its CPU workers', whichever is lower."""
+def _max_rps_per_pod(scenario: Scenario, slowdown: float = 1.0) -> float:
+    """Throughput of one saturated pod whose batches take ``slowdown`` x the profile's time: its best
+    batch rate, or its CPU workers', whichever is lower."""
     m = scenario.model
-    lat = interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size)
+    lat = interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size) * slowdown
     sizes = np.arange(1, m.max_batch_size + 1, dtype=np.float64)
     gpu = float(np.max(sizes / lat[1:]))
     cpu = m.cpu_workers / (m.cpu_ms_per_request / 1000.0) if m.cpu_ms_per_request > 0 else math.inf
@@ -208,11 +226,11 @@ def _batch_s(scenario: Scenario, size: int) -> float:
     return float(interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size)[size])
 
 
-def _longest_batch_s(scenario: Scenario) -> float:
-    return _batch_s(scenario, scenario.model.max_batch_size)
+def _longest_batch_s(scenario: Scenario, slowdown: float = 1.0) -> float:
+    return _batch_s(scenario, scenario.model.max_batch_size) * slowdown
 
 
-def _measure_s(scenario: Scenario, rps: float) -> float:
+def _measure_s(scenario: Scenario, rps: float, slowdown: float = 1.0) -> float:
     """Loaded time of a measurement run at ``rps``: :data:`MEASURE_REQUESTS` requests, and long against
     the SLO and the batch time, within [4 min, 6 h].
 
@@ -222,17 +240,142 @@ def _measure_s(scenario: Scenario, rps: float) -> float:
     requests/s per pod, stops at 6 h (39,000) and 100 batches of 13.8 s are far fewer.
     """
     slo_s = scenario.slo.latency_ms / 1000.0
-    floor = max(MEASURE_MIN_S, 50.0 * slo_s, 100.0 * _longest_batch_s(scenario))
+    floor = max(MEASURE_MIN_S, 50.0 * slo_s, 100.0 * _longest_batch_s(scenario, slowdown))
     wanted = MEASURE_REQUESTS / rps if rps > 0 else floor
     return min(MEASURE_MAX_S, max(floor, wanted))
 
 
-def _drain_s(scenario: Scenario) -> float:
+def _drain_s(scenario: Scenario, slowdown: float = 1.0) -> float:
     """Time after the load stops by which every request sent has its outcome: the client timeout, a
     full CPU backlog, and a batch started just before the timeout plus the one that then drops it."""
     m = scenario.model
     cpu_backlog = scenario.serving.queue_capacity * (m.cpu_ms_per_request / 1000.0) / m.cpu_workers
-    return scenario.serving.timeout_s + cpu_backlog + 2.0 * _longest_batch_s(scenario) + 1.0
+    return scenario.serving.timeout_s + cpu_backlog + 2.0 * _longest_batch_s(scenario, slowdown) + 1.0
+
+
+# -- the GPU each pod gets ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Slot:
+    """The place of the k-th pod in the cluster (pods fill the pools first-fit, in order)."""
+
+    pool: NodePool
+    gpus: float
+    """GPUs it is charged for: ``gpus_per_pod`` on whole GPUs, compute slices / 7 on a MIG slice,
+    1 / replicas on a time-sliced GPU (as the simulator charges a pod)."""
+    usd_per_gpu_hour: float
+    """The pool's GPU price; under a node autoscaler, where the bill is for nodes, its node price per
+    GPU (a spot node at 0.66 $/h bills 0.66, not the GPU's 2.21 on demand)."""
+
+
+def _pool_nodes(scenario: Scenario, pool: NodePool) -> int:
+    """Nodes the pool can have: its fixed size, or its largest under a node autoscaler."""
+    return pool.max_size if scenario.cluster.node_autoscaler.kind != "none" else pool.nodes
+
+
+def _slots(scenario: Scenario) -> list[_Slot]:
+    """Every pod place of the cluster at its largest, in first-fit order, up to ``control.max_pods``."""
+    c = scenario.cluster
+    gpus_per_pod = scenario.model.gpus_per_pod
+    node_billed = c.node_autoscaler.kind != "none"
+    slots: list[_Slot] = []
+    for pool in c.pools:
+        per_node = c.pods_per_node(pool, gpus_per_pod)
+        sharing = pool.gpu_sharing
+        gpus: float = float(gpus_per_pod)
+        if isinstance(sharing, MigLayout):
+            profile = mig_profile(pool.gpu, c.mig_profile or "")
+            gpus = profile.compute_slices / 7.0 if profile is not None else 1.0
+        elif isinstance(sharing, TimeSlicing):
+            gpus = 1.0 / sharing.replicas_per_gpu
+        price = pool.node_price / pool.gpus_per_node if node_billed else pool.price
+        slots += [_Slot(pool, gpus, price)] * (per_node * _pool_nodes(scenario, pool))
+    return slots[: scenario.control.max_pods]
+
+
+def _allocation(scenario: Scenario, replicas: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Node pools that give ``replicas`` pods the GPUs they get in the scenario's cluster, and each
+    pod's batch-time multiplier there.
+
+    Whole GPUs: ``replicas`` nodes of the model's GPUs, every pod at full speed. MIG slices and
+    time-slicing: the scenario's own pools, in order and with their sharing, with just the nodes the
+    first ``replicas`` pods fill first-fit. A MIG pod runs at its slice's speed (1g of 7: 7 x the batch
+    time); time-sliced pods fill a GPU up to its replicas and slow each other by the interference
+    (4 pods at 0.2: 1.6 x), as they do in the scenario when the cluster places that many.
+    """
+    c = scenario.cluster
+    m = scenario.model
+    if not c.shared:
+        whole = {"name": "capacity", "gpu": m.gpu, "gpus_per_node": m.gpus_per_pod, "nodes": replicas}
+        return [whole], [1.0] * replicas
+    pools: list[dict[str, Any]] = []
+    speeds: list[float] = []
+    usable = [pool for pool in c.pools if c.pods_per_node(pool, m.gpus_per_pod) > 0]
+    for i, pool in enumerate(usable):
+        left = replicas - len(speeds)
+        if left <= 0:
+            break
+        per_node = c.pods_per_node(pool, m.gpus_per_pod)
+        nodes = math.ceil(left / per_node)
+        if i + 1 < len(usable):
+            nodes = min(nodes, _pool_nodes(scenario, pool))
+        if nodes <= 0:
+            continue
+        data = pool.model_dump(mode="json")
+        data.update(
+            name=f"capacity-{i + 1}",
+            nodes=nodes,
+            min_nodes=0,
+            max_nodes=None,
+            spot_interruptions_per_node_hour=0.0,
+            spot_interruptions_at_s=[],
+        )
+        pools.append(data)
+        sharing = pool.gpu_sharing
+        take = min(left, nodes * per_node)
+        if isinstance(sharing, MigLayout):
+            profile = mig_profile(pool.gpu, c.mig_profile or "")
+            assert profile is not None  # pods_per_node > 0
+            speeds += [sharing.speed(profile)] * take
+        elif isinstance(sharing, TimeSlicing):
+            r = sharing.replicas_per_gpu
+            for first in range(0, take, r):
+                on_gpu = min(r, take - first)
+                speeds += [1.0 + sharing.interference * (on_gpu - 1)] * on_gpu
+        else:
+            speeds += [1.0] * take
+    return pools, speeds
+
+
+def _allocation_text(scenario: Scenario) -> str:
+    """How the oracle measures a pod that does not get a whole GPU (empty on whole GPUs)."""
+    c = scenario.cluster
+    if not c.shared:
+        return ""
+    parts: list[str] = []
+    for pool in c.pools:
+        sharing = pool.gpu_sharing
+        if c.pods_per_node(pool, scenario.model.gpus_per_pod) == 0:
+            continue
+        if isinstance(sharing, MigLayout):
+            profile = mig_profile(pool.gpu, c.mig_profile or "")
+            assert profile is not None
+            parts.append(
+                f"a {profile.name} MIG slice of an {pool.gpu} in pool {pool.name} ({profile.memory_gb:g} GB, "
+                f"batch times x {sharing.speed(profile):.3g}, charged as {profile.compute_slices}/7 of a GPU)"
+            )
+        elif isinstance(sharing, TimeSlicing):
+            r = sharing.replicas_per_gpu
+            parts.append(
+                f"a time-sliced {pool.gpu} in pool {pool.name}, up to {r} pods a GPU sharing its memory "
+                f"(batch times x (1 + {sharing.interference:g} x the other pods on it), charged as 1/{r} "
+                "of a GPU)"
+            )
+        else:
+            parts.append(f"a whole {pool.gpu} in pool {pool.name}")
+    return (
+        " Pods do not get whole GPUs here, so capacity is measured on the GPU each pod gets, its pools "
+        "filled first-fit as the cluster fills them: " + "; ".join(parts) + "."
+    )
 
 
 @dataclass(frozen=True)
@@ -260,7 +403,9 @@ class _Probe:
         if not isinstance(w, ClosedLoopWorkload):
             return load
         m = self.scenario.model
-        light_s = m.cpu_ms_per_request / 1000.0 + _batch_s(self.scenario, 1)
+        light_s = (
+            m.cpu_ms_per_request / 1000.0 + _batch_s(self.scenario, 1) * _allocation(self.scenario, 1)[1][0]
+        )
         return load / (0.5 * (w.think_time_s[0] + w.think_time_s[1]) + light_s)
 
     def fingerprint(self) -> str:
@@ -272,6 +417,7 @@ class _Probe:
                 "model": s.model.model_dump(mode="json"),
                 "serving": s.serving.model_dump(mode="json"),
                 "workload": self._workload(1.0, 1.0),
+                "cluster": s.cluster.model_dump(mode="json") if s.cluster.shared else None,
                 "measure": [MEASURE_REQUESTS, MEASURE_MIN_S, MEASURE_MAX_S],
                 "drain_s": _drain_s(s),
                 "seed": MEASURE_SEED,
@@ -283,21 +429,19 @@ class _Probe:
         """SLO attainment and request rate of ``replicas`` pods under ``load``."""
         s = self.scenario
         m = s.model
-        measure_s = _measure_s(s, self._rps_guess(load))
+        pools, speeds = _allocation(s, replicas)
+        slowdown = max(speeds, default=1.0)
+        measure_s = _measure_s(s, self._rps_guess(load), slowdown)
         name = f"{s.name}/capacity-{replicas}"
         data = {
             "name": name,
-            "duration_s": measure_s + _drain_s(s),
+            "duration_s": measure_s + _drain_s(s, slowdown),
             "seed": MEASURE_SEED,
             "slo": s.slo.model_dump(mode="json"),
             "workload": self._workload(load, measure_s),
             "model": m.model_dump(mode="json"),
             "serving": s.serving.model_dump(mode="json"),
-            "cluster": {
-                "pools": [
-                    {"name": "capacity", "gpu": m.gpu, "gpus_per_node": m.gpus_per_pod, "nodes": replicas}
-                ]
-            },
+            "cluster": {"pools": pools, "mig_profile": s.cluster.mig_profile},
             "telemetry": {"scrape_interval_s": _PROBE_TICK_S},
             "control": {"interval_s": _PROBE_TICK_S, "initial_replicas": replicas, "max_pods": replicas},
         }
@@ -352,7 +496,7 @@ def _measure(scenario: Scenario, replicas: int, slo_target: float) -> _Capacity:
     cached = _CAPACITY.get(key)
     if cached is not None:
         return cached
-    ceiling = replicas * _max_rps_per_pod(scenario)
+    ceiling = sum(_max_rps_per_pod(scenario, slowdown) for slowdown in _allocation(scenario, replicas)[1])
     seen: dict[float, tuple[float, float]] = {}
 
     def holds(load: float) -> bool:
@@ -433,7 +577,12 @@ class _CapacityTable:
     def __init__(self, scenario: Scenario, slo_target: float, k_max: int) -> None:
         self.scenario = scenario
         self.slo_target = slo_target
-        self.pooled = scenario.serving.routing == "least-outstanding"
+        # Time-sliced pods slow each other down: their per-replica capacity may truly fall with k.
+        interferes = any(
+            isinstance(p.gpu_sharing, TimeSlicing) and p.gpu_sharing.interference > 0
+            for p in scenario.cluster.pools
+        )
+        self.pooled = scenario.serving.routing == "least-outstanding" and not interferes
         self.measured: dict[int, _Capacity] = {}
         exact = list(range(1, min(EXACT_UP_TO, k_max) + 1))
         powers = [2**i for i in range(4, 31) if 2**i < k_max]
@@ -621,33 +770,27 @@ def _spend_budget(
     return k, _Budget(allowed, allowed - budget, dropped)
 
 
-def _slot_prices(scenario: Scenario) -> list[float]:
-    """Price per GPU-hour of the k-th pod, pods filling the pools first-fit in their order."""
-    prices: list[float] = []
-    for pool in scenario.cluster.pools:
-        prices += [pool.price] * (pool.nodes * (pool.gpus_per_node // scenario.model.gpus_per_pod))
-    return prices[: scenario.control.max_pods]
-
-
 # -- charge -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Charge:
     pod_seconds: float
+    gpu_seconds: float
     cost_usd: float
     cold_starts: int
     start_pod_seconds: float
 
 
 def _charge(
-    replicas: IntArray, starts: FloatArray, lengths: FloatArray, cold_s: float, gpus: int, prices: list[float]
+    replicas: IntArray, starts: FloatArray, lengths: FloatArray, cold_s: float, slots: list[_Slot]
 ) -> _Charge:
-    """Pod-seconds and dollars of a schedule, pod by pod (the j-th pod is held where replicas ≥ j).
+    """Pod-seconds, GPU-seconds and dollars of a schedule, pod by pod (the j-th pod is held where
+    replicas ≥ j, in the j-th slot: its GPUs or its share of one, at its pool's price).
 
     A pod needed again after a gap pays min(gap, cold start): kept idle through a 5-s dip, restarted
     after a 5-minute one (11 s of starting instead of 300 s idle). One needed first at t pays
     min(t, cold start): it could not have started before 0, where a policy's accounting begins too.
     """
-    pod_s = cost = start_s = 0.0
+    pod_s = gpu_s = cost = start_s = 0.0
     cold_starts = 0
     ends = starts + lengths
     for j in range(1, int(replicas.max(initial=0)) + 1):
@@ -658,10 +801,12 @@ def _charge(
         starting = min(float(run_start[0]), cold_s) + float(np.minimum(gaps, cold_s).sum())
         cold_starts += int(run_start[0] > 0) + int(np.count_nonzero(gaps > cold_s))
         seconds = float((run_end - run_start).sum()) + starting
+        slot = slots[j - 1]
         pod_s += seconds
+        gpu_s += seconds * slot.gpus
         start_s += starting
-        cost += seconds * gpus / 3600.0 * prices[j - 1]
-    return _Charge(pod_s, cost, cold_starts, start_s)
+        cost += seconds * slot.gpus / 3600.0 * slot.usd_per_gpu_hour
+    return _Charge(pod_s, gpu_s, cost, cold_starts, start_s)
 
 
 # -- the oracle ---------------------------------------------------------------------------------------
@@ -686,8 +831,8 @@ def compute_oracle(
     lengths = np.minimum(starts + WINDOW_S, duration) - starts
     load, load_phrase = _window_load(scenario, workload, starts, lengths)
 
-    prices = _slot_prices(scenario)
-    k_max = len(prices)
+    slots = _slots(scenario)
+    k_max = len(slots)
     table = _CapacityTable(scenario, slo_target, max(k_max, 1))
     one = table.measure(1)
     table.cover(float(load.max(initial=0.0)))
@@ -699,9 +844,8 @@ def compute_oracle(
     replicas, budget = _spend_budget(table, per_window, load, requests, lengths)
 
     cold_s = min_cold_start_s(scenario.startup)
-    gpus = scenario.model.gpus_per_pod
-    charge = _charge(replicas, starts, lengths, cold_s, gpus, prices or [0.0])
-    gpu_hours = charge.pod_seconds * gpus / 3600.0
+    charge = _charge(replicas, starts, lengths, cold_s, slots)
+    gpu_hours = charge.gpu_seconds / 3600.0
 
     peak = int(replicas.max(initial=0))
     per_replica_load, per_replica_rps = table.per_replica_at(max(peak, 1))
@@ -720,6 +864,7 @@ def compute_oracle(
         gpu_hours=gpu_hours,
         over=over,
         k_max=k_max,
+        prices=sorted({slot.usd_per_gpu_hour for slot in slots}),
     )
     return OracleResult(
         scenario=scenario.name,
@@ -749,6 +894,7 @@ def _explain(
     gpu_hours: float,
     over: int,
     k_max: int,
+    prices: list[float],
 ) -> str:
     """The method in a few sentences, with this scenario's numbers."""
     slo = f"{slo_target:.0%} of requests within {scenario.slo.latency_ms:,g} ms"
@@ -781,8 +927,13 @@ def _explain(
             f"{slo_target:.0%} ({budget.dropped_pod_s / 3600.0:.3f} pod-hours for {budget.spent:,.0f} of "
             f"the {budget.allowed:,.0f} misses allowed)"
         )
-    prices = sorted({pool.price for pool in scenario.cluster.pools})
-    price = f" at ${prices[0]:g} per GPU-hour" if len(prices) == 1 else " (pools filled first-fit)"
+    nodes = scenario.cluster.node_autoscaler.kind != "none"
+    if len(prices) == 1:
+        price = f" at ${prices[0]:g} per GPU-hour"
+        price += ", the node price per GPU (clouds bill nodes here)" if nodes else ""
+    else:
+        price = " (pools filled first-fit"
+        price += ", each at its node price per GPU: clouds bill nodes here)" if nodes else ")"
     text = (
         f"Clairvoyant lower bound for {scenario.name}, seed {seed}. Capacity at the SLO ({slo}), measured "
         f"with the simulator on always-Ready fleets of {sizes} pods under constant load (runs of "
@@ -793,6 +944,7 @@ def _explain(
         f"warm) and is charged while starting ({charge.cold_starts} starts, "
         f"{charge.start_pod_seconds / 3600.0:.3f} pod-hours); a pod idle for less than that is kept, "
         f"others are freed at once. GPU-hours {gpu_hours:.3f}, ${charge.cost_usd:.2f}{price}."
+        f"{_allocation_text(scenario)}"
     )
     if over:
         text += (

@@ -164,6 +164,21 @@ _COLUMNS: tuple[_Column, ...] = (
 )
 
 
+_NODE_COLUMNS = ("node_hours", "pending_pod_s")
+"""Columns shown only for a scenario with a node layer (elsewhere nodes are fixed and pods rarely wait)."""
+
+
+def _columns_for(result: CompareResult, scenario: str) -> tuple[_Column, ...]:
+    """The ranked table's columns for ``scenario``: node-hours and pending pod-seconds only where a
+    node layer makes them move (pending pod-seconds also where some pod did wait)."""
+    if result.has_node_layer(scenario):
+        return _COLUMNS
+    waited = any((_mean(r, "pending_pod_s") or 0.0) > 0 for r in result.rows_for(scenario))
+    return tuple(
+        c for c in _COLUMNS if c.metric not in _NODE_COLUMNS or (c.metric == "pending_pod_s" and waited)
+    )
+
+
 def _row_estimate(row: PolicyRow, metric: str) -> Estimate:
     if metric == "gpu_hours_x_oracle":
         return row.gpu_hours_x_oracle
@@ -345,6 +360,7 @@ def _summary_json(result: CompareResult) -> str:
     scenarios: dict[str, Any] = {}
     for scenario in result.scenarios:
         policies: dict[str, Any] = {}
+        spot = result.has_spot(scenario)
         for rank, row in enumerate(result.rows_for(scenario), start=1):
             runs = {
                 str(r.key.seed): {
@@ -355,7 +371,15 @@ def _summary_json(result: CompareResult) -> str:
             }
             policies[row.policy] = {
                 "rank": rank,
-                "estimates": {m: _estimate_dict(row.estimates[m]) for m in METRICS if m in row.estimates},
+                "estimates": {
+                    m: _estimate_dict(row.estimates[m])
+                    for m in METRICS
+                    if m in row.estimates and (m != "spot_savings_usd" or spot)
+                },
+                "by_pool": {
+                    name: {pool: _estimate_dict(est) for pool, est in pools.items()}
+                    for name, pools in row.by_pool.items()
+                },
                 "gpu_hours_x_oracle": _estimate_dict(row.gpu_hours_x_oracle),
                 "pareto": row.pareto,
                 "meets_slo": row.meets_slo,
@@ -366,6 +390,9 @@ def _summary_json(result: CompareResult) -> str:
         scenarios[scenario] = {
             "description": result.descriptions.get(scenario, ""),
             "slo_ms": result.slo_ms.get(scenario),
+            "node_layer": result.has_node_layer(scenario),
+            "spot": spot,
+            "pools": result.pools(scenario),
             "oracle": {
                 str(seed): _oracle_dict(result.oracles[(scenario, seed)])
                 for seed in result.seeds
@@ -386,14 +413,27 @@ def _summary_json(result: CompareResult) -> str:
 _CSV_METRICS: tuple[str, ...] = (*METRICS, "gpu_hours_x_oracle")
 
 
+def _csv_pools(result: CompareResult) -> list[str]:
+    """Pool names for the dollars-by-pool columns: each scenario's in its cluster's order, scenarios in
+    the order asked for, every name once."""
+    return list(dict.fromkeys(pool for scenario in result.scenarios for pool in result.pools(scenario)))
+
+
 def _summary_csv(result: CompareResult) -> str:
+    """One row per scenario and policy. Dollars by pool are ``node_cost_usd[<pool>]_mean`` / ``_ci95``,
+    one pair per pool name, empty for a scenario without that pool; spot savings are empty for a
+    scenario without a spot pool."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     header = ["scenario", "policy", "rank", "meets_slo", "pareto", "failed", "seeds_ok"]
     for metric in _CSV_METRICS:
         header += [f"{metric}_mean", f"{metric}_ci95"]
+    pools = _csv_pools(result)
+    for pool in pools:
+        header += [f"node_cost_usd[{pool}]_mean", f"node_cost_usd[{pool}]_ci95"]
     writer.writerow([*header, "errors"])
     for scenario in result.scenarios:
+        spot = result.has_spot(scenario)
         for rank, row in enumerate(result.rows_for(scenario), start=1):
             cells: list[Any] = [
                 scenario,
@@ -406,6 +446,12 @@ def _summary_csv(result: CompareResult) -> str:
             ]
             for metric in _CSV_METRICS:
                 est = _row_estimate(row, metric)
+                if metric == "spot_savings_usd" and not spot:
+                    est = Estimate(None, 0.0, 0)
+                cells += [est.mean, est.half_width if est.mean is not None else None]
+            by_pool = row.by_pool.get("node_cost_by_pool_usd", {})
+            for pool in pools:
+                est = by_pool.get(pool, Estimate(None, 0.0, 0))
                 cells += [est.mean, est.half_width if est.mean is not None else None]
             cells.append(" | ".join(" ".join(e.split()) for e in row.errors))
             writer.writerow([_csv_cell(c) for c in cells])
@@ -812,6 +858,107 @@ def _cdf_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) ->
     return _png(fig)
 
 
+def _nodes_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> str | None:
+    """Nodes and pending nodes over time per policy, for the first seed (a scenario with a node layer)."""
+    if not result.seeds:
+        return None
+    seed = result.seeds[0]
+    runs = [
+        r
+        for p in _policy_order(result)
+        for r in result.runs_for(scenario, p)
+        if r.key.seed == seed and r.ok and "nodes" in r.timeline and len(r.timeline["time_s"]) > 0
+    ]
+    if not runs:
+        return None
+    duration = max(float(np.nanmax(r.timeline["time_s"])) for r in runs)
+    scale, unit = _time_axis(duration)
+    fig = _figure(5.6)
+    ax_nodes, ax_pending = fig.subplots(2, 1, sharex=True, height_ratios=[1.4, 1.0])
+    for r in runs:
+        st = styles[r.key.policy]
+        t = r.timeline["time_s"] / scale
+        ax_nodes.step(
+            t, r.timeline["nodes"], where="post", color=st.colour, ls=st.linestyle, lw=1.5,
+            label=r.key.policy, alpha=0.9,
+        )  # fmt: skip
+        if "pending_nodes" in r.timeline:
+            ax_pending.step(
+                t, r.timeline["pending_nodes"], where="post", color=st.colour, ls=st.linestyle, lw=1.5,
+                label=r.key.policy, alpha=0.9,
+            )  # fmt: skip
+    ax_nodes.set_ylabel("nodes")
+    ax_nodes.set_title(f"GPU nodes per policy (seed {seed}): every node billed, starting ones included")
+    ax_pending.set_ylabel("pending nodes")
+    ax_pending.set_title("Pending nodes: launched, GPUs not yet allocatable")
+    for ax in (ax_nodes, ax_pending):
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_pending.set_xlabel(f"time ({unit})")
+    ax_pending.set_xlim(0, duration / scale)
+    _legend_outside(fig, [ax_nodes, ax_pending])
+    return _png(fig)
+
+
+def _pool_table_html(result: CompareResult, scenario: str) -> str:
+    """Dollars by node pool per policy (means over seeds), with the node bill, node-hours and, where a
+    pool is spot, what the same node-hours would have cost more on demand."""
+    pools = result.pools(scenario)
+    spot = result.has_spot(scenario)
+    totals = [
+        _Column("node_cost_usd", "Total ($)", "usd"),
+        _Column("node_hours", "Node-hours", "num"),
+    ]
+    if spot:
+        totals.append(_Column("spot_savings_usd", "Spot savings ($)", "usd"))
+    head = "".join(f"<th>$ {_e(pool)}</th>" for pool in pools) + "".join(
+        f"<th>{_e(c.header)}</th>" for c in totals
+    )
+    lines = [
+        '<div class="scroll"><table>',
+        f'<thead><tr><th class="name">#</th><th class="name">Policy</th>{head}</tr></thead><tbody>',
+    ]
+    for rank, row in enumerate(result.rows_for(scenario), start=1):
+        name = f'<td class="rank">{rank}</td><td class="name">{_e(row.policy)}</td>'
+        if row.estimates.get("node_cost_usd", Estimate(None, 0.0, 0)).n == 0:
+            lines.append(
+                f'<tr class="failed">{name}<td colspan="{len(pools) + len(totals)}">failed</td></tr>'
+            )
+            continue
+        by_pool = row.by_pool.get("node_cost_by_pool_usd", {})
+        cells = "".join(
+            _cell(_format_estimate(by_pool.get(pool, Estimate(None, 0.0, 0)), "usd")) for pool in pools
+        ) + "".join(_cell(_format_estimate(_row_estimate(row, c.metric), c.kind)) for c in totals)
+        lines.append(f"<tr>{name}{cells}</tr>")
+    lines.append("</tbody></table></div>")
+    return "\n".join(lines)
+
+
+def _nodes_html(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> list[str]:
+    """The node section of a scenario with a node layer (nothing for fixed pools)."""
+    if not result.has_node_layer(scenario):
+        return []
+    seed0 = result.seeds[0] if result.seeds else "–"
+    spot = (
+        " Spot savings: what the same node-hours would have cost on demand, less the bill."
+        if result.has_spot(scenario)
+        else ""
+    )
+    return [
+        "<h3>Nodes and dollars by pool</h3>",
+        '<p class="muted">Here a node autoscaler adds and removes GPU nodes (or spot nodes are '
+        "reclaimed), and the cost is the node bill: node-hours × each pool's node price, idle and "
+        f"starting nodes included. Means over seeds.{spot}</p>",
+        _pool_table_html(result, scenario),
+        _figure_html(
+            _nodes_png(result, scenario, styles),
+            f"Nodes of {scenario}",
+            f"Seed {seed0}. Top: GPU nodes that exist (billed from launch), per policy. Bottom: nodes "
+            "launched whose GPUs are not yet allocatable (provisioning, driver, device plugin).",
+        ),
+    ]
+
+
 # -- report.html --------------------------------------------------------------------------------------
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
@@ -865,7 +1012,8 @@ def _cell(text: tuple[str, str]) -> str:
 
 
 def _table_html(result: CompareResult, scenario: str) -> str:
-    head = "".join(f"<th>{_e(c.header)}</th>" for c in _COLUMNS)
+    columns = _columns_for(result, scenario)
+    head = "".join(f"<th>{_e(c.header)}</th>" for c in columns)
     lines = [
         '<div class="scroll"><table>',
         f'<thead><tr><th class="name">#</th><th class="name">Policy</th>{head}</tr></thead><tbody>',
@@ -879,13 +1027,13 @@ def _table_html(result: CompareResult, scenario: str) -> str:
         if ok_runs == 0:
             lines.append(
                 f'<tr class="failed"><td class="rank">{rank}</td><td class="name">{name}</td>'
-                f'<td colspan="{len(_COLUMNS)}"><strong>failed</strong> ({row.failed} of {total} runs): '
+                f'<td colspan="{len(columns)}"><strong>failed</strong> ({row.failed} of {total} runs): '
                 f"{_e(errors)}</td></tr>"
             )
             continue
         if row.failed:
             name += f'<span class="err">{row.failed} of {total} runs failed: {_e(errors)}</span>'
-        cells = "".join(_cell(_format_estimate(_row_estimate(row, c.metric), c.kind)) for c in _COLUMNS)
+        cells = "".join(_cell(_format_estimate(_row_estimate(row, c.metric), c.kind)) for c in columns)
         css = "meets" if row.meets_slo else "misses"
         lines.append(
             f'<tr class="{css}"><td class="rank">{rank}</td><td class="name">{name}</td>{cells}</tr>'
@@ -935,6 +1083,18 @@ def _figure_html(png: str | None, alt: str, caption: str) -> str:
     )
 
 
+def _cost_note(result: CompareResult) -> str:
+    """What the cost column means, where some scenario bills nodes rather than pods' GPUs."""
+    if not any(result.has_node_layer(s) for s in result.scenarios):
+        return ""
+    return (
+        " Cost ($) is the GPU-hours pods held × the GPU price on fixed node pools, and the node bill "
+        "(node-hours × each pool's node price, idle and starting nodes included) in a scenario with a "
+        "node autoscaler, which also gets node-hours, pending pod-seconds, a plot of its nodes and "
+        "its dollars by pool."
+    )
+
+
 def _report_html(result: CompareResult) -> str:
     styles = _styles(result)
     n_runs = len(result.runs)
@@ -961,7 +1121,7 @@ def _report_html(result: CompareResult) -> str:
             "SLO first, cheapest first; then the others by SLO attainment; failed runs last. "
             '<span class="star">★</span> marks Pareto-optimal policies: no other policy is at least as '
             "cheap in GPU-hours and at least as good in SLO attainment. GPU-hours are also given as a "
-            "multiple of the oracle's.</p>"
+            "multiple of the oracle's." + _cost_note(result) + "</p>"
         ),
         "<h3>The oracle</h3>",
     ]
@@ -1005,6 +1165,7 @@ def _report_html(result: CompareResult) -> str:
                     "and the cold-start time). Bottom: p95 latency over each control tick; gaps are ticks "
                     "with no completed request.",
                 ),
+                *_nodes_html(result, scenario, styles),
                 "<h3>Cost against SLO attainment</h3>",
                 _figure_html(
                     _pareto_png(result, scenario, styles),

@@ -87,4 +87,9 @@ def run_compare(suite: SuiteConfig, *, workers: int, progress: Progress | None =
         rows=rows,
         descriptions={ref.scenario.name: ref.scenario.description.strip() for ref in refs.values()},
         slo_ms={ref.scenario.name: ref.scenario.slo.latency_ms for ref in refs.values()},
+        node_layer={ref.scenario.name: ref.scenario.cluster.node_layer for ref in refs.values()},
+        spot={
+            ref.scenario.name: any(p.capacity_type == "spot" for p in ref.scenario.cluster.pools)
+            for ref in refs.values()
+        },
     )

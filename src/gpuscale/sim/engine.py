@@ -22,7 +22,7 @@ from gpuscale.config.scenario import Scenario
 from gpuscale.policies.base import Aggregation, Metric, Policy, SignalSpec, StaticPolicy
 from gpuscale.policies.registry import check_windows
 from gpuscale.sim import kernel as K
-from gpuscale.sim.cluster import Cluster, Phase
+from gpuscale.sim.cluster import Cluster, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 from gpuscale.sim.nodes import NodeLayer
 from gpuscale.sim.results import SimResult, Summary, Timeline
@@ -103,19 +103,29 @@ def simulate(
     target = SimScaleTarget(cluster, dp, grace_s=scenario.serving.termination_grace_s, max_pods=max_slots)
     nodes = NodeLayer(scenario.cluster, cluster, target, seed) if scenario.cluster.node_layer else None
     windows = [s.window_s for s in policy.signals] + [tick_s, 60.0]
+
+    def held_gb(pod: Pod, t: float) -> float:
+        return target.memory_need_gb(pod, scenario.model, t)
+
     source_ = SimMetricsSource(
         dp,
         scenario.model,
         scrape_interval_s=scrape_s,
         metrics_delay_s=scenario.telemetry.metrics_delay_s,
         max_window_s=max(windows),
+        held_gb=held_gb,
     )
     # The timeline reports ground truth (no pipeline delay); with no delay that is the policy's source.
     truth = (
         source_
         if scenario.telemetry.metrics_delay_s == 0
         else SimMetricsSource(
-            dp, scenario.model, scrape_interval_s=scrape_s, metrics_delay_s=0.0, max_window_s=max(windows)
+            dp,
+            scenario.model,
+            scrape_interval_s=scrape_s,
+            metrics_delay_s=0.0,
+            max_window_s=max(windows),
+            held_gb=held_gb,
         )
     )
     timeline_specs = {name: SignalSpec(metric, tick_s) for name, metric in _TIMELINE_SPECS.items()}
@@ -187,12 +197,10 @@ def simulate(
             n_scrape += 1
             ready_pods = [p for p in pods if p.phase == Phase.READY]
             if ready_pods:
-                mem = source_.memory_gb(
-                    np.array([p.slot for p in ready_pods], dtype=np.int64),
-                    dp.pi[[p.slot for p in ready_pods], K.CUR_BATCH],
-                )
-                mem_sum += float(mem.sum()) / scenario.model.device_memory_gb * 100.0
-                mem_n += len(ready_pods)
+                # As the exporter reported it: against the device each pod sees (its MIG slice).
+                mem = source_.memory_util_pct(ready_pods)
+                mem_sum += float(np.nansum(mem))
+                mem_n += int(np.count_nonzero(~np.isnan(mem)))
         if t >= next_tick:
             n_tick += 1
             pods = list(target.pods.values())

@@ -12,6 +12,12 @@ counters, a latency histogram at the ingress). :class:`SimMetricsSource` turns t
 * gauges (memory used, queue length) become the mean of the samples in the window;
 * latency quantiles come from the difference of two cumulative histograms.
 
+GPU memory is reported per device, as DCGM does: a pod on whole GPUs sees its own memory against
+those GPUs'; a pod on a MIG slice sees the slice (its own GPU instance: 4 GB used of a 1g.10gb
+slice is 40 %, not 5 % of the 80-GB GPU); a time-sliced pod sees the whole GPU, used by every pod on
+it (two pods holding 30 GB each on an 80-GB GPU both report 60 GB, 75 %), since time-slicing shares
+one device and its memory with no isolation.
+
 Memory is bounded: only the samples the longest declared window needs are kept.
 """
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +44,9 @@ from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 
-# per-pod sample columns
-_BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE = range(9)
-_N_COLS = 9
+# per-pod sample columns (_MEM: memory used on the device the pod sees; _DEVICE_GB: that device's)
+_BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE, _DEVICE_GB = range(10)
+_N_COLS = 10
 _QUANTILE = {Metric.LATENCY_P50_MS: 0.50, Metric.LATENCY_P95_MS: 0.95, Metric.LATENCY_P99_MS: 0.99}
 _BUCKET_VALUES_S = K.bucket_values()
 
@@ -80,9 +86,13 @@ class SimMetricsSource:
         scrape_interval_s: float,
         metrics_delay_s: float,
         max_window_s: float,
+        held_gb: Callable[[Pod, float], float] | None = None,
     ) -> None:
+        """``held_gb(pod, t)``: GPU memory a pod that is not serving holds at ``t`` (one loading its
+        weights, or a loaded standby pod); it counts on a time-sliced GPU it shares. None: nothing."""
         self.dp = dp
         self.profile = profile
+        self.held_gb = held_gb
         self.scrape_interval_s = scrape_interval_s
         self.metrics_delay_s = metrics_delay_s
         keep = math.ceil((max_window_s + metrics_delay_s) / scrape_interval_s) + 3
@@ -93,16 +103,45 @@ class SimMetricsSource:
         self._window_cache: tuple[tuple[int, int, bytes], _Window] | None = None
         self._router_cum = 0.0
         self._count = 0
-        self._prealloc_gb = profile.preallocate_fraction * profile.device_memory_gb
 
     # -- scraping -------------------------------------------------------------------------------
-    def memory_gb(self, slots: np.ndarray, batch_now: np.ndarray) -> np.ndarray:
-        """GPU memory in use as the runtime's allocator shows it (see ModelProfile.allocator)."""
+    def device_gb(self, pods: Sequence[Pod]) -> np.ndarray:
+        """Memory of the device each pod sees: its MIG slice, its time-sliced GPU, or its whole GPUs."""
+        whole = self.profile.device_memory_gb
+        return np.array([whole if p.device is None else p.device.memory_gb for p in pods], dtype=np.float64)
+
+    def memory_gb(
+        self, slots: np.ndarray, batch_now: np.ndarray, device_gb: np.ndarray | None = None
+    ) -> np.ndarray:
+        """GPU memory each pod's runtime holds, as its allocator shows it (see ModelProfile.allocator).
+
+        A preallocating runtime takes its fraction of the memory it sees (``device_gb``; default the
+        model's whole GPUs): 90 % of a 10-GB MIG slice is 9 GB.
+        """
         p = self.profile
         if p.allocator == "preallocate":
-            return np.full(len(slots), self._prealloc_gb)
+            seen = np.full(len(slots), p.device_memory_gb) if device_gb is None else device_gb
+            return np.asarray(p.preallocate_fraction * seen, dtype=np.float64)
         batch = self.dp.pi[slots, K.HW_BATCH] if p.allocator == "caching" else batch_now
         return p.runtime_overhead_gb + p.weights_gb + p.activation_gb_per_request * batch.astype(np.float64)
+
+    def _device_used_gb(self, t: float, serving: Sequence[Pod], own: np.ndarray) -> np.ndarray:
+        """Memory used on each serving pod's device, as DCGM reports it (module docstring): its own on
+        whole GPUs and MIG slices, that of every pod on a time-sliced GPU."""
+        used = own.copy()
+        by_id = {p.id: float(m) for p, m in zip(serving, own.tolist(), strict=True)}
+        for k, pod in enumerate(serving):
+            device = pod.device
+            if device is None or len(device.pods) < 2:
+                continue
+            total = 0.0
+            for other in device.pods:
+                if other.id in by_id:
+                    total += by_id[other.id]
+                elif self.held_gb is not None:
+                    total += self.held_gb(other, t)
+            used[k] = total
+        return used
 
     def scrape(self, t: float, pods: Iterable[Pod]) -> None:
         serving = sorted((p for p in pods if p.slot >= 0), key=lambda p: p.id)
@@ -111,7 +150,9 @@ class SimMetricsSource:
         raw = self.dp.scrape(slots, t)
         rows = np.zeros((len(serving), _N_COLS), dtype=np.float64)
         if len(serving):
-            mem = self.memory_gb(slots, raw[:, 6])
+            device_gb = self.device_gb(serving)
+            mem = self._device_used_gb(t, serving, self.memory_gb(slots, raw[:, 6], device_gb))
+            rows[:, _DEVICE_GB] = device_gb
             rows[:, _BUSY] = raw[:, 0]
             rows[:, _CPU] = raw[:, 1]
             rows[:, _INFLIGHT] = raw[:, 2]
@@ -147,6 +188,21 @@ class SimMetricsSource:
                 hist=self.dp.hist.copy(),
             )
         )
+
+    def memory_util_pct(self, pods: Sequence[Pod]) -> np.ndarray:
+        """GPU memory utilization (%) of ``pods`` in the newest scrape, as reported there (against the
+        device each pod sees); NaN for a pod that was not in it."""
+        out = np.full(len(pods), np.nan)
+        if not self._samples or not len(pods):
+            return out
+        sample = self._samples[-1]
+        ids = np.array([p.id for p in pods], dtype=np.int64)
+        if len(sample.pod_ids):
+            k = np.minimum(np.searchsorted(sample.pod_ids, ids), len(sample.pod_ids) - 1)
+            found = sample.pod_ids[k] == ids
+            rows = sample.rows[k[found]]
+            out[found] = 100.0 * rows[:, _MEM] / rows[:, _DEVICE_GB]
+        return out
 
     # -- fulfilling signals --------------------------------------------------------------------
     def _newest(self, t: float) -> int | None:
@@ -272,7 +328,7 @@ class SimMetricsSource:
                 total = new[:, cum] - old[:, cum]
                 mean = np.where(w.young, (total + old[:, col]) / (n + 1), total / n)
                 if metric == Metric.GPU_MEMORY_UTIL:
-                    return np.asarray(100.0 * mean / self.profile.device_memory_gb)
+                    return np.asarray(100.0 * mean / new[:, _DEVICE_GB])
                 return np.asarray(mean)
             dt = np.where(w.dt > 0, w.dt, np.nan)
             if metric == Metric.GPU_UTIL:
