@@ -25,10 +25,10 @@ SECOND_BURST_S = 1200.0
 
 
 def _knative(**extra: Any) -> Any:
-    # The knative preset with scale to zero allowed (KServe minReplicas: 0).
-    preset = registry.load_preset("knative")
-    data = {**preset.config.model_dump(), "min_scale": 0, **extra}
-    return registry.load_policy(data, "knative-to-zero")
+    """The knative-scale-to-zero preset (KServe minReplicas: 0), with ``extra`` overrides."""
+    preset = registry.load_preset("knative-scale-to-zero")
+    assert preset.config.min_scale == 0
+    return registry.load_policy({**preset.config.model_dump(), **extra}, "knative-scale-to-zero")
 
 
 def _rows(result: SimResult) -> list[dict[str, Any]]:
