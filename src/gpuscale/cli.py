@@ -492,7 +492,11 @@ def manifests(
         typer.Option(help="The workload's namespace (default 'default'); for `controller`: where it runs."),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="hpa, keda, knative, adapter (prometheus-adapter rules) or all.")
+        str,
+        typer.Option(
+            "--format",
+            help="hpa, keda, knative, adapter (prometheus-adapter rules), headroom (the warm-node buffer's placeholder pods) or all.",
+        ),
     ] = "all",
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="`controller`: the controller's config YAML.")

@@ -382,3 +382,61 @@ def test_a_node_without_heartbeats_is_marked_unreachable_and_tainted(cluster: Gp
         assert not other["spec"].get("taints")
         assert {c["type"]: c["status"] for c in other["status"]["conditions"]}["Ready"] == "True"
     cluster.delete_node("silent-0")
+
+
+def test_the_rendered_warm_node_buffer_is_preempted_by_a_serving_pod(
+    cluster: GpuCluster, cleanup: list[str]
+) -> None:
+    # `gpuscale manifests --format headroom` of a warm-pool policy with headroom_replicas: 2 renders
+    # a negative-priority PriorityClass and two pause pods holding one GPU each; on a full node the
+    # real scheduler must preempt one for a serving pod, and the evicted placeholder waits Pending
+    # (the signal a node autoscaler launches the next spare node on).
+    from gpuscale.integrations import manifests as M
+
+    nodes = add_pool(cluster, "headroom", nodes=1, gpus=2)
+    cluster.kubelet.set_timing(cold_start_s=0.2, drain_s=0.2, nodes=nodes)
+    config = registry.load_policy_config(
+        {
+            "kind": "warm-pool",
+            "standby_replicas": 1,
+            "headroom_replicas": 2,
+            "target_per_replica": 80,
+            "max_replicas": 8,
+        },
+        "test",
+    )
+    rendered = M.render(config, M.Target("Deployment", "hr", NS), "headroom")
+    priority, placeholders = (m.body for m in rendered)
+    assert (priority["kind"], priority["value"]) == ("PriorityClass", M.PLACEHOLDER_PRIORITY)
+    assert placeholders["spec"]["replicas"] == 2
+    placeholders["spec"]["template"]["spec"]["nodeSelector"] = {POOL: "headroom"}  # as its header says
+    made = cluster.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", priority)
+    assert made.status == 201, made.body
+    made = cluster.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", placeholders)
+    assert made.status == 201, made.body
+    name = placeholders["metadata"]["name"]
+    cleanup.append(name)
+    selector = f"app.kubernetes.io/name={name}"
+
+    def held() -> list[dict[str, Any]] | None:
+        pods = cluster.pods(NS, selector)
+        return pods if len(by_state(pods)["ready"]) == 2 else None
+
+    pods = wait_until(held, "two placeholders Running on the pool's 2 GPUs", WAIT_S)
+    assert {p["spec"]["priority"] for p in pods} == {M.PLACEHOLDER_PRIORITY}
+
+    deploy(cluster, "hr", "headroom", 1)  # a serving pod of default priority: no free GPU left
+    cleanup.append("hr")
+
+    def preempted() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+        serving, pause = cluster.pods(NS, "app=hr"), cluster.pods(NS, selector)
+        states = by_state(pause)
+        done = len(by_state(serving)["ready"]) == 1 and len(states["ready"]) == 1
+        return (serving, pause) if done and len(states["unschedulable"]) == 1 else None
+
+    serving, pause = wait_until(preempted, "the serving pod to preempt one placeholder", WAIT_S)
+    assert serving[0]["spec"]["nodeName"] == nodes[0]
+    waiting = [p for p in pause if not p["spec"].get("nodeName")]
+    assert len(waiting) == 1  # the ReplicaSet replaced the evicted placeholder; it cannot schedule
+    assert "Insufficient nvidia.com/gpu" in conditions(waiting[0])["PodScheduled"]["message"]
+    cluster.request("DELETE", f"/apis/scheduling.k8s.io/v1/priorityclasses/{priority['metadata']['name']}")

@@ -212,3 +212,36 @@ def test_cli_manifests_bad_input(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, base + args)
     assert result.exit_code == 2
     assert needle in result.output
+
+
+def test_headroom_renders_a_preemptible_placeholder_deployment() -> None:
+    config = registry.load_policy_config(
+        {
+            "kind": "warm-pool",
+            "standby_replicas": 1,
+            "headroom_replicas": 3,
+            "target_per_replica": 80,
+            "max_replicas": 8,
+        },
+        "test",
+    )
+    priority, deployment = (m.body for m in M.render(config, TARGET, "headroom"))
+    for body in (priority, deployment):
+        validate_kubernetes(body)
+    assert priority["value"] < 0 and priority["preemptionPolicy"] == "Never"
+    assert priority["globalDefault"] is False
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["priorityClassName"] == priority["metadata"]["name"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert deployment["metadata"]["namespace"] == TARGET.namespace
+    # `all` carries them too; a policy with no buffer renders none, and asking for them is an error
+    kinds = [m.body.get("kind") for m in M.render(config, TARGET, "all")]
+    assert kinds[-2:] == ["PriorityClass", "Deployment"]
+    plain = registry.load_preset_config("warm-pool")
+    assert M.render_headroom(plain, TARGET) == []
+    result = CliRunner().invoke(
+        app, ["manifests", "--policy", "warm-pool", "--target", "Deployment/x", "--format", "headroom"]
+    )
+    assert result.exit_code == 2 and "headroom_replicas" in result.output

@@ -40,8 +40,11 @@ from gpuscale.policies.hpa import HpaBehavior, HpaConfig, HpaMetric, HpaScalingR
 from gpuscale.policies.keda import KedaConfig, KedaTrigger
 from gpuscale.policies.knative import KnativeConfig
 
-Format = Literal["hpa", "keda", "knative", "adapter", "all"]
-FORMATS: tuple[str, ...] = ("hpa", "keda", "knative", "adapter", "all")
+Format = Literal["hpa", "keda", "knative", "adapter", "headroom", "all"]
+FORMATS: tuple[str, ...] = ("hpa", "keda", "knative", "adapter", "headroom", "all")
+PLACEHOLDER_PRIORITY = -10
+"""The placeholders' priority: below every serving pod's (default 0), so the scheduler preempts them."""
+PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "gpuscale"}
 PROMETHEUS_ADDRESS = "http://prometheus-operated.monitoring.svc:9090"
@@ -710,6 +713,67 @@ def render_adapter(config: Any, target: Target) -> Manifest:
 
 
 # --------------------------------------------------------------------------------------------------
+# Warm-node buffer (headroom_replicas): the cluster over-provisioner pattern
+# --------------------------------------------------------------------------------------------------
+
+
+def render_headroom(config: BaseModel | Any, target: Target) -> list[Manifest]:
+    """A negative-priority PriorityClass and a Deployment of ``headroom_replicas`` pause pods.
+
+    Each pause pod requests one GPU, so the node autoscaler keeps that many spare GPUs up; a serving
+    pod that finds no free GPU preempts one at once (its priority is higher) and the evicted
+    placeholder goes Pending, which makes the node autoscaler launch the next spare node -- what the
+    simulator models for ``Decision.placeholder_pods``. Empty when the policy keeps no headroom.
+    """
+    replicas = int(getattr(config, "headroom_replicas", 0) or 0)
+    if replicas <= 0:
+        return []
+    name = f"{target.name}-gpu-headroom"
+    priority = {
+        "apiVersion": "scheduling.k8s.io/v1",
+        "kind": "PriorityClass",
+        "metadata": {"name": name, "labels": dict(MANAGED_BY)},
+        "value": PLACEHOLDER_PRIORITY,
+        "globalDefault": False,
+        "preemptionPolicy": "Never",
+        "description": f"Placeholder pods holding spare GPUs for {target.namespace}/{target.name}; "
+        "any pod of default priority preempts them.",
+    }
+    labels = {"app.kubernetes.io/name": name, **MANAGED_BY}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {**target.metadata(name), "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "priorityClassName": name,
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "pause",
+                            "image": PAUSE_IMAGE,
+                            "resources": {
+                                "requests": {"cpu": "10m", "memory": "16Mi", "nvidia.com/gpu": "1"},
+                                "limits": {"nvidia.com/gpu": "1"},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    header = (
+        f"warm-node buffer of the policy: {replicas} placeholder pod(s); give each the GPU request "
+        "and node selector / tolerations of one serving pod"
+    )
+    return [Manifest(priority, (), header), Manifest(deployment, (), "")]
+
+
+# --------------------------------------------------------------------------------------------------
 # Entry points
 # --------------------------------------------------------------------------------------------------
 
@@ -721,7 +785,15 @@ def render(config: BaseModel | Any, target: Target, fmt: str = "all") -> list[Ma
     if fmt not in FORMATS:
         raise ConfigError("--format", None, fmt, f"allowed: {', '.join(FORMATS)}")
     names = ["hpa", "keda", "knative", "adapter"] if fmt == "all" else [fmt]
-    return [_RENDERERS[n](config, target) for n in names]
+    out = [_RENDERERS[n](config, target) for n in names if n != "headroom"]
+    if fmt in ("all", "headroom"):
+        headroom = render_headroom(config, target)
+        if fmt == "headroom" and not headroom:
+            raise ConfigError(
+                "--format", None, fmt, "the policy keeps no warm-node buffer (set headroom_replicas > 0)"
+            )
+        out += headroom
+    return out
 
 
 class _Dumper(yaml.SafeDumper):
