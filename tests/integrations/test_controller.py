@@ -21,10 +21,10 @@ from gpuscale._core.clock import ManualClock
 from gpuscale._core.errors import PermanentError, TemporaryError
 from gpuscale.cli import app
 from gpuscale.controller import Controller, SafetyConfig, TargetConfig, apply_safety
-from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetGone, api_client
+from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetCounts, TargetGone, api_client
 from gpuscale.policies import registry
 from gpuscale.policies.base import MetricsSnapshot, Policy, SignalSpec, SignalValue
-from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, binaries
+from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, binaries, wait_until
 
 NS = "default"
 HPA = {
@@ -336,3 +336,113 @@ def test_cli_bad_config_exits_2(plane: ControlPlane, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--config", str(path), "--once"])
     assert result.exit_code == 2
     assert "safety" in result.output and "min_replicas 5 > max_replicas 2" in result.output
+
+
+def test_a_statefulset_and_a_custom_resource_scale_through_their_scale_subresource(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    api = api_client(kubeconfig(plane, tmp_path / "kubeconfig-kinds"), "test")
+    labels = {"app": "llm-sts"}
+    sts = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "llm-sts", "namespace": NS},
+        "spec": {
+            "replicas": 1,
+            "serviceName": "llm-sts",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "s", "image": "vllm:x"}]},
+            },
+        },
+    }
+    assert plane.request("POST", f"/apis/apps/v1/namespaces/{NS}/statefulsets", sts).status == 201
+    stateful = KubernetesTarget(
+        api, TargetConfig(kind="StatefulSet", name="llm-sts", namespace=NS), "app=llm-sts", timeout_s=5
+    )
+    assert stateful.counts().current_replicas == 1
+    stateful.scale(3)
+    got = plane.request("GET", f"/apis/apps/v1/namespaces/{NS}/statefulsets/llm-sts").body
+    assert got["spec"]["replicas"] == 3 and stateful.replicas() == 3
+
+    # A custom kind (an inference-server operator's CRD) with the scale subresource.
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "inferenceservers.serving.gpuscale.test"},
+        "spec": {
+            "group": "serving.gpuscale.test",
+            "scope": "Namespaced",
+            "names": {"plural": "inferenceservers", "singular": "inferenceserver", "kind": "InferenceServer"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {
+                                        "replicas": {"type": "integer"},
+                                        "model": {"type": "string"},
+                                    },
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "properties": {
+                                        "replicas": {"type": "integer"},
+                                        "selector": {"type": "string"},
+                                    },
+                                },
+                            },
+                        }
+                    },
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                }
+            ],
+        },
+    }
+    made = plane.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    assert made.status == 201, made.body
+    path = f"/apis/serving.gpuscale.test/v1/namespaces/{NS}/inferenceservers"
+    body = {
+        "apiVersion": "serving.gpuscale.test/v1",
+        "kind": "InferenceServer",
+        "metadata": {"name": "llama"},
+        "spec": {"replicas": 2, "model": "llama3-8b"},
+    }
+    wait_until(lambda: plane.request("POST", path, body).status == 201, "the CRD to serve", timeout_s=30.0)
+    custom = KubernetesTarget(
+        api,
+        TargetConfig(
+            apiVersion="serving.gpuscale.test/v1", kind="InferenceServer", name="llama", namespace=NS
+        ),
+        "app=llama",
+        timeout_s=5,
+    )
+    assert custom.scale_resource == "inferenceservers/scale"
+    assert custom.counts() == TargetCounts(2, 0, 0, 0)
+    custom.scale(5)
+    assert plane.request("GET", f"{path}/llama").body["spec"]["replicas"] == 5
+    assert custom.replicas() == 5
+    gone = KubernetesTarget(
+        api,
+        TargetConfig(
+            apiVersion="serving.gpuscale.test/v1", kind="InferenceServer", name="nope", namespace=NS
+        ),
+        "app=nope",
+        timeout_s=5,
+    )
+    with pytest.raises(TargetGone):
+        gone.counts()
