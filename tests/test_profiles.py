@@ -8,6 +8,8 @@ profile's table, batch limit and memory fit drive the kernel the way the table s
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gpuscale.config.profiles import BUILTIN_PROFILES, ModelProfile
@@ -18,7 +20,7 @@ from tests.conftest import make_scenario
 
 def _latency_ms(profile: ModelProfile, batch: int) -> float:
     points = profile.batch_latency_ms
-    for (b0, ms0), (b1, ms1) in zip(points, points[1:], strict=False):
+    for (b0, ms0), (b1, ms1) in itertools.pairwise(points):
         if b0 <= batch <= b1:
             return ms0 + (ms1 - ms0) * (batch - b0) / (b1 - b0)
     return points[-1][1] if batch >= points[-1][0] else points[0][1]
@@ -35,9 +37,7 @@ def test_a_saturated_pod_serves_at_the_tables_rate(name: str) -> None:
         workload={"kind": "poisson", "rate_rps": 2 * rate},
         model={"profile": name, "jitter": "none", "cpu_ms_per_request": 0.0},
         serving={"routing": "least-outstanding", "timeout_s": 10 * duration},
-        cluster={
-            "pools": [{"gpu": profile.gpu, "gpus_per_node": max(8, profile.gpus_per_pod), "nodes": 1}]
-        },
+        cluster={"pools": [{"gpu": profile.gpu, "gpus_per_node": max(8, profile.gpus_per_pod), "nodes": 1}]},
         control={"interval_s": 15, "initial_replicas": 1},
     )
     summary = simulate(scenario, StaticPolicy(1)).summary
