@@ -34,6 +34,7 @@ def _cluster(pools: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 SMALL = {"name": "small", "gpu": "a100-80gb", "gpus_per_node": 1, "nodes": 1, "max_nodes": 40,
          "usd_per_node_hour": 2.5}  # fmt: skip
+WHEN_EMPTY = {"consolidation_policy": "WhenEmpty"}
 BIG = {
     "name": "big",
     "gpu": "a100-80gb",
@@ -90,7 +91,8 @@ def test_spot_is_launched_first_and_on_demand_when_spot_is_at_its_limit() -> Non
     spot = {"name": "spot", "gpu": "a100-80gb", "nodes": 0, "max_nodes": 1, "capacity_type": "spot",
             "usd_per_node_hour": 1.0}  # fmt: skip
     od = {"name": "od", "gpu": "a100-80gb", "nodes": 1, "max_nodes": 5, "usd_per_node_hour": 3.0}
-    sc = make_scenario(duration_s=20, cluster=_cluster([od, spot]))
+    # WhenEmpty: consolidation would otherwise replace the on-demand node by spot at t = 0.
+    sc = make_scenario(duration_s=20, cluster=_cluster([od, spot], karpenter=WHEN_EMPTY))
     result = simulate(sc, Scripted(plan=((5.0, 3),)))
     assert result.summary.node_hours_by_pool == pytest.approx({"od": (20 + 14) / 3600, "spot": 14 / 3600})
 
@@ -172,6 +174,7 @@ def test_karpenter_replaces_a_reclaimed_spot_node() -> None:
                  "usd_per_node_hour": 1.0, "spot_interruptions_at_s": [50.0]},
                 {"name": "od", "gpu": "a100-80gb", "nodes": 0, "max_nodes": 2, "usd_per_node_hour": 3.0},
             ],
+            karpenter=WHEN_EMPTY,  # else the on-demand node goes back to spot once the spot pool has room
         ),
     )  # fmt: skip
     result = simulate(sc, Scripted(plan=()))
@@ -202,7 +205,8 @@ def test_an_offering_without_capacity_is_skipped_for_three_minutes() -> None:
     # gets InsufficientCapacity and launches on-demand instead; at 300 the spot offering is back.
     spot = {**SMALL, "name": "spot", "nodes": 0, "capacity_type": "spot", "usd_per_node_hour": 1.0,
             "capacity_shortages_s": [[0, 100]]}  # fmt: skip
-    sc = make_scenario(duration_s=400, cluster=_cluster([spot, SMALL]))
+    # WhenEmpty: consolidation would otherwise replace the on-demand nodes by spot once it is back.
+    sc = make_scenario(duration_s=400, cluster=_cluster([spot, SMALL], karpenter=WHEN_EMPTY))
     result = simulate(sc, Scripted(plan=((5.0, 2), (300.0, 3))))
     s = result.summary
     assert _row(result, 10.0)["nodes"] == 2

@@ -393,6 +393,18 @@ class KarpenterConfig(StrictModel):
     registration_ttl_s: float = Field(
         default=900.0, gt=0, description="A NodeClaim not registered after this is deleted (15 min)."
     )
+    expire_after_s: float | None = Field(
+        default=2_592_000.0,
+        gt=0,
+        description="NodePool spec.template.spec.expireAfter: a node this old is disrupted forcefully "
+        "(drained at once, past the disruption budget, no replacement waited for; the PDB and "
+        "do-not-disrupt still hold its pods). Default 720 h, upstream's; null = Never.",
+    )
+    spot_to_spot_consolidation: bool = Field(
+        default=False,
+        description="The SpotToSpotConsolidation feature gate (default off): consolidation may replace "
+        "spot nodes by a cheaper spot node. Off, spot nodes are only deleted, never replaced.",
+    )
 
     @model_validator(mode="after")
     def _batch(self) -> KarpenterConfig:

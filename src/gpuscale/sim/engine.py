@@ -264,7 +264,9 @@ def simulate(
     summary = _summarize(
         scenario, policy, seed, dp, target, ready_s, gpus_s, max_ready, mem_sum, mem_n, reasons
     )
-    summary = _with_nodes(summary, scenario, cluster, nodes, pending_s, max_nodes, target.oom_kills)
+    summary = _with_nodes(
+        summary, scenario, cluster, nodes, pending_s, max_nodes, target.oom_kills, target.preemptions
+    )
     if progress is not None:
         progress(1.0)
     phases = {k: v / target.cold_starts for k, v in target.phase_totals.items()} if target.cold_starts else {}
@@ -283,8 +285,11 @@ def _with_nodes(
     pending_s: float,
     max_nodes: int,
     target_oom: int,
+    preemptions: int = 0,
 ) -> Summary:
-    """The node-layer figures: node-hours and dollars by pool, spot savings, pending time.
+    """The node-layer figures: node-hours and dollars by pool, spot savings, pending time, and the
+    node layer's counters (placeholder preemptions, backoffs, failed launches, consolidations,
+    replacements, expiries).
 
     ``cost_usd`` is the node bill when a node autoscaler is configured (clouds bill nodes); with fixed
     pools it stays the pod GPU-hours x GPU price it always was. ``pod_cost_usd`` is always the latter.
@@ -318,6 +323,12 @@ def _with_nodes(
         evictions=nodes.target.evictions if nodes is not None else 0,
         oom_kills=target_oom,
         pending_pod_s=pending_s,
+        placeholder_preemptions=preemptions,
+        node_group_backoffs=nodes.backoffs if nodes is not None else 0,
+        failed_launches=nodes.failed_launches if nodes is not None else 0,
+        multi_node_consolidations=nodes.multi_node_consolidations if nodes is not None else 0,
+        consolidation_replacements=nodes.replacements if nodes is not None else 0,
+        node_expirations=nodes.expirations if nodes is not None else 0,
     )
 
 

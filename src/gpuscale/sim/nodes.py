@@ -31,19 +31,33 @@ instance types and capacity types of one NodePool):
   lowest price per pod placed (⌈pods / pods-per-node⌉ nodes, up to the pool's max) is launched, ties to
   the first listed: spot before on-demand when spot is cheaper, on-demand when spot is at its max.
 * **consolidation**, every 10 s, within the disruption budget (⌈nodes x 10 %⌉ - deleting - not ready),
-  on nodes whose pods have not changed for ``consolidate_after_s``: first every empty node (in one go),
-  else one node whose pods all fit in the free places of the other nodes (WhenEmptyOrUnderutilized;
-  fewest pods first), never while pods are Pending (kubernetes-sigs/karpenter#4533 behaviour), never a
-  node whose pods the PDB does not let go or that runs do-not-disrupt pods. The node is tainted
-  (cordoned), replacement pods are created at once, and each old pod is evicted only once the pods
-  Ready exceed the spec (its replacement is Ready elsewhere); the node goes with its last pod.
+  on nodes whose pods have not changed for ``consolidate_after_s``; one command per pass, in upstream's
+  order: every empty node (in one go); else (WhenEmptyOrUnderutilized; never while pods are Pending,
+  kubernetes-sigs/karpenter#4533 behaviour; never a node whose pods the PDB does not let go or that
+  runs do-not-disrupt pods) **multi-node**: the candidates sorted by disruption cost (pods x the share
+  of their lifetime left), the budget's first ones (100 at most), a binary search for the longest
+  prefix (two nodes at least) whose pods fit in the other nodes' free places plus at most one new node
+  cheaper than the prefix together (``multinodeconsolidation.go``); else **single-node**: the first
+  candidate, in the same order, whose pods fit in the others' free places, or there plus one cheaper
+  node (``singlenodeconsolidation.go``). A replacement is never of one of the removed nodes' pools at
+  that pool's price or more (``filterOutSameType``); with a spot option, only spot is launched; spot
+  nodes are replaced by spot only with the SpotToSpotConsolidation gate, a single one only with 15
+  cheaper spot options. The nodes are tainted, the replacement launched, replacement pods created at
+  once, and each old pod is evicted only once the pods Ready exceed the spec (its replacement is Ready,
+  on another node or on the new one); a node goes with its last pod. A replacement that never
+  registers un-taints its nodes; one the cloud rejects drops the command.
+* **expiry** (``expire_after_s``, ``expireAfter``, Karpenter v1 semantics): a forceful disruption. At
+  launch + expireAfter the node is tainted and drained at once, past the disruption budget (it still
+  counts as deleting against it) and with no replacement started first: its pods are evicted through
+  the eviction API (the PDB holds some back, retried each instant; do-not-disrupt pods are never
+  evicted, no terminationGracePeriod), go Pending and Karpenter provisions for them.
 
 A launch into a pool with no capacity (InsufficientCapacity) makes Karpenter skip that offering for
 3 minutes (its unavailable-offerings cache) and launch the next cheapest.
 
 Warm-node buffer: placeholder pods (``SimScaleTarget.placeholders``) are Pending pods like any for
 scale-up and batching, and used GPUs for scale-down and consolidation; a node being drained,
-consolidated or reclaimed loses them at once (preempted, not drained), and they go Pending again.
+consolidated, expired or reclaimed loses them at once (preempted, not drained), and they go Pending again.
 
 Spot: a reclaimed node gets the notice, is cordoned and its pods evicted (no PDB: reclamation is not
 voluntary); at the end of the notice the node is terminated and anything still on it is dropped.
@@ -53,8 +67,10 @@ Simplifications (stated, not hidden): a rejected Cluster Autoscaler launch is se
 the ASG accepts the increase and the failed instance shows up a loop or more later); no
 scale-down-delay-after-delete / -failure, no per-pod "safe-to-evict"; placeholders have no priority
 of their own beyond "below every serving pod" and the Cluster Autoscaler treats them as ordinary pods
-(they are above its expendable-pods cutoff, as over-provisioner pods are). Karpenter: no multi-node
-consolidation, no replacement by a cheaper node, no drift or expiry.
+(they are above its expendable-pods cutoff, as over-provisioner pods are). Karpenter: one NodePool,
+one budget (no schedules or reasons), no drift, no terminationGracePeriod; a pod costs 1 to disrupt
+whatever its priority; candidates are sorted by cost, then launch order (not NodePool-interleaved);
+the price-capacity-optimized spot choice is the cheapest option.
 """
 
 from __future__ import annotations
@@ -72,12 +88,19 @@ _PROVISION_TIMEOUT = 1
 _SPOT_NOTICE = 2
 _SPOT_TERMINATE = 3
 _SCRIPTED_RECLAIM = 4
+_EXPIRE = 5
 UNAVAILABLE_OFFERING_TTL_S = 180.0
 """Karpenter keeps an offering that failed with InsufficientCapacity out of its choices this long."""
+MULTI_NODE_MAX_CANDIDATES = 100
+"""Multi-node consolidation looks at no more than this many candidates (``multinodeconsolidation.go``)."""
+SPOT_TO_SPOT_MIN_OPTIONS = 15
+"""Single-node spot-to-spot consolidation needs this many cheaper spot options
+(``MinInstanceTypesForSpotToSpotConsolidation``), so that it does not race to the cheapest spot type."""
 
 
 class NodeLayer:
-    """Node provisioning, the Cluster Autoscaler's loop and spot reclamation, driven by the engine."""
+    """Node provisioning, the Cluster Autoscaler's loop, Karpenter's provisioning and disruption, and
+    spot reclamation, driven by the engine."""
 
     def __init__(self, cfg: ClusterConfig, cluster: Cluster, target: SimScaleTarget, seed: int) -> None:
         self.cfg = cfg
@@ -102,6 +125,19 @@ class NodeLayer:
         self.spot_interruptions = 0
         self.failed_launches = 0
         self.backoffs = 0
+        self.multi_node_consolidations = 0
+        """Karpenter consolidation commands that took two nodes or more at once."""
+        self.replacements = 0
+        """Replacement nodes Karpenter's consolidation launched."""
+        self.expirations = 0
+        """Nodes Karpenter disrupted for reaching ``expire_after_s``."""
+        self._per_node = [cluster.per_node(p) for p in cluster.pools]
+        self._replacing: dict[int, list[Node]] = {}
+        """Replacement node index -> the nodes it replaces (un-tainted if it never registers)."""
+        self._expiring: list[Node] = []
+        """Expired nodes still draining."""
+        self._room = [False] * len(cluster.pools)
+        """Per pool, during a consolidation pass: room for one more node."""
         n_pools = len(cluster.pools)
         self._backoff_until = [-math.inf] * n_pools
         """Per node group: no scale-up before this (Cluster Autoscaler backoff)."""
@@ -126,6 +162,9 @@ class NodeLayer:
         rate = node.pool.spot_interruptions_per_node_hour
         if node.pool.capacity_type == "spot" and rate > 0:
             self._push(t + float(self._rng_spot.exponential(3600.0 / rate)), _SPOT_NOTICE, node.index)
+        k = self.karpenter
+        if k is not None and k.expire_after_s is not None:
+            self._push(node.created_t + k.expire_after_s, _EXPIRE, node.index)
 
     def next_event_t(self) -> float:
         nxt = self.events[0][0] if self.events else math.inf
@@ -183,6 +222,10 @@ class NodeLayer:
                     self.target.evict([pod], t)
             elif self.target.count(Phase.READY) > self.target.spec and self._pdb_allows([pod]):
                 self.target.evict([pod], t)
+        if self._expiring:
+            self._expiring = [n for n in self._expiring if n in self.cluster.nodes]
+            for node in self._expiring:
+                self._drain(node, t)
         if self.karpenter is None:
             return
         need = self._uncovered(t)
@@ -204,12 +247,17 @@ class NodeLayer:
         if node is None or node not in self.cluster.nodes:
             return
         if kind == _ALLOCATABLE:
+            self._replacing.pop(node.index, None)
             self.target.schedule_pending(t)
         elif kind == _PROVISION_TIMEOUT:
             self.failed_launches += 1
             self.cluster.remove_node(node, t)
             if self.ca is not None:
                 self._back_off(self.ca, node.pool_index, t)
+            if node.index in self._replacing:
+                self._abandon(self._replacing.pop(node.index), t)
+        elif kind == _EXPIRE:
+            self._expire(node, t)
         elif kind == _SPOT_NOTICE and node.reclaim_t == math.inf:
             self._notice(node, t)
         elif kind == _SPOT_TERMINATE:
@@ -295,6 +343,8 @@ class NodeLayer:
             remaining -= placed
 
     def _consolidate(self, k: KarpenterConfig, t: float) -> None:
+        """One pass of the disruption controller: empty nodes, else multi-node, else single-node
+        consolidation (``concepts/disruption.md``); at most one command per pass."""
         nodes = self.cluster.nodes
         not_ready = sum(1 for n in nodes if n.allocatable_t > t)
         deleting = sum(1 for n in nodes if n.cordoned)
@@ -320,21 +370,201 @@ class NodeLayer:
             return
         if self._pending():
             return
+        on = self._pods_by_node(t)
+        self._room = [self.cluster.pool_size(i) < p.max_size for i, p in enumerate(self.cluster.pools)]
+        candidates = [n for n in candidates if self._pdb_allows(on[n.index][0])]
+        candidates.sort(key=lambda n: (self._disruption_cost(n, on, k, t), n.index))
         live = [n for n in nodes if not n.cordoned and n.allocatable_t <= t]
-        for node in sorted(candidates, key=lambda n: (len(self._pods_on(n)), n.index)):
-            pods = self._pods_on(node)
-            held = self.target.placeholders_on(node)
-            free = sum(self.cluster.pods_fit(n) for n in live if n is not node)
-            if free < len(pods) + len(held) or not self._pdb_allows(pods):
-                continue
+        free = sum(self.cluster.pods_fit(n) for n in live)
+        # Multi-node: the budget pre-filters the sorted candidates (and no pool below its minimum).
+        multi: list[Node] = []
+        for n in candidates:
+            if len(multi) == min(allowed, MULTI_NODE_MAX_CANDIDATES):
+                break
+            if sizes[n.pool_index] > n.pool.min_nodes:
+                sizes[n.pool_index] -= 1
+                multi.append(n)
+        if self._multi_node(k, t, multi, on, free):
+            return
+        for node in candidates:
+            if not on[node.index][0] and not on[node.index][1]:
+                continue  # an empty node the budget kept is not this method's
+            command = self._command(k, t, [node], on, free)
+            if command is not None:
+                self._execute(k, t, [node], command, on)
+                return
+
+    def _pods_by_node(self, t: float) -> dict[int, tuple[list[Pod], list[Pod]]]:
+        """Per live node: its serving / standby pods holding GPUs, and its placeholders."""
+        out: dict[int, tuple[list[Pod], list[Pod]]] = {n.index: ([], []) for n in self.cluster.nodes}
+        for pod in self.target.pods.values():
+            if pod.node is not None and pod.holds_gpu and pod.node.index in out:
+                out[pod.node.index][0].append(pod)
+        for pod in self.target.placeholders.values():
+            if pod.node is not None and pod.node.index in out:
+                out[pod.node.index][1].append(pod)
+        return out
+
+    @staticmethod
+    def _disruption_cost(
+        node: Node, on: dict[int, tuple[list[Pod], list[Pod]]], k: KarpenterConfig, t: float
+    ) -> float:
+        """Upstream's ``disruptionCost``: pods to reschedule (each costs 1) x the share of the node's
+        lifetime still ahead (1 without ``expireAfter``), so a node near expiry goes first.
+
+        E.g. expireAfter 100 s: a node of age 75 with 2 pods costs 2 x 0.25 = 0.5, less than a new
+        node with 1 pod (1.0).
+        """
+        pods = len(on[node.index][0]) + len(on[node.index][1])
+        if k.expire_after_s is None:
+            return float(pods)
+        remaining = (k.expire_after_s - (t - node.created_t)) / k.expire_after_s
+        return pods * min(max(remaining, 0.0), 1.0)
+
+    def _command(
+        self,
+        k: KarpenterConfig,
+        t: float,
+        group: list[Node],
+        on: dict[int, tuple[list[Pod], list[Pod]]],
+        free: int,
+    ) -> int | None:
+        """``computeConsolidation`` for ``group``: -1 to delete it (its pods fit in the free places of
+        the other live nodes), the pool of the one cheaper node that takes the rest, or None.
+
+        The replacement must cost less than the nodes it replaces together. Spot nodes are replaced
+        by spot only, and only with the spot-to-spot gate on (a single node also needs 15 cheaper
+        spot options). With spot among the options, only spot is launched (a spot shortage must not
+        end in a dearer on-demand node). A group is not replaced by one of its own pools at that
+        pool's price or more (``filterOutSameType``): deleting the others would do.
+
+        E.g. three 1-GPU nodes at $2.5/h, one pod each, all full: a 4-GPU node at $6/h takes the
+        three pods for less than $7.5/h, so it replaces them.
+        """
+        pools = self.cluster.pools
+        pods = sum(len(on[n.index][0]) + len(on[n.index][1]) for n in group)
+        rest = pods - (free - sum(self.cluster.pods_fit(n) for n in group))
+        if rest <= 0:
+            return -1
+        price = sum(n.pool.node_price for n in group)
+        spot = all(n.pool.capacity_type == "spot" for n in group)
+        if spot and not k.spot_to_spot_consolidation:
+            return None
+        options = [
+            i
+            for i, p in enumerate(pools)
+            if self._per_node[i] >= rest
+            and self._room[i]
+            and t >= self._unavailable_until[i]
+            and p.node_price < price
+            and (not spot or p.capacity_type == "spot")
+        ]
+        if len(group) > 1:
+            same = [n.pool.node_price for n in group if n.pool_index in options]
+            if same:
+                options = [i for i in options if pools[i].node_price < min(same)]
+        if any(pools[i].capacity_type == "spot" for i in options):
+            options = [i for i in options if pools[i].capacity_type == "spot"]
+        if not options or (spot and len(group) == 1 and len(options) < SPOT_TO_SPOT_MIN_OPTIONS):
+            return None
+        return min(options, key=lambda i: (pools[i].node_price, i))
+
+    def _multi_node(
+        self,
+        k: KarpenterConfig,
+        t: float,
+        candidates: list[Node],
+        on: dict[int, tuple[list[Pod], list[Pod]]],
+        free: int,
+    ) -> bool:
+        """``firstNConsolidationOption``: binary search for the longest prefix of the candidates (two
+        nodes at least) that can go at once, with at most one replacement."""
+        if len(candidates) < 2:
+            return False
+        lo, hi = 1, len(candidates) - 1
+        best: tuple[int, int] | None = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            command = self._command(k, t, candidates[: mid + 1], on, free)
+            if command is not None:
+                best = (mid + 1, command)
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        if best is None:
+            return False
+        n, command = best
+        self._execute(k, t, candidates[:n], command, on)
+        return True
+
+    def _execute(
+        self,
+        k: KarpenterConfig,
+        t: float,
+        group: list[Node],
+        command: int,
+        on: dict[int, tuple[list[Pod], list[Pod]]],
+    ) -> None:
+        """Launch the replacement (if any), taint the nodes and create their pods' replacements at once;
+        each old pod is evicted once the pods Ready exceed the spec (``settle``), so the replacement
+        node is Ready before any old pod goes. A replacement the cloud rejects drops the command."""
+        if command >= 0:
+            replacement = self.launch(command, t, k.registration_ttl_s)
+            if replacement is None:
+                self._unavailable_until[command] = t + UNAVAILABLE_OFFERING_TTL_S
+                return
+            self.replacements += 1
+            self._replacing[replacement.index] = list(group)
+        if len(group) > 1:
+            self.multi_node_consolidations += 1
+        for node in group:
             node.cordoned = node.deleting = True
             node.unneeded_since = math.nan
-            for pod in pods:
+            for pod in on[node.index][0]:
                 pod.leaving = True
-            self.target.preempt(held, t)
+            self.target.preempt(self.target.placeholders_on(node), t)
             self.scale_downs += 1
-            self.target.reconcile(t)  # replacements, on the other nodes
+        self.target.reconcile(t)  # replacements: on the other nodes, or Pending for the new one
+
+    def _abandon(self, group: list[Node], t: float) -> None:
+        """The replacement never registered: un-taint the nodes, and their pods stay."""
+        for node in group:
+            if node not in self.cluster.nodes:
+                continue
+            node.cordoned = node.deleting = False
+            for pod in self._pods_on(node):
+                pod.leaving = False
+        self.target.reconcile(t)  # the surplus replacement pods go (Pending ones first)
+
+    def _expire(self, node: Node, t: float) -> None:
+        """``expireAfter`` reached: a forceful disruption (Karpenter v1). The node is tainted and
+        drained at once, past the NodePool's disruption budget and without a replacement started
+        first; its evicted pods are Pending like any and Karpenter provisions for them. The eviction
+        API still applies: the PDB holds pods back (retried each instant), and do-not-disrupt pods
+        stay until they are gone (no terminationGracePeriod)."""
+        if node.reclaim_t < math.inf:
             return
+        self.expirations += 1
+        node.cordoned = node.deleting = True
+        node.unneeded_since = math.nan
+        self._replacing.pop(node.index, None)
+        self.target.preempt(self.target.placeholders_on(node), t)
+        if node not in self.cluster.nodes:
+            return
+        if node.units_free == node.units:
+            self.cluster.remove_node(node, t)
+            return
+        self._expiring.append(node)
+        self._drain(node, t)
+
+    def _drain(self, node: Node, t: float) -> None:
+        """Evict what the PDB lets go from an expired node, one pod at a time."""
+        k = self.karpenter
+        if k is not None and k.do_not_disrupt:
+            return
+        for pod in sorted(self._pods_on(node), key=lambda p: p.id):
+            if pod.phase != Phase.DRAINING and self._pdb_allows([pod]):
+                self.target.evict([pod], t)
 
     # -- Cluster Autoscaler ------------------------------------------------------------------------
     def _scale_up(self, ca: ClusterAutoscalerConfig, t: float) -> None:

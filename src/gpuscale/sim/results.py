@@ -114,6 +114,19 @@ class Summary:
     """Pod-seconds spent Pending (waiting for a GPU)."""
     oom_kills: int = 0
     """Pods OOM-killed on an over-packed shared GPU (each restarts in place with a cold start)."""
+    placeholder_preemptions: int = 0
+    """Placeholder pods of the warm-node buffer that lost their place (to a serving pod, or to a node
+    being drained, consolidated or reclaimed)."""
+    node_group_backoffs: int = 0
+    """Cluster Autoscaler node-group backoffs (a rejected launch or a node that never registered)."""
+    failed_launches: int = 0
+    """Node launches that failed: rejected for want of capacity, or never registered in time."""
+    multi_node_consolidations: int = 0
+    """Karpenter consolidation commands that took two nodes or more at once."""
+    consolidation_replacements: int = 0
+    """Cheaper nodes Karpenter's consolidation launched in place of the nodes it removed."""
+    node_expirations: int = 0
+    """Nodes Karpenter disrupted for reaching expire_after_s."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

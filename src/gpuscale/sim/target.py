@@ -170,8 +170,11 @@ class SimScaleTarget:
     def memory_need_gb(self, pod: Pod, model: ModelProfile, t: float) -> float:
         """GPU memory ``pod`` holds at ``t``: from the start of its model load, the runtime and weights;
         once serving, at its batch high-water mark (a preallocating runtime takes its fraction of the
-        memory it sees: the slice, or the whole time-sliced GPU)."""
+        memory it sees: the slice, or the whole time-sliced GPU). A placeholder is a pause container:
+        it holds no GPU memory."""
         assert pod.device is not None
+        if pod.placeholder:
+            return 0.0
         if pod.phase == Phase.STARTING:
             loading_t = pod.ready_t - pod.phases_s.get("model_load", 0.0) - pod.phases_s.get("warmup", 0.0)
             if t < loading_t:
