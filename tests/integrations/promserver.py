@@ -127,12 +127,18 @@ class Exporter:
 
 
 class Prometheus:
-    """Debian's Prometheus on 127.0.0.1, scraping ``targets`` every second."""
+    """Debian's Prometheus on 127.0.0.1, scraping ``targets`` every ``scrape_interval_s`` (default
+    1 s). :meth:`stop` then :meth:`start` brings a new server up on the same port."""
 
-    def __init__(self, binary: str, workdir: Path, targets: list[str]) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, targets: list[str], *, scrape_interval_s: float = 1.0
+    ) -> None:
+        if not scrape_interval_s >= 0.001:
+            raise ValueError(f"scrape_interval_s {scrape_interval_s!r}: must be at least 1 ms")
         self.binary = binary
         self.workdir = workdir
         self.targets = targets
+        self.scrape_interval_s = scrape_interval_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -141,8 +147,9 @@ class Prometheus:
     def start(self, timeout_s: float = 20.0) -> None:
         config = self.workdir / "prometheus.yml"
         targets = ", ".join(f'"{t}"' for t in self.targets)
+        every = f"{round(self.scrape_interval_s * 1000)}ms"
         config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s, scrape_timeout: 1s}\n"
+            f"global: {{scrape_interval: {every}, evaluation_interval: {every}, scrape_timeout: {every}}}\n"
             "scrape_configs:\n"
             "  - job_name: exporter\n"
             f"    static_configs: [{{targets: [{targets}]}}]\n",

@@ -17,6 +17,7 @@ any other 4xx                      :class:`PermanentError`
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,28 @@ class TargetCounts:
     starting: int
     pending: int
     draining: int = 0
+
+
+def pod_state(pod: Any) -> str | None:
+    """``ready``, ``starting`` (on a node, not Ready yet), ``pending`` (on no node yet), ``draining``
+    (being deleted), or None for a pod that has finished (Succeeded, Failed).
+
+    A pod is on a node once ``spec.nodeName`` is set, whether the scheduler bound it (and wrote
+    ``PodScheduled=True``) or something else did: a pod created with ``nodeName`` -- a DaemonSet's, a
+    static pod, one bound by a custom scheduler -- never passes the scheduler and may have no
+    ``PodScheduled`` condition at all, yet it waits for its containers, not for a GPU.
+    """
+    status = pod.status
+    if status is not None and status.phase in ("Succeeded", "Failed"):
+        return None
+    if pod.metadata is not None and pod.metadata.deletion_timestamp is not None:
+        return "draining"
+    conditions = {c.type: c.status for c in (status.conditions or [])} if status is not None else {}
+    if conditions.get("Ready") == "True":
+        return "ready"
+    if conditions.get("PodScheduled") == "True" or (pod.spec is not None and pod.spec.node_name):
+        return "starting"
+    return "pending"
 
 
 def _detail(exc: ApiException) -> str:
@@ -139,7 +162,7 @@ class KubernetesTarget:
         return int(value or 0)
 
     def counts(self) -> TargetCounts:
-        """Spec replicas and the selected pods: ready, starting (scheduled), pending (unscheduled)."""
+        """Spec replicas and the selected pods by :func:`pod_state`: ready, starting, pending, draining."""
         current = self.replicas()
         pods = self._call(
             "list",
@@ -148,22 +171,10 @@ class KubernetesTarget:
                 self.target.namespace, label_selector=self.pod_selector, _request_timeout=self.timeout_s
             ),
         )
-        ready = starting = pending = draining = 0
-        for pod in pods.items:
-            phase = pod.status.phase if pod.status else None
-            if phase in ("Succeeded", "Failed"):
-                continue
-            if pod.metadata is not None and pod.metadata.deletion_timestamp is not None:
-                draining += 1
-                continue
-            conditions = {c.type: c.status for c in (pod.status.conditions or [])} if pod.status else {}
-            if conditions.get("Ready") == "True":
-                ready += 1
-            elif conditions.get("PodScheduled") == "True":
-                starting += 1
-            else:
-                pending += 1
-        return TargetCounts(current, ready, starting, pending, draining)
+        states = Counter(pod_state(pod) for pod in pods.items)
+        return TargetCounts(
+            current, states["ready"], states["starting"], states["pending"], states["draining"]
+        )
 
     def scale(self, replicas: int) -> None:
         """Set ``spec.replicas`` through the scale subresource."""
