@@ -294,6 +294,10 @@ class WallClockQueries:
         snapshot = self.source.snapshot(self.wall.now(), specs, **counts)
         return dataclasses.replace(snapshot, time_s=now)
 
+    def unavailable(self) -> str | None:
+        unavailable = getattr(self.source, "unavailable", None)
+        return unavailable() if callable(unavailable) else None
+
 
 def set_queue(exporter: Exporter, total: float) -> dict[str, float]:
     """Per-pod waiting requests that sum to ``total`` (an integer): split over the two pods."""

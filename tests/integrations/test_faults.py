@@ -10,12 +10,12 @@ Prometheus at the real time and stamps the snapshot with the controller's.
 What the loop does, by fault:
 
 * **Prometheus gone**: every query fails, so every signal is missing with the reason; the HPA holds
-  (``NoData``) and fail-static forbids any scale-down, so the replicas stay. A missing signal is not
-  a failed tick: the loop keeps its interval (the HPA controller, too, re-reads failing metrics every
-  sync period, and a policy's own no-data handling -- KEDA's fallback, scaling from zero -- needs the
-  regular reads). The holds are counted in ``gpuscale_controller_decisions_total{reason="NoData"}``
-  and each record carries the reason. A new Prometheus on the same address: the next tick decides on
-  data again.
+  (``NoData``) and fail-static forbids any scale-down, so the replicas stay. Prometheus not answering
+  at all (unlike an answer with no series) makes the tick a failed one, ``metrics_unavailable``: it
+  is counted in ``gpuscale_controller_errors_total`` and each further one doubles the wait, while the
+  policy still runs on every tick (its own no-data handling -- KEDA's fallback -- needs the reads).
+  A new Prometheus on the same address: the next tick decides on data again and the wait is the
+  interval again.
 * **kube-apiserver gone**: a tick cannot read the target, so it fails with a temporary error, writes
   nothing, and each further failure doubles the wait; restarted, the next tick succeeds and the wait
   is the interval again.
@@ -161,7 +161,7 @@ def sample(ctl: Controller, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def test_prometheus_down_holds_without_backing_off_and_a_new_one_on_the_same_port_recovers(
+def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_recovers(
     plane: ControlPlane, exporter: Exporter, prom: Prometheus, tmp_path: Path
 ) -> None:
     name = "prom-outage"
@@ -186,10 +186,15 @@ def test_prometheus_down_holds_without_backing_off_and_a_new_one_on_the_same_por
     for r in records[-3:]:
         assert r["signals"][spec.key]["value"] is None and "cannot reach" in r["signals"][spec.key]["reason"]
     assert deployment(plane, name) == 4  # fail-static: no data is never no load
-    assert ctl.errors == {} and ctl.failures == 0  # a missing signal is not a failed tick ...
-    assert clock.now() - started == 2 * INTERVAL_S  # ... so the loop keeps its interval
+    assert all(o.error_kind == "metrics_unavailable" and prom.url in (o.error or "") for o in held)
+    assert all(r["error"]["kind"] == "metrics_unavailable" for r in records[-3:])
+    assert ctl.errors == {"metrics_unavailable": 3} and ctl.failures == 3
+    assert clock.now() - started == INTERVAL_S + 2 * INTERVAL_S  # waits 15 s, then 30 s: backoff
+    assert ctl.next_wait() == 4 * INTERVAL_S
     assert sample(ctl, "gpuscale_controller_decisions_total", reason="NoData") == 3
-    assert ctl.status is not None and ctl.status.ready(clock.monotonic())[0]
+    errors = {"kind": "metrics_unavailable", "stage": "tick"}
+    assert sample(ctl, "gpuscale_controller_errors_total", **errors) == 3
+    assert ctl.status is not None and not ctl.status.ready(clock.monotonic())[0]
 
     # a new Prometheus (empty TSDB) on the same address; the source's client reconnects by itself
     shutil.rmtree(prom.workdir / "data")
@@ -202,6 +207,7 @@ def test_prometheus_down_holds_without_backing_off_and_a_new_one_on_the_same_por
     assert back.decision is not None and back.decision.reason.value == "ScaleDown"
     assert back.snapshot is not None and back.snapshot.value(spec) == 20.0
     assert deployment(plane, name) == 2
+    assert back.error_kind is None and ctl.failures == 0 and ctl.next_wait() == INTERVAL_S
 
 
 def stop_apiserver(plane: ControlPlane) -> list[str]:

@@ -207,6 +207,7 @@ def test_a_missing_metric_is_none_with_a_reason_while_the_others_come_back(
     )
     assert snap.get(latency).value is None and "none of the presets" in snap.get(latency).reason
     assert (snap.current_replicas, snap.ready) == (2, 2)
+    assert source.unavailable() is None  # Prometheus answered: no series is not an outage
 
 
 def test_several_series_where_one_is_expected_and_nan_are_none(
@@ -234,8 +235,10 @@ def test_several_series_where_one_is_expected_and_nan_are_none(
 def test_a_prometheus_that_is_down_or_hangs_gives_none_for_every_signal() -> None:
     specs = [SignalSpec(Metric.GPU_UTIL, 60), SignalSpec(Metric.QUEUE_LENGTH, 60, Aggregation.TOTAL)]
     down = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
-    snap = PrometheusSource(down, LABELS).snapshot(CLOCK.now(), specs, current_replicas=3, ready=3)
+    source = PrometheusSource(down, LABELS)
+    snap = source.snapshot(CLOCK.now(), specs, current_replicas=3, ready=3)
     assert all(snap.get(s).value is None and "cannot reach" in snap.get(s).reason for s in specs)
+    assert source.unavailable() is not None and "cannot reach" in (source.unavailable() or "")
     down.close()
     # A server that accepts connections and never answers: each query times out on its own.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as hung:
@@ -243,9 +246,11 @@ def test_a_prometheus_that_is_down_or_hangs_gives_none_for_every_signal() -> Non
         hung.listen(8)
         slow = PrometheusClient(f"http://127.0.0.1:{hung.getsockname()[1]}", timeout_s=0.3)
         start = CLOCK.monotonic()
-        got = PrometheusSource(slow, LABELS).signals(specs, CLOCK.now())
+        hung_source = PrometheusSource(slow, LABELS)
+        got = hung_source.signals(specs, CLOCK.now())
         slow.close()
     assert all(v.value is None and "timed out after 0.3 s" in v.reason for v in got.values())
+    assert "timed out" in (hung_source.unavailable() or "")
     assert CLOCK.monotonic() - start < 5.0
 
 
@@ -345,3 +350,22 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"source\.bearer_token_file"):
         build_server(load_keda_scaler_config(path), path, ManualClock(), host="127.0.0.1", port=0)
+
+
+def test_a_5xx_answer_is_an_outage_and_a_4xx_is_a_bad_query() -> None:
+    # Prometheus answers 503 when a query is aborted or times out inside, a proxy 502 with no upstream:
+    # the source is unavailable. A 400 (bad PromQL) is the query's fault, not an outage.
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "bad" in request.url.params["query"]:
+            return httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse"})
+        return httpx.Response(503, json={"status": "error", "errorType": "timeout", "error": "aborted"})
+
+    client = PrometheusClient("http://127.0.0.1:1", transport=httpx.MockTransport(answer))
+    overrides = {"queue_length": Override("bad(")}
+    source = PrometheusSource(client, LABELS, overrides=overrides)
+    queue = SignalSpec(Metric.QUEUE_LENGTH, 60, Aggregation.TOTAL)
+    got = source.signals([queue], CLOCK.now())
+    assert got[queue].value is None and "HTTP 400" in got[queue].reason
+    assert source.unavailable() is None
+    got = source.signals([SignalSpec(Metric.GPU_UTIL, 60)], CLOCK.now())
+    assert "HTTP 503" in (source.unavailable() or "")

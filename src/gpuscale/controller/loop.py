@@ -14,7 +14,10 @@ Safety, in order (each step that changes the number adds a reason to ``TickOutco
 4. the GPU budget, last, so no step ever writes more GPUs than the budget: budget 10 at 4 GPUs per
    pod caps at 2 replicas.
 
-**Backoff.** After a failed tick the next one comes after the normal interval (one failure may be a
+**Backoff.** A tick fails when the API server errs, or when Prometheus itself does not answer (then
+the policy still runs on the missing signals and holds -- fail-static -- and the tick records
+``metrics_unavailable``; an answer with no series, as for a workload at zero, is not a failure).
+After a failed tick the next one comes after the normal interval (one failure may be a
 blip); each further failure in a row doubles the wait, up to ``backoff_max_s`` (default 10 x the
 interval or 5 min, whichever is smaller); the first success returns to the interval. Worked example,
 interval 15 s, cap 150 s: failures 1, 2, 3, 4, 5, 6 wait 15, 30, 60, 120, 150, 150 s.
@@ -106,7 +109,12 @@ def apply_safety(desired: int, current: int, safety: SafetyConfig, *, signals_mi
 
 @dataclass(frozen=True)
 class TickOutcome:
-    """What one tick saw, decided and did. ``action``: scaled, unchanged, dry_run, standby or error."""
+    """What one tick saw, decided and did. ``action``: scaled, unchanged, dry_run, standby or error.
+
+    ``error_kind`` is also set on a tick that decided while its metrics source was unavailable
+    (``metrics_unavailable``): the policy saw missing signals and held (fail-static), and the tick
+    counts as failed for the backoff and the error metrics.
+    """
 
     time_s: float
     action: str
@@ -152,6 +160,17 @@ class TickOutcome:
         if self.error_kind is not None:
             out["error"] = {"kind": self.error_kind, "message": self.error}
         return out
+
+
+METRICS_UNAVAILABLE = "metrics_unavailable"
+"""The error kind of a tick whose metrics source (Prometheus) did not answer."""
+
+
+def _outage(metrics: object) -> str | None:
+    """Why ``metrics`` could not be read on the last snapshot, for sources that can tell
+    (:meth:`~gpuscale.integrations.prometheus.PrometheusSource.unavailable`); None otherwise."""
+    unavailable = getattr(metrics, "unavailable", None)
+    return unavailable() if callable(unavailable) else None
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -265,6 +284,8 @@ class Controller:
                 error_kind=kind,
                 error=str(exc) or exc.__class__.__name__,
             )
+        if outcome.error_kind == METRICS_UNAVAILABLE:
+            self.errors[METRICS_UNAVAILABLE] += 1
         self._account(outcome, started)
         try:
             self.sink(outcome.record(self.target_name))
@@ -276,7 +297,7 @@ class Controller:
         assert self.observer is not None and self.status is not None
         st = self.status
         st.standby = outcome.action == "standby"
-        if outcome.action == "error":
+        if outcome.action == "error" or outcome.error_kind is not None:
             st.failures += 1
             st.last_error = outcome.error
         else:
@@ -314,6 +335,9 @@ class Controller:
             "replicas": bounded.replicas,
             "safety": bounded.reasons,
         }
+        outage = _outage(self.metrics)
+        if outage is not None:
+            common.update(error_kind=METRICS_UNAVAILABLE, error=outage)
         if bounded.replicas == current:
             return TickOutcome(now, "unchanged", **common)
         if self.dry_run:

@@ -8,7 +8,8 @@ one: several controllers may share a process, as in the tests):
 ``gpuscale_controller_current_replicas``       the target's ``spec.replicas`` as read
 ``gpuscale_controller_written_replicas``       the last count written to the scale subresource
 ``gpuscale_controller_decisions_total``        policy decisions, by ``reason``
-``gpuscale_controller_errors_total``           failures, by ``kind`` (temporary, permanent, unexpected)
+``gpuscale_controller_errors_total``           failures, by ``kind`` (temporary, permanent, unexpected,
+                                               metrics_unavailable)
                                                and ``stage`` (tick, election)
 ``gpuscale_controller_tick_duration_seconds``  how long one tick took (histogram)
 ``gpuscale_controller_is_leader``              1 while this replica acts, else 0
@@ -86,7 +87,7 @@ class ControllerMetrics:
         )
         self.errors = Counter(
             "gpuscale_controller_errors",
-            "Failures, by kind (temporary, permanent, unexpected) and stage (tick, election).",
+            "Failures, by kind (temporary, permanent, unexpected, metrics_unavailable) and stage (tick, election).",
             ["kind", "stage"],
             registry=r,
         )
@@ -126,11 +127,10 @@ class ControllerMetrics:
                 self.desired.labels(target=self.target).set(desired)
         if outcome.action == "scaled" and outcome.replicas is not None:
             self.written.labels(target=self.target).set(outcome.replicas)
-        if outcome.action == "error":
+        if outcome.action == "error" or outcome.error_kind is not None:
             self.errors.labels(kind=outcome.error_kind or "unexpected", stage="tick").inc()
-        else:
-            if outcome.action != "standby":
-                self.last_success.set(outcome.time_s)
+        elif outcome.action != "standby":
+            self.last_success.set(outcome.time_s)
 
     def election_error(self, kind: str) -> None:
         self.errors.labels(kind=kind, stage="election").inc()

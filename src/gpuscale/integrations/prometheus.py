@@ -70,6 +70,11 @@ class QueryFailed(Exception):
     """A query gave no usable answer; ``str(exc)`` is the reason a missing signal carries."""
 
 
+class PrometheusUnreachable(QueryFailed):
+    """Prometheus itself did not answer (refused, reset, timed out, 5xx) -- unlike an answer that holds
+    no usable series, which is what a workload scaled to zero or a new one looks like."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One series of an instant query's answer."""
@@ -130,11 +135,13 @@ class PrometheusClient:
         try:
             response = self._http.get(f"{self.url}/api/v1/query", params=params)
         except httpx.TimeoutException:
-            raise QueryFailed(f"timed out after {self.timeout_s:g} s") from None
+            raise PrometheusUnreachable(f"timed out after {self.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
-            raise QueryFailed(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}") from None
+            raise PrometheusUnreachable(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}") from None
         except OSError as exc:  # the bearer token file could not be read
             raise QueryFailed(f"cannot authenticate: {exc}") from None
+        if response.status_code >= 500:  # overloaded, timed out inside, or a proxy with no upstream
+            raise PrometheusUnreachable(f"HTTP {response.status_code} from {self.url}: {response.text[:200]}")
         try:
             body: Any = response.json()
         except ValueError:
@@ -230,6 +237,7 @@ class PrometheusSource:
         self.labels = labels
         self.presets = presets
         self.overrides = dict(overrides or {})
+        self.outage: str | None = None
 
     def queries(self, spec: SignalSpec) -> tuple[str | None, str | None]:
         """(value query, age query) of ``spec``; a None value query: no preset serves the metric."""
@@ -255,6 +263,10 @@ class PrometheusSource:
             )
         try:
             sample = one_value(self.client.query(value_query, now))
+        except PrometheusUnreachable as exc:
+            self.outage = str(exc)
+            log.debug("%s: %s: %s", spec.key, value_query, exc)
+            return SignalValue.missing(f"{spec.key}: {exc} [{value_query}]")
         except QueryFailed as exc:
             log.debug("%s: %s: %s", spec.key, value_query, exc)
             return SignalValue.missing(f"{spec.key}: {exc} [{value_query}]")
@@ -272,8 +284,14 @@ class PrometheusSource:
         return max(0.0, now - newest), ""
 
     def signals(self, specs: Iterable[SignalSpec], now: float) -> dict[SignalSpec, SignalValue]:
-        """Every spec, each on its own: one failed query never fails the others."""
+        """Every spec, each on its own: one failed query never fails the others. Afterwards
+        :meth:`unavailable` says whether Prometheus itself failed to answer any of them."""
+        self.outage = None
         return {spec: self.fulfil(spec, now) for spec in specs}
+
+    def unavailable(self) -> str | None:
+        """Why Prometheus did not answer during the last :meth:`signals` call; None when it did."""
+        return self.outage
 
     def snapshot(
         self,
