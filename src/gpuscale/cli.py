@@ -727,6 +727,11 @@ def bench(
     t.add_row(
         "  same with a CPU stage and a 1-ms batching window", f"{figs.full_requests_per_s / 1e6:.2f} M/s"
     )
+    t.add_row(
+        "  same with the node layer on (cluster-autoscaler)",
+        f"{figs.node_layer_requests_per_s / 1e6:.2f} M/s "
+        f"({figs.node_layer_requests_per_s / figs.requests_per_s:.2f}×)",
+    )
     t.add_row("SimPy reference: requests per second", f"{figs.reference_requests_per_s / 1e6:.3f} M/s")
     t.add_row("ratio engine / reference", f"{figs.ratio:.0f}×")
     t.add_row("first call in this process (cached compile)", f"{figs.first_call_s:.2f} s")

@@ -2,6 +2,8 @@
 
 * Throughput: simulated requests per wall-clock second on one core, for one hour at 2,000 requests/s
   on 32 GPU pods with dynamic batching, least-outstanding routing and a 15-s control loop.
+* The same with the node layer on (a Cluster Autoscaler scanning its node group every 10 s), as a
+  ratio to the run without it in the same process.
 * The SimPy reference model on a slice of the same scenario, and the ratio between the two.
 * Compilation: the kernel's cold compile (in a fresh process with an empty cache) and the cached load.
 * Peak memory of a 24-hour run at 2,000 requests/s (in a fresh process, ``ru_maxrss``).
@@ -38,7 +40,13 @@ def bench_scenario(
     rate_rps: float = 2000.0,
     pods: int = 32,
     model: dict[str, float] | None = None,
+    node_layer: bool = False,
 ) -> Scenario:
+    nodes = (pods + 7) // 8
+    cluster: dict[str, Any] = {"pools": [{"gpu": "a100-80gb", "gpus_per_node": 8, "nodes": nodes}]}
+    if node_layer:
+        cluster["pools"][0]["max_nodes"] = 2 * nodes
+        cluster["node_autoscaler"] = {"kind": "cluster-autoscaler"}
     return scenario_from_dict(
         {
             "name": "bench",
@@ -49,7 +57,7 @@ def bench_scenario(
             "workload": {"kind": "poisson", "rate_rps": rate_rps},
             "model": {"profile": "resnet50-a100-triton", **(BAR_CONFIG if model is None else model)},
             "serving": {"routing": "least-outstanding", "timeout_s": 10},
-            "cluster": {"pools": [{"gpu": "a100-80gb", "gpus_per_node": 8, "nodes": (pods + 7) // 8}]},
+            "cluster": cluster,
             "control": {"interval_s": 15, "initial_replicas": pods, "max_pods": pods + 8},
             "telemetry": {"scrape_interval_s": 5},
         },
@@ -64,6 +72,7 @@ class BenchFigures:
     wall_s: float
     requests_per_s: float
     full_requests_per_s: float
+    node_layer_requests_per_s: float
     reference_requests: int
     reference_wall_s: float
     reference_requests_per_s: float
@@ -82,9 +91,13 @@ def _timed(fn: Any) -> tuple[Any, float]:
 
 
 def engine_run(
-    duration_s: float, rate_rps: float, pods: int, model: dict[str, float] | None = None
+    duration_s: float,
+    rate_rps: float,
+    pods: int,
+    model: dict[str, float] | None = None,
+    node_layer: bool = False,
 ) -> tuple[int, float]:
-    sc = bench_scenario(duration_s, rate_rps, pods, model)
+    sc = bench_scenario(duration_s, rate_rps, pods, model, node_layer)
     result, wall = _timed(lambda: simulate(sc, StaticPolicy(pods)))
     return result.summary.requests, wall
 
@@ -144,6 +157,7 @@ def run_bench(
     _, first = _timed(lambda: engine_run(1.0, 100.0, 2))
     n, wall = engine_run(duration_s, rate_rps, pods)
     fn, fwall = engine_run(duration_s, rate_rps, pods, FULL_FEATURED)
+    nn, nwall = engine_run(duration_s, rate_rps, pods, node_layer=True)
     rn, rwall = reference_run(reference_s, rate_rps, pods)
     cold = None
     if cold_compile:
@@ -156,5 +170,19 @@ def run_bench(
     rps = n / wall
     rrps = rn / rwall
     return BenchFigures(
-        duration_s, n, wall, rps, fn / fwall, rn, rwall, rrps, rps / rrps, first, cold, rss, n24, w24
+        duration_s,
+        n,
+        wall,
+        rps,
+        fn / fwall,
+        nn / nwall,
+        rn,
+        rwall,
+        rrps,
+        rps / rrps,
+        first,
+        cold,
+        rss,
+        n24,
+        w24,
     )
