@@ -109,6 +109,18 @@ def _cold_start_load(model: Any) -> float:
     return seconds
 
 
+def _cuda_init() -> tuple[float, float]:
+    """Seconds to initialise CUDA, and the GB of device memory in use right after (the context)."""
+    import torch
+
+    t0 = time.perf_counter()
+    torch.cuda.init()
+    torch.empty(1, device="cuda")
+    seconds = time.perf_counter() - t0
+    free, total = torch.cuda.mem_get_info()
+    return seconds, (total - free) / GB
+
+
 def _encoder(args: argparse.Namespace) -> tuple[Any, Callable[[int], Callable[[], Any]], str]:
     import torch
 
@@ -142,12 +154,7 @@ def profile_encoder(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.backends.cudnn.benchmark = True
-    t0 = time.perf_counter()
-    torch.cuda.init()
-    torch.empty(1, device="cuda")
-    cuda_init_s = time.perf_counter() - t0
-    free, total = torch.cuda.mem_get_info()
-    context_gb = (total - free) / GB
+    cuda_init_s, context_gb = _cuda_init()
     with torch.inference_mode():
         model, make, what = _encoder(args)
         torch.cuda.synchronize()
@@ -204,12 +211,7 @@ def profile_llm(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-    t0 = time.perf_counter()
-    torch.cuda.init()
-    torch.empty(1, device="cuda")
-    cuda_init_s = time.perf_counter() - t0
-    free, total = torch.cuda.mem_get_info()
-    context_gb = (total - free) / GB
+    cuda_init_s, context_gb = _cuda_init()
     config = LlamaConfig(
         hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,

@@ -42,13 +42,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from gpuscale._core.clock import Clock
 from gpuscale._core.errors import GpuscaleError, PermanentError, TemporaryError
-from gpuscale.controller.target import ApiUnreachable, Forbidden, _detail
+from gpuscale.controller.target import call_api
 
 log = logging.getLogger("gpuscale.controller.leader")
 
@@ -295,20 +294,7 @@ class LeaderElector:
         )
 
     def _call(self, verb: str, fn: Callable[[], T]) -> T:
-        ns = self.namespace
-        try:
-            return fn()
-        except ApiException as exc:
-            status = exc.status or 0
-            detail = _detail(exc)
-            if status == 403:
-                raise Forbidden(verb, "leases", ns, detail) from None
-            if status == 409:
-                raise LostRace(f"{verb} lease {ns}/{self.name}: another candidate won ({detail})") from None
-            if status == 429 or status >= 500:
-                raise TemporaryError(f"{verb} leases: HTTP {status}: {detail}") from None
-            if status == 0:
-                raise ApiUnreachable(f"{verb} leases: {detail}") from None
-            raise PermanentError(f"{verb} leases: HTTP {status}: {detail}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiUnreachable(f"{verb} leases: the API server did not answer ({exc})") from None
+        def lost(detail: str) -> Exception:
+            return LostRace(f"{verb} lease {self.namespace}/{self.name}: another candidate won ({detail})")
+
+        return call_api(verb, "leases", self.namespace, fn, {409: lost})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +55,35 @@ class Forbidden(PermanentError):
 
 class TargetGone(PermanentError):
     """The scale target (or its scale subresource) does not exist."""
+
+
+def call_api(
+    verb: str,
+    resource: str,
+    namespace: str,
+    fn: Callable[[], T],
+    special: Mapping[int, Callable[[str], Exception]] | None = None,
+) -> T:
+    """``fn()`` (one request of the official client), its failure mapped onto gpuscale's errors as the
+    module doc's table says; ``special`` maps an HTTP status to the error a caller wants instead
+    (the detail message in, the exception out)."""
+    try:
+        return fn()
+    except ApiException as exc:
+        status = exc.status or 0
+        detail = _detail(exc)
+        make = (special or {}).get(status)
+        if make is not None:
+            raise make(detail) from None
+        if status == 403:
+            raise Forbidden(verb, resource, namespace, detail) from None
+        if status in (409, 429) or status >= 500:
+            raise TemporaryError(f"{verb} {resource}: HTTP {status}: {detail}") from None
+        if status == 0:  # the client wraps transport failures with no status
+            raise ApiUnreachable(f"{verb} {resource}: {detail}") from None
+        raise PermanentError(f"{verb} {resource}: HTTP {status}: {detail}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise ApiUnreachable(f"{verb} {resource}: the API server did not answer ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -116,23 +145,10 @@ class KubernetesTarget:
         return f"{self.target.resource}/scale"
 
     def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
-        ns = self.target.namespace
-        try:
-            return fn()
-        except ApiException as exc:
-            status = exc.status or 0
-            detail = _detail(exc)
-            if status == 403:
-                raise Forbidden(verb, resource, ns, detail) from None
-            if status == 404:
-                raise TargetGone(f"{self.target} is gone ({verb} {resource}: {detail})") from None
-            if status in (409, 429) or status >= 500:
-                raise TemporaryError(f"{verb} {resource}: HTTP {status}: {detail}") from None
-            if status == 0:  # the client wraps transport failures with no status
-                raise ApiUnreachable(f"{verb} {resource}: {detail}") from None
-            raise PermanentError(f"{verb} {resource}: HTTP {status}: {detail}") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiUnreachable(f"{verb} {resource}: the API server did not answer ({exc})") from None
+        def gone(detail: str) -> Exception:
+            return TargetGone(f"{self.target} is gone ({verb} {resource}: {detail})")
+
+        return call_api(verb, resource, self.target.namespace, fn, {404: gone})
 
     def _get_scale(self) -> Any:
         t, kw = self.target, {"_request_timeout": self.timeout_s}

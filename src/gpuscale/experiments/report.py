@@ -557,19 +557,26 @@ def _time_axis(duration_s: float) -> tuple[float, str]:
     return (60.0, "min") if duration_s >= 1200 else (1.0, "s")
 
 
-def _timeline_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> str | None:
-    """Load, Ready replicas against the oracle's schedule, and per-tick p95, for the first seed."""
+def _first_seed_runs(result: CompareResult, scenario: str, column: str) -> list[RunOutcome]:
+    """The successful runs of the first seed whose timeline has ``column`` and at least one row, in
+    policy order (the plots show one seed: the others look alike and would hide each other)."""
     if not result.seeds:
-        return None
+        return []
     seed = result.seeds[0]
-    runs = [
+    return [
         r
         for p in _policy_order(result)
         for r in result.runs_for(scenario, p)
-        if r.key.seed == seed and r.ok and "time_s" in r.timeline and len(r.timeline["time_s"]) > 0
+        if r.key.seed == seed and r.ok and column in r.timeline and len(r.timeline["time_s"]) > 0
     ]
+
+
+def _timeline_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> str | None:
+    """Load, Ready replicas against the oracle's schedule, and per-tick p95, for the first seed."""
+    runs = _first_seed_runs(result, scenario, "time_s")
     if not runs:
         return None
+    seed = runs[0].key.seed
     duration = max(float(np.nanmax(r.timeline["time_s"])) for r in runs)
     scale, unit = _time_axis(duration)
     fig = _figure(8.4)
@@ -860,17 +867,10 @@ def _cdf_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) ->
 
 def _nodes_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> str | None:
     """Nodes and pending nodes over time per policy, for the first seed (a scenario with a node layer)."""
-    if not result.seeds:
-        return None
-    seed = result.seeds[0]
-    runs = [
-        r
-        for p in _policy_order(result)
-        for r in result.runs_for(scenario, p)
-        if r.key.seed == seed and r.ok and "nodes" in r.timeline and len(r.timeline["time_s"]) > 0
-    ]
+    runs = _first_seed_runs(result, scenario, "nodes")
     if not runs:
         return None
+    seed = runs[0].key.seed
     duration = max(float(np.nanmax(r.timeline["time_s"])) for r in runs)
     scale, unit = _time_axis(duration)
     fig = _figure(5.6)
