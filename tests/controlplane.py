@@ -12,6 +12,11 @@ the pods turn Ready after a cold start::
         cluster.kubeconfig(workdir / "kubeconfig")     # for the official client / gpuscale run
         cluster.add_gpu_node("gpu-2", gpus=4)           # more capacity, at any time
         cluster.kubelet.set_timing(cold_start_s=2.0)    # every node; or nodes=["gpu-2"]
+
+For tests that need only the API server, :func:`started_plane` starts a ControlPlane with the
+namespaces they use and stops it afterwards. Both classes create and read Deployments
+(:meth:`ControlPlane.create_deployment`, :meth:`ControlPlane.deployment_replicas`; the body is
+:func:`deployment_body`'s).
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 
 from gpuscale._core.clock import SystemClock
@@ -84,6 +91,15 @@ def binaries() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def cluster_binaries() -> Path:
+    """:func:`binaries`, skipping the test where kube-controller-manager or kube-scheduler is missing
+    (a :class:`GpuCluster` needs both)."""
+    bin_dir = binaries()
+    if not (bin_dir / "kube-controller-manager").exists() or not (bin_dir / "kube-scheduler").exists():
+        pytest.skip(f"no kube-controller-manager / kube-scheduler in {bin_dir}")
+    return bin_dir
+
+
 def rfc3339(t: float, *, micro: bool = False) -> str:
     """A wall-clock time as the API server writes it: ``Time`` (seconds) or ``MicroTime``."""
     stamp = datetime.fromtimestamp(t, tz=UTC)
@@ -103,6 +119,37 @@ def wait_until(
         if _CLOCK.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout_s} s: {what} (last seen: {last!r})")
         _CLOCK.sleep(interval_s)
+
+
+def deployment_body(
+    name: str,
+    namespace: str = "default",
+    replicas: int = 1,
+    *,
+    gpus: int | None = None,
+    node_selector: dict[str, str] | None = None,
+    image: str = "triton:x",
+) -> dict[str, Any]:
+    """A Deployment of ``replicas`` pods labelled ``app: <name>`` (the pod selector gpuscale is given),
+    one container of ``image``; with ``gpus``, a limit of that many ``nvidia.com/gpu`` per pod, and
+    with ``node_selector``, kept to the nodes it matches."""
+    labels = {"app": name}
+    container: dict[str, Any] = {"name": "server", "image": image}
+    if gpus is not None:
+        container["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    pod: dict[str, Any] = {"containers": [container]}
+    if node_selector is not None:
+        pod["nodeSelector"] = dict(node_selector)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
 
 
 @dataclass
@@ -356,6 +403,26 @@ class ControlPlane:
             raw = err.read()
             return Response(err.code, json.loads(raw) if raw.strip().startswith(b"{") else {})
 
+    def create_namespace(self, name: str) -> None:
+        made = self.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+        assert made.status == 201, made.body
+
+    def create_deployment(self, name: str, namespace: str = "default", replicas: int = 1, **pod: Any) -> None:
+        """Create :func:`deployment_body`'s Deployment (``pod``: its keyword arguments)."""
+        body = deployment_body(name, namespace, replicas, **pod)
+        made = self.request("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
+        assert made.status == 201, made.body
+
+    def deployment(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        """The Deployment as the API server returns it."""
+        got = self.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        assert got.status == 200, got.body
+        return got.body
+
+    def deployment_replicas(self, name: str, namespace: str = "default") -> int:
+        """The Deployment's spec replicas."""
+        return int(self.deployment(name, namespace)["spec"]["replicas"])
+
     # -- kube-controller-manager and kube-scheduler -----------------------------------------------
 
     def _component(self, name: str) -> str:
@@ -559,6 +626,21 @@ class ControlPlane:
         self._logs.clear()
 
 
+@contextmanager
+def started_plane(
+    workdir: Path, namespaces: Iterable[str] = (), *, bin_dir: Path | None = None
+) -> Iterator[ControlPlane]:
+    """A started :class:`ControlPlane` in ``workdir`` with ``namespaces`` created; stopped on exit."""
+    plane = ControlPlane(bin_dir or binaries(), workdir)
+    plane.start()
+    try:
+        for namespace in namespaces:
+            plane.create_namespace(namespace)
+        yield plane
+    finally:
+        plane.stop()
+
+
 class GpuCluster:
     """A small real GPU cluster for tests: etcd, kube-apiserver, kube-controller-manager and
     kube-scheduler on 127.0.0.1, ``nodes`` emulated nodes of ``gpus_per_node`` GPUs each (named
@@ -669,6 +751,12 @@ class GpuCluster:
         content_type: str = "application/json",
     ) -> Response:
         return self.plane.request(method, path, body, content_type=content_type)
+
+    def create_deployment(self, name: str, namespace: str = "default", replicas: int = 1, **pod: Any) -> None:
+        self.plane.create_deployment(name, namespace, replicas, **pod)
+
+    def deployment_replicas(self, name: str, namespace: str = "default") -> int:
+        return self.plane.deployment_replicas(name, namespace)
 
     def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The pods matching a label selector, as the API server returns them."""

@@ -4,7 +4,8 @@ exporter (prometheus-client, in this process, on 127.0.0.1) whose values the tes
 
 The exporter serves DCGM-, Triton-, vLLM- and kube-state-metrics-named series for two pods,
 ``ml/llm-0`` and ``ml/llm-1``, labelled ``namespace`` and ``pod`` as Prometheus' Kubernetes service
-discovery labels them.
+discovery labels them. :func:`scraping` starts a Prometheus on an exporter and waits for its first
+scrape.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,13 @@ class Exporter:
             self._http.server_close()
             self._http = None
 
+    def __enter__(self) -> Exporter:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 class Prometheus:
     """Debian's Prometheus on 127.0.0.1, scraping ``targets`` every ``scrape_interval_s`` (default
@@ -220,3 +229,17 @@ class Prometheus:
         """Wait until the newest sample of ``selector`` is ``value``; the time."""
         wait_until(lambda: self.value(selector) == value, timeout_s, f"{selector} == {value}")
         return CLOCK.now()
+
+
+@contextmanager
+def scraping(exporter: Exporter, workdir: Path, *, scrape_interval_s: float = 1.0) -> Iterator[Prometheus]:
+    """A started :class:`Prometheus` in ``workdir`` that has scraped ``exporter`` once; stopped on exit."""
+    server = Prometheus(
+        prometheus_binary(), workdir, [f"127.0.0.1:{exporter.port}"], scrape_interval_s=scrape_interval_s
+    )
+    try:
+        server.start()
+        wait_until(lambda: server.value('up{job="exporter"}') == 1.0, 15.0, "the exporter scraped")
+        yield server
+    finally:
+        server.stop()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from gpuscale.integrations import manifests as M
-from tests.controlplane import ControlPlane, binaries
+from tests.controlplane import ControlPlane, started_plane
 from tests.integrations.conftest import KEDA_CRD, all_policy_configs
 
 TARGET = M.Target("Deployment", "triton-resnet", "default")
@@ -27,9 +27,7 @@ CONFIGS = all_policy_configs()
 
 @pytest.fixture(scope="module")
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    plane = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
-    plane.start()
-    try:
+    with started_plane(Path(tmp_path_factory.mktemp("control-plane"))) as plane:
         crd = yaml.safe_load(KEDA_CRD.read_text(encoding="utf-8"))
         created = plane.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         assert created.status == 201, created.body
@@ -44,8 +42,6 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane
         else:
             raise AssertionError("KEDA's CRD never became Established")
         yield plane
-    finally:
-        plane.stop()
 
 
 def _create(plane: ControlPlane, body: dict[str, Any]) -> Any:

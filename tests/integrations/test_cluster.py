@@ -4,8 +4,9 @@ scheduler places them by ``nvidia.com/gpu``, the emulated kubelet starts and dra
 One cluster serves the module (:class:`~tests.controlplane.GpuCluster`: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler on 127.0.0.1). Each test gets its own pool of emulated GPU
 nodes, picked by a node selector, so tests do not share capacity. The only fake is at gpuscale's own
-boundary: :class:`Queue`, a metrics source serving the queue length a test sets; the policy is a real
-HPA (desired = ceil(queue / 10)) on a ManualClock. Real processes take wall time, so every wait polls
+boundary: :class:`~tests.integrations.scripted.ScriptedSource`, a metrics source serving the queue
+length a test sets; the policy is a real HPA (:func:`~tests.integrations.scripted.queue_hpa`:
+desired = ceil(queue / 10)) on a ManualClock. Real processes take wall time, so every wait polls
 with a deadline. A cold start or drain of ``math.inf`` holds pods in that state until a test releases
 them, so "starting" and "draining" are states a test observes without racing the kubelet.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,63 +26,21 @@ from gpuscale._core.clock import ManualClock
 from gpuscale.controller import Controller, SafetyConfig, TargetConfig
 from gpuscale.controller.target import KubernetesTarget, TargetCounts, api_client
 from gpuscale.policies import registry
-from gpuscale.policies.base import MetricsSnapshot, SignalSpec, SignalValue
-from tests.controlplane import GpuCluster, binaries, wait_until
+from tests.controlplane import GpuCluster, cluster_binaries, wait_until
+
+from .scripted import ScriptedSource, queue_hpa
 
 NS = "default"
 POOL = "gpuscale.test/pool"
-HPA = {
-    "kind": "hpa",
-    "min_replicas": 0,
-    "max_replicas": 100,
-    "downscale_stabilization_s": 0,
-    "behavior": {"scale_up": {"policies": [{"type": "Pods", "value": 100, "period_s": 15}]}},
-    "metrics": [
-        {
-            "type": "External",
-            "metric": "queue_length",
-            "aggregation": "total",
-            "window_s": 60,
-            "target": {"type": "AverageValue", "average_value": 10},
-        }
-    ],
-}
+HPA = queue_hpa(min_replicas=0, max_replicas=100, window_s=60, scale_up_pods=100)
 """desired = ceil(queue / 10): a queue of 95 asks for 10 replicas, 75 for 8, 55 for 6."""
 WAIT_S = 60.0
 """Deadline of every wait on the cluster: generous, as two shared cores may be busy; a pass is fast."""
 
 
-class Queue:
-    """A metrics source serving ``value`` as every signal the policy asks for (None: no data)."""
-
-    def __init__(self, value: float | None) -> None:
-        self.value = value
-
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot:
-        signals = {
-            spec: SignalValue(self.value, age_s=5.0)
-            if self.value is not None
-            else SignalValue.missing("none")
-            for spec in specs
-        }
-        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining, signals=signals)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
-    bin_dir = binaries()
-    if not (bin_dir / "kube-controller-manager").exists() or not (bin_dir / "kube-scheduler").exists():
-        pytest.skip(f"no kube-controller-manager / kube-scheduler in {bin_dir}")
+    bin_dir = cluster_binaries()
     workdir = Path(tmp_path_factory.mktemp("gpu-cluster"))
     with GpuCluster(
         workdir, nodes=2, gpus_per_node=4, node_labels={POOL: "base"}, cold_start_s=1.0, heartbeat_s=2.0,
@@ -94,40 +53,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
         assert not c.plane.heartbeat_errors, c.plane.heartbeat_errors
 
 
-def add_pool(cluster: GpuCluster, pool: str, nodes: int = 2, gpus: int = 4) -> list[str]:
+def add_pool(cluster: GpuCluster, pool: str, nodes: int = 2, gpus: int = 4, **timing: float) -> list[str]:
+    """``nodes`` new GPU nodes labelled ``POOL: pool`` (``timing``: their kubelet's cold start and
+    drain); their names."""
     names = [f"{pool}-{i}" for i in range(nodes)]
     for name in names:
-        cluster.add_gpu_node(name, gpus, labels={POOL: pool})
+        cluster.add_gpu_node(name, gpus, labels={POOL: pool}, **timing)
     return names
 
 
 def deploy(cluster: GpuCluster, name: str, pool: str, replicas: int) -> None:
     """A Deployment of inference pods asking for one GPU each, kept to ``pool``'s nodes."""
-    labels = {"app": name}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {POOL: pool},
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "nvcr.io/nvidia/tritonserver:24.01-py3",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ],
-                },
-            },
-        },
-    }
-    made = cluster.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", body)
-    assert made.status == 201, made.body
+    cluster.create_deployment(name, NS, replicas, gpus=1, node_selector={POOL: pool})
 
 
 @pytest.fixture
@@ -145,7 +82,7 @@ def cleanup(cluster: GpuCluster) -> Iterator[list[str]]:
 
 
 def controller(
-    cluster: GpuCluster, tmp_path: Path, name: str, queue: Queue
+    cluster: GpuCluster, tmp_path: Path, name: str, queue: ScriptedSource
 ) -> tuple[Controller, KubernetesTarget, list[dict[str, Any]]]:
     api = api_client(cluster.kubeconfig(tmp_path / "kubeconfig"), "test")
     target = KubernetesTarget(api, TargetConfig(name=name, namespace=NS), f"app={name}", timeout_s=5)
@@ -214,7 +151,7 @@ def test_ten_replicas_on_eight_gpus_leave_two_pending_and_count_starting_then_re
     cluster.kubelet.set_timing(cold_start_s=math.inf, nodes=base)  # hold pods in their cold start
     deploy(cluster, "llm", "base", 1)
     cleanup.append("llm")
-    ctl, target, records = controller(cluster, tmp_path, "llm", Queue(95.0))
+    ctl, target, records = controller(cluster, tmp_path, "llm", ScriptedSource([95.0]))
     reach(target, TargetCounts(1, 0, 1, 0))
 
     up = tick(ctl)  # a queue of 95 asks for 10 replicas
@@ -274,11 +211,10 @@ def test_ten_replicas_on_eight_gpus_leave_two_pending_and_count_starting_then_re
 def test_scale_down_removes_the_pending_pods_first_then_drains_scheduled_ones(
     cluster: GpuCluster, tmp_path: Path, cleanup: list[str]
 ) -> None:
-    nodes = add_pool(cluster, "shrink")
-    cluster.kubelet.set_timing(cold_start_s=0.2, nodes=nodes)
+    nodes = add_pool(cluster, "shrink", cold_start_s=0.2)
     deploy(cluster, "shrink", "shrink", 10)
     cleanup.append("shrink")
-    queue = Queue(95.0)
+    queue = ScriptedSource([95.0])
     ctl, target, records = controller(cluster, tmp_path, "shrink", queue)
     reach(target, TargetCounts(10, ready=8, starting=0, pending=2))
     before = by_state(cluster.pods(NS, "app=shrink"))
@@ -316,11 +252,10 @@ def test_scale_down_removes_the_pending_pods_first_then_drains_scheduled_ones(
 def test_a_new_gpu_node_lets_the_pending_pods_schedule(
     cluster: GpuCluster, tmp_path: Path, cleanup: list[str]
 ) -> None:
-    nodes = add_pool(cluster, "grow")
-    cluster.kubelet.set_timing(cold_start_s=0.2, nodes=nodes)
+    add_pool(cluster, "grow", cold_start_s=0.2)
     deploy(cluster, "grow", "grow", 1)
     cleanup.append("grow")
-    ctl, target, records = controller(cluster, tmp_path, "grow", Queue(95.0))
+    ctl, target, records = controller(cluster, tmp_path, "grow", ScriptedSource([95.0]))
     reach(target, TargetCounts(1, ready=1, starting=0, pending=0))
     assert tick(ctl).replicas == 10
     reach(target, TargetCounts(10, ready=8, starting=0, pending=2))
@@ -393,8 +328,7 @@ def test_the_rendered_warm_node_buffer_is_preempted_by_a_serving_pod(
     # (the signal a node autoscaler launches the next spare node on).
     from gpuscale.integrations import manifests as M
 
-    nodes = add_pool(cluster, "headroom", nodes=1, gpus=2)
-    cluster.kubelet.set_timing(cold_start_s=0.2, drain_s=0.2, nodes=nodes)
+    nodes = add_pool(cluster, "headroom", nodes=1, gpus=2, cold_start_s=0.2, drain_s=0.2)
     config = registry.load_policy_config(
         {
             "kind": "warm-pool",

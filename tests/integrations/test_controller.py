@@ -1,13 +1,15 @@
 """``gpuscale run`` against a real kube-apiserver: a Deployment's scale subresource, real RBAC, real 404s.
 
-The only fake is at our own boundary: :class:`ScriptedSource`, a metrics source that serves given
-values. The policy is a real HPA; the clock is a ManualClock, so a loop of N ticks takes no time.
+The only fake is at our own boundary: :class:`~tests.integrations.scripted.ScriptedSource`, a metrics
+source that serves given values. The policy is a real HPA
+(:func:`~tests.integrations.scripted.queue_hpa`); the clock is a ManualClock, so a loop of N ticks
+takes no time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,117 +25,25 @@ from gpuscale.cli import app
 from gpuscale.controller import Controller, SafetyConfig, TargetConfig, apply_safety
 from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetCounts, TargetGone, api_client
 from gpuscale.policies import registry
-from gpuscale.policies.base import MetricsSnapshot, Policy, SignalSpec, SignalValue
-from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, binaries, wait_until
+from gpuscale.policies.base import Policy
+from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, started_plane, wait_until
+
+from .scripted import ScriptedSource, queue_hpa
 
 NS = "default"
-HPA = {
-    "kind": "hpa",
-    "min_replicas": 0,
-    "max_replicas": 100,
-    "downscale_stabilization_s": 0,
-    "behavior": {"scale_up": {"policies": [{"type": "Pods", "value": 100, "period_s": 15}]}},
-    "metrics": [
-        {
-            "type": "External",
-            "metric": "queue_length",
-            "aggregation": "total",
-            "window_s": 60,
-            "target": {"type": "AverageValue", "average_value": 10},
-        }
-    ],
-}
+HPA = queue_hpa(min_replicas=0, max_replicas=100, window_s=60, scale_up_pods=100)
 """desired = ceil(queue / 10): a queue of 95 asks for 10 replicas, a queue of 0 for 0."""
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
-    cp.start()
-    try:
+    with started_plane(Path(tmp_path_factory.mktemp("control-plane"))) as cp:
         # Pods need their namespace's ServiceAccount; there is no controller-manager to create it.
         made = cp.request(
             "POST", f"/api/v1/namespaces/{NS}/serviceaccounts", {"metadata": {"name": "default"}}
         )
         assert made.status in (201, 409), made.body
         yield cp
-    finally:
-        cp.stop()
-
-
-def kubeconfig(plane: ControlPlane, path: Path, token: str = TOKEN, server: str | None = None) -> Path:
-    bundle = (plane.workdir / "certs" / "apiserver.crt").read_text(encoding="utf-8")
-    certs = ["-----BEGIN CERTIFICATE-----" + c for c in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
-    ca = path.parent / "ca.crt"
-    ca.write_text("".join(certs[1:] or certs), encoding="utf-8")
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "t", "cluster": {"server": server or plane.url, "certificate-authority": str(ca)}}
-        ],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "u"}}],
-        "current-context": "t",
-    }
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
-
-
-def create_deployment(plane: ControlPlane, name: str, replicas: int) -> None:
-    labels = {"app": name}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {"name": "s", "image": "triton:x", "resources": {"limits": {"nvidia.com/gpu": 1}}}
-                    ]
-                },
-            },
-        },
-    }
-    made = plane.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", body)
-    assert made.status == 201, made.body
-
-
-def deployment(plane: ControlPlane, name: str) -> dict[str, Any]:
-    got = plane.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
-    assert got.status == 200, got.body
-    return got.body
-
-
-class ScriptedSource:
-    """Serves the policy's signals from a script: one value (None: no data) per tick, last repeated."""
-
-    def __init__(self, values: list[float | None]) -> None:
-        self.values = values
-        self.calls = 0
-
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot:
-        value = self.values[min(self.calls, len(self.values) - 1)]
-        self.calls += 1
-        signals = {
-            spec: SignalValue(value, age_s=5.0) if value is not None else SignalValue.missing("scripted gap")
-            for spec in specs
-        }
-        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining, signals=signals)
 
 
 def controller(
@@ -148,7 +58,7 @@ def controller(
     policy: Policy[Any] | None = None,
     **safety: Any,
 ) -> tuple[Controller, list[dict[str, Any]]]:
-    api = api_client(kubeconfig(plane, tmp_path / f"kubeconfig-{token}", token, server), "test")
+    api = api_client(plane.kubeconfig(tmp_path / f"kubeconfig-{token}", token, server), "test")
     target = KubernetesTarget(api, TargetConfig(name=name, namespace=NS), f"app={name}", timeout_s=5)
     records: list[dict[str, Any]] = []
     ctl = Controller(
@@ -166,7 +76,7 @@ def controller(
 
 
 def test_scales_a_real_deployment_and_writes_only_on_change(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "scale-up", 2)
+    plane.create_deployment("scale-up", NS, 2, gpus=1)
     # two pods of the selector: one Ready, one not yet scheduled
     for i in range(2):
         pod = {
@@ -186,13 +96,13 @@ def test_scales_a_real_deployment_and_writes_only_on_change(plane: ControlPlane,
     first = ctl.tick()
     assert first.action == "scaled" and first.replicas == 10
     assert first.counts is not None and (first.counts.ready, first.counts.pending) == (1, 1)
-    after_write = deployment(plane, "scale-up")
+    after_write = plane.deployment("scale-up", NS)
     assert after_write["spec"]["replicas"] == 10
 
     second = ctl.tick()  # 95 queued at 10 replicas: still 10, nothing to write
     assert second.action == "unchanged"
     assert (
-        deployment(plane, "scale-up")["metadata"]["resourceVersion"]
+        plane.deployment("scale-up", NS)["metadata"]["resourceVersion"]
         == after_write["metadata"]["resourceVersion"]
     )
 
@@ -204,31 +114,31 @@ def test_scales_a_real_deployment_and_writes_only_on_change(plane: ControlPlane,
 
 
 def test_min_max_step_and_gpu_budget_bound_what_is_written(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "bounded", 2)
+    plane.create_deployment("bounded", NS, 2, gpus=1)
     # budget 8 GPUs at 2 per pod pays for 4 replicas; 2 -> 10 is cut to 2 + 3 = 5 by max_step, then 4
     ctl, _ = controller(
         plane, tmp_path, "bounded", [95.0, 0.0], min_replicas=3, max_step=3, gpu_budget=8, gpus_per_pod=2
     )
     up = ctl.tick()
     assert (up.action, up.replicas, up.safety) == ("scaled", 4, ("ScaleUpLimited", "GpuBudget"))
-    assert deployment(plane, "bounded")["spec"]["replicas"] == 4
+    assert plane.deployment_replicas("bounded", NS) == 4
     down = ctl.tick()  # the queue drains: the HPA wants 0, min_replicas keeps 3
     assert (down.action, down.replicas, down.safety) == ("scaled", 3, ("TooFewReplicas",))
-    assert deployment(plane, "bounded")["spec"]["replicas"] == 3
+    assert plane.deployment_replicas("bounded", NS) == 3
 
 
 def test_dry_run_writes_nothing(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "dry", 2)
-    before = deployment(plane, "dry")["metadata"]["resourceVersion"]
+    plane.create_deployment("dry", NS, 2, gpus=1)
+    before = plane.deployment("dry", NS)["metadata"]["resourceVersion"]
     ctl, records = controller(plane, tmp_path, "dry", [95.0], dry_run=True)
     out = ctl.tick()
     assert (out.action, out.replicas) == ("dry_run", 10)
     assert records[0]["target_replicas"] == 10 and "written_replicas" not in records[0]
-    assert deployment(plane, "dry")["metadata"]["resourceVersion"] == before
+    assert plane.deployment("dry", NS)["metadata"]["resourceVersion"] == before
 
 
 def test_rbac_denial_names_the_missing_verb_and_resource(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "denied", 2)
+    plane.create_deployment("denied", NS, 2, gpus=1)
     role = {
         "metadata": {"name": "read-only-scaler", "namespace": NS},
         "rules": [
@@ -251,13 +161,13 @@ def test_rbac_denial_names_the_missing_verb_and_resource(plane: ControlPlane, tm
     assert out.error is not None and "may not patch deployments/scale" in out.error
     assert records[0]["error"]["kind"] == "permanent"
     assert ctl.errors == {"permanent": 1}
-    assert deployment(plane, "denied")["spec"]["replicas"] == 2
+    assert plane.deployment_replicas("denied", NS) == 2
 
 
 def test_a_deleted_target_is_a_permanent_error_and_the_loop_goes_on(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    create_deployment(plane, "vanishing", 2)
+    plane.create_deployment("vanishing", NS, 2, gpus=1)
     ctl, _ = controller(plane, tmp_path, "vanishing", [95.0])
     assert ctl.tick().action == "scaled"
     assert plane.request("DELETE", f"/apis/apps/v1/namespaces/{NS}/deployments/vanishing").status == 200
@@ -308,7 +218,7 @@ def test_api_errors_map_onto_the_taxonomy(status: int, error: type[Exception]) -
 
 def _config(tmp_path: Path, plane: ControlPlane, **extra: Any) -> Path:
     cfg = {
-        "kubeconfig": str(kubeconfig(plane, tmp_path / "kubeconfig")),
+        "kubeconfig": str(plane.kubeconfig(tmp_path / "kubeconfig")),
         "target": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS, "name": "cli"},
         "pod_selector": "app=cli",
         "policy": {"kind": "static", "replicas": 3},
@@ -321,14 +231,14 @@ def _config(tmp_path: Path, plane: ControlPlane, **extra: Any) -> Path:
 
 
 def test_cli_once_dry_run_prints_the_decision_record(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "cli", 1)
+    plane.create_deployment("cli", NS, 1, gpus=1)
     result = CliRunner().invoke(
         app, ["run", "--config", str(_config(tmp_path, plane)), "--once", "--dry-run"]
     )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert (record["action"], record["target_replicas"]) == ("dry_run", 3)
-    assert deployment(plane, "cli")["spec"]["replicas"] == 1
+    assert plane.deployment_replicas("cli", NS) == 1
 
 
 def test_cli_bad_config_exits_2(plane: ControlPlane, tmp_path: Path) -> None:
@@ -341,7 +251,7 @@ def test_cli_bad_config_exits_2(plane: ControlPlane, tmp_path: Path) -> None:
 def test_a_statefulset_and_a_custom_resource_scale_through_their_scale_subresource(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    api = api_client(kubeconfig(plane, tmp_path / "kubeconfig-kinds"), "test")
+    api = api_client(plane.kubeconfig(tmp_path / "kubeconfig-kinds"), "test")
     labels = {"app": "llm-sts"}
     sts = {
         "apiVersion": "apps/v1",
@@ -423,26 +333,19 @@ def test_a_statefulset_and_a_custom_resource_scale_through_their_scale_subresour
         "spec": {"replicas": 2, "model": "llama3-8b"},
     }
     wait_until(lambda: plane.request("POST", path, body).status == 201, "the CRD to serve", timeout_s=30.0)
-    custom = KubernetesTarget(
-        api,
-        TargetConfig(
-            apiVersion="serving.gpuscale.test/v1", kind="InferenceServer", name="llama", namespace=NS
-        ),
-        "app=llama",
-        timeout_s=5,
-    )
+
+    def inference_server(name: str) -> KubernetesTarget:
+        kind = TargetConfig(
+            api_version="serving.gpuscale.test/v1", kind="InferenceServer", name=name, namespace=NS
+        )
+        return KubernetesTarget(api, kind, f"app={name}", timeout_s=5)
+
+    custom = inference_server("llama")
     assert custom.scale_resource == "inferenceservers/scale"
     assert custom.counts() == TargetCounts(2, 0, 0, 0)
     custom.scale(5)
     assert plane.request("GET", f"{path}/llama").body["spec"]["replicas"] == 5
     assert custom.replicas() == 5
-    gone = KubernetesTarget(
-        api,
-        TargetConfig(
-            apiVersion="serving.gpuscale.test/v1", kind="InferenceServer", name="nope", namespace=NS
-        ),
-        "app=nope",
-        timeout_s=5,
-    )
+    gone = inference_server("nope")
     with pytest.raises(TargetGone):
         gone.counts()

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gpuscale._core.clock import ManualClock, SystemClock
+from gpuscale._core.clock import ManualClock
 from gpuscale._core.errors import ConfigError
 from gpuscale.cli import app
 from gpuscale.controller import (
@@ -32,70 +32,22 @@ from gpuscale.controller import (
 from gpuscale.controller.loop import NoSignals
 from gpuscale.controller.target import Forbidden, KubernetesTarget, api_client
 from gpuscale.policies import registry
-from tests.controlplane import TOKEN, ControlPlane, _free_port, binaries
+from tests.controlplane import ControlPlane, _free_port, started_plane, wait_until
 
 NS = "ops"
 SA_NS = "ops-sa"
-_WALL = SystemClock()
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
-    cp.start()
-    try:
-        for ns in (NS, SA_NS):
-            made = cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
-            assert made.status == 201, made.body
+    with started_plane(Path(tmp_path_factory.mktemp("control-plane")), [NS, SA_NS]) as cp:
         yield cp
-    finally:
-        cp.stop()
-
-
-def write_kubeconfig(plane: ControlPlane, path: Path, token: str = TOKEN) -> Path:
-    bundle = (plane.workdir / "certs" / "apiserver.crt").read_text(encoding="utf-8")
-    certs = ["-----BEGIN CERTIFICATE-----" + c for c in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
-    ca = path.parent / "ca.crt"
-    ca.write_text("".join(certs[1:] or certs), encoding="utf-8")
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "t", "cluster": {"server": plane.url, "certificate-authority": str(ca)}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "u"}}],
-        "current-context": "t",
-    }
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
-
-
-def create_deployment(plane: ControlPlane, ns: str, name: str, replicas: int) -> None:
-    labels = {"app": name}
-    body = {
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "s", "image": "x"}]},
-            },
-        },
-    }
-    made = plane.request("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", body)
-    assert made.status == 201, made.body
-
-
-def replicas(plane: ControlPlane, ns: str, name: str) -> int:
-    got = plane.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/{name}")
-    assert got.status == 200, got.body
-    return int(got.body["spec"]["replicas"])
 
 
 def static_controller(
     plane: ControlPlane, tmp_path: Path, name: str, wants: int, **kw: Any
 ) -> tuple[Controller, list[dict[str, Any]]]:
-    api = api_client(write_kubeconfig(plane, tmp_path / "kubeconfig"), "test")
+    api = api_client(plane.kubeconfig(tmp_path / "kubeconfig"), "test")
     records: list[dict[str, Any]] = []
     ctl = Controller(
         registry.load_policy({"kind": "static", "replicas": wants}, "test"),
@@ -147,7 +99,7 @@ def test_backoff_doubles_per_failure_and_is_capped(
 
 
 def test_failed_ticks_back_off_and_the_first_success_resets(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, NS, "backoff", 1)
+    plane.create_deployment("backoff", NS, 1)
     ctl, records = static_controller(plane, tmp_path, "backoff", wants=2)
     restore = cut_off(ctl)
 
@@ -163,7 +115,7 @@ def test_failed_ticks_back_off_and_the_first_success_resets(plane: ControlPlane,
     # waits 15, 30, 60, 120 after failures 1-4; 150 (10 x 15 s) after the fifth; back to 15 after success
     assert times == [0, 15, 45, 105, 225, 375, 390, 405]
     assert ctl.errors == {"temporary": 5}
-    assert replicas(plane, NS, "backoff") == 2
+    assert plane.deployment_replicas("backoff", NS) == 2
     assert ctl.observer is not None
     reg = ctl.observer.registry
     assert (
@@ -186,7 +138,7 @@ def metric(text: str, name: str, labels: str = "") -> float | None:
 
 
 def test_metrics_and_probes_follow_the_ticks_over_http(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, NS, "observed", 1)
+    plane.create_deployment("observed", NS, 1)
     ctl, _ = static_controller(plane, tmp_path, "observed", wants=4)
     assert ctl.observer is not None and ctl.status is not None
     clock = ctl.clock
@@ -263,22 +215,10 @@ PATHS = {
 }
 
 
-def wait_for(check: Any, what: str, timeout_s: float = 20.0) -> Any:
-    """Poll a real API server (RBAC changes reach its authorizer through a watch) within a deadline."""
-    deadline = _WALL.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if _WALL.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        _WALL.sleep(0.1)
-
-
 def test_rendered_manifests_run_the_controller_as_its_service_account(
     plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create_deployment(plane, SA_NS, "served", 1)
+    plane.create_deployment("served", SA_NS, 1)
     (tmp_path / "policy.yaml").write_text("kind: static\nreplicas: 3\n", encoding="utf-8")
     cfg = {
         "kubeconfig": "kubeconfig-on-my-laptop",
@@ -337,7 +277,7 @@ def test_rendered_manifests_run_the_controller_as_its_service_account(
         },
     )
     assert token.status == 201, token.body
-    kubeconfig = write_kubeconfig(plane, tmp_path / "sa-kubeconfig", token.body["status"]["token"])
+    kubeconfig = plane.kubeconfig(tmp_path / "sa-kubeconfig", token.body["status"]["token"])
 
     # the pod's config, with only the way in to this API server added
     pod_cfg["kubeconfig"] = str(kubeconfig)
@@ -349,7 +289,7 @@ def test_rendered_manifests_run_the_controller_as_its_service_account(
 
     outcomes = ctl.run(max_ticks=1, release=False)  # elects, reads, scales: the Role suffices
     assert [(o.action, o.replicas) for o in outcomes] == [("scaled", 3)], outcomes[0].error
-    assert replicas(plane, SA_NS, "served") == 3
+    assert plane.deployment_replicas("served", SA_NS) == 3
     assert ctl.elector is not None and ctl.elector.last_error is None
     lease = plane.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{SA_NS}/leases/gpuscale-served")
     assert lease.body["spec"]["holderIdentity"] == "gpuscale-served-7d9f-abcde"
@@ -371,7 +311,8 @@ def test_rendered_manifests_run_the_controller_as_its_service_account(
         ctl.elect()
         return ctl.elector.last_error if isinstance(ctl.elector.last_error, Forbidden) else None
 
-    denied = wait_for(election_denied, "the leases rule to be gone")
+    # RBAC changes reach the API server's authorizer through a watch: poll, within a deadline
+    denied = wait_until(election_denied, "the leases rule to be gone", 20.0)
     assert (denied.verb, denied.resource) == ("get", "leases")
     assert "may not get leases in namespace ops-sa" in str(denied)
 
@@ -383,7 +324,7 @@ def test_rendered_manifests_run_the_controller_as_its_service_account(
         out = ctl.tick()
         return out if out.action == "error" else None
 
-    out = wait_for(tick_denied, "the pods rule to be gone")
+    out = wait_until(tick_denied, "the pods rule to be gone", 20.0)
     assert out.error_kind == "permanent"
     assert out.error is not None and "may not list pods in namespace ops-sa" in out.error
 
@@ -479,9 +420,9 @@ def test_bad_config_names_the_key_and_run_exits_2(
 
 
 def test_cli_once_with_leader_election_elects_acts_and_releases(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, NS, "cli-once", 1)
+    plane.create_deployment("cli-once", NS, 1)
     cfg = {
-        "kubeconfig": str(write_kubeconfig(plane, tmp_path / "kubeconfig")),
+        "kubeconfig": str(plane.kubeconfig(tmp_path / "kubeconfig")),
         "target": {"namespace": NS, "name": "cli-once"},
         "pod_selector": "app=cli-once",
         "policy": {"kind": "static", "replicas": 2},
@@ -494,6 +435,6 @@ def test_cli_once_with_leader_election_elects_acts_and_releases(plane: ControlPl
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert (record["action"], record["written_replicas"]) == ("scaled", 2)
-    assert replicas(plane, NS, "cli-once") == 2
+    assert plane.deployment_replicas("cli-once", NS) == 2
     lease = plane.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/gpuscale-cli-once")
     assert lease.status == 200 and not lease.body["spec"].get("holderIdentity")  # released on exit

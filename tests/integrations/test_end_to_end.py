@@ -57,9 +57,10 @@ from gpuscale.policies import registry
 from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, SignalSpec
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import Timeline
-from tests.controlplane import GpuCluster, _free_port, binaries, wait_until
+from tests.controlplane import GpuCluster, _free_port, cluster_binaries, wait_until
 
-from .promserver import NAMESPACE, PODS, Exporter, Prometheus, prometheus_binary
+from .promserver import NAMESPACE, PODS, Exporter, Prometheus, scraping
+from .scripted import queue_hpa
 
 WAIT_S = 60.0
 """Deadline of every wait on a real process: generous, as two shared cores may be busy."""
@@ -68,26 +69,18 @@ SCRAPE_S = 0.25
 change."""
 NAME = "llm"
 """The Deployment, in the exporter's namespace ``ml``: its pods ``llm-...`` are the exporter's."""
+VLLM = "vllm/vllm-openai:v0.6.0"
+"""The Deployments' image: inference pods asking for one GPU each."""
 
-POLICY: dict[str, Any] = {
-    "kind": "hpa",
-    "name": "queue-e2e",
-    "min_replicas": 1,
-    "max_replicas": 6,
-    "metrics": [
-        {
-            "type": "External",
-            "metric": "queue_length",
-            "aggregation": "total",
-            "window_s": 1,
-            "target": {"type": "AverageValue", "average_value": 10},
-        }
-    ],
-    "behavior": {
-        "scale_up": {"policies": [{"type": "Pods", "value": 2, "period_s": 30}]},
-        "scale_down": {"stabilization_window_s": 45},
-    },
-}
+POLICY: dict[str, Any] = queue_hpa(
+    name="queue-e2e",
+    min_replicas=1,
+    max_replicas=6,
+    window_s=1,
+    scale_up_pods=2,
+    scale_up_period_s=30,
+    scale_down_window_s=45,
+)
 """desired = ceil(queue / 10) in 1..6; at most +2 pods per 30 s; down to the highest of the last 45 s."""
 
 SCENARIO: dict[str, Any] = {
@@ -150,15 +143,11 @@ class Tick:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
-    bin_dir = binaries()
-    if not (bin_dir / "kube-controller-manager").exists() or not (bin_dir / "kube-scheduler").exists():
-        pytest.skip(f"no kube-controller-manager / kube-scheduler in {bin_dir}")
     workdir = Path(tmp_path_factory.mktemp("gpu-cluster"))
     with GpuCluster(
-        workdir, nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0, bin_dir=bin_dir
+        workdir, nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0, bin_dir=cluster_binaries()
     ) as c:
-        made = c.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        assert made.status == 201, made.body
+        c.plane.create_namespace(NAMESPACE)
         c.plane.wait_for_service_account(NAMESPACE)
         yield c
         assert not c.kubelet.errors, c.kubelet.errors
@@ -167,60 +156,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[Exporter]:
-    exp = Exporter()
-    exp.start()
-    yield exp
-    exp.stop()
+    with Exporter() as exp:
+        yield exp
 
 
 @pytest.fixture(scope="module")
 def prom(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    server = Prometheus(
-        prometheus_binary(),
-        tmp_path_factory.mktemp("prometheus"),
-        [f"127.0.0.1:{exporter.port}"],
-        scrape_interval_s=SCRAPE_S,
-    )
-    try:
-        server.start()
-        wait_until(lambda: server.value('up{job="exporter"}') == 1.0, "the exporter scraped", 15.0)
+    with scraping(exporter, tmp_path_factory.mktemp("prometheus"), scrape_interval_s=SCRAPE_S) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def deploy(cluster: GpuCluster, namespace: str, name: str, replicas: int) -> None:
-    """A Deployment of inference pods asking for one GPU each."""
-    labels = {"app": name}
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "server",
-                            "image": "vllm/vllm-openai:v0.6.0",
-                            "resources": {"limits": {"nvidia.com/gpu": 1}},
-                        }
-                    ]
-                },
-            },
-        },
-    }
-    made = cluster.request("POST", f"/apis/apps/v1/namespaces/{namespace}/deployments", body)
-    assert made.status == 201, made.body
-
-
-def spec_replicas(cluster: GpuCluster, namespace: str, name: str) -> int:
-    got = cluster.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    assert got.status == 200, got.body
-    return int(got.body["spec"]["replicas"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,7 +287,7 @@ def test_the_simulator_and_the_live_controller_make_the_same_decisions(
     assert list(timeline.column("reason")) == [t.reason for t in sim]  # the simulator's own log agrees
     assert all(t.queue is not None and t.queue == int(t.queue) for t in sim), sim
 
-    deploy(cluster, NAMESPACE, NAME, SCENARIO["control"]["initial_replicas"])
+    cluster.create_deployment(NAME, NAMESPACE, SCENARIO["control"]["initial_replicas"], gpus=1, image=VLLM)
     config = {
         "prometheus": {"url": prom.url, "presets": ["vllm"]},  # selector: namespace ml, pods llm-.*
         "target": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NAMESPACE, "name": NAME},
@@ -389,7 +332,7 @@ def test_the_simulator_and_the_live_controller_make_the_same_decisions(
                 rec["written_replicas"] if out.action == "scaled" else rec["target_replicas"],
             )
         )
-        assert spec_replicas(cluster, NAMESPACE, NAME) == live[-1].replicas
+        assert cluster.deployment_replicas(NAME, NAMESPACE) == live[-1].replicas
     print("\n" + "\n".join(f"{s.row()}   | live: {t.row()}" for s, t in zip(sim, live, strict=True)))
 
     assert live == sim
@@ -491,7 +434,7 @@ def test_gpuscale_run_serves_probes_and_metrics_and_hands_over_the_lease_on_sigt
 ) -> None:
     ns, name, lease_name = "default", "serve", "gpuscale-serve"
     target = f"{ns}/Deployment/{name}"
-    deploy(cluster, ns, name, 1)
+    cluster.create_deployment(name, ns, 1, gpus=1, image=VLLM)
     config = {
         "kubeconfig": str(cluster.kubeconfig(tmp_path / "kubeconfig")),
         "target": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": ns, "name": name},
@@ -515,7 +458,7 @@ def test_gpuscale_run_serves_probes_and_metrics_and_hands_over_the_lease_on_sigt
         wait_until(lambda: status(a.port, "/healthz") == 200, "replica-a /healthz 200", WAIT_S)
         wait_until(lambda: lease(cluster, ns, lease_name).get("spec", {}).get("holderIdentity") == "replica-a",
                    "replica-a holds the Lease", WAIT_S)  # fmt: skip
-        wait_until(lambda: spec_replicas(cluster, ns, name) == 3, "replica-a scaled to 3", WAIT_S)
+        wait_until(lambda: cluster.deployment_replicas(name, ns) == 3, "replica-a scaled to 3", WAIT_S)
         wait_until(lambda: status(a.port, "/readyz") == 200, "replica-a /readyz 200", WAIT_S)
 
         def bound() -> list[dict[str, Any]] | None:
@@ -568,7 +511,7 @@ def test_gpuscale_run_serves_probes_and_metrics_and_hands_over_the_lease_on_sigt
         wait_until(
             lambda: any(r["action"] == "scaled" for r in decisions(b.stdout)), "replica-b writes", WAIT_S
         )
-        wait_until(lambda: spec_replicas(cluster, ns, name) == 3, "replica-b scaled back to 3", WAIT_S)
+        wait_until(lambda: cluster.deployment_replicas(name, ns) == 3, "replica-b scaled back to 3", WAIT_S)
         assert [r["written_replicas"] for r in decisions(b.stdout) if r["action"] == "scaled"] == [3]
         assert status(b.port, "/readyz") == 200
 

@@ -38,92 +38,33 @@ from gpuscale._core.clock import ManualClock
 from gpuscale.controller import Controller, build_controller, load_controller_config
 from gpuscale.integrations.prometheus import PrometheusSource
 from gpuscale.policies.base import SignalSpec
-from tests.controlplane import ControlPlane, binaries, wait_until
+from tests.controlplane import ControlPlane, started_plane, wait_until
 
-from .promserver import NAMESPACE, Exporter, Prometheus, prometheus_binary
+from .promserver import NAMESPACE, Exporter, Prometheus, scraping
+from .scripted import queue_hpa
 from .test_end_to_end import SCRAPE_S, WAIT_S, WallClockQueries, set_queue, settle
 
 INTERVAL_S = 15.0
-POLICY: dict[str, Any] = {
-    "kind": "hpa",
-    "min_replicas": 1,
-    "max_replicas": 8,
-    "downscale_stabilization_s": 0,
-    "behavior": {
-        "scale_up": {"policies": [{"type": "Pods", "value": 8, "period_s": 15}]},
-        "scale_down": {"stabilization_window_s": 0},
-    },
-    "metrics": [
-        {
-            "type": "External",
-            "metric": "queue_length",
-            "aggregation": "total",
-            "window_s": 1,
-            "target": {"type": "AverageValue", "average_value": 10},
-        }
-    ],
-}
+POLICY = queue_hpa(min_replicas=1, max_replicas=8, window_s=1, scale_up_pods=8)
 """desired = ceil(queue / 10) in 1..8, at once in both directions: 40 -> 4, 20 -> 2, 0 -> 1."""
 
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
-    cp.start()
-    try:
-        made = cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        assert made.status == 201, made.body
+    with started_plane(Path(tmp_path_factory.mktemp("control-plane")), [NAMESPACE]) as cp:
         yield cp
-    finally:
-        cp.stop()
 
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[Exporter]:
-    exp = Exporter()
-    exp.start()
-    yield exp
-    exp.stop()
+    with Exporter() as exp:
+        yield exp
 
 
 @pytest.fixture
 def prom(exporter: Exporter, tmp_path: Path) -> Iterator[Prometheus]:
-    server = Prometheus(
-        prometheus_binary(), tmp_path, [f"127.0.0.1:{exporter.port}"], scrape_interval_s=SCRAPE_S
-    )
-    try:
-        server.start()
-        wait_until(lambda: server.value('up{job="exporter"}') == 1.0, "the exporter scraped", 15.0)
+    with scraping(exporter, tmp_path, scrape_interval_s=SCRAPE_S) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def deployment(plane: ControlPlane, name: str, replicas: int | None = None) -> int:
-    """Create the Deployment (``replicas`` given) or read its spec replicas."""
-    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    if replicas is not None:
-        labels = {"app": name}
-        body = {
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {"name": "s", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 1}}}
-                        ]
-                    },
-                },
-            },
-        }
-        made = plane.request("POST", path, body)
-        assert made.status == 201, made.body
-    got = plane.request("GET", f"{path}/{name}")
-    assert got.status == 200, got.body
-    return int(got.body["spec"]["replicas"])
 
 
 def controller(
@@ -165,7 +106,7 @@ def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_r
     plane: ControlPlane, exporter: Exporter, prom: Prometheus, tmp_path: Path
 ) -> None:
     name = "prom-outage"
-    deployment(plane, name, 1)
+    plane.create_deployment(name, NAMESPACE, 1, gpus=1)
     ctl, source, spec, records = controller(plane, prom, tmp_path, name)
     clock = ctl.clock
     settle(prom, source, spec, set_queue(exporter, 40))
@@ -185,7 +126,7 @@ def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_r
         assert f"cannot reach {prom.url}" in value.reason
     for r in records[-3:]:
         assert r["signals"][spec.key]["value"] is None and "cannot reach" in r["signals"][spec.key]["reason"]
-    assert deployment(plane, name) == 4  # fail-static: no data is never no load
+    assert plane.deployment_replicas(name, NAMESPACE) == 4  # fail-static: no data is never no load
     assert all(o.error_kind == "metrics_unavailable" and prom.url in (o.error or "") for o in held)
     assert all(r["error"]["kind"] == "metrics_unavailable" for r in records[-3:])
     assert ctl.errors == {"metrics_unavailable": 3} and ctl.failures == 3
@@ -206,7 +147,7 @@ def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_r
     assert (back.action, back.replicas) == ("scaled", 2)
     assert back.decision is not None and back.decision.reason.value == "ScaleDown"
     assert back.snapshot is not None and back.snapshot.value(spec) == 20.0
-    assert deployment(plane, name) == 2
+    assert plane.deployment_replicas(name, NAMESPACE) == 2
     assert back.error_kind is None and ctl.failures == 0 and ctl.next_wait() == INTERVAL_S
 
 
@@ -244,7 +185,7 @@ def test_api_server_down_fails_ticks_backs_off_and_recovers_when_it_restarts(
     plane: ControlPlane, exporter: Exporter, prom: Prometheus, tmp_path: Path
 ) -> None:
     name = "api-outage"
-    deployment(plane, name, 1)
+    plane.create_deployment(name, NAMESPACE, 1, gpus=1)
     ctl, source, spec, records = controller(plane, prom, tmp_path, name)
     clock = ctl.clock
     settle(prom, source, spec, set_queue(exporter, 40))
@@ -266,13 +207,13 @@ def test_api_server_down_fails_ticks_backs_off_and_recovers_when_it_restarts(
         assert ctl.status is not None and not ctl.status.ready(clock.monotonic())[0]
     finally:
         start_apiserver(plane, args)
-    assert deployment(plane, name) == 4  # nothing was written while it was down
+    assert plane.deployment_replicas(name, NAMESPACE) == 4  # nothing was written while it was down
 
     settle(prom, source, spec, set_queue(exporter, 20))
     clock.sleep(ctl.next_wait())
     back = ctl.tick()
     assert (back.action, back.replicas) == ("scaled", 2)
-    assert deployment(plane, name) == 2
+    assert plane.deployment_replicas(name, NAMESPACE) == 2
     assert ctl.failures == 0 and ctl.next_wait() == INTERVAL_S
     assert sample(ctl, "gpuscale_controller_consecutive_failures") == 0
     assert ctl.status is not None and ctl.status.ready(clock.monotonic())[0]

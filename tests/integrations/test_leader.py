@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gpuscale._core.clock import ManualClock
 from gpuscale.controller import Controller, SafetyConfig, TargetConfig
@@ -22,7 +21,7 @@ from gpuscale.controller.leader import LeaderElector, micro_time
 from gpuscale.controller.loop import NoSignals
 from gpuscale.controller.target import ApiUnreachable, KubernetesTarget, api_client
 from gpuscale.policies import registry
-from tests.controlplane import TOKEN, ControlPlane, _free_port, binaries
+from tests.controlplane import ControlPlane, _free_port, started_plane
 
 NS = "ha"
 RETRY, DEADLINE, LEASE = 2.0, 10.0, 15.0
@@ -30,54 +29,8 @@ RETRY, DEADLINE, LEASE = 2.0, 10.0, 15.0
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(binaries(), Path(tmp_path_factory.mktemp("control-plane")))
-    cp.start()
-    try:
-        made = cp.request("POST", "/api/v1/namespaces", {"metadata": {"name": NS}})
-        assert made.status == 201, made.body
+    with started_plane(Path(tmp_path_factory.mktemp("control-plane")), [NS]) as cp:
         yield cp
-    finally:
-        cp.stop()
-
-
-def write_kubeconfig(plane: ControlPlane, path: Path, token: str = TOKEN) -> Path:
-    bundle = (plane.workdir / "certs" / "apiserver.crt").read_text(encoding="utf-8")
-    certs = ["-----BEGIN CERTIFICATE-----" + c for c in bundle.split("-----BEGIN CERTIFICATE-----")[1:]]
-    ca = path.parent / "ca.crt"
-    ca.write_text("".join(certs[1:] or certs), encoding="utf-8")
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "t", "cluster": {"server": plane.url, "certificate-authority": str(ca)}}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "u"}}],
-        "current-context": "t",
-    }
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
-
-
-def create_deployment(plane: ControlPlane, name: str, replicas: int) -> None:
-    labels = {"app": name}
-    body = {
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "s", "image": "triton:x"}]},
-            },
-        },
-    }
-    made = plane.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", body)
-    assert made.status == 201, made.body
-
-
-def replicas(plane: ControlPlane, name: str) -> int:
-    got = plane.request("GET", f"/apis/apps/v1/namespaces/{NS}/deployments/{name}")
-    assert got.status == 200, got.body
-    return int(got.body["spec"]["replicas"])
 
 
 def lease(plane: ControlPlane, name: str) -> dict[str, Any]:
@@ -94,7 +47,7 @@ def candidate(
 
     The elector has an API client of its own, so a test can cut only the elector off.
     """
-    kc = write_kubeconfig(plane, tmp_path / f"kubeconfig-{identity}")
+    kc = plane.kubeconfig(tmp_path / f"kubeconfig-{identity}")
     clock = ManualClock(start)
     target = KubernetesTarget(
         api_client(kc, "test"), TargetConfig(name=deployment, namespace=NS), f"app={deployment}", timeout_s=5
@@ -138,7 +91,7 @@ MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 def test_only_the_leader_writes_and_a_crashed_leader_is_replaced_after_the_lease_duration(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    create_deployment(plane, "crash", 1)
+    plane.create_deployment("crash", NS, 1)
     a = candidate(plane, tmp_path, "crash", "a", start=1_000.0, wants=3)
     b = candidate(plane, tmp_path, "crash", "b", start=900_000.0, wants=5)  # a clock ~10 days ahead
 
@@ -154,7 +107,7 @@ def test_only_the_leader_writes_and_a_crashed_leader_is_replaced_after_the_lease
     assert (out_a.action, out_a.replicas) == ("scaled", 3)
     assert out_b.action == "standby" and out_b.counts is None  # the standby reads nothing
     assert out_b.record("crash") == {"time": 900_000.0, "target": "crash", "action": "standby"}
-    assert replicas(plane, "crash") == 3
+    assert plane.deployment_replicas("crash", NS) == 3
 
     # a renews every retry period; b sees the record change each time and keeps waiting,
     # although by b's clock a's renewTime is ten days old
@@ -165,7 +118,7 @@ def test_only_the_leader_writes_and_a_crashed_leader_is_replaced_after_the_lease
         assert b.elect() is False
     assert lease(plane, "crash")["renewTime"] == micro_time(1_020.0)
     assert lease(plane, "crash")["acquireTime"] == micro_time(1_000.0)  # a renewal keeps it
-    assert b.tick().action == "standby" and replicas(plane, "crash") == 3
+    assert b.tick().action == "standby" and plane.deployment_replicas("crash", NS) == 3
 
     # a crashes (no release). b saw the last change at its last round: it waits 15 s from there
     clock_of(b).advance(LEASE - 0.25)
@@ -179,18 +132,18 @@ def test_only_the_leader_writes_and_a_crashed_leader_is_replaced_after_the_lease
     assert spec["acquireTime"] == spec["renewTime"] == micro_time(took)
     out_b = b.tick()
     assert (out_b.action, out_b.replicas) == ("scaled", 5)
-    assert replicas(plane, "crash") == 5
+    assert plane.deployment_replicas("crash", NS) == 5
     assert elector_of(b).transitions_seen == 1
 
 
 def test_a_released_lease_is_taken_at_the_next_retry(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "graceful", 1)
+    plane.create_deployment("graceful", NS, 1)
     a = candidate(plane, tmp_path, "graceful", "a", start=50_000.0, wants=2)
     b = candidate(plane, tmp_path, "graceful", "b", start=7.0, wants=4)
 
     outcomes = a.run(max_ticks=1)  # elects, acts, and releases on the way out
     assert [(o.action, o.replicas) for o in outcomes] == [("scaled", 2)]
-    assert replicas(plane, "graceful") == 2
+    assert plane.deployment_replicas("graceful", NS) == 2
     spec = lease(plane, "graceful")
     assert not spec.get("holderIdentity") and spec["leaseDurationSeconds"] == 1
     assert spec["leaseTransitions"] == 0
@@ -200,7 +153,7 @@ def test_a_released_lease_is_taken_at_the_next_retry(plane: ControlPlane, tmp_pa
     assert b.elect() is True
     spec = lease(plane, "graceful")
     assert spec["holderIdentity"] == "b" and spec["leaseTransitions"] == 1
-    assert b.tick().replicas == 4 and replicas(plane, "graceful") == 4
+    assert b.tick().replicas == 4 and plane.deployment_replicas("graceful", NS) == 4
 
     # a is back: it sees b's record and stands by for b's full lease
     assert a.elect() is False
@@ -212,7 +165,7 @@ def test_a_released_lease_is_taken_at_the_next_retry(plane: ControlPlane, tmp_pa
 
 
 def test_a_stale_leader_cannot_release_a_lease_someone_else_took(plane: ControlPlane, tmp_path: Path) -> None:
-    create_deployment(plane, "stale", 1)
+    plane.create_deployment("stale", NS, 1)
     a = candidate(plane, tmp_path, "stale", "a", start=0.0, wants=2)
     b = candidate(plane, tmp_path, "stale", "b", start=0.0, wants=3)
     assert a.elect() and not b.elect()
@@ -227,7 +180,7 @@ def test_a_stale_leader_cannot_release_a_lease_someone_else_took(plane: ControlP
 def test_a_leader_that_cannot_renew_steps_down_before_a_standby_may_take_over(
     plane: ControlPlane, tmp_path: Path
 ) -> None:
-    create_deployment(plane, "partition", 1)
+    plane.create_deployment("partition", NS, 1)
     a = candidate(plane, tmp_path, "partition", "a", start=100.0, wants=2)
     b = candidate(plane, tmp_path, "partition", "b", start=333_333.0, wants=6)
     assert a.elect() and not b.elect()
@@ -256,6 +209,6 @@ def test_a_leader_that_cannot_renew_steps_down_before_a_standby_may_take_over(
     assert a_stopped < b_took
     assert isinstance(elector_of(a).last_error, ApiUnreachable)
     assert a.errors["election_temporary"] == 11
-    assert replicas(plane, "partition") == 2
-    assert b.tick().replicas == 6 and replicas(plane, "partition") == 6
+    assert plane.deployment_replicas("partition", NS) == 2
+    assert b.tick().replicas == 6 and plane.deployment_replicas("partition", NS) == 6
     assert lease(plane, "partition")["leaseTransitions"] == 1

@@ -36,7 +36,14 @@ from gpuscale.integrations.promql import matchers, window
 from gpuscale.policies import registry
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec
 
-from .promserver import NAMESPACE, PODS, Exporter, Prometheus, free_port, prometheus_binary, wait_until
+from .promserver import (
+    NAMESPACE,
+    PODS,
+    Exporter,
+    Prometheus,
+    free_port,
+    scraping,
+)
 
 LABELS = matchers(NAMESPACE, "llm-.*")
 CLOCK = SystemClock()
@@ -51,22 +58,14 @@ def exporter() -> Iterator[Exporter]:
     exp.vllm_waiting.labels(NAMESPACE, "llm-1").set(20)
     for gauge in (exp.spec_replicas, exp.ready_replicas, exp.status_replicas):
         gauge.labels(NAMESPACE, "llm").set(2)
-    exp.start()
-    yield exp
-    exp.stop()
+    with exp:
+        yield exp
 
 
 @pytest.fixture(scope="module")
 def prom(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    server = Prometheus(
-        prometheus_binary(), tmp_path_factory.mktemp("prometheus"), [f"127.0.0.1:{exporter.port}"]
-    )
-    try:
-        server.start()
-        wait_until(lambda: server.value('up{job="exporter"}') == 1.0, 15.0, "the exporter scraped")
+    with scraping(exporter, tmp_path_factory.mktemp("prometheus")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ import yaml
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.loading import load_yaml, parse_yaml
 from gpuscale.controller.config import ControllerConfig
+from gpuscale.integrations.manifests import dump_yaml
 from gpuscale.policies import registry
 
 CONFIG_DIR = "/etc/gpuscale"
@@ -54,23 +55,8 @@ def default_image() -> str:
         return "gpuscale:latest"
 
 
-class _Dumper(yaml.SafeDumper):
-    """Plain YAML for people: no anchors, multi-line strings (the ConfigMap's file) as blocks."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
-
 def _dump(obj: Any) -> str:
-    return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=100)
+    return dump_yaml(obj, width=100)
 
 
 def _inline_policy(spec: str | dict[str, Any], config_path: Path) -> dict[str, Any]:

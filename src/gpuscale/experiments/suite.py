@@ -33,6 +33,10 @@ DEFAULT_SCENARIOS: tuple[str, ...] = (
     "flash-crowd",
     "azure-trace",
     "cpu-preprocess",
+    # the node and GPU layers: nodes billed by pool, pending pods, MIG slices
+    "gpu-node-cold-start",
+    "pending-pod-cascade",
+    "small-model-mig",
 )
 DEFAULT_POLICIES: tuple[str, ...] = (
     "static-peak",

@@ -797,7 +797,10 @@ def render(config: BaseModel | Any, target: Target, fmt: str = "all") -> list[Ma
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the adapter's config.yaml) as literal blocks."""
+    """Plain YAML for people: no anchors, multi-line strings (a ConfigMap's file) as literal blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -808,8 +811,13 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
+def dump_yaml(data: Any, width: int = 1000) -> str:
+    """``data`` as YAML in the order given, with no anchors and multi-line strings as blocks."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=width)
+
+
 def _dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000)
+    return dump_yaml(data)
 
 
 def _comment(lines: Sequence[str]) -> str:
