@@ -686,8 +686,8 @@ def run_controller(
             finally:
                 if controller.elector is not None:
                     controller.elector.release()
-            if outcome.action == "error":
-                raise typer.Exit(1)
+            if outcome.action == "error" or outcome.error_kind is not None:
+                raise typer.Exit(1)  # it failed, or decided while Prometheus did not answer
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())

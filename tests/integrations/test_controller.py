@@ -241,6 +241,25 @@ def test_cli_once_dry_run_prints_the_decision_record(plane: ControlPlane, tmp_pa
     assert plane.deployment_replicas("cli", NS) == 1
 
 
+def test_cli_once_exits_1_when_prometheus_does_not_answer(plane: ControlPlane, tmp_path: Path) -> None:
+    plane.create_deployment("cli-prom", NS, 2, gpus=1)
+    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    path = _config(
+        tmp_path,
+        plane,
+        prometheus={"url": down, "presets": ["vllm"], "timeout_s": 2},
+        policy="queue-depth",
+        target={"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS, "name": "cli-prom"},
+        pod_selector="app=cli-prom",
+    )
+    result = CliRunner().invoke(app, ["run", "--config", str(path), "--once"])
+    assert result.exit_code == 1, result.output
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["error"]["kind"] == "metrics_unavailable" and down in record["error"]["message"]
+    assert record["action"] == "unchanged"  # fail-static: no data never scales down
+    assert plane.deployment_replicas("cli-prom", NS) == 2
+
+
 def test_cli_bad_config_exits_2(plane: ControlPlane, tmp_path: Path) -> None:
     path = _config(tmp_path, plane, safety={"min_replicas": 5, "max_replicas": 2})
     result = CliRunner().invoke(app, ["run", "--config", str(path), "--once"])
