@@ -82,6 +82,34 @@ def test_a_node_is_replaced_by_a_cheaper_one_that_is_ready_before_its_pod_goes(s
     assert s.dropped == 0
 
 
+def test_a_replacement_that_never_registers_is_abandoned_and_the_old_node_keeps_its_pod() -> None:
+    # As above at $2.5/h, but a new node takes longer than the registration TTL: at launch + TTL it
+    # is deleted (a failed launch, billed until then), the old node is un-tainted and its pod, which
+    # never stopped serving, stays. The next pass finds the same candidate and tries again, so a
+    # replacement is launched every TTL; none ever takes the pod.
+    ttl, duration = 50.0, 200.0
+    result = _run(
+        [_pool("big", 2, 1, 8.0), _pool("small", 1, 0, 2.5, max_nodes=2)],
+        1,
+        duration,
+        registration_ttl_s=ttl,
+    )
+    s = result.summary
+    first = CONSOLIDATE_AFTER_S
+    assert ttl < PROVISION_S
+    attempts = math.ceil((duration - first) / ttl)  # launched at 30, 80, 130, 180
+    assert s.consolidation_replacements == attempts
+    assert s.failed_launches == attempts - 1  # the last one is still waiting when the run ends
+    assert min(result.timeline.column("ready")) == 1  # the old pod served throughout
+    assert max(result.timeline.column("ready")) == 1
+    assert (s.evictions, s.dropped) == (0, 0)
+    assert s.node_scale_downs == 1  # abandoned commands are not counted; the last is still under way
+    assert s.node_hours_by_pool["big"] == pytest.approx(duration / 3600)  # the old node stayed
+    last = first + (attempts - 1) * ttl
+    assert s.node_hours_by_pool["small"] == pytest.approx(((attempts - 1) * ttl + duration - last) / 3600)
+    assert _row(result, duration - 5)["nodes"] == 2
+
+
 # -- multi-node ----------------------------------------------------------------------------------------
 SMALL_PRICE = 2.5
 

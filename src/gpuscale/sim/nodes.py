@@ -532,6 +532,7 @@ class NodeLayer:
             if node not in self.cluster.nodes:
                 continue
             node.cordoned = node.deleting = False
+            self.scale_downs -= 1  # counted when the command started; the node stays
             for pod in self._pods_on(node):
                 pod.leaving = False
         self.target.reconcile(t)  # the surplus replacement pods go (Pending ones first)
