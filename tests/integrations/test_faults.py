@@ -136,6 +136,13 @@ def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_r
     errors = {"kind": "metrics_unavailable", "stage": "tick"}
     assert sample(ctl, "gpuscale_controller_errors_total", **errors) == 3
     assert ctl.status is not None and not ctl.status.ready(clock.monotonic())[0]
+    # the signal's own series: the last good value is withdrawn while missing, the misses counted
+    assert sample(ctl, "gpuscale_controller_signal_missing_total", signal=spec.key) == 3
+    assert ctl.observer is not None
+    assert (
+        ctl.observer.registry.get_sample_value("gpuscale_controller_signal_value", {"signal": spec.key})
+        is None
+    )
 
     # a new Prometheus (empty TSDB) on the same address; the source's client reconnects by itself
     shutil.rmtree(prom.workdir / "data")
@@ -147,6 +154,8 @@ def test_prometheus_down_holds_counts_backs_off_and_a_new_one_on_the_same_port_r
     assert (back.action, back.replicas) == ("scaled", 2)
     assert back.decision is not None and back.decision.reason.value == "ScaleDown"
     assert back.snapshot is not None and back.snapshot.value(spec) == 20.0
+    assert sample(ctl, "gpuscale_controller_signal_value", signal=spec.key) == 20.0
+    assert 0.0 <= sample(ctl, "gpuscale_controller_signal_age_seconds", signal=spec.key) < 60.0
     assert plane.deployment_replicas(name, NAMESPACE) == 2
     assert back.error_kind is None and ctl.failures == 0 and ctl.next_wait() == INTERVAL_S
 

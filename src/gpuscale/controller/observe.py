@@ -16,6 +16,10 @@ one: several controllers may share a process, as in the tests):
 ``gpuscale_controller_last_success_timestamp_seconds``  wall time of the last successful tick
 ``gpuscale_controller_consecutive_failures``   failed ticks in a row (0 after a success)
 ``gpuscale_controller_next_wait_seconds``      the wait before the next tick (grows with backoff)
+``gpuscale_controller_signal_value``           each signal the policy read, by ``signal`` (its key,
+                                               e.g. ``gpu_util:mean:60s``); absent while missing
+``gpuscale_controller_signal_age_seconds``     the age of that value (newest sample behind it)
+``gpuscale_controller_signal_missing_total``   ticks on which a signal had no value, by ``signal``
 =============================================  ======================================================
 
 The replica gauges carry a ``target`` label (``namespace/Kind/name``), so they appear only once a
@@ -30,7 +34,9 @@ election round reached the API server; 503 before the first tick and after a fai
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -113,9 +119,29 @@ class ControllerMetrics:
             "Seconds the loop waits before the next tick (the interval, longer under backoff).",
             registry=r,
         )
+        self.signal_value = Gauge(
+            "gpuscale_controller_signal_value",
+            "The value of each signal the policy read on the last tick (absent while missing).",
+            ["signal"],
+            registry=r,
+        )
+        self.signal_age = Gauge(
+            "gpuscale_controller_signal_age_seconds",
+            "Age of each signal's value on the last tick: now minus its newest sample.",
+            ["signal"],
+            registry=r,
+        )
+        self.signal_missing = Counter(
+            "gpuscale_controller_signal_missing",
+            "Ticks on which a signal had no value (no series, NaN, Prometheus down ...).",
+            ["signal"],
+            registry=r,
+        )
 
     def observe_tick(self, outcome: TickOutcome, duration_s: float) -> None:
         self.duration.observe(max(0.0, duration_s))
+        if outcome.snapshot is not None:
+            self._observe_signals(outcome)
         if outcome.counts is not None:
             self.current.labels(target=self.target).set(outcome.counts.current_replicas)
         if outcome.decision is not None:
@@ -131,6 +157,20 @@ class ControllerMetrics:
             self.errors.labels(kind=outcome.error_kind or "unexpected", stage="tick").inc()
         elif outcome.action != "standby":
             self.last_success.set(outcome.time_s)
+
+    def _observe_signals(self, outcome: TickOutcome) -> None:
+        assert outcome.snapshot is not None
+        for spec, value in outcome.snapshot.signals.items():
+            key = spec.key
+            if value.value is None:
+                self.signal_missing.labels(signal=key).inc()
+                for gauge in (self.signal_value, self.signal_age):  # no stale value on show
+                    with contextlib.suppress(KeyError):  # not shown yet
+                        gauge.remove(key)
+                continue
+            self.signal_value.labels(signal=key).set(value.value)
+            if math.isfinite(value.age_s):
+                self.signal_age.labels(signal=key).set(value.age_s)
 
     def election_error(self, kind: str) -> None:
         self.errors.labels(kind=kind, stage="election").inc()
