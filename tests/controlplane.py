@@ -152,6 +152,10 @@ def deployment_body(
     }
 
 
+class ComponentExited(RuntimeError):
+    """A control-plane process exited while starting (a port taken since it was picked, say)."""
+
+
 @dataclass
 class Response:
     status: int
@@ -270,13 +274,27 @@ class ControlPlane:
         self.procs.append(proc)
         return proc
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start etcd and kube-apiserver; on failure stop what was started, then raise."""
-        try:
-            self._start(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, timeout_s: float = 60.0, attempts: int = 3) -> None:
+        """Start etcd and kube-apiserver; on failure stop what was started, then raise.
+
+        A port picked free can be taken by another process (another test worker) before our
+        server binds it; the server then exits at once. That case is retried on fresh ports, up
+        to ``attempts`` times; any other failure is raised at once.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start(timeout_s)
+                return
+            except ComponentExited:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                shutil.rmtree(self.workdir / "etcd-data", ignore_errors=True)
+                self.port = _free_port()
+                self.url = f"https://127.0.0.1:{self.port}"
+            except BaseException:
+                self.stop()
+                raise
 
     def _start(self, timeout_s: float) -> None:
         w = self.workdir
@@ -334,7 +352,7 @@ class ControlPlane:
         deadline = _CLOCK.monotonic() + timeout_s
         while _CLOCK.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"a control-plane process exited; see the logs in {self.workdir}")
+                raise ComponentExited(f"a control-plane process exited; see the logs in {self.workdir}")
             try:
                 if check():
                     return
