@@ -368,3 +368,24 @@ def test_a_statefulset_and_a_custom_resource_scale_through_their_scale_subresour
     gone = inference_server("nope")
     with pytest.raises(TargetGone):
         gone.counts()
+
+
+def test_in_cluster_credentials_are_used_when_no_kubeconfig_is_given(
+    plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a pod sees: the API server's address in the environment, the ServiceAccount's token and
+    # the cluster CA as files. The client library reads them from fixed paths; point those here.
+    from kubernetes.config import incluster_config
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN, encoding="utf-8")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(plane.ca_file()))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(plane.port))
+    plane.create_deployment("in-cluster", NS, 2)
+    api = api_client(None, "test")
+    target = KubernetesTarget(api, TargetConfig(name="in-cluster", namespace=NS), "app=in-cluster")
+    assert target.replicas() == 2
+    target.scale(3)
+    assert plane.deployment_replicas("in-cluster", NS) == 3
