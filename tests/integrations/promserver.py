@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -135,12 +138,50 @@ class Exporter:
         self.stop()
 
 
+@dataclass(frozen=True)
+class WebSecurity:
+    """What Prometheus' ``--web.config.file`` asks of clients: TLS with this self-signed certificate
+    (for 127.0.0.1; it is its own CA) and HTTP basic authentication as ``username``/``password``."""
+
+    cert: Path
+    key: Path
+    username: str
+    password: str
+
+    @classmethod
+    def create(cls, workdir: Path, username: str = "gpuscale", password: str = "s3cret") -> WebSecurity:
+        cert, key = workdir / "tls.crt", workdir / "tls.key"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                "-keyout", str(key), "-out", str(cert),
+            ],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return cls(cert, key, username, password)
+
+    def config(self) -> str:
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        return (
+            f"tls_server_config: {{cert_file: {self.cert}, key_file: {self.key}}}\n"
+            f"basic_auth_users: {{{self.username}: '{hashed}'}}\n"
+        )
+
+
 class Prometheus:
     """Debian's Prometheus on 127.0.0.1, scraping ``targets`` every ``scrape_interval_s`` (default
-    1 s). :meth:`stop` then :meth:`start` brings a new server up on the same port."""
+    1 s); with ``web``, only over TLS and with basic authentication. :meth:`stop` then
+    :meth:`start` brings a new server up on the same port."""
 
     def __init__(
-        self, binary: str, workdir: Path, targets: list[str], *, scrape_interval_s: float = 1.0
+        self,
+        binary: str,
+        workdir: Path,
+        targets: list[str],
+        *,
+        scrape_interval_s: float = 1.0,
+        web: WebSecurity | None = None,
     ) -> None:
         if not scrape_interval_s >= 0.001:
             raise ValueError(f"scrape_interval_s {scrape_interval_s!r}: must be at least 1 ms")
@@ -148,10 +189,20 @@ class Prometheus:
         self.workdir = workdir
         self.targets = targets
         self.scrape_interval_s = scrape_interval_s
+        self.web = web
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if web else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "prometheus.log"
+        self._http = (
+            httpx.Client(
+                verify=ssl.create_default_context(cafile=str(web.cert)),
+                auth=(web.username, web.password),
+                timeout=5.0,
+            )
+            if web
+            else httpx.Client(timeout=5.0)
+        )
 
     def start(self, timeout_s: float = 20.0) -> None:
         config = self.workdir / "prometheus.yml"
@@ -164,15 +215,20 @@ class Prometheus:
             f"    static_configs: [{{targets: [{targets}]}}]\n",
             encoding="utf-8",
         )
+        args = [
+            self.binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
+        if self.web is not None:
+            web_config = self.workdir / "web.yml"
+            web_config.write_text(self.web.config(), encoding="utf-8")
+            args.append(f"--web.config.file={web_config}")
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
+                args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -184,7 +240,7 @@ class Prometheus:
         if self.proc.poll() is not None:
             raise AssertionError(f"prometheus exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
         try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
+            return self._http.get(f"{self.url}/-/ready", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -204,7 +260,7 @@ class Prometheus:
         params = {"query": text}
         if at_s is not None:
             params["time"] = f"{at_s:.3f}"
-        body = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=5.0).json()
+        body = self._http.get(f"{self.url}/api/v1/query", params=params).json()
         assert body["status"] == "success", body
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
@@ -232,10 +288,16 @@ class Prometheus:
 
 
 @contextmanager
-def scraping(exporter: Exporter, workdir: Path, *, scrape_interval_s: float = 1.0) -> Iterator[Prometheus]:
+def scraping(
+    exporter: Exporter, workdir: Path, *, scrape_interval_s: float = 1.0, web: WebSecurity | None = None
+) -> Iterator[Prometheus]:
     """A started :class:`Prometheus` in ``workdir`` that has scraped ``exporter`` once; stopped on exit."""
     server = Prometheus(
-        prometheus_binary(), workdir, [f"127.0.0.1:{exporter.port}"], scrape_interval_s=scrape_interval_s
+        prometheus_binary(),
+        workdir,
+        [f"127.0.0.1:{exporter.port}"],
+        scrape_interval_s=scrape_interval_s,
+        web=web,
     )
     try:
         server.start()

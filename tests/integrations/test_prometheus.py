@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gpuscale._core.clock import ManualClock, SystemClock
+from gpuscale._core.errors import ConfigError
 from gpuscale.integrations._externalscaler import externalscaler_pb2 as pb
 from gpuscale.integrations._externalscaler import externalscaler_pb2_grpc as pb_grpc
 from gpuscale.integrations.keda_scaler import METRIC_NAME, build_server, load_keda_scaler_config
@@ -41,6 +42,7 @@ from .promserver import (
     PODS,
     Exporter,
     Prometheus,
+    WebSecurity,
     free_port,
     scraping,
 )
@@ -316,7 +318,6 @@ def test_the_keda_scaler_answers_from_real_prometheus_data(
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    from gpuscale._core.errors import ConfigError
 
     bad: list[tuple[dict[str, Any], str]] = [
         ({"url": "http://p", "queries": {"latency": "x"}}, "source.queries"),
@@ -368,3 +369,40 @@ def test_a_5xx_answer_is_an_outage_and_a_4xx_is_a_bad_query() -> None:
     assert source.unavailable() is None
     got = source.signals([SignalSpec(Metric.GPU_UTIL, 60)], CLOCK.now())
     assert "HTTP 503" in (source.unavailable() or "")
+
+
+def test_tls_and_basic_auth_against_a_secured_prometheus(exporter: Exporter, tmp_path: Path) -> None:
+    # Prometheus' own --web.config.file: TLS with a self-signed certificate and a bcrypt basic-auth
+    # user. The source's config (CA file, user, password file) reaches it; a wrong password or no CA
+    # gives a missing value that says why, and counts as Prometheus not answering only when it did not.
+    web = WebSecurity.create(tmp_path)
+    (tmp_path / "password").write_text(web.password + "\n", encoding="utf-8")
+    (tmp_path / "wrong").write_text("guess\n", encoding="utf-8")
+    exporter.gpu_util.labels(NAMESPACE, "llm-0").set(64)
+    exporter.gpu_util.labels(NAMESPACE, "llm-1").set(64)
+    spec = SignalSpec(Metric.GPU_UTIL, 2, Aggregation.POD_MEAN)
+    (tmp_path / "prometheus").mkdir()
+    with scraping(exporter, tmp_path / "prometheus", web=web) as secured:
+        assert secured.url.startswith("https://")
+        secured.wait_settled('DCGM_FI_DEV_GPU_UTIL{pod="llm-1"}', 64, 2)
+
+        def source(**auth: Any) -> PrometheusSource:
+            config = PrometheusSourceConfig.model_validate({"url": secured.url, **auth})
+            client = build_client(config, tmp_path / "controller.yaml", "prometheus")
+            return PrometheusSource(client, LABELS)
+
+        good = source(ca_file="tls.crt", basic_auth={"username": web.username, "password_file": "password"})
+        assert good.fulfil(spec, CLOCK.now()).value == pytest.approx(64.0)
+        assert good.unavailable() is None
+
+        wrong = source(ca_file="tls.crt", basic_auth={"username": web.username, "password_file": "wrong"})
+        got = wrong.signals([spec], CLOCK.now())[spec]
+        assert got.value is None and "HTTP 401" in got.reason
+        assert wrong.unavailable() is None  # Prometheus answered: the credentials are wrong
+
+        untrusted = source(basic_auth={"username": web.username, "password_file": "password"})
+        got = untrusted.signals([spec], CLOCK.now())[spec]
+        assert got.value is None and "cannot reach" in got.reason and "CERTIFICATE" in got.reason.upper()
+    with pytest.raises(ConfigError, match=r"prometheus\.ca_file"):
+        source_config = PrometheusSourceConfig.model_validate({"url": "https://x", "ca_file": "password"})
+        build_client(source_config, tmp_path / "controller.yaml", "prometheus")

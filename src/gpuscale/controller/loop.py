@@ -460,7 +460,7 @@ def build_controller(
     target = KubernetesTarget(api, t, config.pod_selector, timeout_s=config.request_timeout_s)
     metrics: MetricsSource = NoSignals()
     if config.prometheus is not None:
-        client = build_client(config.prometheus, config_path)
+        client = build_client(config.prometheus, config_path, "prometheus")
         metrics, _ = source_for(config.prometheus, client, namespace=t.namespace, name=t.name)
     interval = config.interval_s or policy.sync_period_s or 15.0
     elector: LeaderElector | None = None

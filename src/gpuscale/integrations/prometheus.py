@@ -534,8 +534,12 @@ def _resolve(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def build_client(config: PrometheusSourceConfig, config_path: str | Path) -> PrometheusClient:
-    """The HTTP client a config describes (secrets read here; a file that cannot be read: ConfigError)."""
+def build_client(
+    config: PrometheusSourceConfig, config_path: str | Path, key: str = "source"
+) -> PrometheusClient:
+    """The HTTP client a config describes (secrets read here; a file that cannot be read: ConfigError
+    naming ``key``, the config's key of this block: ``source`` for the scaler, ``prometheus`` for
+    the controller)."""
     source = str(config_path)
     base = Path(config_path).parent
     basic = None
@@ -545,20 +549,20 @@ def build_client(config: PrometheusSourceConfig, config_path: str | Path) -> Pro
             basic = (config.basic_auth.username, path.read_text(encoding="utf-8").strip())
         except OSError as exc:
             raise ConfigError(
-                source, "source.basic_auth.password_file", str(path), f"cannot be read ({exc})"
+                source, f"{key}.basic_auth.password_file", str(path), f"cannot be read ({exc})"
             ) from None
     token = None
     if config.bearer_token_file is not None:
         token = _resolve(config.bearer_token_file, base)
         if not token.is_file():
-            raise ConfigError(source, "source.bearer_token_file", str(token), "not a readable file")
+            raise ConfigError(source, f"{key}.bearer_token_file", str(token), "not a readable file")
     ca = None
     if config.ca_file is not None:
         ca = _resolve(config.ca_file, base)
         try:
             ssl.create_default_context(cafile=str(ca))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(source, "source.ca_file", str(ca), f"not a PEM CA bundle ({exc})") from None
+            raise ConfigError(source, f"{key}.ca_file", str(ca), f"not a PEM CA bundle ({exc})") from None
     return PrometheusClient(
         config.url, timeout_s=config.timeout_s, bearer_token_file=token, basic_auth=basic, ca_file=ca
     )
