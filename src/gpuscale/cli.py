@@ -47,7 +47,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, emoji=False)
     raise typer.Exit(2)
 
 
@@ -342,6 +342,156 @@ def compare(
         f"policies × {len(result.seeds)} seeds in {wall:.1f} s on {n_workers} workers: "
         f"{len(result.runs) / wall:.2f} runs/s, {requests / wall / 1e6:.2f} M simulated requests/s. "
         f"Report: {out_dir}/report.html"
+    )
+
+
+def tune_table(result: Any, top: int = 10) -> Table:
+    """The best ``top`` candidates by rank, and the baseline wherever it ranks. A terminal under 120
+    columns gets the headline columns only (candidates.csv has everything)."""
+    from gpuscale.experiments.tune import param_values, saving_usd
+
+    wide = out.size.width >= 120
+    t = Table(
+        title=f"{result.policy} ({result.kind}) on {', '.join(result.scenarios)} · seeds "
+        f"{','.join(map(str, result.seeds))} · SLO target {100 * result.slo_target:g} % on every scenario",
+        title_justify="left",
+    )
+    keys = [p.key for p in result.params]
+    cap = 24 if wide else 14
+    t.add_column("#", justify="right", no_wrap=True)
+    t.add_column("candidate", no_wrap=True)
+    for key in keys:
+        t.add_column(key if len(key) <= cap else "…" + key[-(cap - 1) :], justify="right", no_wrap=True)
+    columns = ("min SLO %", "p95 ms", "GPU-h", "$", "saving $", "meets")
+    for col in columns:
+        if wide or col not in ("p95 ms", "saving $"):
+            t.add_column(col, justify="right", no_wrap=True)
+    shown = result.ranked[:top]
+    if result.baseline not in shown:
+        shown.append(result.baseline)
+    for s in shown:
+        values = param_values(result, s)
+        p95s = [sc.latency_p95_ms for sc in s.scenarios.values() if sc.latency_p95_ms is not None]
+        cells = {
+            "min SLO %": _fmt(None if s.worst_attainment is None else 100 * s.worst_attainment, 2),
+            "p95 ms": _fmt(max(p95s) if p95s else None, 0),
+            "GPU-h": _fmt(s.gpu_hours, 2),
+            "$": _fmt(s.cost_usd, 2),
+            "saving $": _fmt(saving_usd(result, s), 2),
+            "meets": "yes" if s.meets_slo else ("[red]failed[/]" if s.worst_attainment is None else "no"),
+        }
+        style = "bold green" if s is result.winner else ("dim" if s.candidate.index == 0 else None)
+        t.add_row(
+            str(s.rank),
+            s.candidate.label + (" ★" if s is result.winner else ""),
+            *("default" if values[k] is None else str(values[k]) for k in keys),
+            *(cells[c] for c in columns if wide or c not in ("p95 ms", "saving $")),
+            style=style,
+        )
+    return t
+
+
+@app.command()
+def tune(
+    policy: Annotated[
+        str, typer.Option("--policy", "-p", help="The policy to tune: a preset name or a policy YAML file.")
+    ],
+    scenarios: Annotated[str, typer.Option(help="Comma-separated scenario names or files.")],
+    param: Annotated[
+        list[str],
+        typer.Option(
+            "--param",
+            help="KEY=SPEC, repeatable. KEY is a dotted path into the policy config (target, "
+            "metrics.0.target.average_value, behavior.scale_down.stabilization_window_s); SPEC is a "
+            "list A,B,C or a range LO:HI (random: uniform, integers if both ends are) or LO:HI:STEPS.",
+        ),
+    ],
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
+    method: Annotated[
+        str, typer.Option(help="grid (the full product of the values) or random (--budget samples).")
+    ] = "grid",
+    budget: Annotated[
+        int, typer.Option(min=1, help="random: how many candidates; grid: the most it may have.")
+    ] = 50,
+    slo_target: Annotated[
+        float, typer.Option(help="Share of requests within the SLO that counts as met, on every scenario.")
+    ] = 0.99,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: all cores).")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random search.")] = 0,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for tuned-policy.yaml, candidates.csv and candidates.json."),
+    ] = Path("out/tune"),
+) -> None:
+    """Search a policy's parameters on one or more scenarios for the cheapest configuration that meets
+    the SLO target on every scenario (mean over seeds); the untuned policy is candidate 0, the baseline.
+    Writes tuned-policy.yaml (for `simulate -p`), candidates.csv and candidates.json."""
+    from gpuscale.experiments.compare import default_workers
+    from gpuscale.experiments.suite import parse_seeds, split_list
+    from gpuscale.experiments.tune import param_values, parse_param, run_tune, saving_usd, tune_files
+
+    with user_errors():
+        if method not in ("grid", "random"):
+            raise ConfigError("--method", None, method, "allowed: grid, random")
+        specs = [parse_param(p) for p in param]
+        n_workers = workers or default_workers()
+        start = time.perf_counter()
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        task: list[Any] = []
+
+        def progress(done: int, total: int) -> None:
+            if not task:
+                task.append(bar.add_task("simulations", total=total))
+            bar.update(task[0], completed=done)
+
+        with bar:
+            result = run_tune(
+                policy,
+                split_list(scenarios, "--scenarios"),
+                specs,
+                seeds=parse_seeds(seeds),
+                method="grid" if method == "grid" else "random",
+                budget=budget,
+                slo_target=slo_target,
+                seed=seed,
+                workers=n_workers,
+                progress=progress,
+            )
+        wall = time.perf_counter() - start
+        write_files_atomically(out_dir, tune_files(result))
+    out.print(tune_table(result))
+    w = result.winner
+    chosen = ", ".join(f"{k}={'default' if v is None else v}" for k, v in param_values(result, w).items())
+    if w.meets_slo:
+        saving = saving_usd(result, w) or 0.0
+        base = result.baseline.cost_usd or 0.0
+        pct = f" ({100 * abs(saving) / base:.1f} %)" if base > 0 else ""
+        against = f"{'saves' if saving >= 0 else 'costs'} ${abs(saving):,.4f}{pct}"
+        against += " against" if saving >= 0 else " more than"
+        out.print(
+            f"Winner {w.candidate.label}: {chosen}. ${w.cost_usd or 0.0:,.4f}, {w.gpu_hours or 0.0:,.3f} "
+            f"GPU-h; {against} the baseline "
+            f"(${base:,.4f}{'' if result.baseline.meets_slo else ', which misses the target'}).",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"[bold red]No candidate meets the SLO target of {100 * result.slo_target:g} % on every scenario.[/] "
+            f"Best worst-scenario attainment: {w.candidate.label} ({chosen}) at "
+            f"{100 * (w.worst_attainment or 0.0):.2f} %; tuned-policy.yaml holds it.",
+            highlight=False,
+        )
+    out.print(
+        f"{len(result.candidates)} candidates × {len(result.scenarios)} scenarios × {len(result.seeds)} seeds "
+        f"= {len(result.runs)} runs in {wall:.1f} s on {n_workers} workers. Files in {out_dir}/",
+        highlight=False,
     )
 
 

@@ -1,0 +1,712 @@
+"""``gpuscale tune``: search a policy's parameters for the cheapest configuration that meets the SLO.
+
+A search is a policy (a preset or a policy file, the *baseline*), one or more scenarios, seeds, and
+``--param KEY=SPEC`` options. ``KEY`` is a dotted path into the policy's config mapping
+(``target``, ``metrics.0.target.average_value``, ``behavior.scale_down.stabilization_window_s``);
+``SPEC`` is a comma list of values (``0,60,300``) or a range ``LO:HI`` (``LO:HI:STEPS`` for a grid).
+
+Candidates are the baseline (always candidate 0, the policy as given) plus the grid's full product
+or ``budget`` seeded random samples. Every candidate is validated through the policy registry before
+anything runs; each candidate × scenario × seed is one simulation of the compare machinery
+(:func:`~gpuscale.experiments.compare.run_grid`), aggregated over seeds by
+:func:`~gpuscale.experiments.compare.aggregate`.
+
+The winner is the cheapest candidate whose mean attainment over seeds meets the target on every
+scenario; cost is the compare's headline cost (the node bill where the scenario has a node layer,
+else GPU-hours × price), summed over scenarios; ties go to fewer GPU-hours, then to the earlier
+candidate. When none meets the target, the winner is the candidate with the highest worst-scenario
+attainment, and the result says so. There is no oracle here: savings are stated against the baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
+from gpuscale._core.rng import generator
+from gpuscale.experiments.compare import Job, PolicyRow, RunKey, RunOutcome, aggregate, run_grid
+
+Method = Literal["grid", "random"]
+Scalar = bool | int | float | str | None
+Progress = Callable[[int, int], None]
+"""Called with (simulations done, total)."""
+
+RANDOM_DIGITS = 4
+"""Significant digits kept of a value drawn from a float range: tuning finer than 0.1 % of a setting
+is below the noise of a few seeds, and short numbers keep the tables and the tuned YAML readable."""
+
+MAX_DRAWS_PER_SAMPLE = 20
+"""Random search stops after ``budget × 20`` draws when the space has fewer distinct points than the
+budget (e.g. two parameters of three values each and a budget of 50)."""
+
+
+# -- parameters ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ``--param KEY=SPEC``: a list of values, or a numeric range (with grid steps or not)."""
+
+    text: str
+    key: str
+    values: tuple[Scalar, ...] | None = None
+    low: int | float | None = None
+    high: int | float | None = None
+    steps: int | None = None
+
+    @property
+    def source(self) -> str:
+        return f"--param {self.text}"
+
+    @property
+    def is_int_range(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def grid_values(self) -> tuple[Scalar, ...]:
+        """The values a grid takes: the list, or ``steps`` evenly spaced points of the range."""
+        if self.values is not None:
+            return self.values
+        if self.steps is None or self.low is None or self.high is None:
+            raise ConfigError(
+                self.source, self.key, f"{self.low}:{self.high}", "a grid needs a list (A,B,C) or LO:HI:STEPS"
+            )
+        points = np.linspace(float(self.low), float(self.high), self.steps)
+        if self.is_int_range:
+            # 1:10:4 -> 1, 4, 7, 10; 1:4:3 would give 2.5, rounded to the nearest integer setting
+            return tuple(dict.fromkeys(round(float(p)) for p in points))
+        return tuple(dict.fromkeys(float(f"{float(p):.10g}") for p in points))
+
+    def draw(self, rng: np.random.Generator) -> Scalar:
+        """One random value: a list item, an integer of the range (both ends included), or a float."""
+        if self.values is not None:
+            return self.values[int(rng.integers(len(self.values)))]
+        assert self.low is not None and self.high is not None
+        if self.is_int_range:
+            return int(rng.integers(int(self.low), int(self.high) + 1))
+        x = float(f"{float(rng.uniform(float(self.low), float(self.high))):.{RANDOM_DIGITS}g}")
+        return min(max(x, float(self.low)), float(self.high))
+
+
+def parse_scalar(text: str) -> Scalar:
+    """``60`` -> 60, ``0.5`` -> 0.5, ``true`` -> True, ``null`` -> None, anything else as text."""
+    t = text.strip()
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        x = float(t)
+    except ValueError:
+        pass
+    else:
+        if math.isfinite(x):
+            return x
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none", "~"):
+        return None
+    return t
+
+
+_FORMS = "expected KEY=A,B,C (a list), KEY=LO:HI (a range) or KEY=LO:HI:STEPS (a grid range)"
+
+
+def parse_param(text: str) -> ParamSpec:
+    """Parse ``KEY=SPEC``; ConfigError naming the option and the accepted forms otherwise."""
+    source = f"--param {text}"
+    key, sep, spec = text.partition("=")
+    key, spec = key.strip(), spec.strip()
+    if not sep or not key or not spec:
+        raise ConfigError(source, None, text, _FORMS)
+    if any(not part for part in key.split(".")) or any(c.isspace() for c in key):
+        raise ConfigError(source, key, text, "KEY is a dotted path such as metrics.0.target.average_value")
+    if ":" in spec:
+        if "," in spec:
+            raise ConfigError(source, key, spec, f"a list or a range, not both; {_FORMS}")
+        ends = [parse_scalar(p) for p in spec.split(":")]
+        if len(ends) not in (2, 3) or not all(
+            isinstance(e, int | float) and not isinstance(e, bool) for e in ends[:2]
+        ):
+            raise ConfigError(source, key, spec, f"a range is two numbers LO:HI; {_FORMS}")
+        low, high = ends[0], ends[1]
+        assert isinstance(low, int | float) and isinstance(high, int | float)
+        if not low < high:
+            raise ConfigError(source, key, spec, "a range needs LO < HI")
+        steps: int | None = None
+        if len(ends) == 3:
+            if not isinstance(ends[2], int) or isinstance(ends[2], bool) or ends[2] < 2:
+                raise ConfigError(source, key, spec, "STEPS in LO:HI:STEPS is an integer >= 2")
+            steps = ends[2]
+        return ParamSpec(text, key, None, low, high, steps)
+    items = [p.strip() for p in spec.split(",")]
+    if any(not p for p in items):
+        raise ConfigError(source, key, spec, f"an empty item in the list; {_FORMS}")
+    values = tuple(dict.fromkeys(parse_scalar(p) for p in items))
+    return ParamSpec(text, key, values)
+
+
+# -- dotted paths ---------------------------------------------------------------------------------------
+def schema_path(key: str) -> str:
+    """``metrics.0.target.type`` -> ``metrics[].target.type`` (the form ``describe_kind`` lists)."""
+    return re.sub(r"\.\[\]", "[]", ".".join("[]" if part.isdigit() else part for part in key.split(".")))
+
+
+def check_key(kind: str, key: str, source: str, value: object) -> None:
+    """ConfigError when ``key`` names no parameter of ``kind``, listing those allowed at that level."""
+    from gpuscale.policies import registry
+
+    names = [p.name for p in registry.describe_kind(kind)]
+    path = schema_path(key)
+    if path in names:
+        return
+    # a setting whose own type is a free mapping (no nested parameters listed) takes any sub-key
+    for i in range(len(path)):
+        prefix = path[:i]
+        if (
+            path[i] in ".["
+            and prefix in names
+            and not any(n.startswith((prefix + ".", prefix + "[]")) for n in names)
+        ):
+            return
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    level = [n for n in names if (n.rsplit(".", 1)[0] if "." in n else "") == parent and n != "kind"]
+    allowed = ", ".join(level) if level else ", ".join(n for n in names if "." not in n and n != "kind")
+    raise ConfigError(source, key, value, f"not a parameter of kind {kind}; allowed: {allowed}")
+
+
+def get_path(data: Any, key: str) -> Any:
+    """The value at dotted ``key`` in nested mappings and lists; :data:`MISSING` where there is none."""
+    node = data
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return MISSING
+    return node
+
+
+def set_path(data: Mapping[str, Any], key: str, value: Any, source: str = "--param") -> dict[str, Any]:
+    """A deep copy of ``data`` with ``value`` at dotted ``key``.
+
+    Missing (or null) mappings on the way are created, so ``behavior.scale_down.stabilization_window_s``
+    works on a policy that leaves ``behavior`` to its defaults; list items must exist
+    (``metrics.1`` on a one-metric policy is an error: there is no second metric to tune).
+    """
+    root: dict[str, Any] = copy.deepcopy(dict(data))
+    parts = key.split(".")
+    node: Any = root
+    walked: list[str] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(walked) or "the policy"
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(
+                    source, key, value, f"{here} is a list; expected an index 0..{len(node) - 1}"
+                )
+            index = int(part)
+            if index >= len(node):
+                allowed = f"0..{len(node) - 1}" if node else "none (the list is empty)"
+                raise ConfigError(
+                    source,
+                    key,
+                    value,
+                    f"{here} has {len(node)} item(s); index {index} out of range, allowed: {allowed}",
+                )
+            if last:
+                node[index] = value
+            else:
+                if node[index] is None:
+                    node[index] = {}
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    if parts[i + 1].isdigit():
+                        raise ConfigError(
+                            source,
+                            key,
+                            value,
+                            f"{'.'.join([*walked, part])} is not set in the policy; set the list there first",
+                        )
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(source, key, value, f"{here} is a value ({node!r}), not a mapping or a list")
+        walked.append(part)
+    return root
+
+
+# -- the baseline and the candidates ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Baseline:
+    """The policy as given: its label, its config mapping as written, and its kind."""
+
+    label: str
+    config: dict[str, Any]
+    kind: str
+
+
+def load_baseline(spec: str) -> Baseline:
+    """A preset name or a policy file, as its raw mapping (validated once here)."""
+    from gpuscale.config.loading import load_yaml, parse_yaml
+    from gpuscale.policies import registry
+
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml")) or path.exists():
+        data, source, label = load_yaml(path), str(path), path.stem
+    elif spec in registry.preset_names():
+        source, label = f"preset {spec}", spec
+        data = parse_yaml(registry.preset_text(spec), source)
+    else:
+        raise ConfigError(
+            "--policy",
+            None,
+            spec,
+            f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
+        )
+    config = registry.load_policy_config(data, source)
+    mapping = dict(data)
+    if "name" in registry.config_class(config.kind).model_fields and mapping.get("name") is None:
+        mapping["name"] = label
+    registry.load_policy(mapping, source)
+    return Baseline(label, mapping, config.kind)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    index: int
+    label: str
+    overrides: dict[str, Scalar]
+    """Parameter key → value; empty for the baseline."""
+    config: dict[str, Any]
+
+
+def _validate(config: Mapping[str, Any], source: str, key: str | None, value: object) -> None:
+    """Build the policy from ``config``; its ConfigError re-raised naming ``source`` and ``key``."""
+    from gpuscale.policies import registry
+
+    try:
+        registry.load_policy(dict(config), source)
+    except ConfigError as exc:
+        problems = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        allowed = "; ".join(
+            p.allowed
+            + (f" (at {p.key})" if p.key and key and schema_path(key) != schema_path(_dotted(p.key)) else "")
+            for p in problems
+        )
+        raise ConfigError(source, key, value, f"rejected by the policy: {allowed}") from None
+
+
+def _dotted(key: str) -> str:
+    """``metrics[0].target`` (how validation errors name keys) -> ``metrics.0.target``."""
+    return re.sub(r"\[(\d+)\]", r".\1", key)
+
+
+def check_params(baseline: Baseline, params: Sequence[ParamSpec]) -> None:
+    """Every key is a parameter of the kind, appears once, and every value (or range end) is accepted."""
+    seen: set[str] = set()
+    for p in params:
+        if p.key in seen:
+            raise ConfigError(p.source, p.key, p.text, "this key is given by another --param already")
+        seen.add(p.key)
+        check_key(baseline.kind, p.key, p.source, p.text.partition("=")[2].strip())
+        probes: tuple[Scalar, ...] = p.values if p.values is not None else (p.low, p.high)
+        for v in probes:
+            _validate(set_path(baseline.config, p.key, v, p.source), p.source, p.key, v)
+
+
+def grid_points(params: Sequence[ParamSpec], budget: int) -> list[dict[str, Scalar]]:
+    """The full product of every parameter's grid values, first parameter varying slowest."""
+    axes = [p.grid_values() for p in params]
+    size = math.prod(len(a) for a in axes)
+    if size > budget:
+        shape = " × ".join(str(len(a)) for a in axes)
+        raise ConfigError(
+            "--budget",
+            None,
+            budget,
+            f"the grid has {shape} = {size} candidates; allowed: at most the budget "
+            "(raise --budget, use fewer values, or --method random)",
+        )
+    return [dict(zip((p.key for p in params), combo, strict=True)) for combo in itertools.product(*axes)]
+
+
+def random_points(params: Sequence[ParamSpec], budget: int, seed: int) -> list[dict[str, Scalar]]:
+    """``budget`` distinct random points from the stream ``tune`` of ``seed`` (fewer if the space is smaller)."""
+    rng = generator(seed, "tune")
+    points: list[dict[str, Scalar]] = []
+    seen: set[str] = set()
+    for _ in range(budget * MAX_DRAWS_PER_SAMPLE):
+        if len(points) >= budget:
+            break
+        point = {p.key: p.draw(rng) for p in params}
+        ident = json.dumps(point)
+        if ident not in seen:
+            seen.add(ident)
+            points.append(point)
+    return points
+
+
+def make_candidates(
+    baseline: Baseline, params: Sequence[ParamSpec], method: Method, budget: int, seed: int
+) -> list[Candidate]:
+    """The baseline, then every point of the search, each validated through the policy registry."""
+    check_params(baseline, params)
+    points = grid_points(params, budget) if method == "grid" else random_points(params, budget, seed)
+    width = max(3, len(str(len(points))))
+    out = [Candidate(0, "baseline", {}, baseline.config)]
+    for i, point in enumerate(points, start=1):
+        config: dict[str, Any] = baseline.config
+        for key, value in point.items():
+            config = set_path(config, key, value)
+        shown = ", ".join(f"{k}={v}" for k, v in point.items())
+        _validate(config, f"--param candidate ({shown})", None, MISSING)
+        out.append(Candidate(i, f"c{i:0{width}d}", point, config))
+    return out
+
+
+# -- running and choosing ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScenarioScore:
+    """One candidate on one scenario: means over seeds."""
+
+    slo_attainment: float | None
+    latency_p95_ms: float | None
+    gpu_hours: float | None
+    cost_usd: float | None
+    meets_slo: bool
+    failed: int
+    errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Scored:
+    candidate: Candidate
+    scenarios: dict[str, ScenarioScore]
+    meets_slo: bool
+    """Meets the target on every scenario (and no run failed)."""
+    worst_attainment: float | None
+    cost_usd: float | None
+    """Summed over scenarios; None if a run failed."""
+    gpu_hours: float | None
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    policy: str
+    kind: str
+    scenarios: list[str]
+    seeds: list[int]
+    slo_target: float
+    method: Method
+    budget: int
+    seed: int
+    params: list[ParamSpec]
+    candidates: list[Scored]
+    """In candidate order, the baseline first."""
+    winner: Scored
+    runs: list[RunOutcome] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> Scored:
+        return self.candidates[0]
+
+    @property
+    def ranked(self) -> list[Scored]:
+        return sorted(self.candidates, key=lambda s: s.rank)
+
+    @property
+    def found(self) -> bool:
+        """Whether the winner meets the target (else it is the best worst-case fallback)."""
+        return self.winner.meets_slo
+
+
+def _score(candidate: Candidate, rows: Sequence[PolicyRow], scenarios: Sequence[str]) -> Scored:
+    by_scenario = {row.scenario: row for row in rows}
+    scores: dict[str, ScenarioScore] = {}
+    for name in scenarios:
+        row = by_scenario.get(name)
+        if row is None:  # not reached: every candidate runs on every scenario
+            scores[name] = ScenarioScore(None, None, None, None, False, 0, ())
+            continue
+        e = row.estimates
+        scores[name] = ScenarioScore(
+            e["slo_attainment"].mean,
+            e["latency_p95_ms"].mean,
+            e["gpu_hours"].mean,
+            e["cost_usd"].mean,
+            row.meets_slo and row.failed == 0,
+            row.failed,
+            row.errors,
+        )
+    values = list(scores.values())
+    ok = all(s.failed == 0 and s.slo_attainment is not None for s in values)
+    atts = [s.slo_attainment for s in values if s.slo_attainment is not None]
+    return Scored(
+        candidate,
+        scores,
+        meets_slo=ok and all(s.meets_slo for s in values),
+        worst_attainment=min(atts) if ok and atts else None,
+        cost_usd=sum(s.cost_usd or 0.0 for s in values) if ok else None,
+        gpu_hours=sum(s.gpu_hours or 0.0 for s in values) if ok else None,
+    )
+
+
+def rank_key(s: Scored) -> tuple[int, float, float, int]:
+    """Meeting the target first, cheapest first (then fewer GPU-hours, then candidate order); then the
+    others by worst-scenario attainment, highest first (then cheapest); failed candidates last."""
+    if s.meets_slo:
+        return (0, s.cost_usd or 0.0, s.gpu_hours or 0.0, s.candidate.index)
+    if s.worst_attainment is not None:
+        return (1, -s.worst_attainment, s.cost_usd or 0.0, s.candidate.index)
+    return (2, 0.0, 0.0, s.candidate.index)
+
+
+def choose(scored: Sequence[Scored]) -> list[Scored]:
+    """``scored`` in candidate order with ``rank`` set (1 = the winner)."""
+    order = sorted(scored, key=rank_key)
+    ranks = {s.candidate.index: i + 1 for i, s in enumerate(order)}
+    return [
+        Scored(
+            s.candidate,
+            s.scenarios,
+            s.meets_slo,
+            s.worst_attainment,
+            s.cost_usd,
+            s.gpu_hours,
+            ranks[s.candidate.index],
+        )
+        for s in scored
+    ]
+
+
+def run_tune(
+    policy: str,
+    scenarios: Sequence[str],
+    params: Sequence[ParamSpec],
+    *,
+    seeds: Sequence[int],
+    method: Method = "grid",
+    budget: int = 50,
+    slo_target: float = 0.99,
+    seed: int = 0,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """Validate every candidate, run candidate × scenario × seed, score and rank; deterministic for the
+    same inputs whatever ``workers`` is. Bad input raises ConfigError before any simulation runs."""
+    from gpuscale.experiments.catalog import resolve_scenario
+
+    if not params:
+        raise ConfigError("--param", None, MISSING, "required: at least one KEY=SPEC to tune")
+    if budget < 1:
+        raise ConfigError("--budget", None, budget, "an integer >= 1")
+    if not 0 < slo_target <= 1:
+        raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+    names = {spec: resolve_scenario(spec).scenario.name for spec in scenarios}
+    baseline = load_baseline(policy)
+    candidates = make_candidates(baseline, params, method, budget, seed)
+
+    jobs = [
+        Job(RunKey(names[spec], c.label, s), spec, c.config)
+        for c in candidates
+        for spec in scenarios
+        for s in seeds
+    ]
+    done = 0
+
+    def tick(_: RunOutcome) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs))
+
+    runs = run_grid(jobs, workers, tick)
+    rows = aggregate(runs, {}, slo_target)
+    scenario_names = list(dict.fromkeys(names.values()))
+    scored = choose([_score(c, [r for r in rows if r.policy == c.label], scenario_names) for c in candidates])
+    winner = min(scored, key=lambda s: s.rank)
+    return TuneResult(
+        policy=baseline.label,
+        kind=baseline.kind,
+        scenarios=scenario_names,
+        seeds=list(seeds),
+        slo_target=slo_target,
+        method=method,
+        budget=budget,
+        seed=seed,
+        params=list(params),
+        candidates=scored,
+        winner=winner,
+        runs=runs,
+    )
+
+
+# -- output ------------------------------------------------------------------------------------------------
+def baseline_value(result: TuneResult, key: str) -> Scalar | None:
+    """What the baseline sets at ``key`` (None: the kind's default applies)."""
+    value = get_path(result.baseline.candidate.config, key)
+    return None if value is MISSING or isinstance(value, dict | list) else value
+
+
+def param_values(result: TuneResult, scored: Scored) -> dict[str, Scalar | None]:
+    """The tuned keys' values of one candidate (the baseline's own where it is the baseline)."""
+    return {
+        p.key: scored.candidate.overrides[p.key]
+        if p.key in scored.candidate.overrides
+        else baseline_value(result, p.key)
+        for p in result.params
+    }
+
+
+def saving_usd(result: TuneResult, scored: Scored) -> float | None:
+    """The baseline's cost minus this candidate's (positive: cheaper than the baseline)."""
+    if scored.cost_usd is None or result.baseline.cost_usd is None:
+        return None
+    return result.baseline.cost_usd - scored.cost_usd
+
+
+def _num(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def tuned_policy_yaml(result: TuneResult) -> str:
+    """The winner's full policy config, loadable by ``gpuscale simulate -p``; a comment says how it won."""
+    from gpuscale.policies import registry
+
+    w = result.winner
+    config = dict(w.candidate.config)
+    if "name" in registry.config_class(result.kind).model_fields and w.candidate.index != 0:
+        config["name"] = f"{config.get('name') or result.policy}-tuned"
+    chosen = ", ".join(f"{k}={v}" for k, v in param_values(result, w).items())
+    verdict = (
+        f"meets {100 * result.slo_target:g} % on every scenario"
+        if w.meets_slo
+        else f"NO candidate meets {100 * result.slo_target:g} %; best worst-scenario attainment"
+        f" {100 * (w.worst_attainment or 0.0):.2f} %"
+    )
+    header = [
+        f"# gpuscale tune: {result.policy} ({result.kind}) on {', '.join(result.scenarios)}, "
+        f"seeds {','.join(map(str, result.seeds))}, {result.method} search",
+        f"# {w.candidate.label}: {chosen}",
+        f"# {verdict}; cost ${w.cost_usd or 0.0:.4f} vs baseline ${result.baseline.cost_usd or 0.0:.4f}"
+        if w.cost_usd is not None
+        else f"# {verdict}",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+_METRIC_COLUMNS = ("slo_attainment", "latency_p95_ms", "gpu_hours", "cost_usd", "meets_slo")
+
+
+def candidates_csv(result: TuneResult) -> str:
+    """One row per candidate, in candidate order; per-scenario columns are ``METRIC[scenario]``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = [p.key for p in result.params]
+    header = [
+        "candidate",
+        "rank",
+        "meets_slo",
+        *keys,
+        "cost_usd",
+        "gpu_hours",
+        "worst_slo_attainment",
+        "saving_usd",
+    ]
+    for name in result.scenarios:
+        header += [f"{m}[{name}]" for m in _METRIC_COLUMNS]
+    header.append("errors")
+    w.writerow(header)
+
+    def cell(v: object) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float):
+            return repr(v) if math.isfinite(v) else ""
+        return str(v)
+
+    for s in result.candidates:
+        values = param_values(result, s)
+        row: list[object] = [s.candidate.label, s.rank, s.meets_slo, *(values[k] for k in keys)]
+        row += [s.cost_usd, s.gpu_hours, s.worst_attainment, saving_usd(result, s)]
+        errors: list[str] = []
+        for name in result.scenarios:
+            sc = s.scenarios[name]
+            row += [sc.slo_attainment, sc.latency_p95_ms, sc.gpu_hours, sc.cost_usd, sc.meets_slo]
+            errors += sc.errors
+        row.append(" | ".join(dict.fromkeys(errors)))
+        w.writerow([cell(v) for v in row])
+    return buf.getvalue()
+
+
+def candidates_json(result: TuneResult) -> str:
+    def scored_dict(s: Scored) -> dict[str, Any]:
+        return {
+            "candidate": s.candidate.label,
+            "index": s.candidate.index,
+            "rank": s.rank,
+            "params": param_values(result, s),
+            "meets_slo": s.meets_slo,
+            "cost_usd": _num(s.cost_usd),
+            "gpu_hours": _num(s.gpu_hours),
+            "worst_slo_attainment": _num(s.worst_attainment),
+            "saving_usd": _num(saving_usd(result, s)),
+            "scenarios": {
+                name: {
+                    "slo_attainment": _num(sc.slo_attainment),
+                    "latency_p95_ms": _num(sc.latency_p95_ms),
+                    "gpu_hours": _num(sc.gpu_hours),
+                    "cost_usd": _num(sc.cost_usd),
+                    "meets_slo": sc.meets_slo,
+                    "failed_runs": sc.failed,
+                    "errors": list(sc.errors),
+                }
+                for name, sc in s.scenarios.items()
+            },
+        }
+
+    doc = {
+        "policy": result.policy,
+        "kind": result.kind,
+        "scenarios": result.scenarios,
+        "seeds": result.seeds,
+        "slo_target": result.slo_target,
+        "method": result.method,
+        "budget": result.budget,
+        "seed": result.seed,
+        "params": [{"key": p.key, "spec": p.text.partition("=")[2].strip()} for p in result.params],
+        "winner": result.winner.candidate.label,
+        "winner_meets_slo": result.found,
+        "candidates": [scored_dict(s) for s in result.candidates],
+    }
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+def tune_files(result: TuneResult) -> dict[str, str]:
+    """The output folder's files: the same inputs give the same bytes."""
+    return {
+        "tuned-policy.yaml": tuned_policy_yaml(result),
+        "candidates.csv": candidates_csv(result),
+        "candidates.json": candidates_json(result),
+    }
