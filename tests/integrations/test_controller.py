@@ -156,6 +156,15 @@ def test_rbac_denial_names_the_missing_verb_and_resource(plane: ControlPlane, tm
     assert plane.request("POST", f"{rbac}/rolebindings", binding).status == 201
 
     ctl, records = controller(plane, tmp_path, "denied", [95.0], token=VIEWER_TOKEN)
+
+    def can_read() -> bool:  # RBAC changes reach the authorizer through a watch: wait for the grant
+        try:
+            ctl.target.counts()
+        except Forbidden:
+            return False
+        return True
+
+    wait_until(can_read, "the read-only Role to be in force", 20.0)
     out = ctl.tick()  # reads succeed, the write is denied
     assert out.action == "error" and out.error_kind == "permanent"
     assert out.error is not None and "may not patch deployments/scale" in out.error
