@@ -275,6 +275,18 @@ def compare_tables(result: Any) -> list[Table]:
     return tables
 
 
+def _run_progress() -> Progress:
+    """The transient bar of a batch of simulations (compare, tune), on standard error."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
 @app.command()
 def compare(
     scenarios: Annotated[
@@ -313,14 +325,7 @@ def compare(
         cfg = cfg.model_copy(update=updates)
         n_workers = workers or cfg.workers or default_workers()
         start = time.perf_counter()
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
+        bar = _run_progress()
         tasks: dict[str, Any] = {}
 
         def progress(phase: str, done: int, total: int) -> None:
@@ -436,14 +441,7 @@ def tune(
         specs = [parse_param(p) for p in param]
         n_workers = workers or default_workers()
         start = time.perf_counter()
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
+        bar = _run_progress()
         task: list[Any] = []
 
         def progress(done: int, total: int) -> None:
