@@ -8,7 +8,7 @@ whole mapping. Pydantic merges the raised error into the outer location, list in
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from pydantic import ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -38,3 +38,39 @@ def field_error(loc: tuple[str | int, ...], value: Any, message: str = "") -> No
 def default_max_age_s(configured: float | None, sync_period_s: float) -> float:
     """A signal older than this is stale: the configured value, else three sync periods."""
     return configured if configured is not None else 3.0 * sync_period_s
+
+
+class TimedBoundedConfig(Protocol):
+    """What :class:`ConfigTiming` reads: a config with a sync period, a staleness limit and bounds."""
+
+    @property
+    def sync_period_s(self) -> float: ...
+
+    @property
+    def max_signal_age_s(self) -> float | None: ...
+
+    @property
+    def min_replicas(self) -> int: ...
+
+    @property
+    def max_replicas(self) -> int | None: ...
+
+
+class ConfigTiming:
+    """The policy protocol's ``sync_period_s``, ``max_signal_age_s`` (default three sync periods) and
+    ``replica_bounds``, read from ``self.config`` -- the same for every family whose config names them
+    ``sync_period_s``, ``max_signal_age_s``, ``min_replicas`` and ``max_replicas``."""
+
+    config: TimedBoundedConfig
+
+    @property
+    def sync_period_s(self) -> float:
+        return self.config.sync_period_s
+
+    @property
+    def max_signal_age_s(self) -> float:
+        return default_max_age_s(self.config.max_signal_age_s, self.config.sync_period_s)
+
+    @property
+    def replica_bounds(self) -> tuple[int, int | None]:
+        return (self.config.min_replicas, self.config.max_replicas)

@@ -42,7 +42,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gpuscale.config.loading import StrictModel
-from gpuscale.policies._config import default_max_age_s, field_error
+from gpuscale.policies._config import ConfigTiming, field_error
 from gpuscale.policies.base import (
     Aggregation,
     Decision,
@@ -112,7 +112,7 @@ class GpuMemoryState:
 
 
 @dataclass(frozen=True)
-class GpuMemoryPolicy:
+class GpuMemoryPolicy(ConfigTiming):
     """Threshold scaling on the mean GPU memory utilization (see the module docstring)."""
 
     config: GpuMemoryConfig
@@ -132,18 +132,6 @@ class GpuMemoryPolicy:
     @property
     def signal_keys(self) -> dict[SignalSpec, str]:
         return {self.memory: "window_s"}
-
-    @property
-    def sync_period_s(self) -> float:
-        return self.config.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float:
-        return default_max_age_s(self.config.max_signal_age_s, self.config.sync_period_s)
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return (self.config.min_replicas, self.config.max_replicas)
 
     @cached_property
     def tail(self) -> Pipeline:

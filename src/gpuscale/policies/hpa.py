@@ -43,7 +43,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from gpuscale.config.loading import StrictModel
-from gpuscale.policies._config import MISSING_KEY, default_max_age_s, field_error
+from gpuscale.policies._config import MISSING_KEY, ConfigTiming, field_error
 from gpuscale.policies.base import (
     LATENCY_METRICS,
     Aggregation,
@@ -731,7 +731,7 @@ def _unit(metric: Metric) -> str:
 
 
 @dataclass(frozen=True)
-class HpaPolicy:
+class HpaPolicy(ConfigTiming):
     """The HPA as a pure policy: ``decide`` is one sync of ``reconcileAutoscaler``."""
 
     config: HpaConfig
@@ -774,18 +774,6 @@ class HpaPolicy:
         for i, m in enumerate(self.config.metrics):
             out.setdefault(m.spec, f"metrics[{i}].window_s")
         return out
-
-    @property
-    def sync_period_s(self) -> float:
-        return self.config.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float:
-        return default_max_age_s(self.config.max_signal_age_s, self.config.sync_period_s)
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return (self.config.min_replicas, self.config.max_replicas)
 
     def initial_state(self) -> HpaState:
         return HpaState(self.controller.initial_state())

@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from gpuscale.config.loading import StrictModel
-from gpuscale.policies._config import default_max_age_s, field_error
+from gpuscale.policies._config import ConfigTiming, field_error
 from gpuscale.policies.base import (
     LATENCY_METRICS,
     Aggregation,
@@ -165,7 +165,7 @@ class MultiSignalState:
 
 
 @dataclass(frozen=True)
-class MultiSignalPolicy:
+class MultiSignalPolicy(ConfigTiming):
     """Any-up / all-down over smoothed signals with hysteresis bands (see the module docstring)."""
 
     config: MultiSignalConfig
@@ -184,18 +184,6 @@ class MultiSignalPolicy:
         for i, band in enumerate(self.config.signals):
             out.setdefault(band.spec, f"signals[{i}].window_s")
         return out
-
-    @property
-    def sync_period_s(self) -> float:
-        return self.config.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float:
-        return default_max_age_s(self.config.max_signal_age_s, self.config.sync_period_s)
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return (self.config.min_replicas, self.config.max_replicas)
 
     @cached_property
     def tail(self) -> Pipeline:

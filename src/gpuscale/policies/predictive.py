@@ -49,7 +49,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from gpuscale.config.loading import StrictModel
-from gpuscale.policies._config import MISSING_KEY, default_max_age_s, field_error
+from gpuscale.policies._config import MISSING_KEY, ConfigTiming, field_error
 from gpuscale.policies.base import Aggregation, Decision, Metric, MetricsSnapshot, Reason, SignalSpec
 from gpuscale.policies.stages import (
     Bounds,
@@ -253,7 +253,7 @@ class PredictiveState:
 
 
 @dataclass(frozen=True)
-class PredictivePolicy:
+class PredictivePolicy(ConfigTiming):
     """Forecast-ahead scale-up with a reactive floor; scale-in only reactively (module docstring)."""
 
     config: PredictiveConfig
@@ -281,18 +281,6 @@ class PredictivePolicy:
     @property
     def signal_keys(self) -> dict[SignalSpec, str]:
         return {self.reactive: "reactive_window_s", self.rate: "rate_window_s"}
-
-    @property
-    def sync_period_s(self) -> float:
-        return self.config.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float:
-        return default_max_age_s(self.config.max_signal_age_s, self.config.sync_period_s)
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return (self.config.min_replicas, self.config.max_replicas)
 
     @property
     def season_buckets(self) -> int:
