@@ -101,17 +101,7 @@ def _load_policy(spec: str | None, replicas: int | None, default_replicas: int) 
         fail("give either --policy or --replicas, not both")
     from gpuscale.policies import registry
 
-    path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.exists():
-        return registry.load_policy_file(path)
-    if spec in registry.preset_names():
-        return registry.load_preset(spec)
-    raise ConfigError(
-        "--policy",
-        None,
-        spec,
-        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-    )
+    return registry.resolve_policy(spec, key=None, source="--policy").build()
 
 
 def _fmt(v: float | None, digits: int = 1, unit: str = "") -> str:
@@ -587,20 +577,9 @@ def policies_show(kind: Annotated[str, typer.Argument(help="A policy kind or a p
 
 def _policy_config(spec: str) -> Any:
     """A policy file or preset name as its validated config (not built)."""
-    from gpuscale.config.loading import load_yaml
     from gpuscale.policies import registry
 
-    path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.exists():
-        return registry.load_policy_config(load_yaml(path), str(path))
-    if spec in registry.preset_names():
-        return registry.load_preset_config(spec)
-    raise ConfigError(
-        "--policy",
-        None,
-        spec,
-        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-    )
+    return registry.resolve_policy(spec, key=None, source="--policy").config()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -25,6 +25,7 @@ from gpuscale.policies.registry import (
     policy_kinds,
     preset_names,
     preset_text,
+    resolve_policy,
 )
 
 OUR_KINDS = {"static", "hpa", "knative", "keda"}
@@ -235,3 +236,22 @@ def test_unknown_preset() -> None:
     with pytest.raises(ConfigError) as err:
         load_preset("gpu-utilization")
     assert err.value.value == "gpu-utilization" and "gpu-util" in err.value.allowed
+
+
+def test_a_policy_resolves_from_a_mapping_a_file_beside_the_config_or_a_preset(tmp_path: Path) -> None:
+    config = tmp_path / "controller.yaml"
+    (tmp_path / "mine.yaml").write_text("kind: static\nreplicas: 2\n", encoding="utf-8")
+    inline = resolve_policy({"kind": "static", "replicas": 4}, key="policy", source=str(config))
+    assert (inline.label, inline.prefix, inline.build().replicas) == ("policy", "policy", 4)
+    beside = resolve_policy("mine.yaml", key="policy", source=str(config), base=tmp_path)
+    assert (beside.label, beside.source) == ("mine", str(tmp_path / "mine.yaml"))
+    assert beside.build().replicas == 2
+    preset = resolve_policy("knative", key="policy", source=str(config))
+    assert (preset.label, preset.source, preset.data["name"]) == ("knative", "preset knative", "knative")
+    assert preset.build().name == load_preset("knative").name
+    with pytest.raises(ConfigError) as err:
+        resolve_policy("nope", key="policy", source=str(config), base=tmp_path)
+    assert err.value.key == "policy" and "presets:" in str(err.value) and "knative" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # an inline mapping's errors sit under its key
+        resolve_policy({"kind": "static"}, key="policy", source=str(config)).build()
+    assert "policy.replicas" in str(err.value)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gpuscale._core.clock import Clock
-from gpuscale._core.errors import ConfigError, PermanentError, TemporaryError
+from gpuscale._core.errors import PermanentError, TemporaryError
 from gpuscale.controller.config import ControllerConfig, SafetyConfig
 from gpuscale.controller.leader import LeaderElector, default_identity
 from gpuscale.controller.observe import ControllerMetrics, LoopStatus
@@ -407,20 +407,8 @@ def json_lines_sink(
 
 def build_policy(spec: str | dict[str, Any], config_path: str | Path) -> Policy[Any]:
     """A preset name, a policy file beside the config, or an inline policy mapping."""
-    source = str(config_path)
-    if isinstance(spec, dict):
-        return registry.load_policy(spec, source, prefix="policy")
-    path = Path(spec) if Path(spec).is_absolute() else Path(config_path).parent / spec
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
-        return registry.load_policy_file(path)
-    if spec in registry.preset_names():
-        return registry.load_preset(spec)
-    raise ConfigError(
-        source,
-        "policy",
-        spec,
-        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-    )
+    base = Path(config_path).parent
+    return registry.resolve_policy(spec, key="policy", source=str(config_path), base=base).build()
 
 
 class NoSignals:

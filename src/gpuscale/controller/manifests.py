@@ -36,8 +36,6 @@ from typing import Any
 
 import yaml
 
-from gpuscale._core.errors import ConfigError
-from gpuscale.config.loading import load_yaml, parse_yaml
 from gpuscale.controller.config import ControllerConfig
 from gpuscale.integrations.manifests import dump_yaml
 from gpuscale.policies import registry
@@ -61,28 +59,10 @@ def _dump(obj: Any) -> str:
 
 def _inline_policy(spec: str | dict[str, Any], config_path: Path) -> dict[str, Any]:
     """The policy as a mapping: a file beside the config or a preset, read and validated here."""
-    source = str(config_path)
-    if isinstance(spec, dict):
-        registry.load_policy_config(spec, source, prefix="policy")
-        return spec
-    path = Path(spec) if Path(spec).is_absolute() else config_path.parent / spec
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
-        data = load_yaml(path)
-        registry.load_policy_config(data, str(path))
-    elif spec in registry.preset_names():
-        data = parse_yaml(registry.preset_text(spec), f"preset {spec}")
-        registry.load_policy_config(data, f"preset {spec}")
-        if isinstance(data, dict) and "name" not in data:
-            data = {"name": spec, **data}
-    else:
-        raise ConfigError(
-            source,
-            "policy",
-            spec,
-            f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-        )
-    assert isinstance(data, dict)
-    return data
+    resolved = registry.resolve_policy(spec, key="policy", source=str(config_path), base=config_path.parent)
+    resolved.config()  # validated here: the pod must not find out
+    assert isinstance(resolved.data, dict)
+    return dict(resolved.data)
 
 
 def pod_config(config: ControllerConfig, config_path: str | Path) -> dict[str, Any]:

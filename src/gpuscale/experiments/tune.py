@@ -29,7 +29,6 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -265,23 +264,11 @@ class Baseline:
 
 def load_baseline(spec: str) -> Baseline:
     """A preset name or a policy file, as its raw mapping (validated once here)."""
-    from gpuscale.config.loading import load_yaml, parse_yaml
     from gpuscale.policies import registry
 
-    path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.exists():
-        data, source, label = load_yaml(path), str(path), path.stem
-    elif spec in registry.preset_names():
-        source, label = f"preset {spec}", spec
-        data = parse_yaml(registry.preset_text(spec), source)
-    else:
-        raise ConfigError(
-            "--policy",
-            None,
-            spec,
-            f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-        )
-    config = registry.load_policy_config(data, source)
+    resolved = registry.resolve_policy(spec, key=None, source="--policy")
+    data, source, label = resolved.data, resolved.source, resolved.label
+    config = resolved.config()
     mapping = dict(data)
     if "name" in registry.config_class(config.kind).model_fields and mapping.get("name") is None:
         mapping["name"] = label

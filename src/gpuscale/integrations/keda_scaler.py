@@ -663,21 +663,8 @@ def load_keda_scaler_config(path: str | Path) -> KedaScalerConfig:
 
 def build_policy(config: KedaScalerConfig, config_path: str | Path) -> Policy[Any]:
     """The policy the config names: a preset, a file beside the config, or inline."""
-    source = str(config_path)
-    if isinstance(config.policy, dict):
-        return registry.load_policy(config.policy, source, prefix="policy")
-    spec = config.policy
-    path = Path(spec) if Path(spec).is_absolute() else Path(config_path).parent / spec
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
-        return registry.load_policy_file(path)
-    if spec in registry.preset_names():
-        return registry.load_preset(spec)
-    raise ConfigError(
-        source,
-        "policy",
-        spec,
-        f"not a policy file or a preset; presets: {', '.join(registry.preset_names())}",
-    )
+    base = Path(config_path).parent
+    return registry.resolve_policy(config.policy, key="policy", source=str(config_path), base=base).build()
 
 
 def _read(path: Path | None, base: Path, source: str, key: str) -> bytes | None:

@@ -281,6 +281,54 @@ def load_preset(name: str) -> Policy[Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# A policy named the ways users name one
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy's raw mapping and where it came from (for error messages and labels)."""
+
+    data: Any
+    source: str
+    """The file, ``preset NAME``, or the config holding the inline mapping."""
+    label: str
+    """The file's stem, the preset's name, or ``key`` for an inline mapping."""
+    prefix: str = ""
+    """The key the mapping sits under in ``source`` (inline: ``key``), for error locations."""
+
+    def config(self) -> PolicyConfig:
+        return load_policy_config(self.data, self.source, self.prefix)
+
+    def build(self) -> Policy[Any]:
+        return self.config().build()
+
+
+def resolve_policy(
+    spec: str | Mapping[str, Any], *, key: str | None, source: str, base: Path | None = None
+) -> PolicySpec:
+    """A policy given as an inline mapping, a YAML file (relative to ``base`` unless absolute), or a
+    preset name -- read, not yet validated. A preset's mapping is named after it unless it names
+    itself. Anything else: ConfigError at ``key`` of ``source`` listing the presets."""
+    if isinstance(spec, Mapping):
+        return PolicySpec(spec, source, key or "policy", key or "")
+    path = Path(spec) if base is None or Path(spec).is_absolute() else base / spec
+    if spec.endswith((".yaml", ".yml")) or path.is_file():
+        return PolicySpec(load_yaml(path), str(path), path.stem)
+    if spec in preset_names():
+        label = f"preset {spec}"
+        data = parse_yaml(preset_text(spec), label)
+        if isinstance(data, dict) and data.get("name") is None:
+            kind = data.get("kind")
+            if kind in kind_names() and "name" in config_class(kind).model_fields:
+                data = {**data, "name": spec}
+        return PolicySpec(data, label, spec)
+    raise ConfigError(
+        source, key, spec, f"not a policy file or a preset; presets: {', '.join(preset_names())}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # Checks against the metrics source
 # --------------------------------------------------------------------------------------------------
 
