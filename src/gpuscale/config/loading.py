@@ -25,19 +25,22 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Parse one YAML document; a missing file or a syntax error becomes a ConfigError."""
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """A text file's contents; a missing or unreadable file becomes a ConfigError naming it."""
     p = Path(path)
-    source = str(p)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding=encoding)
     except FileNotFoundError:
-        raise ConfigError(source, None, MISSING, "file not found") from None
+        raise ConfigError(str(p), None, MISSING, "file not found") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            source, None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
+            str(p), None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
         ) from None
-    return parse_yaml(text, source)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse one YAML document; a missing file or a syntax error becomes a ConfigError."""
+    return parse_yaml(read_text(path), str(Path(path)))
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -37,6 +37,7 @@ import numpy.typing as npt
 
 from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale._core.rng import generator
+from gpuscale.config.loading import read_text
 from gpuscale.config.workload import (
     BUILTIN_TRACES,
     ClosedLoopWorkload,
@@ -878,15 +879,7 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 
 def _read_text(path: Path) -> str:
-    source = str(path)
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(source, None, MISSING, "file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            source, None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
-        ) from None
+    return read_text(path, encoding="utf-8-sig")  # a CSV from a spreadsheet may start with a BOM
 
 
 @lru_cache(maxsize=8)
