@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuscale.experiments.compare import CompareResult, PolicyRow
-from gpuscale.experiments.runner import run_compare
+from gpuscale.experiments.compare import CompareResult, PolicyRow, run_compare
 from gpuscale.experiments.suite import SuiteConfig
 
 

@@ -22,16 +22,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpuscale.experiments.compare import (
-    TIMELINE_KEEP,
-    CompareResult,
-    OracleResult,
-    RunKey,
-    RunOutcome,
-    aggregate,
-    estimate,
-)
+from gpuscale.experiments.compare import CompareResult, aggregate, estimate
+from gpuscale.experiments.oracle import OracleResult
 from gpuscale.experiments.report import report_files, verdict
+from gpuscale.experiments.runner import TIMELINE_KEEP, RunKey, RunOutcome
 from gpuscale.policies.registry import load_preset
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import SimResult

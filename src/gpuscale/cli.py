@@ -298,9 +298,9 @@ def compare(
 ) -> None:
     """The main job: every policy on every scenario over several seeds, ranked on SLO attainment against
     GPU-hours and dollars, next to a clairvoyant oracle; writes report.html, summary.csv, summary.json."""
-    from gpuscale.experiments.compare import default_workers
+    from gpuscale.experiments.compare import run_compare
     from gpuscale.experiments.report import report_files
-    from gpuscale.experiments.runner import run_compare
+    from gpuscale.experiments.runner import default_workers
     from gpuscale.experiments.suite import SuiteConfig, load_suite, parse_seeds, split_list
 
     with user_errors():
@@ -421,7 +421,7 @@ def tune(
     """Search a policy's parameters on one or more scenarios for the cheapest configuration that meets
     the SLO target on every scenario (mean over seeds); the untuned policy is candidate 0, the baseline.
     Writes tuned-policy.yaml (for `simulate -p`), candidates.csv and candidates.json."""
-    from gpuscale.experiments.compare import default_workers
+    from gpuscale.experiments.runner import default_workers
     from gpuscale.experiments.suite import parse_seeds, split_list
     from gpuscale.experiments.tune import param_values, parse_param, run_tune, saving_usd, tune_files
 

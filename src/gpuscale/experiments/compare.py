@@ -1,37 +1,24 @@
 """``gpuscale compare``: every policy on every scenario over several seeds, next to an oracle.
 
-The grid runs in worker processes (one simulation per task); results are gathered and sorted by
-(scenario, policy, seed), so the output does not depend on how the work was scheduled. A run that
-fails on bad configuration is kept as a failed row with its error; the others complete.
+Oracles come first (one per scenario and seed), then the policy grid as simulation jobs
+(:mod:`gpuscale.experiments.runner`); runs are aggregated over seeds per (scenario, policy), with a
+95 % confidence interval, Pareto flags over GPU-hours and SLO attainment, and a ranking.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
-from gpuscale._core.errors import GpuscaleError
+from gpuscale.experiments.catalog import resolve_scenario
+from gpuscale.experiments.oracle import OracleResult, compute_oracle
+from gpuscale.experiments.runner import Job, RunKey, RunOutcome, run_grid
+from gpuscale.experiments.suite import SuiteConfig, policy_spec
 from gpuscale.sim.results import Summary
-
-TIMELINE_KEEP = (
-    "time_s",
-    "arrival_rps",
-    "desired",
-    "ready",
-    "starting",
-    "pending",
-    "gpus_held",
-    "p95_ms",
-    "nodes",
-    "pending_nodes",
-)
-"""Timeline columns a compare run keeps for the report."""
 
 METRICS: tuple[str, ...] = (
     "slo_attainment",
@@ -55,43 +42,6 @@ METRICS: tuple[str, ...] = (
 
 BY_POOL: tuple[str, ...] = ("node_hours_by_pool", "node_cost_by_pool_usd")
 """Summary mappings (pool name → figure) aggregated over seeds pool by pool."""
-
-
-@dataclass(frozen=True, order=True)
-class RunKey:
-    scenario: str
-    policy: str
-    seed: int
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """One simulation of the grid: its summary, or the error that stopped it."""
-
-    key: RunKey
-    summary: Summary | None
-    error: str | None = None
-    timeline: dict[str, np.ndarray] = field(default_factory=dict)
-    latency_hist: np.ndarray | None = None
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.summary is not None
-
-
-@dataclass(frozen=True)
-class OracleResult:
-    """A clairvoyant lower bound on GPU-hours for one scenario and seed (see ``oracle.py``)."""
-
-    scenario: str
-    seed: int
-    capacity_rps_per_replica: float
-    gpu_hours: float
-    cost_usd: float
-    times_s: np.ndarray
-    replicas: np.ndarray
-    method: str
 
 
 @dataclass(frozen=True)
@@ -269,65 +219,77 @@ def _rank_key(row: PolicyRow) -> tuple[str, int, float, float]:
     )
 
 
-# -- running the grid -------------------------------------------------------------------------------
+# -- running the suite ---------------------------------------------------------------------------------
+Progress = Callable[[str, int, int], None]
+"""Called with (phase, done, total)."""
+
+
 @dataclass(frozen=True)
-class Job:
-    key: RunKey
+class _OracleJob:
     scenario_spec: str
-    policy_spec: Any
-    """A preset name, a policy file path, or a policy config mapping (already resolved)."""
+    seed: int
+    slo_target: float
 
 
-def run_job(job: Job) -> RunOutcome:
-    """Run one simulation (in a worker process). Bad configuration becomes a failed outcome."""
-    import time
-
-    from gpuscale.experiments.catalog import resolve_scenario
-    from gpuscale.policies import registry
-    from gpuscale.sim.engine import simulate
-
-    start = time.perf_counter()
-    try:
-        ref = resolve_scenario(job.scenario_spec)
-        spec = job.policy_spec
-        if isinstance(spec, dict):
-            policy = registry.load_policy(spec, f"policy {job.key.policy}")
-        elif isinstance(spec, str) and spec in registry.preset_names():
-            policy = registry.load_preset(spec)
-        else:
-            policy = registry.load_policy_file(str(spec))
-        result = simulate(ref.scenario, policy, seed=job.key.seed, base_dir=ref.base_dir, source=ref.source)
-    except GpuscaleError as exc:
-        return RunOutcome(job.key, None, str(exc), wall_s=time.perf_counter() - start)
-    tl = result.timeline
-    timeline = {name: tl.column(name) for name in TIMELINE_KEEP}
-    return RunOutcome(
-        job.key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start
+def _oracle_job(job: _OracleJob) -> OracleResult:
+    ref = resolve_scenario(job.scenario_spec)
+    return compute_oracle(
+        ref.scenario, job.seed, slo_target=job.slo_target, base_dir=ref.base_dir, source=ref.source
     )
 
 
-def run_grid(
-    jobs: Sequence[Job], workers: int, on_done: Callable[[RunOutcome], None] | None = None
-) -> list[RunOutcome]:
-    """Run every job; with ``workers`` > 1 in that many processes. Output sorted by run key."""
-    outcomes: list[RunOutcome] = []
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            outcome = run_job(job)
-            outcomes.append(outcome)
-            if on_done is not None:
-                on_done(outcome)
-    else:
-        # Longest jobs first keeps the pool busy to the end.
+def run_compare(suite: SuiteConfig, *, workers: int, progress: Progress | None = None) -> CompareResult:
+    """Run the whole suite; deterministic for the same suite whatever ``workers`` is."""
+    refs = {spec: resolve_scenario(spec) for spec in suite.scenarios}  # bad scenario files fail here, early
+    names = {spec: ref.scenario.name for spec, ref in refs.items()}
+    oracle_jobs = [
+        _OracleJob(spec, seed, suite.slo_target) for spec in suite.scenarios for seed in suite.seeds
+    ]
+    oracles: dict[tuple[str, int], OracleResult] = {}
+    if workers > 1 and len(oracle_jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(run_job, job) for job in jobs]
-            for fut in as_completed(futures):
-                outcome = fut.result()
-                outcomes.append(outcome)
-                if on_done is not None:
-                    on_done(outcome)
-    return sorted(outcomes, key=lambda o: o.key)
+            for i, result in enumerate(pool.map(_oracle_job, oracle_jobs)):
+                oracles[(names[oracle_jobs[i].scenario_spec], oracle_jobs[i].seed)] = result
+                if progress is not None:
+                    progress("oracle", i + 1, len(oracle_jobs))
+    else:
+        for i, job in enumerate(oracle_jobs):
+            oracles[(names[job.scenario_spec], job.seed)] = _oracle_job(job)
+            if progress is not None:
+                progress("oracle", i + 1, len(oracle_jobs))
 
+    jobs: list[Job] = []
+    labels: list[str] = []
+    for spec in suite.scenarios:
+        for seed in suite.seeds:
+            for name in suite.policies:
+                label, pspec = policy_spec(name, oracles.get((names[spec], seed)))
+                if label not in labels:
+                    labels.append(label)
+                jobs.append(Job(RunKey(names[spec], label, seed), spec, pspec))
+    done = 0
 
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    def tick(_: RunOutcome) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress("runs", done, len(jobs))
+
+    runs = run_grid(jobs, workers, tick)
+    rows = aggregate(runs, oracles, suite.slo_target)
+    return CompareResult(
+        scenarios=[names[s] for s in suite.scenarios],
+        policies=labels,
+        seeds=list(suite.seeds),
+        slo_target=suite.slo_target,
+        runs=runs,
+        oracles=oracles,
+        rows=rows,
+        descriptions={ref.scenario.name: ref.scenario.description.strip() for ref in refs.values()},
+        slo_ms={ref.scenario.name: ref.scenario.slo.latency_ms for ref in refs.values()},
+        node_layer={ref.scenario.name: ref.scenario.cluster.node_layer for ref in refs.values()},
+        spot={
+            ref.scenario.name: any(p.capacity_type == "spot" for p in ref.scenario.cluster.pools)
+            for ref in refs.values()
+        },
+    )

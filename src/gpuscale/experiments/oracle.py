@@ -123,7 +123,6 @@ from gpuscale.config.workload import (
     PoissonWorkload,
     TraceWorkload,
 )
-from gpuscale.experiments.compare import OracleResult
 from gpuscale.policies.base import StaticPolicy
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.serving import interpolate_batch_latency
@@ -810,6 +809,20 @@ def _charge(
 
 
 # -- the oracle ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OracleResult:
+    """A clairvoyant lower bound on GPU-hours for one scenario and seed (the method above)."""
+
+    scenario: str
+    seed: int
+    capacity_rps_per_replica: float
+    gpu_hours: float
+    cost_usd: float
+    times_s: np.ndarray
+    replicas: np.ndarray
+    method: str
+
+
 def compute_oracle(
     scenario: Scenario,
     seed: int,

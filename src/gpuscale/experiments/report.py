@@ -40,7 +40,9 @@ from matplotlib.style import context as style_context
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 from matplotlib.typing import RcKeyType
 
-from gpuscale.experiments.compare import METRICS, CompareResult, Estimate, OracleResult, PolicyRow, RunOutcome
+from gpuscale.experiments.compare import METRICS, CompareResult, Estimate, PolicyRow
+from gpuscale.experiments.oracle import OracleResult
+from gpuscale.experiments.runner import RunOutcome
 from gpuscale.sim.kernel import bucket_values
 
 __all__ = ["report_files", "verdict"]

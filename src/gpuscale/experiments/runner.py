@@ -1,95 +1,112 @@
-"""Orchestrates a compare: oracles first (one per scenario and seed), then the policy grid."""
+"""Simulation jobs: one (scenario, policy, seed) per job, run in worker processes.
+
+A job names its policy the way users do (an inline mapping, a policy file or a preset) and resolves
+it with :func:`~gpuscale.policies.registry.resolve_policy`, the one resolution every other path uses.
+Outcomes are sorted by run key, so they do not depend on how the work was scheduled. A job that fails
+on bad configuration becomes a failed outcome with its error; the others complete.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
 
-from gpuscale.experiments.catalog import resolve_scenario
-from gpuscale.experiments.compare import (
-    CompareResult,
-    Job,
-    OracleResult,
-    RunKey,
-    RunOutcome,
-    aggregate,
-    run_grid,
+import numpy as np
+
+from gpuscale._core.errors import GpuscaleError
+from gpuscale.sim.results import Summary
+
+TIMELINE_KEEP = (
+    "time_s",
+    "arrival_rps",
+    "desired",
+    "ready",
+    "starting",
+    "pending",
+    "gpus_held",
+    "p95_ms",
+    "nodes",
+    "pending_nodes",
 )
-from gpuscale.experiments.suite import SuiteConfig, policy_spec
+"""Timeline columns a job keeps for the report."""
 
-Progress = Callable[[str, int, int], None]
-"""Called with (phase, done, total)."""
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    scenario: str
+    policy: str
+    seed: int
 
 
 @dataclass(frozen=True)
-class _OracleJob:
+class RunOutcome:
+    """One simulation: its summary, or the error that stopped it."""
+
+    key: RunKey
+    summary: Summary | None
+    error: str | None = None
+    timeline: dict[str, np.ndarray] = field(default_factory=dict)
+    latency_hist: np.ndarray | None = None
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.summary is not None
+
+
+@dataclass(frozen=True)
+class Job:
+    key: RunKey
     scenario_spec: str
-    seed: int
-    slo_target: float
+    policy_spec: str | Mapping[str, Any]
+    """An inline policy mapping, a policy file path, or a preset name (see ``resolve_policy``)."""
 
 
-def _oracle_job(job: _OracleJob) -> OracleResult:
-    from gpuscale.experiments.oracle import compute_oracle
+def run_job(job: Job) -> RunOutcome:
+    """Run one simulation (in a worker process). Bad configuration becomes a failed outcome."""
+    from gpuscale.experiments.catalog import resolve_scenario
+    from gpuscale.policies import registry
+    from gpuscale.sim.engine import simulate
 
-    ref = resolve_scenario(job.scenario_spec)
-    return compute_oracle(
-        ref.scenario, job.seed, slo_target=job.slo_target, base_dir=ref.base_dir, source=ref.source
+    start = time.perf_counter()
+    try:
+        ref = resolve_scenario(job.scenario_spec)
+        policy = registry.resolve_policy(job.policy_spec, key=None, source=f"policy {job.key.policy}").build()
+        result = simulate(ref.scenario, policy, seed=job.key.seed, base_dir=ref.base_dir, source=ref.source)
+    except GpuscaleError as exc:
+        return RunOutcome(job.key, None, str(exc), wall_s=time.perf_counter() - start)
+    tl = result.timeline
+    timeline = {name: tl.column(name) for name in TIMELINE_KEEP}
+    return RunOutcome(
+        job.key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start
     )
 
 
-def run_compare(suite: SuiteConfig, *, workers: int, progress: Progress | None = None) -> CompareResult:
-    """Run the whole suite; deterministic for the same suite whatever ``workers`` is."""
-    refs = {spec: resolve_scenario(spec) for spec in suite.scenarios}  # bad scenario files fail here, early
-    names = {spec: ref.scenario.name for spec, ref in refs.items()}
-    oracle_jobs = [
-        _OracleJob(spec, seed, suite.slo_target) for spec in suite.scenarios for seed in suite.seeds
-    ]
-    oracles: dict[tuple[str, int], OracleResult] = {}
-    if workers > 1 and len(oracle_jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, result in enumerate(pool.map(_oracle_job, oracle_jobs)):
-                oracles[(names[oracle_jobs[i].scenario_spec], oracle_jobs[i].seed)] = result
-                if progress is not None:
-                    progress("oracle", i + 1, len(oracle_jobs))
+def run_grid(
+    jobs: Sequence[Job], workers: int, on_done: Callable[[RunOutcome], None] | None = None
+) -> list[RunOutcome]:
+    """Run every job; with ``workers`` > 1 in that many processes. Output sorted by run key."""
+    outcomes: list[RunOutcome] = []
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            outcome = run_job(job)
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(outcome)
     else:
-        for i, job in enumerate(oracle_jobs):
-            oracles[(names[job.scenario_spec], job.seed)] = _oracle_job(job)
-            if progress is not None:
-                progress("oracle", i + 1, len(oracle_jobs))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(run_job, job) for job in jobs]
+            for fut in as_completed(futures):
+                outcome = fut.result()
+                outcomes.append(outcome)
+                if on_done is not None:
+                    on_done(outcome)
+    return sorted(outcomes, key=lambda o: o.key)
 
-    jobs: list[Job] = []
-    labels: list[str] = []
-    for spec in suite.scenarios:
-        for seed in suite.seeds:
-            for name in suite.policies:
-                label, pspec = policy_spec(name, oracles.get((names[spec], seed)))
-                if label not in labels:
-                    labels.append(label)
-                jobs.append(Job(RunKey(names[spec], label, seed), spec, pspec))
-    done = 0
 
-    def tick(_: RunOutcome) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress("runs", done, len(jobs))
-
-    runs = run_grid(jobs, workers, tick)
-    rows = aggregate(runs, oracles, suite.slo_target)
-    return CompareResult(
-        scenarios=[names[s] for s in suite.scenarios],
-        policies=labels,
-        seeds=list(suite.seeds),
-        slo_target=suite.slo_target,
-        runs=runs,
-        oracles=oracles,
-        rows=rows,
-        descriptions={ref.scenario.name: ref.scenario.description.strip() for ref in refs.values()},
-        slo_ms={ref.scenario.name: ref.scenario.slo.latency_ms for ref in refs.values()},
-        node_layer={ref.scenario.name: ref.scenario.cluster.node_layer for ref in refs.values()},
-        spot={
-            ref.scenario.name: any(p.capacity_type == "spot" for p in ref.scenario.cluster.pools)
-            for ref in refs.values()
-        },
-    )
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

@@ -15,12 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, field_validator
 
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.loading import StrictModel, load_yaml, validate
-from gpuscale.experiments.compare import OracleResult
+from gpuscale.experiments.oracle import OracleResult
+from gpuscale.policies.static_peak import peak_replicas
 
 DEFAULT_SCENARIOS: tuple[str, ...] = (
     "thesis-constant",
@@ -54,10 +54,14 @@ DEFAULT_POLICIES: tuple[str, ...] = (
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 
 STATIC_PEAK = "static-peak"
-"""Not a preset: the runner sizes it per scenario and seed to the oracle's peak replica count + 10 %."""
+"""Not a preset: the compare sizes it per scenario and seed to the oracle's peak fleet plus
+:data:`STATIC_PEAK_HEADROOM_PCT` (policy kind ``static-peak``)."""
+
+STATIC_PEAK_HEADROOM_PCT = 10.0
+"""Spare capacity of the compare's static-peak baseline above the oracle's peak fleet, percent."""
 
 CAPACITY_SIZED_KINDS = ("predictive", "static-peak")
-"""Kinds whose presets carry a capacity per replica; the runner sets it to the oracle's measured one."""
+"""Kinds whose presets carry a capacity per replica; the compare sets it to the oracle's measured one."""
 
 
 class SuiteConfig(StrictModel):
@@ -102,27 +106,32 @@ def parse_seeds(value: str) -> list[int]:
 
 
 def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
-    """The policy to run for ``name`` on one scenario: (label, spec for ``compare.run_job``).
+    """The policy to run for ``name`` on one scenario: (label, spec for ``runner.run_job``).
 
+    ``name`` resolves as everywhere (``registry.resolve_policy``: a policy file, then a preset).
     Presets whose kind sizes replicas from a capacity per replica (predictive, static-peak) get the
-    oracle's measured capacity, so they are judged with the same numbers as the oracle.
+    oracle's measured capacity, so they are judged with the same numbers as the oracle. A policy file
+    is passed on by path and read by the job, where a broken one becomes a failed run.
     """
     from gpuscale.policies import registry
 
     if name == STATIC_PEAK:
-        # The oracle's peak fleet plus 10 % headroom (at least one spare pod): the over-provisioned
-        # baseline that never scales, sized for the worst window of this seed's load.
+        # The oracle's peak fleet with headroom, as the static-peak kind sizes any peak: each of the
+        # oracle's pods carries one pod's capacity, so the peak load is the peak fleet in pods. Sized
+        # for the worst window of this seed's load, it never scales (at least one spare pod).
         peak = int(max(oracle.replicas)) if oracle is not None and len(oracle.replicas) else 1
-        peak = max(1, peak)
-        return name, {"kind": "static", "name": STATIC_PEAK, "replicas": peak + math.ceil(0.1 * peak)}
-    if name in registry.preset_names():
-        data = yaml.safe_load(registry.preset_text(name))
-        if isinstance(data, dict) and data.get("kind") in CAPACITY_SIZED_KINDS and oracle is not None:
-            cap = oracle.capacity_rps_per_replica
-            if cap > 0 and math.isfinite(cap):
-                data = {**data, "capacity_rps_per_replica": round(cap, 3)}
-        if isinstance(data, dict) and "name" not in data:
-            data = {**data, "name": name}
-        return name, data
-    path = Path(name)
-    return path.stem, str(path)
+        replicas = peak_replicas(float(max(1, peak)), 1.0, STATIC_PEAK_HEADROOM_PCT)
+        return name, {"kind": "static-peak", "name": STATIC_PEAK, "replicas": replicas}
+    try:
+        resolved = registry.resolve_policy(name, key=None, source=f"policy {name}")
+    except ConfigError:
+        # neither a file nor a preset: the job reports why, as a failed run
+        return Path(name).stem, name
+    if resolved.source != f"preset {name}":
+        return resolved.label, name
+    data = resolved.data
+    if isinstance(data, dict) and data.get("kind") in CAPACITY_SIZED_KINDS and oracle is not None:
+        cap = oracle.capacity_rps_per_replica
+        if cap > 0 and math.isfinite(cap):
+            data = {**data, "capacity_rps_per_replica": round(cap, 3)}
+    return name, data

@@ -8,7 +8,7 @@ A search is a policy (a preset or a policy file, the *baseline*), one or more sc
 Candidates are the baseline (always candidate 0, the policy as given) plus the grid's full product
 or ``budget`` seeded random samples. Every candidate is validated through the policy registry before
 anything runs; each candidate × scenario × seed is one simulation of the compare machinery
-(:func:`~gpuscale.experiments.compare.run_grid`), aggregated over seeds by
+(:func:`~gpuscale.experiments.runner.run_grid`), aggregated over seeds by
 :func:`~gpuscale.experiments.compare.aggregate`.
 
 The winner is the cheapest candidate whose mean attainment over seeds meets the target on every
@@ -36,7 +36,8 @@ import yaml
 
 from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
 from gpuscale._core.rng import generator
-from gpuscale.experiments.compare import Job, PolicyRow, RunKey, RunOutcome, aggregate, run_grid
+from gpuscale.experiments.compare import PolicyRow, aggregate
+from gpuscale.experiments.runner import Job, RunKey, RunOutcome, run_grid
 
 Method = Literal["grid", "random"]
 Scalar = bool | int | float | str | None
