@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
 from gpuscale._core.errors import ConfigError
 from gpuscale.policies.base import Metric, SignalSpec, StaticPolicy
+from gpuscale.policies.conformance import check_policy
 from gpuscale.policies.hpa import HpaPolicy
 from gpuscale.policies.keda import KedaPolicy
+from gpuscale.policies.kinds import KindConfig, register_kind, unregister_kind
 from gpuscale.policies.knative import KnativePolicy
 from gpuscale.policies.registry import (
-    KIND_CONFIGS,
     check_windows,
     config_class,
     describe_kind,
+    kind_configs,
     kind_names,
     load_policy,
     load_policy_config,
@@ -37,7 +40,7 @@ def test_our_kinds_are_registered_with_a_summary() -> None:
     assert set(kinds) >= OUR_KINDS
     assert all(k.summary for k in kinds.values())
     assert kind_names() == [k.kind for k in policy_kinds()]
-    assert len(set(kind_names())) == len(KIND_CONFIGS), "two config classes share a kind"
+    assert len(set(kind_names())) == len(kind_configs()), "two config classes share a kind"
 
 
 @pytest.mark.parametrize(
@@ -60,7 +63,9 @@ def test_unknown_kind_names_the_key_and_the_allowed_kinds() -> None:
         load_policy({"kind": "hpa2", "max_replicas": 3}, "policy.yaml")
     assert err.value.key == "kind" and err.value.value == "hpa2"
     assert "allowed: " in err.value.allowed and "hpa" in err.value.allowed and "knative" in err.value.allowed
-    assert str(err.value).startswith("policy.yaml: kind = 'hpa2': unknown policy kind; allowed: static, hpa")
+    assert str(err.value).startswith(
+        "policy.yaml: kind = 'hpa2': unknown policy kind; allowed: static, gpu-memory, hpa"
+    )
 
 
 def test_missing_kind() -> None:
@@ -255,3 +260,36 @@ def test_a_policy_resolves_from_a_mapping_a_file_beside_the_config_or_a_preset(t
     with pytest.raises(ConfigError) as err:  # an inline mapping's errors sit under its key
         resolve_policy({"kind": "static"}, key="policy", source=str(config)).build()
     assert "policy.replicas" in str(err.value)
+
+
+def test_a_new_kind_is_one_module_that_registers_its_config() -> None:
+    """A kind registered from its own module joins loading, listing and the conformance check with no
+    edit to the registry; a second class claiming the same kind is refused."""
+
+    @register_kind
+    class DoubleConfig(KindConfig):
+        """Twice a fixed count (a kind defined outside gpuscale)."""
+
+        kind: Literal["double-static"] = "double-static"
+        replicas: int = 1
+
+        def build(self) -> StaticPolicy:
+            return StaticPolicy(2 * self.replicas, name="double-static")
+
+    try:
+        assert "double-static" in kind_names()
+        policy = load_policy({"kind": "double-static", "replicas": 3}, "policy.yaml")
+        assert isinstance(policy, StaticPolicy) and policy.replicas == 6
+        check_policy(policy)
+
+        class Impostor(KindConfig):
+            kind: Literal["double-static"] = "double-static"
+
+            def build(self) -> StaticPolicy:
+                return StaticPolicy(1)
+
+        with pytest.raises(TypeError, match="registered twice"):
+            register_kind(Impostor)
+    finally:
+        unregister_kind("double-static")
+    assert "double-static" not in kind_names()

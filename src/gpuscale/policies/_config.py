@@ -57,8 +57,8 @@ class TimedBoundedConfig(Protocol):
 
 
 class ConfigTiming:
-    """The policy protocol's ``sync_period_s``, ``max_signal_age_s`` (default three sync periods) and
-    ``replica_bounds``, read from ``self.config`` -- the same for every family whose config names them
+    """The policy protocol's ``sync_period_s``, ``max_signal_age_s`` (default three sync periods),
+    ``replica_bounds`` and ``initial_replicas`` (None: adaptive), read from ``self.config`` -- the same for every family whose config names them
     ``sync_period_s``, ``max_signal_age_s``, ``min_replicas`` and ``max_replicas``."""
 
     config: TimedBoundedConfig
@@ -74,3 +74,8 @@ class ConfigTiming:
     @property
     def replica_bounds(self) -> tuple[int, int | None]:
         return (self.config.min_replicas, self.config.max_replicas)
+
+    @property
+    def initial_replicas(self) -> int | None:
+        """Adaptive: the run starts from the scenario's (or the cluster's) count."""
+        return None

@@ -190,6 +190,10 @@ class Reason(StrEnum):
     WARM_POOL_PROMOTE = "WarmPoolPromote"
     STATIC = "Static"
     SCALING_DISABLED = "ScalingDisabled"
+    GPU_BUDGET = "GpuBudget"
+    """The safety block's GPU budget lowered the count."""
+    SCHEDULED = "Scheduled"
+    """A schedule window of the safety block raised the minimum or lowered the maximum."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,9 @@ class Decision:
     message: str = ""
     standby_replicas: int | None = None
     placeholder_pods: int | None = None
+    limits: tuple[str, ...] = ()
+    """The safety stages that changed the policy's count, in order (``NoData``, ``TooManyReplicas``,
+    ``ScaleUpLimited``, ``GpuBudget``, ``Scheduled``); empty when none did."""
 
     def __post_init__(self) -> None:
         if self.desired_replicas is not None and self.desired_replicas < 0:
@@ -234,10 +241,11 @@ S = TypeVar("S")
 
 @runtime_checkable
 class Policy(Protocol[S]):
-    """A pure autoscaling policy.
+    """A pure autoscaling policy: everything gpuscale reads from a policy is on this protocol.
 
     ``decide`` must be deterministic, read no clock and draw no randomness of its own; time comes in
     ``snapshot.time_s``, memory lives in the explicit immutable ``state``.
+    :func:`gpuscale.policies.conformance.check_policy` checks a policy against these rules.
     """
 
     @property
@@ -249,8 +257,32 @@ class Policy(Protocol[S]):
         ...
 
     @property
+    def signal_keys(self) -> Mapping[SignalSpec, str]:
+        """Where each signal comes from in the policy's config (``metrics[0].window_s``), for errors
+        about a signal; may be empty."""
+        ...
+
+    @property
     def sync_period_s(self) -> float | None:
         """The policy's own control tick (HPA 15 s, KPA 2 s), or None to use the scenario's."""
+        ...
+
+    @property
+    def max_signal_age_s(self) -> float | None:
+        """A signal older than this makes the policy hold (``StaleData``); None: the policy has no
+        such limit (it reads no signal)."""
+        ...
+
+    @property
+    def replica_bounds(self) -> tuple[int, int | None]:
+        """``(min, max)`` of the counts it decides (max None: unbounded); a non-hold decision is
+        always within them."""
+        ...
+
+    @property
+    def initial_replicas(self) -> int | None:
+        """A fixed-size policy's count, which the deployment already has when a run starts (no
+        scale-up from the scenario's initial replicas); None for every adaptive policy."""
         ...
 
     def initial_state(self) -> S: ...
@@ -276,8 +308,24 @@ class StaticPolicy:
         return ()
 
     @property
+    def signal_keys(self) -> Mapping[SignalSpec, str]:
+        return {}
+
+    @property
     def sync_period_s(self) -> float | None:
         return None
+
+    @property
+    def max_signal_age_s(self) -> float | None:
+        return None
+
+    @property
+    def replica_bounds(self) -> tuple[int, int | None]:
+        return (self.replicas, self.replicas)
+
+    @property
+    def initial_replicas(self) -> int | None:
+        return self.replicas
 
     def initial_state(self) -> StaticState:
         return StaticState()

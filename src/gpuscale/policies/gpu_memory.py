@@ -41,25 +41,23 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import ConfigTiming, field_error
 from gpuscale.policies.base import (
     Aggregation,
-    Decision,
     Metric,
     MetricsSnapshot,
     Reason,
     SignalSpec,
 )
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     Cooldown,
     Pipeline,
     PipelineState,
     Recommendation,
-    check_signals,
-    clamp_out_of_bounds,
-    to_decision,
+    SignalCheck,
+    TailedPolicy,
 )
 
 Sizing = Literal["step", "proportional"]
@@ -112,7 +110,7 @@ class GpuMemoryState:
 
 
 @dataclass(frozen=True)
-class GpuMemoryPolicy(ConfigTiming):
+class GpuMemoryPolicy(ConfigTiming, TailedPolicy[GpuMemoryState]):
     """Threshold scaling on the mean GPU memory utilization (see the module docstring)."""
 
     config: GpuMemoryConfig
@@ -147,18 +145,13 @@ class GpuMemoryPolicy(ConfigTiming):
     def initial_state(self) -> GpuMemoryState:
         return GpuMemoryState(self.tail.initial_state())
 
-    def decide(self, snapshot: MetricsSnapshot, state: GpuMemoryState) -> tuple[Decision, GpuMemoryState]:
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: GpuMemoryState
+    ) -> tuple[Recommendation, GpuMemoryState]:
         cfg = self.config
-        current = snapshot.current_replicas
-        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
-        if clamped is not None:
-            return clamped[0], GpuMemoryState(clamped[1])
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s)
-        if check.hold is not None:
-            return check.hold, state
         rec = gpu_memory_recommendation(
             check.values[self.memory],
-            current=current,
+            current=snapshot.current_replicas,
             ready=snapshot.ready,
             up_pct=cfg.scale_up_threshold_pct,
             down_pct=cfg.scale_down_threshold_pct,
@@ -166,11 +159,11 @@ class GpuMemoryPolicy(ConfigTiming):
             up_step=cfg.scale_up_step,
             down_step=cfg.scale_down_step,
         )
-        final, tail = self.tail.run(rec, snapshot, state.tail)
-        return to_decision(final), GpuMemoryState(tail)
+        return rec, state
 
 
-class GpuMemoryConfig(StrictModel):
+@register_kind
+class GpuMemoryConfig(KindConfig):
     """Scale on mean GPU memory utilization against an upper and a lower threshold.
 
     The thesis's exact thresholds, window and cooldowns are not published in its abstract; the

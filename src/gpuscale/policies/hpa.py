@@ -55,6 +55,7 @@ from gpuscale.policies.base import (
     SignalSpec,
     SignalValue,
 )
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     LegacyScaleUpCap,
@@ -70,6 +71,7 @@ from gpuscale.policies.stages import (
     Stabilization,
     Stage,
     Tolerance,
+    to_decision,
 )
 
 HPA_SYNC_PERIOD_S = 15.0
@@ -295,7 +297,8 @@ def _default_metrics() -> tuple[HpaMetric, ...]:
     )
 
 
-class HpaConfig(StrictModel):
+@register_kind
+class HpaConfig(KindConfig):
     """Kubernetes HPA autoscaling/v2: per-metric proposals, the max wins, tolerance, behavior."""
 
     kind: Literal["hpa"] = "hpa"
@@ -695,7 +698,7 @@ class HpaController:
         else:
             reason = Reason.DESIRED_WITHIN_RANGE
         final, state = self.pipeline.run(Recommendation(best.replicas, reason, message), snapshot, state)
-        return Decision(final.replicas, final.reason, final.message), state
+        return to_decision(final), state
 
     def _preset(
         self, snapshot: MetricsSnapshot, state: PipelineState, replicas: int, reason: Reason, why: str

@@ -54,7 +54,8 @@ from gpuscale.policies.hpa import (
     status_replicas,
     value_proposal,
 )
-from gpuscale.policies.stages import PipelineState, ScalingRules, Tolerance
+from gpuscale.policies.kinds import KindConfig, register_kind
+from gpuscale.policies.stages import PipelineState, ScalingRules, Tolerance, check_signals
 
 _EPS = 1e-9
 
@@ -132,7 +133,8 @@ class KedaAdvanced(StrictModel):
     )
 
 
-class KedaConfig(StrictModel):
+@register_kind
+class KedaConfig(KindConfig):
     """KEDA ScaledObject: activation 0<->1 on the polling interval, the generated HPA for 1<->N."""
 
     kind: Literal["keda"] = "keda"
@@ -286,24 +288,31 @@ class KedaPolicy:
         idle = self.config.idle_replica_count
         return (self.config.min_replica_count if idle is None else idle, self.config.max_replica_count)
 
+    @property
+    def initial_replicas(self) -> int | None:
+        return None
+
     def initial_state(self) -> KedaState:
         return KedaState(failures=(0,) * len(self.config.triggers), hpa=self.hpa.initial_state())
 
     # ---------------------------------------------------------------------------------------------
 
     def _values(self, snapshot: MetricsSnapshot) -> list[_TriggerValue]:
-        """Each trigger's value, or None with why (an erroring trigger)."""
+        """Each trigger's value, or None with why (an erroring trigger): missing and stale as
+        :func:`check_signals` sorts them, reported per trigger as KEDA's scaler errors are."""
+        check = check_signals(snapshot, self.signals, self.max_signal_age_s)
         out: list[_TriggerValue] = []
         for t in self.config.triggers:
+            if check.usable(t.spec):
+                out.append(_TriggerValue(check.values[t.spec]))
+                continue
             got = snapshot.get(t.spec)
-            if got.value is None:
-                why = f"trigger {t.label}: error, no data ({got.reason or 'no samples'})"
-                out.append(_TriggerValue(None, why, Reason.NO_DATA))
-            elif got.age_s > self.max_signal_age_s:
+            if t.spec in check.stale:
                 why = f"trigger {t.label}: error, value {got.age_s:g} s old (> {self.max_signal_age_s:g} s)"
                 out.append(_TriggerValue(None, why, Reason.STALE_DATA))
             else:
-                out.append(_TriggerValue(got.value))
+                why = f"trigger {t.label}: error, no data ({got.reason or 'no samples'})"
+                out.append(_TriggerValue(None, why, Reason.NO_DATA))
         return out
 
     def decide(self, snapshot: MetricsSnapshot, state: KedaState) -> tuple[Decision, KedaState]:

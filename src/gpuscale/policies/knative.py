@@ -51,11 +51,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import default_max_age_s, field_error
 from gpuscale.policies.base import (
     Aggregation,
@@ -65,6 +65,7 @@ from gpuscale.policies.base import (
     Reason,
     SignalSpec,
 )
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     Recommendation,
@@ -81,7 +82,8 @@ ACTIVATION_TIMEOUT_BUFFER_S = 30.0
 """Added to the progress deadline before an Activating PA gives up (``activationTimeoutBuffer``)."""
 
 
-class KnativeConfig(StrictModel):
+@register_kind
+class KnativeConfig(KindConfig):
     """Knative Pod Autoscaler: concurrency or RPS target, stable/panic windows, scale to zero."""
 
     kind: Literal["knative"] = "knative"
@@ -274,8 +276,18 @@ class KnativePolicy:
     def replica_bounds(self) -> tuple[int, int | None]:
         return (self.config.min_scale, self.config.max_scale or None)
 
+    @property
+    def initial_replicas(self) -> int | None:
+        return None
+
     def initial_state(self) -> KnativeState:
         return KnativeState()
+
+    @cached_property
+    def scale_down_delay(self) -> ScaleDownDelay:
+        """The ``scale-down-delay`` stage (its history lives in ``KnativeState.delay``). The bounds
+        are not a fixed stage: ``initial-scale`` raises the minimum until it is first reached."""
+        return ScaleDownDelay(self.config.scale_down_delay_s)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -349,7 +361,7 @@ class KnativePolicy:
 
         delay = state.delay
         if cfg.scale_down_delay_s > 0:
-            rec, delay = ScaleDownDelay(cfg.scale_down_delay_s).apply(rec, snapshot, delay)
+            rec, delay = self.scale_down_delay.apply(rec, snapshot, delay)
 
         # The scaler: bounds (initial scale raises min until first reached), then scale-to-zero.
         min_scale = cfg.min_scale
@@ -359,6 +371,12 @@ class KnativePolicy:
         rec, _ = Bounds(min_scale, max_scale).apply(rec, snapshot, None)
 
         decision, want = self._scale_to_zero(rec, snapshot, state)
+        if cfg.scale_down_delay_s > 0:
+            final = Recommendation(
+                snapshot.current_replicas if decision.desired_replicas is None else decision.desired_replicas,
+                decision.reason,
+            )
+            delay = self.scale_down_delay.settle(final, snapshot, delay)
         new_state = self._activity(
             snapshot,
             state,

@@ -42,15 +42,15 @@ from gpuscale.policies.base import (
     Reason,
     SignalSpec,
 )
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     Pipeline,
     PipelineState,
     Recommendation,
+    SignalCheck,
     Stabilization,
-    check_signals,
-    clamp_out_of_bounds,
-    to_decision,
+    TailedPolicy,
 )
 
 Sizing = Literal["proportional", "step"]
@@ -165,7 +165,7 @@ class MultiSignalState:
 
 
 @dataclass(frozen=True)
-class MultiSignalPolicy(ConfigTiming):
+class MultiSignalPolicy(ConfigTiming, TailedPolicy[MultiSignalState]):
     """Any-up / all-down over smoothed signals with hysteresis bands (see the module docstring)."""
 
     config: MultiSignalConfig
@@ -223,15 +223,12 @@ class MultiSignalPolicy(ConfigTiming):
             how = f"{current} - {self.config.scale_down_step} = {n}"
         return _Vote(band, value, side, n, f"{band.show(value)} {edge}: {how}")
 
-    def decide(self, snapshot: MetricsSnapshot, state: MultiSignalState) -> tuple[Decision, MultiSignalState]:
-        cfg = self.config
-        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
-        if clamped is not None:
-            return clamped[0], MultiSignalState(clamped[1])
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s)
-        if check.hold is not None:
-            return check.hold, state
-        votes = [self._vote(b, check.values[b.spec], snapshot) for b in cfg.signals if check.usable(b.spec)]
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: MultiSignalState
+    ) -> tuple[Recommendation | Decision, MultiSignalState]:
+        votes = [
+            self._vote(b, check.values[b.spec], snapshot) for b in self.config.signals if check.usable(b.spec)
+        ]
         unusable = [s.key for s in (*check.missing, *check.stale)]
         rec = self._combine(votes, unusable, snapshot)
         if rec is None:
@@ -240,8 +237,7 @@ class MultiSignalPolicy(ConfigTiming):
                 "; ".join(v.how for v in votes)
                 + f"; no scale-down without every signal ({', '.join(unusable)} unusable)",
             ), state
-        final, tail = self.tail.run(rec, snapshot, state.tail)
-        return to_decision(final), MultiSignalState(tail)
+        return rec, state
 
     def _combine(
         self, votes: list[_Vote], unusable: list[str], snapshot: MetricsSnapshot
@@ -285,7 +281,8 @@ class MultiSignalPolicy(ConfigTiming):
         )
 
 
-class MultiSignalConfig(StrictModel):
+@register_kind
+class MultiSignalConfig(KindConfig):
     """Several smoothed signals with hysteresis bands: up on any, down on all (seed 004)."""
 
     kind: Literal["multi-signal"] = "multi-signal"

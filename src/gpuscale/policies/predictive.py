@@ -48,18 +48,17 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import MISSING_KEY, ConfigTiming, field_error
 from gpuscale.policies.base import Aggregation, Decision, Metric, MetricsSnapshot, Reason, SignalSpec
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     Pipeline,
     PipelineState,
     Recommendation,
+    SignalCheck,
     Stabilization,
-    check_signals,
-    clamp_out_of_bounds,
-    to_decision,
+    TailedPolicy,
 )
 
 
@@ -253,7 +252,9 @@ class PredictiveState:
 
 
 @dataclass(frozen=True)
-class PredictivePolicy(ConfigTiming):
+class PredictivePolicy(ConfigTiming, TailedPolicy[PredictiveState]):
+    require_all_signals = True
+
     """Forecast-ahead scale-up with a reactive floor; scale-in only reactively (module docstring)."""
 
     config: PredictiveConfig
@@ -371,17 +372,19 @@ class PredictivePolicy(ConfigTiming):
 
     # -- deciding ----------------------------------------------------------------------------------
 
-    def decide(self, snapshot: MetricsSnapshot, state: PredictiveState) -> tuple[Decision, PredictiveState]:
-        cfg = self.config
-        current = snapshot.current_replicas
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s, require_all=True)
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: PredictiveState
+    ) -> tuple[Decision | None, PredictiveState]:
+        """Every usable rate sample is learnt, even on a tick whose count is then clamped."""
         if check.hold is None:
             state = self.observe(state, snapshot.time_s, check.values[self.rate])
-        clamped = clamp_out_of_bounds(self.tail, snapshot, state.tail, cfg.min_replicas, cfg.max_replicas)
-        if clamped is not None:
-            return self._with_headroom(clamped[0]), replace(state, tail=clamped[1])
-        if check.hold is not None:
-            return self._with_headroom(check.hold), state
+        return None, state
+
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: PredictiveState
+    ) -> tuple[Recommendation, PredictiveState]:
+        cfg = self.config
+        current = snapshot.current_replicas
         live = check.values[self.reactive]
         target = cfg.resolved_reactive_target
         reactive = math.ceil(live / target - 1e-9)
@@ -407,17 +410,17 @@ class PredictivePolicy(ConfigTiming):
             reason = Reason.SCALE_DOWN
         else:
             reason = Reason.DESIRED_WITHIN_RANGE
-        rec = Recommendation(desired, reason, "; ".join(parts) + f" -> max = {desired}")
-        final, tail = self.tail.run(rec, snapshot, state.tail)
-        return self._with_headroom(to_decision(final)), replace(state, tail=tail)
+        return Recommendation(desired, reason, "; ".join(parts) + f" -> max = {desired}"), state
 
-    def _with_headroom(self, decision: Decision) -> Decision:
+    def after(self, decision: Decision) -> Decision:
+        """Every decision carries the warm-node buffer, holds included."""
         if not self.config.headroom_replicas:
             return decision
         return replace(decision, placeholder_pods=self.config.headroom_replicas)
 
 
-class PredictiveConfig(StrictModel):
+@register_kind
+class PredictiveConfig(KindConfig):
     """Forecast the request rate and add capacity ahead of it; a reactive floor; scale-in reactive only."""
 
     kind: Literal["predictive"] = "predictive"

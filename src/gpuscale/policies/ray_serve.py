@@ -37,7 +37,6 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import field_error
 from gpuscale.policies.base import (
     Aggregation,
@@ -47,12 +46,14 @@ from gpuscale.policies.base import (
     Reason,
     SignalSpec,
 )
+from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
     Pipeline,
     PipelineState,
     Recommendation,
-    check_signals,
+    SignalCheck,
+    TailedPolicy,
     direction_reason,
     to_decision,
 )
@@ -162,8 +163,13 @@ class RayServeState:
 
 
 @dataclass(frozen=True)
-class RayServePolicy:
-    """Ray Serve's default request-based autoscaling policy (see the module docstring)."""
+class RayServePolicy(TailedPolicy[RayServeState]):
+    """Ray Serve's default request-based autoscaling policy (see the module docstring).
+
+    A count outside the bounds is not clamped before the signals are read: Ray Serve applies its
+    bounds only to a decision it makes (the tail's bounds stage)."""
+
+    clamps_out_of_bounds = False
 
     config: RayServeConfig
 
@@ -197,6 +203,10 @@ class RayServePolicy:
     def replica_bounds(self) -> tuple[int, int | None]:
         return (self.config.min_replicas, self.config.max_replicas)
 
+    @property
+    def initial_replicas(self) -> int | None:
+        return None
+
     @cached_property
     def tail(self) -> Pipeline:
         """Bounds, then the consecutive-decision delay (upstream's order after the factors)."""
@@ -210,24 +220,34 @@ class RayServePolicy:
             downscale_to_zero_ticks=delay_ticks(to_zero, cfg.sync_period_s),
             period_s=cfg.sync_period_s,
         )
-        return Pipeline((Bounds(cfg.min_replicas, cfg.max_replicas), delay))
+        return Pipeline((self.bounds, delay))
+
+    @cached_property
+    def bounds(self) -> Bounds:
+        """The tail's bounds stage, which the cold-start fast path passes through as well."""
+        return Bounds(self.config.min_replicas, self.config.max_replicas)
 
     def initial_state(self) -> RayServeState:
         return RayServeState(self.tail.initial_state())
 
-    def decide(self, snapshot: MetricsSnapshot, state: RayServeState) -> tuple[Decision, RayServeState]:
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: RayServeState
+    ) -> tuple[Decision | None, RayServeState]:
+        if state.deployed:
+            return None, state
+        state = replace(state, deployed=True)
+        initial = self.config.initial_replicas
+        if initial is not None and snapshot.current_replicas != initial:
+            # Upstream sets the target to initial_replicas when the deployment is first deployed,
+            # before any metric exists; autoscaling (with its delays) takes over from there.
+            reason = Reason.SCALE_UP if initial > snapshot.current_replicas else Reason.SCALE_DOWN
+            return Decision(initial, reason, f"deployed at initial_replicas {initial}"), state
+        return None, state
+
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: RayServeState
+    ) -> tuple[Recommendation | Decision, RayServeState]:
         cfg = self.config
-        if not state.deployed:
-            state = replace(state, deployed=True)
-            initial = cfg.initial_replicas
-            if initial is not None and snapshot.current_replicas != initial:
-                # Upstream sets the target to initial_replicas when the deployment is first deployed,
-                # before any metric exists; autoscaling (with its delays) takes over from there.
-                reason = Reason.SCALE_UP if initial > snapshot.current_replicas else Reason.SCALE_DOWN
-                return Decision(initial, reason, f"deployed at initial_replicas {initial}"), state
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s)
-        if check.hold is not None:
-            return check.hold, state
         total = check.values[self.demand]
         running, target = snapshot.ready, snapshot.current_replicas
         if running == 0:
@@ -239,9 +259,7 @@ class RayServePolicy:
             f"{total:g} ongoing requests / {cfg.target_ongoing_requests:g} per replica = {raw:.2f} replicas;"
             f" from {running} running with factor {factor:g} -> {scaled}"
         )
-        rec = Recommendation(scaled, direction_reason(scaled, target), message)
-        final, tail = self.tail.run(rec, snapshot, state.tail)
-        return to_decision(final), RayServeState(tail, deployed=True)
+        return Recommendation(scaled, direction_reason(scaled, target), message), state
 
     def _from_zero(self, snapshot: MetricsSnapshot, total: float) -> Decision:
         cfg = self.config
@@ -257,13 +275,12 @@ class RayServePolicy:
         )
         reason = Reason.SCALE_FROM_ZERO if wanted > target else Reason.DESIRED_WITHIN_RANGE
         # The fast path skips the delay counter (its state is left as it was) but not the bounds.
-        final, _ = Bounds(cfg.min_replicas, cfg.max_replicas).apply(
-            Recommendation(wanted, reason, message), snapshot, None
-        )
+        final, _ = self.bounds.apply(Recommendation(wanted, reason, message), snapshot, None)
         return to_decision(final)
 
 
-class RayServeConfig(StrictModel):
+@register_kind
+class RayServeConfig(KindConfig):
     """Ray Serve ``AutoscalingConfig`` for one deployment (defaults are upstream's unless noted)."""
 
     kind: Literal["ray-serve"] = "ray-serve"

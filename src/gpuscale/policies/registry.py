@@ -2,8 +2,10 @@
 
 A kind is a frozen pydantic config class with ``kind: Literal["..."]``, a ``build() -> Policy``
 method and, when some field is required, an ``example()`` classmethod returning a representative
-config (the conformance suite builds every kind from it); :data:`KIND_CONFIGS` lists them and everything else (the discriminated union, ``gpuscale
-policies list`` / ``show``, the conformance suite) follows from that tuple.
+config (the conformance suite builds every kind from it), registered by
+:func:`~gpuscale.policies.kinds.register_kind` in its own module. :func:`kind_configs` lists them
+and everything else (the discriminated union, ``gpuscale policies list`` / ``show``, the conformance
+suite) follows from that tuple.
 
 Presets are policy YAML files shipped in ``gpuscale/policies/presets/``; the file name is the preset
 name (``gpu-util.yaml`` -> ``gpu-util``).
@@ -14,14 +16,17 @@ This module reads files (presets, ``load_policy_file``); the policies it builds 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import operator
+import pkgutil
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -29,20 +34,15 @@ from pydantic import BaseModel, Field, TypeAdapter
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
-from gpuscale.config.loading import StrictModel, load_yaml, parse_yaml, validate
+from gpuscale.config.loading import load_yaml, parse_yaml, validate
+from gpuscale.config.safety import SafetyConfig
 from gpuscale.policies.base import Policy, StaticPolicy
-from gpuscale.policies.gpu_memory import GpuMemoryConfig
-from gpuscale.policies.hpa import HpaConfig
-from gpuscale.policies.keda import KedaConfig
-from gpuscale.policies.knative import KnativeConfig
-from gpuscale.policies.multi_signal import MultiSignalConfig
-from gpuscale.policies.predictive import PredictiveConfig
-from gpuscale.policies.ray_serve import RayServeConfig
-from gpuscale.policies.static_peak import StaticPeakConfig
-from gpuscale.policies.warm_pool import WarmPoolConfig
+from gpuscale.policies.kinds import KindConfig, kind_of, register_kind, registered
+from gpuscale.policies.safety import with_safety
 
 
-class StaticConfig(StrictModel):
+@register_kind
+class StaticConfig(KindConfig):
     """A fixed replica count, whatever the load (the baseline every comparison needs)."""
 
     kind: Literal["static"] = "static"
@@ -67,18 +67,35 @@ class PolicyConfig(Protocol):
     @property
     def kind(self) -> str: ...
 
+    @property
+    def safety(self) -> SafetyConfig | None: ...
+
     def build(self) -> Policy[Any]: ...
 
 
-# The registered kinds. To add one, import its config class above and append it here: that single
-# line is all the registry, the CLI and the conformance suite need.
-KIND_CONFIGS: tuple[type[BaseModel], ...] = (StaticConfig, HpaConfig, KnativeConfig, KedaConfig)
-KIND_CONFIGS += (RayServeConfig,)
-KIND_CONFIGS += (GpuMemoryConfig,)
-KIND_CONFIGS += (MultiSignalConfig,)
-KIND_CONFIGS += (PredictiveConfig,)
-KIND_CONFIGS += (WarmPoolConfig,)
-KIND_CONFIGS += (StaticPeakConfig,)
+def build_policy(config: PolicyConfig) -> Policy[Any]:
+    """The policy of ``config``, inside its ``safety:`` block when it has one."""
+    return with_safety(config.build(), config.safety)
+
+
+def _discover() -> None:
+    """Import every module of ``gpuscale.policies`` (each family registers its kind on import), then
+    every installed ``gpuscale.policy_kinds`` entry point."""
+    package = importlib.import_module("gpuscale.policies")
+    for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"gpuscale.policies.{module.name}")
+    for entry in entry_points(group="gpuscale.policy_kinds"):
+        entry.load()
+
+
+_discover()
+
+
+def kind_configs() -> tuple[type[BaseModel], ...]:
+    """The registered kinds' config classes, static first (see :mod:`gpuscale.policies.kinds`: a
+    kind is one module); a kind registered after this module loaded is included."""
+    return (StaticConfig, *(k for k in registered() if k is not StaticConfig))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,11 +122,7 @@ class ParamInfo:
     description: str
 
 
-def _kind_of(cls: type[BaseModel]) -> str:
-    default = cls.model_fields["kind"].default
-    if not isinstance(default, str):
-        raise TypeError(f"{cls.__name__}.kind must default to its kind name")
-    return default
+_kind_of = kind_of
 
 
 def _summary(cls: type[BaseModel]) -> str:
@@ -119,16 +132,16 @@ def _summary(cls: type[BaseModel]) -> str:
 
 def policy_kinds() -> list[KindInfo]:
     """Every registered kind, in registration order."""
-    return [KindInfo(_kind_of(c), _summary(c), c) for c in KIND_CONFIGS]
+    return [KindInfo(_kind_of(c), _summary(c), c) for c in kind_configs()]
 
 
 def kind_names() -> list[str]:
-    return [_kind_of(c) for c in KIND_CONFIGS]
+    return [_kind_of(c) for c in kind_configs()]
 
 
 def config_class(kind: str) -> type[BaseModel]:
     """The config class of ``kind``; ConfigError naming the known kinds otherwise."""
-    for c in KIND_CONFIGS:
+    for c in kind_configs():
         if _kind_of(c) == kind:
             return c
     raise ConfigError(
@@ -223,13 +236,13 @@ def load_policy_config(data: Any, source: str, prefix: str = "") -> PolicyConfig
             raise ConfigError(source, key, MISSING, f"required: the policy kind, one of {', '.join(kinds)}")
         if data["kind"] not in kinds:
             raise ConfigError(source, key, data["kind"], f"unknown policy kind; allowed: {', '.join(kinds)}")
-    config: PolicyConfig = validate(_adapter(KIND_CONFIGS), data, source, prefix)
+    config: PolicyConfig = validate(_adapter(kind_configs()), data, source, prefix)
     return config
 
 
 def load_policy(data: Any, source: str, prefix: str = "") -> Policy[Any]:
     """Validate a policy mapping and build the policy."""
-    return load_policy_config(data, source, prefix).build()
+    return build_policy(load_policy_config(data, source, prefix))
 
 
 def load_policy_file(path: str | Path) -> Policy[Any]:
@@ -277,7 +290,7 @@ def load_preset_config(name: str) -> PolicyConfig:
 
 def load_preset(name: str) -> Policy[Any]:
     """Build preset ``name``."""
-    return load_preset_config(name).build()
+    return build_policy(load_preset_config(name))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +314,7 @@ class PolicySpec:
         return load_policy_config(self.data, self.source, self.prefix)
 
     def build(self) -> Policy[Any]:
-        return self.config().build()
+        return build_policy(self.config())
 
 
 def resolve_policy(
@@ -340,7 +353,7 @@ def check_windows(policy: Policy[Any], scrape_interval_s: float, source: str) ->
     is a single 15-s scrape in disguise. The error names the config key when the policy says where
     the signal comes from (``signal_keys``), and the allowed range.
     """
-    keys: Mapping[Any, str] = getattr(policy, "signal_keys", {}) or {}
+    keys = policy.signal_keys
     errors: list[ConfigError] = []
     for i, spec in enumerate(policy.signals):
         if spec.window_s < scrape_interval_s:

@@ -47,7 +47,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from gpuscale.policies.base import Decision, MetricsSnapshot, Reason, SignalSpec
 
@@ -72,6 +72,7 @@ __all__ = [
     "SignalCheck",
     "Stabilization",
     "Stage",
+    "TailedPolicy",
     "TimedValue",
     "Tolerance",
     "ToleranceStage",
@@ -854,3 +855,101 @@ def clamp_out_of_bounds(
     rec = Recommendation(current, Reason.DESIRED_WITHIN_RANGE, f"{current} replicas")
     final, new_state = tail.run(rec, snapshot, state)
     return to_decision(final), new_state
+
+
+# --------------------------------------------------------------------------------------------------
+# The wrapper: a family writes its raw recommendation, the tail does the rest
+# --------------------------------------------------------------------------------------------------
+
+
+class _HasTail(Protocol):
+    """A family's state: whatever the family remembers, plus the tail's state under ``tail``."""
+
+    @property
+    def tail(self) -> PipelineState: ...
+
+
+FamilyStateT = TypeVar("FamilyStateT", bound=_HasTail)
+
+
+class TailedPolicy(Generic[FamilyStateT]):
+    """The one place a family's recommendation becomes a decision (Ray Serve's decorator, as a base).
+
+    A family (a frozen dataclass deriving from this) writes only :meth:`recommend` -- its raw
+    :class:`Recommendation` from the usable signals -- and declares its :attr:`tail`. ``decide``,
+    the same for every family, runs in this order:
+
+    1. the signals are sorted into usable / missing / stale (:func:`check_signals`, all of them
+       required when :attr:`require_all_signals`);
+    2. :meth:`before` may learn from the snapshot (a forecaster folds in the rate) or decide at once
+       (Ray Serve's first deployment at ``initial_replicas``);
+    3. a count outside ``replica_bounds`` goes to the bound through the tail, before any signal
+       counts (:func:`clamp_out_of_bounds`, the HPA's rule), unless :attr:`clamps_out_of_bounds` is
+       off;
+    4. missing or stale signals hold (``NoData`` / ``StaleData``);
+    5. :meth:`recommend` gives the raw recommendation (or a decision made outside the tail: a hold
+       of its own, a fast path);
+    6. the tail's stages run and settle on the result (:meth:`Pipeline.run`), and the recommendation
+       becomes the decision, with every stage's note in its message;
+    7. :meth:`after` may attach what the family adds to every decision (a warm-node buffer).
+
+    The family's state is a frozen dataclass with the tail's state in a field named ``tail``.
+    """
+
+    require_all_signals: ClassVar[bool] = False
+    """Hold unless every declared signal is usable (a forecaster needs its rate; the KPA its two
+    windows); otherwise hold only when none is."""
+    clamps_out_of_bounds: ClassVar[bool] = True
+
+    @property
+    def tail(self) -> Pipeline:
+        raise NotImplementedError
+
+    if TYPE_CHECKING:
+
+        @property
+        def signals(self) -> tuple[SignalSpec, ...]: ...
+
+        @property
+        def max_signal_age_s(self) -> float: ...
+
+        @property
+        def replica_bounds(self) -> tuple[int, int | None]: ...
+
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT
+    ) -> tuple[Decision | None, FamilyStateT]:
+        """Learn from the snapshot, or decide at once; by default neither."""
+        return None, state
+
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT
+    ) -> tuple[Recommendation | Decision, FamilyStateT]:
+        """The family's raw recommendation from ``check.values`` (every usable signal)."""
+        raise NotImplementedError
+
+    def after(self, decision: Decision) -> Decision:
+        """What the family adds to every decision it makes; by default nothing."""
+        return decision
+
+    def decide(self, snapshot: MetricsSnapshot, state: FamilyStateT) -> tuple[Decision, FamilyStateT]:
+        check = check_signals(
+            snapshot, self.signals, self.max_signal_age_s, require_all=self.require_all_signals
+        )
+        early, state = self.before(snapshot, check, state)
+        if early is not None:
+            return self.after(early), state
+        if self.clamps_out_of_bounds:
+            lo, hi = self.replica_bounds
+            clamped = clamp_out_of_bounds(
+                self.tail, snapshot, state.tail, lo, hi if hi is not None else snapshot.current_replicas
+            )
+            if clamped is not None:
+                return self.after(clamped[0]), replace(state, tail=clamped[1])  # type: ignore[type-var]
+        if check.hold is not None:
+            return self.after(check.hold), state
+        rec, state = self.recommend(snapshot, check, state)
+        if isinstance(rec, Decision):
+            return self.after(rec), state
+        final, tail = self.tail.run(rec, snapshot, state.tail)
+        return self.after(to_decision(final)), replace(state, tail=tail)  # type: ignore[type-var]

@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import MISSING_KEY, field_error
 from gpuscale.policies.base import StaticPolicy
+from gpuscale.policies.kinds import KindConfig, register_kind
 
 
 def peak_replicas(peak_rps: float, capacity_rps_per_replica: float, headroom_pct: float = 0.0) -> int:
@@ -29,7 +29,8 @@ def peak_replicas(peak_rps: float, capacity_rps_per_replica: float, headroom_pct
     return max(1, math.ceil(needed - 1e-9))
 
 
-class StaticPeakConfig(StrictModel):
+@register_kind
+class StaticPeakConfig(KindConfig):
     """Hold the peak's replicas whatever the load (the over-provisioned baseline)."""
 
     kind: Literal["static-peak"] = "static-peak"

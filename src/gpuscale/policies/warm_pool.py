@@ -32,10 +32,11 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gpuscale.config.loading import StrictModel
 from gpuscale.policies._config import MISSING_KEY, field_error
 from gpuscale.policies.base import Decision, Metric, MetricsSnapshot, Policy, Reason, SignalSpec
 from gpuscale.policies.hpa import HpaConfig, HpaMetric, HpaMetricTarget
+from gpuscale.policies.kinds import KindConfig, register_kind
+from gpuscale.policies.safety import with_safety
 
 
 def promote_decision(
@@ -86,8 +87,7 @@ class WarmPoolPolicy:
 
     @property
     def signal_keys(self) -> dict[SignalSpec, str]:
-        keys: dict[SignalSpec, str] = getattr(self.inner, "signal_keys", {}) or {}
-        return {spec: f"active.{key}" for spec, key in keys.items()}
+        return {spec: f"active.{key}" for spec, key in self.inner.signal_keys.items()}
 
     @property
     def sync_period_s(self) -> float | None:
@@ -95,13 +95,15 @@ class WarmPoolPolicy:
 
     @property
     def max_signal_age_s(self) -> float | None:
-        age: float | None = getattr(self.inner, "max_signal_age_s", None)
-        return age
+        return self.inner.max_signal_age_s
 
     @property
     def replica_bounds(self) -> tuple[int, int | None]:
-        bounds: tuple[int, int | None] = getattr(self.inner, "replica_bounds", (0, None))
-        return bounds
+        return self.inner.replica_bounds
+
+    @property
+    def initial_replicas(self) -> int | None:
+        return self.inner.initial_replicas
 
     def initial_state(self) -> WarmPoolState:
         return WarmPoolState(self.inner.initial_state())
@@ -134,7 +136,8 @@ def _nested_errors(exc: ValidationError, prefix: tuple[str | int, ...]) -> Valid
     return ValidationError.from_exception_data("policy", details)
 
 
-class WarmPoolConfig(StrictModel):
+@register_kind
+class WarmPoolConfig(KindConfig):
     """Keep N loaded standby pods outside the Service and promote them on scale-up (seed 001)."""
 
     kind: Literal["warm-pool"] = "warm-pool"
@@ -201,7 +204,7 @@ class WarmPoolConfig(StrictModel):
 
             if self.active.get("kind") == "warm-pool":
                 field_error(("kind",), "warm-pool", "a warm pool cannot wrap another warm pool")
-            kinds = tuple(c for c in registry.KIND_CONFIGS if c is not WarmPoolConfig)
+            kinds = tuple(c for c in registry.kind_configs() if c is not WarmPoolConfig)
             return registry._adapter(kinds).validate_python(self.active)
         assert self.target_per_replica is not None and self.max_replicas is not None
         return HpaConfig(
@@ -218,5 +221,6 @@ class WarmPoolConfig(StrictModel):
         )
 
     def build(self) -> WarmPoolPolicy:
-        inner: Policy[Any] = self.active_config().build()
+        active = self.active_config()
+        inner: Policy[Any] = with_safety(active.build(), active.safety)
         return WarmPoolPolicy(inner, self.standby_replicas, self.name, self.headroom_replicas)
