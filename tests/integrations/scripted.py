@@ -5,10 +5,11 @@ source serving the values a test gives, and :func:`queue_hpa`, an HPA on the tot
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from gpuscale.policies.base import MetricsSnapshot, SignalSpec, SignalValue
+from gpuscale.policies.ports import ReplicaCounts, make_snapshot
 
 
 class ScriptedSource:
@@ -28,24 +29,17 @@ class ScriptedSource:
     def value(self, value: float | None) -> None:
         self.values = [value]
 
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot:
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
         value = self.value
         self.calls += 1
         signals = {
             spec: SignalValue(value, age_s=5.0) if value is not None else SignalValue.missing("scripted gap")
             for spec in specs
         }
-        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining, signals=signals)
+        return make_snapshot(now, counts, signals)
+
+    def unavailable(self) -> str | None:
+        return None
 
 
 def queue_hpa(

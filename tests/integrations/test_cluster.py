@@ -24,8 +24,9 @@ import pytest
 
 from gpuscale._core.clock import ManualClock
 from gpuscale.controller import Controller, SafetyConfig, TargetConfig
-from gpuscale.controller.target import KubernetesTarget, TargetCounts, api_client
+from gpuscale.controller.target import KubernetesTarget, api_client
 from gpuscale.policies import registry
+from gpuscale.policies.ports import ReplicaCounts
 from tests.controlplane import GpuCluster, cluster_binaries, wait_until
 
 from .scripted import ScriptedSource, queue_hpa
@@ -107,9 +108,9 @@ def tick(ctl: Controller) -> Any:
     return out
 
 
-def reach(target: KubernetesTarget, expected: TargetCounts) -> TargetCounts:
+def reach(target: KubernetesTarget, expected: ReplicaCounts) -> ReplicaCounts:
     """Wait until ``target.counts()`` is exactly ``expected``."""
-    seen: list[TargetCounts] = []
+    seen: list[ReplicaCounts] = []
 
     def check() -> bool:
         seen.append(target.counts())
@@ -119,9 +120,9 @@ def reach(target: KubernetesTarget, expected: TargetCounts) -> TargetCounts:
     return seen[-1]
 
 
-def record_counts(record: dict[str, Any]) -> TargetCounts:
+def record_counts(record: dict[str, Any]) -> ReplicaCounts:
     r = record["replicas"]
-    return TargetCounts(r["current"], r["ready"], r["starting"], r["pending"], r["draining"])
+    return ReplicaCounts(r["current"], r["ready"], r["starting"], r["pending"], r["draining"])
 
 
 def conditions(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -152,15 +153,15 @@ def test_ten_replicas_on_eight_gpus_leave_two_pending_and_count_starting_then_re
     deploy(cluster, "llm", "base", 1)
     cleanup.append("llm")
     ctl, target, records = controller(cluster, tmp_path, "llm", ScriptedSource([95.0]))
-    reach(target, TargetCounts(1, 0, 1, 0))
+    reach(target, ReplicaCounts(1, 0, 1, 0))
 
     up = tick(ctl)  # a queue of 95 asks for 10 replicas
     assert (up.action, up.replicas) == ("scaled", 10)
-    assert record_counts(records[0]) == TargetCounts(1, 0, 1, 0)
+    assert record_counts(records[0]) == ReplicaCounts(1, 0, 1, 0)
     assert records[0]["written_replicas"] == 10 and records[0]["decision"]["reason"] == "ScaleUp"
 
     # 8 GPUs: the scheduler binds 8 pods, 4 per node, and cannot place the other 2
-    reach(target, TargetCounts(10, ready=0, starting=8, pending=2))
+    reach(target, ReplicaCounts(10, ready=0, starting=8, pending=2))
 
     def accepted() -> list[dict[str, Any]] | None:
         pods = cluster.pods(NS, "app=llm")
@@ -184,10 +185,10 @@ def test_ten_replicas_on_eight_gpus_leave_two_pending_and_count_starting_then_re
 
     held = tick(ctl)  # 10 asked, 10 exist: nothing to write; the record shows the cluster's state
     assert held.action == "unchanged"
-    assert record_counts(records[1]) == TargetCounts(10, 0, 8, 2) == held.counts
+    assert record_counts(records[1]) == ReplicaCounts(10, 0, 8, 2) == held.counts
 
     cluster.kubelet.set_timing(cold_start_s=1.0, nodes=base)  # the cold start runs its 1 s
-    reach(target, TargetCounts(10, ready=8, starting=0, pending=2))
+    reach(target, ReplicaCounts(10, ready=8, starting=0, pending=2))
     pods = cluster.pods(NS, "app=llm")
     running = [p for p in pods if p["spec"].get("nodeName")]
     assert by_state(pods)["ready"] == {p["metadata"]["name"] for p in running}
@@ -205,7 +206,7 @@ def test_ten_replicas_on_eight_gpus_leave_two_pending_and_count_starting_then_re
 
     steady = tick(ctl)
     assert steady.action == "unchanged"
-    assert record_counts(records[2]) == TargetCounts(10, 8, 0, 2) == target.counts()
+    assert record_counts(records[2]) == ReplicaCounts(10, 8, 0, 2) == target.counts()
 
 
 def test_scale_down_removes_the_pending_pods_first_then_drains_scheduled_ones(
@@ -216,15 +217,15 @@ def test_scale_down_removes_the_pending_pods_first_then_drains_scheduled_ones(
     cleanup.append("shrink")
     queue = ScriptedSource([95.0])
     ctl, target, records = controller(cluster, tmp_path, "shrink", queue)
-    reach(target, TargetCounts(10, ready=8, starting=0, pending=2))
+    reach(target, ReplicaCounts(10, ready=8, starting=0, pending=2))
     before = by_state(cluster.pods(NS, "app=shrink"))
     assert len(before["ready"]) == 8 and len(before["unschedulable"]) == 2
 
     queue.value = 75.0  # asks for 8: the ReplicaSet deletes the unscheduled pods, not running ones
     out = tick(ctl)
     assert (out.action, out.replicas) == ("scaled", 8)
-    assert record_counts(records[0]) == TargetCounts(10, 8, 0, 2)
-    reach(target, TargetCounts(8, ready=8, starting=0, pending=0))
+    assert record_counts(records[0]) == ReplicaCounts(10, 8, 0, 2)
+    reach(target, ReplicaCounts(8, ready=8, starting=0, pending=0))
     after = cluster.pods(NS, "app=shrink")
     assert {p["metadata"]["name"] for p in after} == before["ready"]
 
@@ -232,21 +233,21 @@ def test_scale_down_removes_the_pending_pods_first_then_drains_scheduled_ones(
     queue.value = 55.0  # asks for 6: two scheduled pods go, draining first
     out = tick(ctl)
     assert (out.action, out.replicas) == ("scaled", 6)
-    reach(target, TargetCounts(6, ready=6, starting=0, pending=0, draining=2))
+    reach(target, ReplicaCounts(6, ready=6, starting=0, pending=0, draining=2))
     draining = [p for p in cluster.pods(NS, "app=shrink") if p["metadata"].get("deletionTimestamp")]
     assert len(draining) == 2
     assert all(p["spec"]["nodeName"] in nodes for p in draining)
     assert all(p["metadata"]["deletionGracePeriodSeconds"] == 30 for p in draining)  # the pod spec default
     held = tick(ctl)
-    assert held.action == "unchanged" and record_counts(records[-1]) == TargetCounts(6, 6, 0, 0, 2)
+    assert held.action == "unchanged" and record_counts(records[-1]) == ReplicaCounts(6, 6, 0, 0, 2)
 
     cluster.kubelet.set_timing(drain_s=0.5, nodes=nodes)  # containers stop: the kubelet finalizes
-    reach(target, TargetCounts(6, ready=6, starting=0, pending=0, draining=0))
+    reach(target, ReplicaCounts(6, ready=6, starting=0, pending=0, draining=0))
     left = {p["metadata"]["name"] for p in cluster.pods(NS, "app=shrink")}
     assert len(left) == 6 and left < before["ready"]
     assert not left & {p["metadata"]["name"] for p in draining}
     tick(ctl)
-    assert record_counts(records[-1]) == TargetCounts(6, 6, 0, 0, 0)
+    assert record_counts(records[-1]) == ReplicaCounts(6, 6, 0, 0, 0)
 
 
 def test_a_new_gpu_node_lets_the_pending_pods_schedule(
@@ -256,19 +257,19 @@ def test_a_new_gpu_node_lets_the_pending_pods_schedule(
     deploy(cluster, "grow", "grow", 1)
     cleanup.append("grow")
     ctl, target, records = controller(cluster, tmp_path, "grow", ScriptedSource([95.0]))
-    reach(target, TargetCounts(1, ready=1, starting=0, pending=0))
+    reach(target, ReplicaCounts(1, ready=1, starting=0, pending=0))
     assert tick(ctl).replicas == 10
-    reach(target, TargetCounts(10, ready=8, starting=0, pending=2))
+    reach(target, ReplicaCounts(10, ready=8, starting=0, pending=2))
     waiting = by_state(cluster.pods(NS, "app=grow"))["unschedulable"]
 
     cluster.add_gpu_node("grow-2", 4, labels={POOL: "grow"}, cold_start_s=0.2)
-    reach(target, TargetCounts(10, ready=10, starting=0, pending=0))
+    reach(target, ReplicaCounts(10, ready=10, starting=0, pending=0))
     pods = cluster.pods(NS, "app=grow")
     on_new = {p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == "grow-2"}
     assert on_new == waiting  # the two that waited for capacity run on the new node
     assert Counter(p["spec"]["nodeName"] for p in pods) == {"grow-0": 4, "grow-1": 4, "grow-2": 2}
     assert tick(ctl).action == "unchanged"
-    assert record_counts(records[-1]) == TargetCounts(10, 10, 0, 0, 0)
+    assert record_counts(records[-1]) == ReplicaCounts(10, 10, 0, 0, 0)
 
 
 def test_emulated_nodes_keep_fresh_heartbeats_and_stay_ready_and_untainted(cluster: GpuCluster) -> None:

@@ -22,10 +22,21 @@ from typer.testing import CliRunner
 from gpuscale._core.clock import ManualClock
 from gpuscale._core.errors import PermanentError, TemporaryError
 from gpuscale.cli import app
-from gpuscale.controller import Controller, SafetyConfig, TargetConfig, apply_safety
-from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetCounts, TargetGone, api_client
+from gpuscale.controller import Controller, SafetyConfig, TargetConfig
+from gpuscale.controller.target import Forbidden, KubernetesTarget, TargetGone, api_client
 from gpuscale.policies import registry
-from gpuscale.policies.base import Policy
+from gpuscale.policies.base import (
+    Aggregation,
+    Decision,
+    Metric,
+    MetricsSnapshot,
+    Policy,
+    Reason,
+    SignalSpec,
+    SignalValue,
+)
+from gpuscale.policies.ports import ReplicaCounts
+from gpuscale.policies.safety import guard
 from tests.controlplane import TOKEN, VIEWER_TOKEN, ControlPlane, _free_port, started_plane, wait_until
 
 from .scripted import ScriptedSource, queue_hpa
@@ -199,10 +210,17 @@ def test_api_server_down_holds_and_counts_temporary_errors(plane: ControlPlane, 
 
 def test_fail_static_never_scales_down_without_data() -> None:
     safety = SafetyConfig(min_replicas=1, max_replicas=10)
-    assert apply_safety(2, 6, safety, signals_missing=True).replicas == 6
-    assert apply_safety(2, 6, safety, signals_missing=True).reasons == ("NoData",)
-    assert apply_safety(8, 6, safety, signals_missing=True).replicas == 8  # scaling up stays allowed
-    assert apply_safety(2, 6, safety, signals_missing=False).replicas == 2
+    spec = SignalSpec(Metric.QUEUE_LENGTH, 60.0, Aggregation.TOTAL)
+    missing = MetricsSnapshot(1_000.0, 6, 6, signals={spec: SignalValue.missing("scrape gap")})
+    present = MetricsSnapshot(1_000.0, 6, 6, signals={spec: SignalValue(3.0)})
+
+    def written(desired: int, snapshot: MetricsSnapshot) -> Decision:
+        return guard(Decision(desired, Reason.SCALE_DOWN, "raw"), snapshot, safety, (spec,))
+
+    held = written(2, missing)
+    assert (held.desired_replicas, held.reason, held.limits) == (6, Reason.NO_DATA, ("NoData",))
+    assert written(8, missing).desired_replicas == 8  # scaling up stays allowed
+    assert written(2, present) == Decision(2, Reason.SCALE_DOWN, "raw")
 
 
 @pytest.mark.parametrize(
@@ -370,7 +388,7 @@ def test_a_statefulset_and_a_custom_resource_scale_through_their_scale_subresour
 
     custom = inference_server("llama")
     assert custom.scale_resource == "inferenceservers/scale"
-    assert custom.counts() == TargetCounts(2, 0, 0, 0)
+    assert custom.counts() == ReplicaCounts(2, 0, 0, 0)
     custom.scale(5)
     assert plane.request("GET", f"{path}/llama").body["spec"]["replicas"] == 5
     assert custom.replicas() == 5

@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,11 +50,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpuscale._core.clock import ManualClock, SystemClock
 from gpuscale.config.scenario import scenario_from_dict
 from gpuscale.controller import build_controller, load_controller_config
-from gpuscale.controller.loop import MetricsSource
-from gpuscale.controller.target import KubernetesTarget, TargetCounts
+from gpuscale.controller.target import KubernetesTarget
 from gpuscale.integrations.prometheus import PrometheusSource
 from gpuscale.policies import registry
 from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, SignalSpec
+from gpuscale.policies.ports import MetricsSource, ReplicaCounts
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import Timeline
 from tests.controlplane import GpuCluster, _free_port, cluster_binaries, wait_until
@@ -233,13 +233,12 @@ class WallClockQueries:
         self.source = source
         self.wall = SystemClock()
 
-    def snapshot(self, now: float, specs: Iterable[SignalSpec], **counts: int) -> MetricsSnapshot:
-        snapshot = self.source.snapshot(self.wall.now(), specs, **counts)
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
+        snapshot = self.source.snapshot(self.wall.now(), specs, counts)
         return dataclasses.replace(snapshot, time_s=now)
 
     def unavailable(self) -> str | None:
-        unavailable = getattr(self.source, "unavailable", None)
-        return unavailable() if callable(unavailable) else None
+        return self.source.unavailable()
 
 
 def set_queue(exporter: Exporter, total: float) -> dict[str, float]:
@@ -268,10 +267,10 @@ def settle(prom: Prometheus, source: PrometheusSource, spec: SignalSpec, per_pod
     wait_until(settled, f"Prometheus answers {query} with {sum(per_pod.values()):g}", WAIT_S, 0.05)
 
 
-def converge(target: KubernetesTarget) -> TargetCounts:
+def converge(target: KubernetesTarget) -> ReplicaCounts:
     """Wait until the pods the last write asked for all exist on a node and none is going."""
 
-    def done() -> TargetCounts | None:
+    def done() -> ReplicaCounts | None:
         c = target.counts()
         ok = c.ready + c.starting == c.current_replicas and c.pending == 0 and c.draining == 0
         return c if ok else None
@@ -345,7 +344,7 @@ def test_the_simulator_and_the_live_controller_make_the_same_decisions(
     assert {p["spec"]["nodeName"] for p in most_bound} <= {"gpu-0", "gpu-1", "gpu-2"}
     final = live[-1].replicas
     wait_until(
-        lambda: target.counts() == TargetCounts(final, final, 0, 0, 0),
+        lambda: target.counts() == ReplicaCounts(final, final, 0, 0, 0),
         f"{final} Ready pod(s) and none left over",
         WAIT_S,
     )

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from gpuscale.integrations.keda_scaler import (
     METRIC_NAME,
     SERVICE_NAME,
     KedaScalerServer,
+    Observed,
     PolicyScaler,
     ScaledObjectKey,
     SourceFactory,
@@ -48,7 +49,8 @@ from gpuscale.integrations.keda_scaler import (
 )
 from gpuscale.integrations.manifests import Target, render_keda
 from gpuscale.policies import registry
-from gpuscale.policies.base import MetricsSnapshot, Policy, SignalValue, StaticPolicy
+from gpuscale.policies.base import MetricsSnapshot, Policy, SignalSpec, SignalValue, StaticPolicy
+from gpuscale.policies.ports import ReplicaCounts, make_snapshot
 
 from .conftest import all_policy_configs
 
@@ -76,18 +78,22 @@ class ScriptedSource:
     fail: Exception | None = None
     served: list[MetricsSnapshot] = field(default_factory=list)
 
-    def snapshot(self, now: float) -> MetricsSnapshot:
+    def counts(self, now: float) -> ReplicaCounts:
         if self.fail is not None:
             raise self.fail
+        return ReplicaCounts(self.current, self.current)
+
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
         value = SignalValue(self.load) if self.load is not None else SignalValue.missing("no data")
-        snap = MetricsSnapshot(
-            time_s=now,
-            current_replicas=self.current,
-            ready=self.current,
-            signals=dict.fromkeys(self.policy.signals, value),
-        )
+        snap = make_snapshot(now, counts, dict.fromkeys(specs, value))
         self.served.append(snap)
         return snap
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def observed(self) -> Observed:
+        return Observed(self, self)
 
 
 @dataclass
@@ -258,7 +264,7 @@ def drive(running: Running, source: ScriptedSource, policy: Policy[Any], until_s
 def test_hpa_lands_on_the_policys_desired_count_every_tick(serve: Serve, case: str) -> None:
     policy = POLICIES[case]()
     source = ScriptedSource(POLICIES[case]())  # a second instance: the scaler shares nothing with us
-    running = serve(policy, lambda _key: source)
+    running = serve(policy, lambda _key: source.observed())
     desired = drive(running, source, POLICIES[case](), until_s=1200)
     if case == "static":
         assert set(desired) == {3}
@@ -269,7 +275,7 @@ def test_hpa_lands_on_the_policys_desired_count_every_tick(serve: Serve, case: s
 @pytest.mark.parametrize("case", ["knative-min-0", "ray-serve-min-0", "keda-min-0"])
 def test_is_active_follows_scale_to_zero_and_back(serve: Serve, case: str) -> None:
     source = ScriptedSource(POLICIES[case]())
-    running = serve(POLICIES[case](), lambda _key: source)
+    running = serve(POLICIES[case](), lambda _key: source.observed())
     desired = drive(running, source, POLICIES[case](), until_s=1200)
     period = running.server.scaler.period_s
     active = [d > 0 for d in desired]
@@ -287,7 +293,7 @@ def test_policy_state_is_kept_per_scaled_object(serve: Serve) -> None:
         ScaledObjectKey(NAMESPACE, "busy"): ScriptedSource(policy, load=20.0, current=1),
         ScaledObjectKey(NAMESPACE, "idle"): ScriptedSource(policy, load=0.0, current=1),
     }
-    running = serve(policy, sources.__getitem__)
+    running = serve(policy, lambda key: sources[key].observed())
     metadata = {"policy": policy.name}
     busy = pb.ScaledObjectRef(name="busy", namespace=NAMESPACE, scalerMetadata=metadata)
     idle = pb.ScaledObjectRef(name="idle", namespace=NAMESPACE, scalerMetadata=metadata)
@@ -310,7 +316,7 @@ def test_policy_state_is_kept_per_scaled_object(serve: Serve) -> None:
 
 def test_metric_spec_is_the_desired_count_over_a_target_of_one(serve: Serve) -> None:
     policy = registry.load_preset("ray-serve")
-    running = serve(policy, lambda _key: ScriptedSource(policy))
+    running = serve(policy, lambda _key: ScriptedSource(policy).observed())
     specs = running.stub.GetMetricSpec(ref(policy), timeout=DEADLINE_S).metricSpecs
     assert [(s.metricName, s.targetSize, s.targetSizeFloat) for s in specs] == [(METRIC_NAME, 1, 1.0)]
 
@@ -318,7 +324,7 @@ def test_metric_spec_is_the_desired_count_over_a_target_of_one(serve: Serve) -> 
 def test_a_hold_reports_the_current_replicas(serve: Serve) -> None:
     policy = registry.load_preset("ray-serve")
     source = ScriptedSource(policy, load=None, current=4)  # no data: the policy holds
-    running = serve(policy, lambda _key: source)
+    running = serve(policy, lambda _key: source.observed())
     request = pb.GetMetricsRequest(scaledObjectRef=ref(policy), metricName=METRIC_NAME)
     value = running.stub.GetMetrics(request, timeout=DEADLINE_S).metricValues[0]
     decision, _ = policy.decide(source.served[-1], policy.initial_state())
@@ -344,7 +350,7 @@ def test_the_rendered_scaled_objects_trigger_metadata_is_accepted(
     trigger = next(t for t in body["spec"]["triggers"] if t["type"] == "external")
     assert set(trigger["metadata"]) <= METADATA_KEYS
     policy = config.build()
-    running = serve(policy, lambda _key: ScriptedSource(policy))
+    running = serve(policy, lambda _key: ScriptedSource(policy).observed())
     so = pb.ScaledObjectRef(
         name=body["metadata"]["name"],
         namespace=body["metadata"]["namespace"],
@@ -366,7 +372,7 @@ def test_a_misconfigured_trigger_gets_a_clear_grpc_error(
     serve: Serve, metadata: dict[str, str], metric: str, code: grpc.StatusCode, words: str
 ) -> None:
     policy = registry.load_preset("ray-serve")
-    running = serve(policy, lambda _key: ScriptedSource(policy))
+    running = serve(policy, lambda _key: ScriptedSource(policy).observed())
     request = pb.GetMetricsRequest(scaledObjectRef=ref(policy, metadata), metricName=metric)
     with pytest.raises(grpc.RpcError) as caught:
         running.stub.GetMetrics(request, timeout=DEADLINE_S)
@@ -377,7 +383,7 @@ def test_a_misconfigured_trigger_gets_a_clear_grpc_error(
 def test_a_failing_source_is_unavailable_and_the_server_lives_on(serve: Serve) -> None:
     policy = registry.load_preset("ray-serve")
     source = ScriptedSource(policy, load=4.0, current=2, fail=TemporaryError("prometheus timed out"))
-    running = serve(policy, lambda _key: source)
+    running = serve(policy, lambda _key: source.observed())
     with pytest.raises(grpc.RpcError) as caught:
         running.stub.IsActive(ref(policy), timeout=DEADLINE_S)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -389,7 +395,7 @@ def test_a_failing_source_is_unavailable_and_the_server_lives_on(serve: Serve) -
 def test_stream_is_active_pushes_each_evaluation_and_ends_when_the_server_stops(serve: Serve) -> None:
     policy = _ray_to_zero()
     source = ScriptedSource(policy, load=4.0, current=1)
-    running = serve(policy, lambda _key: source, stream_wait_s=0.05)
+    running = serve(policy, lambda _key: source.observed(), stream_wait_s=0.05)
     stream = running.stub.StreamIsActive(ref(policy), timeout=DEADLINE_S)
     try:
         assert next(stream).result is True  # the current activity at once
@@ -409,7 +415,7 @@ def test_stream_is_active_pushes_each_evaluation_and_ends_when_the_server_stops(
 
 def test_stream_metric_spec_is_unimplemented_so_keda_pulls(serve: Serve) -> None:
     policy = StaticPolicy(2)
-    running = serve(policy, lambda _key: ScriptedSource(policy))
+    running = serve(policy, lambda _key: ScriptedSource(policy).observed())
     with pytest.raises(grpc.RpcError) as caught:
         next(running.stub.StreamMetricSpec(ref(policy), timeout=DEADLINE_S))
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -417,7 +423,7 @@ def test_stream_metric_spec_is_unimplemented_so_keda_pulls(serve: Serve) -> None
 
 def test_health_check_reports_serving(serve: Serve) -> None:
     policy = StaticPolicy(2)
-    running = serve(policy, lambda _key: ScriptedSource(policy))
+    running = serve(policy, lambda _key: ScriptedSource(policy).observed())
     health = health_pb2_grpc.HealthStub(running.channel)
     for service in ("", SERVICE_NAME):
         response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE_S)
@@ -434,7 +440,9 @@ def test_tls(serve: Serve, tmp_path: Path) -> None:
     )  # fmt: skip
     policy = StaticPolicy(2)
     running = serve(
-        policy, lambda _key: ScriptedSource(policy), tls=TlsFiles(cert.read_bytes(), key.read_bytes())
+        policy,
+        lambda _key: ScriptedSource(policy).observed(),
+        tls=TlsFiles(cert.read_bytes(), key.read_bytes()),
     )
     request = pb.GetMetricsRequest(scaledObjectRef=ref(policy), metricName=METRIC_NAME)
     assert running.stub.GetMetrics(request, timeout=DEADLINE_S).metricValues[0].metricValue == 2

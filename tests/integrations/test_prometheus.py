@@ -29,13 +29,13 @@ from gpuscale.integrations.prometheus import (
     PrometheusClient,
     PrometheusSource,
     PrometheusSourceConfig,
-    ScaledObjectSource,
     build_client,
     source_for,
 )
 from gpuscale.integrations.promql import matchers, window
 from gpuscale.policies import registry
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec
+from gpuscale.policies.ports import ReplicaCounts
 
 from .promserver import (
     NAMESPACE,
@@ -199,7 +199,7 @@ def test_a_missing_metric_is_none_with_a_reason_while_the_others_come_back(
     gpu = SignalSpec(Metric.GPU_UTIL, 3)
     queue = SignalSpec(Metric.QUEUE_LENGTH, 3, Aggregation.TOTAL)  # Triton's series: not exported
     latency = SignalSpec(Metric.LATENCY_P99_MS, 3)  # no preset here serves it
-    snap = source.snapshot(CLOCK.now(), [gpu, queue, latency], current_replicas=2, ready=2)
+    snap = source.snapshot(CLOCK.now(), [gpu, queue, latency], ReplicaCounts(2, 2))
     assert snap.value(gpu) is not None
     assert snap.get(queue).value is None
     assert (
@@ -237,7 +237,7 @@ def test_a_prometheus_that_is_down_or_hangs_gives_none_for_every_signal() -> Non
     specs = [SignalSpec(Metric.GPU_UTIL, 60), SignalSpec(Metric.QUEUE_LENGTH, 60, Aggregation.TOTAL)]
     down = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
     source = PrometheusSource(down, LABELS)
-    snap = source.snapshot(CLOCK.now(), specs, current_replicas=3, ready=3)
+    snap = source.snapshot(CLOCK.now(), specs, ReplicaCounts(3, 3))
     assert all(snap.get(s).value is None and "cannot reach" in snap.get(s).reason for s in specs)
     assert source.unavailable() is not None and "cannot reach" in (source.unavailable() or "")
     down.close()
@@ -302,7 +302,7 @@ def test_the_keda_scaler_answers_from_real_prometheus_data(
     assert isinstance(config.source, PrometheusSourceConfig)
     own_client = build_client(config.source, config_path)
     source, replicas = source_for(config.source, own_client, namespace=NAMESPACE, name="llm")
-    snapshot = ScaledObjectSource(source, tuple(policy.signals), replicas).snapshot(now)
+    snapshot = source.snapshot(now, policy.signals, replicas.counts(now))
     own_client.close()
     queue = snapshot.get(policy.signals[0])
     assert queue.value == pytest.approx(50.0)  # 30 + 20 waiting, total over the pods

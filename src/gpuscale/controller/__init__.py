@@ -1,18 +1,18 @@
 """``gpuscale run``: the live controller (a policy driving a Kubernetes scale subresource)."""
 
+from gpuscale.config.safety import SafetyConfig
 from gpuscale.controller.config import (
     ControllerConfig,
     LeaderElectionConfig,
     MetricsServerConfig,
-    SafetyConfig,
     TargetConfig,
     load_controller_config,
 )
 from gpuscale.controller.leader import LeaderElector
-from gpuscale.controller.loop import Controller, TickOutcome, apply_safety, backoff_wait, build_controller
+from gpuscale.controller.loop import Controller, TickOutcome, backoff_wait, build_controller
 from gpuscale.controller.manifests import render_controller
 from gpuscale.controller.observe import ControllerMetrics, LoopStatus, ObservabilityServer
-from gpuscale.controller.target import KubernetesTarget, TargetCounts
+from gpuscale.controller.target import KubernetesTarget
 
 __all__ = [
     "Controller",
@@ -26,9 +26,7 @@ __all__ = [
     "ObservabilityServer",
     "SafetyConfig",
     "TargetConfig",
-    "TargetCounts",
     "TickOutcome",
-    "apply_safety",
     "backoff_wait",
     "build_controller",
     "load_controller_config",

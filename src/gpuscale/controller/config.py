@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, model_validator
 
 from gpuscale.config.loading import StrictModel, load_yaml, validate
+from gpuscale.config.safety import SafetyConfig
 from gpuscale.integrations.prometheus import PrometheusSourceConfig
 
 
@@ -50,41 +51,6 @@ class TargetConfig(StrictModel):
 
     def __str__(self) -> str:
         return f"{self.kind.lower()}/{self.name} in {self.namespace}"
-
-
-class SafetyConfig(StrictModel):
-    """Bounds every decision passes through before anything is written."""
-
-    min_replicas: int = Field(1, ge=0, description="Never fewer replicas. Default 1.")
-    max_replicas: int = Field(ge=1, description="Never more replicas.")
-    max_step: int | None = Field(
-        None, ge=1, description="Most replicas added or removed per tick; null: no limit. Default null."
-    )
-    gpu_budget: int | None = Field(
-        None, ge=0, description="Most GPUs the target may request in all; null: no budget. Default null."
-    )
-    gpus_per_pod: int = Field(1, ge=0, description="GPUs each replica requests. Default 1.")
-
-    @property
-    def ceiling(self) -> int:
-        """The most replicas allowed: ``max_replicas``, lowered to what the GPU budget pays for.
-
-        Worked example: budget 10 GPUs at 4 per pod pays for ``10 // 4 = 2`` replicas (8 GPUs).
-        """
-        if self.gpu_budget is None or self.gpus_per_pod == 0:
-            return self.max_replicas
-        return min(self.max_replicas, self.gpu_budget // self.gpus_per_pod)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SafetyConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
-        if self.min_replicas > self.ceiling:
-            raise ValueError(
-                f"min_replicas {self.min_replicas} x gpus_per_pod {self.gpus_per_pod} exceeds "
-                f"gpu_budget {self.gpu_budget}"
-            )
-        return self
 
 
 class LeaderElectionConfig(StrictModel):

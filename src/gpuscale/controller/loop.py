@@ -1,18 +1,16 @@
 """The live control loop: snapshot -> policy -> safety -> write -> one JSON-lines record per tick.
 
-Deciding is apart from acting: the policy is pure, :func:`apply_safety` is pure, and only
-:meth:`Controller.tick` touches the target. Every failure becomes a :class:`TickOutcome` (kopf's
+Deciding is apart from acting: the policy -- wrapped in the safety tail of
+:mod:`gpuscale.policies.safety`, exactly as the simulator wraps it -- is pure, and only
+:meth:`Controller.tick` touches the target, through the two ports of :mod:`gpuscale.policies.ports`. Every failure becomes a :class:`TickOutcome` (kopf's
 "outcome, not exception"): a temporary error holds and is retried next tick, a permanent one (403, the
 target deleted) is reported every tick until someone fixes it; nothing escapes :meth:`Controller.run`.
 
-Safety, in order (each step that changes the number adds a reason to ``TickOutcome.safety``):
-
-1. fail-static: a scale-down while any signal the policy reads is missing becomes a hold -- no data
-   must never look like no load;
-2. ``min_replicas`` / ``max_replicas``;
-3. ``max_step`` per tick: 2 -> 10 with max_step 3 writes 5;
-4. the GPU budget, last, so no step ever writes more GPUs than the budget: budget 10 at 4 GPUs per
-   pod caps at 2 replicas.
+Safety: the config's ``safety:`` block is a stage of the policy's own tail
+(:class:`~gpuscale.policies.safety.SafePolicy`: fail-static, bounds and schedules, max step, the GPU
+budget); the decision it returns is what is written, and ``Decision.limits`` says which stages
+changed it. The target applies the whole decision: the active count, the warm pool's standby pods,
+the warm-node placeholder pods.
 
 **Backoff.** A tick fails when the API server errs, or when Prometheus itself does not answer (then
 the policy still runs on the missing signals and holds -- fail-static -- and the tick records
@@ -36,75 +34,25 @@ import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gpuscale._core.clock import Clock
 from gpuscale._core.errors import PermanentError, TemporaryError
-from gpuscale.controller.config import ControllerConfig, SafetyConfig
+from gpuscale.config.safety import SafetyConfig
+from gpuscale.controller.config import ControllerConfig
 from gpuscale.controller.leader import LeaderElector, default_identity
 from gpuscale.controller.observe import ControllerMetrics, LoopStatus
-from gpuscale.controller.target import KubernetesTarget, TargetCounts, api_client
+from gpuscale.controller.target import KubernetesTarget, api_client
 from gpuscale.integrations.prometheus import build_client, source_for
 from gpuscale.policies import registry
-from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, Reason, SignalSpec
+from gpuscale.policies.base import Decision, MetricsSnapshot, Policy
+from gpuscale.policies.ports import MetricsSource, NoSignals, ReplicaCounts, ScaleTarget
+from gpuscale.policies.safety import SafePolicy
 
 log = logging.getLogger("gpuscale.controller")
-
-
-class MetricsSource(Protocol):
-    """Fulfils the policy's signals; :class:`~gpuscale.integrations.prometheus.PrometheusSource` is one."""
-
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot: ...
-
-
-class ScaleTarget(Protocol):
-    """What the loop needs of a target; :class:`~gpuscale.controller.target.KubernetesTarget` is one."""
-
-    def counts(self) -> TargetCounts: ...
-
-    def scale(self, replicas: int) -> None: ...
-
-
-@dataclass(frozen=True)
-class Bounded:
-    replicas: int
-    reasons: tuple[str, ...]
-
-
-def apply_safety(desired: int, current: int, safety: SafetyConfig, *, signals_missing: bool) -> Bounded:
-    """The replica count actually written for a policy's ``desired`` (see the module doc)."""
-    reasons: list[str] = []
-    n = desired
-    if n < current and signals_missing:
-        n = current
-        reasons.append(Reason.NO_DATA.value)
-    if n < safety.min_replicas:
-        n = safety.min_replicas
-        reasons.append(Reason.TOO_FEW_REPLICAS.value)
-    if n > safety.max_replicas:
-        n = safety.max_replicas
-        reasons.append(Reason.TOO_MANY_REPLICAS.value)
-    if safety.max_step is not None and abs(n - current) > safety.max_step:
-        up = n > current
-        n = current + safety.max_step if up else current - safety.max_step
-        reasons.append((Reason.SCALE_UP_LIMITED if up else Reason.SCALE_DOWN_LIMITED).value)
-    if n > safety.ceiling:
-        n = safety.ceiling
-        reasons.append("GpuBudget")
-    return Bounded(n, tuple(reasons))
 
 
 @dataclass(frozen=True)
@@ -118,7 +66,7 @@ class TickOutcome:
 
     time_s: float
     action: str
-    counts: TargetCounts | None = None
+    counts: ReplicaCounts | None = None
     snapshot: MetricsSnapshot | None = None
     decision: Decision | None = None
     replicas: int | None = None
@@ -137,6 +85,11 @@ class TickOutcome:
                 "starting": c.starting,
                 "pending": c.pending,
                 "draining": c.draining,
+                **(
+                    {"standby": c.standby, "standby_target": c.standby_target}
+                    if c.standby_target or c.standby
+                    else {}
+                ),
             }
         if self.snapshot is not None:
             out["signals"] = {
@@ -148,10 +101,13 @@ class TickOutcome:
                 for spec, v in self.snapshot.signals.items()
             }
         if self.decision is not None:
+            d = self.decision
             out["decision"] = {
-                "desired_replicas": self.decision.desired_replicas,
-                "reason": self.decision.reason.value,
-                "message": self.decision.message,
+                "desired_replicas": d.desired_replicas,
+                "reason": d.reason.value,
+                "message": d.message,
+                **({"standby_replicas": d.standby_replicas} if d.standby_replicas is not None else {}),
+                **({"placeholder_pods": d.placeholder_pods} if d.placeholder_pods is not None else {}),
             }
         if self.replicas is not None:
             out["written_replicas" if self.action == "scaled" else "target_replicas"] = self.replicas
@@ -164,13 +120,6 @@ class TickOutcome:
 
 METRICS_UNAVAILABLE = "metrics_unavailable"
 """The error kind of a tick whose metrics source (Prometheus) did not answer."""
-
-
-def _outage(metrics: object) -> str | None:
-    """Why ``metrics`` could not be read on the last snapshot, for sources that can tell
-    (:meth:`~gpuscale.integrations.prometheus.PrometheusSource.unavailable`); None otherwise."""
-    unavailable = getattr(metrics, "unavailable", None)
-    return unavailable() if callable(unavailable) else None
 
 
 def _error_kind(exc: BaseException) -> str:
@@ -219,6 +168,8 @@ class Controller:
     status: LoopStatus | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.policy, SafePolicy):
+            self.policy = SafePolicy(self.policy, self.safety)
         if self.state is None:
             self.state = self.policy.initial_state()
         if self.observer is None:
@@ -264,13 +215,13 @@ class Controller:
         now = self.clock.now()
         started = self.clock.monotonic()
         self.status.last_tick_started = started
-        counts: TargetCounts | None = None
+        counts: ReplicaCounts | None = None
         outcome: TickOutcome
         try:
             if not self.acting:
                 outcome = TickOutcome(now, "standby")
             else:
-                counts = self.target.counts()
+                counts = self.target.counts(now)
                 outcome = self._decide_and_act(now, counts)
         except Exception as exc:  # nothing escapes the loop; the kind says what it was
             kind = _error_kind(exc)
@@ -312,40 +263,32 @@ class Controller:
         obs.next_wait.set(st.next_wait_s)
         obs.is_leader.set(1 if self.acting else 0)
 
-    def _decide_and_act(self, now: float, counts: TargetCounts) -> TickOutcome:
-        specs = tuple(self.policy.signals)
-        snapshot = self.metrics.snapshot(
-            now,
-            specs,
-            current_replicas=counts.current_replicas,
-            ready=counts.ready,
-            starting=counts.starting,
-            pending=counts.pending,
-            draining=counts.draining,
-        )
+    def _decide_and_act(self, now: float, counts: ReplicaCounts) -> TickOutcome:
+        snapshot = self.metrics.snapshot(now, self.policy.signals, counts)
         decision, self.state = self.policy.decide(snapshot, self.state)
         current = counts.current_replicas
-        desired = current if decision.desired_replicas is None else decision.desired_replicas
-        missing = any(snapshot.get(spec).value is None for spec in specs)
-        bounded = apply_safety(desired, current, self.safety, signals_missing=missing)
+        replicas = current if decision.desired_replicas is None else decision.desired_replicas
         common: dict[str, Any] = {
             "counts": counts,
             "snapshot": snapshot,
             "decision": decision,
-            "replicas": bounded.replicas,
-            "safety": bounded.reasons,
+            "replicas": replicas,
+            "safety": decision.limits,
         }
-        outage = _outage(self.metrics)
+        outage = self.metrics.unavailable()
         if outage is not None:
             common.update(error_kind=METRICS_UNAVAILABLE, error=outage)
-        if bounded.replicas == current:
+        # A warm pool or a warm-node buffer is kept every tick (new pods join it as they appear);
+        # the target writes only what changes.
+        upkeep = decision.standby_replicas is not None or decision.placeholder_pods is not None
+        if replicas == current and not upkeep:
             return TickOutcome(now, "unchanged", **common)
         if self.dry_run:
-            return TickOutcome(now, "dry_run", **common)
+            return TickOutcome(now, "dry_run" if replicas != current else "unchanged", **common)
         if not self.acting:  # the renew deadline passed while we read: another replica may act now
             return TickOutcome(now, "standby", **common)
-        self.target.scale(bounded.replicas)
-        return TickOutcome(now, "scaled", **common)
+        self.target.apply(decision, now)
+        return TickOutcome(now, "scaled" if replicas != current else "unchanged", **common)
 
     def run(
         self,
@@ -409,23 +352,6 @@ def build_policy(spec: str | dict[str, Any], config_path: str | Path) -> Policy[
     """A preset name, a policy file beside the config, or an inline policy mapping."""
     base = Path(config_path).parent
     return registry.resolve_policy(spec, key="policy", source=str(config_path), base=base).build()
-
-
-class NoSignals:
-    """The metrics source of a config without ``prometheus``: every signal is missing."""
-
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot:
-        return MetricsSnapshot(now, current_replicas, ready, starting, pending, draining)
 
 
 def build_controller(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +30,8 @@ from kubernetes.config.config_exception import ConfigException
 
 from gpuscale._core.errors import ConfigError, PermanentError, TemporaryError
 from gpuscale.controller.config import TargetConfig
+from gpuscale.policies.base import Decision
+from gpuscale.policies.ports import ReplicaCounts
 
 T = TypeVar("T")
 
@@ -84,17 +85,6 @@ def call_api(
         raise PermanentError(f"{verb} {resource}: HTTP {status}: {detail}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise ApiUnreachable(f"{verb} {resource}: the API server did not answer ({exc})") from None
-
-
-@dataclass(frozen=True)
-class TargetCounts:
-    """The target's spec replicas and its pods by state."""
-
-    current_replicas: int
-    ready: int
-    starting: int
-    pending: int
-    draining: int = 0
 
 
 def pod_state(pod: Any) -> str | None:
@@ -177,8 +167,9 @@ class KubernetesTarget:
         value = spec.get("replicas") if isinstance(spec, dict) else spec.replicas
         return int(value or 0)
 
-    def counts(self) -> TargetCounts:
-        """Spec replicas and the selected pods by :func:`pod_state`: ready, starting, pending, draining."""
+    def counts(self, now: float = 0.0) -> ReplicaCounts:
+        """Spec replicas and the selected pods by :func:`pod_state`: ready, starting, pending, draining
+        (the :class:`~gpuscale.policies.ports.ScaleTarget` port; ``now`` is not needed live)."""
         current = self.replicas()
         pods = self._call(
             "list",
@@ -188,13 +179,19 @@ class KubernetesTarget:
             ),
         )
         states = Counter(pod_state(pod) for pod in pods.items)
-        return TargetCounts(
+        return ReplicaCounts(
             current, states["ready"], states["starting"], states["pending"], states["draining"]
         )
 
     def scale(self, replicas: int) -> None:
         """Set ``spec.replicas`` through the scale subresource."""
         self._call("patch", self.scale_resource, lambda: self._patch_scale(replicas))
+
+    def apply(self, decision: Decision, now: float) -> None:
+        """Apply ``decision`` (the :class:`~gpuscale.policies.ports.ScaleTarget` port): the active
+        count through the scale subresource; a hold writes nothing."""
+        if decision.desired_replicas is not None:
+            self.scale(decision.desired_replicas)
 
 
 def api_client(kubeconfig: Path | None, source: str) -> k8s.ApiClient:

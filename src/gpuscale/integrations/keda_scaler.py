@@ -48,11 +48,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -66,7 +66,6 @@ from gpuscale.integrations._externalscaler import externalscaler_pb2 as pb
 from gpuscale.integrations._externalscaler import externalscaler_pb2_grpc as pb_grpc
 from gpuscale.integrations.prometheus import (
     PrometheusSourceConfig,
-    ScaledObjectSource,
     build_client,
     source_for,
 )
@@ -79,6 +78,13 @@ from gpuscale.policies.base import (
     Policy,
     SignalSpec,
     SignalValue,
+)
+from gpuscale.policies.ports import (
+    MetricsSource,
+    ReplicaCounts,
+    ReplicaReader,
+    counts_of,
+    make_snapshot,
 )
 
 log = logging.getLogger("gpuscale.keda_scaler")
@@ -95,23 +101,6 @@ METADATA_KEYS = frozenset({"scalerAddress", "policy", "enableTLS", "unsafeSsl"})
 # --------------------------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class MetricsSource(Protocol):
-    """Where the scaler's snapshots come from: one source per ScaledObject.
-
-    ``snapshot(now)`` returns the scale target's replica counts and the policy's signals
-    (``policy.signals``) as of ``now`` (epoch seconds, from the scaler's clock), following the rules of
-    :mod:`gpuscale.policies.base`: no data is ``None`` with a reason, every value carries its age.
-    It may raise :class:`~gpuscale._core.errors.TemporaryError` (Prometheus timed out: KEDA retries
-    and, after its failure threshold, applies the ScaledObject's fallback) or
-    :class:`~gpuscale._core.errors.PermanentError`.
-    :class:`~gpuscale.integrations.prometheus.ScaledObjectSource` reads Prometheus;
-    :class:`StaticSource` serves a fixed snapshot for tests and dry runs.
-    """
-
-    def snapshot(self, now: float) -> MetricsSnapshot: ...
-
-
 @dataclass(frozen=True, order=True)
 class ScaledObjectKey:
     """A ScaledObject, as KEDA names it in ``ScaledObjectRef``."""
@@ -123,18 +112,38 @@ class ScaledObjectKey:
         return f"{self.namespace}/{self.name}"
 
 
-SourceFactory = Callable[[ScaledObjectKey], MetricsSource]
-"""Makes the source of one ScaledObject, the first time KEDA asks about it."""
+@dataclass(frozen=True)
+class Observed:
+    """What the scaler reads for one ScaledObject, through the two read ports: its replica counts
+    (kube-state-metrics, or fixed) and the policy's signals (Prometheus, or a fixed snapshot).
+
+    Either may raise :class:`~gpuscale._core.errors.TemporaryError` (Prometheus timed out: KEDA
+    retries and, after its failure threshold, applies the ScaledObject's fallback) or
+    :class:`~gpuscale._core.errors.PermanentError`.
+    """
+
+    replicas: ReplicaReader
+    metrics: MetricsSource
+
+
+SourceFactory = Callable[[ScaledObjectKey], Observed]
+"""Makes what the scaler reads for one ScaledObject, the first time KEDA asks about it."""
 
 
 @dataclass(frozen=True)
 class StaticSource:
-    """The same snapshot at every call, stamped with the time asked for (for tests and dry runs)."""
+    """The same signals and counts at every call, stamped with the time asked for (trials, dry runs)."""
 
     template: MetricsSnapshot
 
-    def snapshot(self, now: float) -> MetricsSnapshot:
-        return dataclasses.replace(self.template, time_s=now)
+    def counts(self, now: float) -> ReplicaCounts:
+        return counts_of(self.template)
+
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
+        return make_snapshot(now, counts, self.template.signals)
+
+    def unavailable(self) -> str | None:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +218,7 @@ class TooManyScaledObjects(PermanentError):
 
 @dataclass
 class _Entry:
-    source: MetricsSource
+    source: Observed
     state: Any
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     evaluation: Evaluation | None = None
@@ -275,7 +284,9 @@ class PolicyScaler:
             now_mono = self._clock.monotonic()
             if entry.evaluation is not None and now_mono < entry.due:
                 return entry.evaluation
-            snapshot = entry.source.snapshot(self._clock.now())
+            now = self._clock.now()
+            counts = entry.source.replicas.counts(now)
+            snapshot = entry.source.metrics.snapshot(now, self.policy.signals, counts)
             decision, state = self.policy.decide(snapshot, entry.state)
             desired = (
                 snapshot.current_replicas if decision.desired_replicas is None else decision.desired_replicas
@@ -697,15 +708,15 @@ def build_server(
         client = build_client(prometheus, config_path)  # one connection pool for every ScaledObject
         on_stop = client.close
 
-        def sources(key: ScaledObjectKey) -> MetricsSource:
+        def sources(key: ScaledObjectKey) -> Observed:
             source, replicas = source_for(prometheus, client, namespace=key.namespace, name=key.name)
-            return ScaledObjectSource(source, tuple(policy.signals), replicas)
+            return Observed(replicas, source)
 
     else:
         static = StaticSource(config.source.snapshot.build())
 
-        def sources(key: ScaledObjectKey) -> MetricsSource:
-            return static
+        def sources(key: ScaledObjectKey) -> Observed:
+            return Observed(static, static)
 
     scaler = PolicyScaler(
         policy,

@@ -26,7 +26,7 @@ an upper bound, with a reason saying so. A per-signal override with no ``age_que
 from the preset's series when the preset serves that metric.
 
 **Replica counts** are the caller's (the live controller's Kubernetes target counts pods from the
-API server). The KEDA scaler has no Kubernetes client, so :class:`ScaledObjectSource` reads them from
+API server). The KEDA scaler has no Kubernetes client, so :class:`KubeStateMetricsReplicas` reads them from
 kube-state-metrics through the same Prometheus (``kube_deployment_spec_replicas``,
 ``..._status_replicas_ready``, ``..._status_replicas`` and ``kube_pod_status_phase``), or takes fixed
 counts from the config (``replicas.kind: static``). Without replica counts no snapshot can be made,
@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import ssl
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -55,6 +55,7 @@ from gpuscale._core.errors import ConfigError, TemporaryError
 from gpuscale.config.loading import StrictModel
 from gpuscale.integrations import promql
 from gpuscale.policies.base import Metric, MetricsSnapshot, SignalSpec, SignalValue
+from gpuscale.policies.ports import FixedReplicas, ReplicaCounts, ReplicaReader, make_snapshot
 
 log = logging.getLogger("gpuscale.prometheus")
 
@@ -293,27 +294,10 @@ class PrometheusSource:
         """Why Prometheus did not answer during the last :meth:`signals` call; None when it did."""
         return self.outage
 
-    def snapshot(
-        self,
-        now: float,
-        specs: Iterable[SignalSpec],
-        *,
-        current_replicas: int,
-        ready: int,
-        starting: int = 0,
-        pending: int = 0,
-        draining: int = 0,
-    ) -> MetricsSnapshot:
-        """A snapshot at ``now`` of ``specs`` with the caller's replica counts."""
-        return MetricsSnapshot(
-            time_s=now,
-            current_replicas=current_replicas,
-            ready=ready,
-            starting=starting,
-            pending=pending,
-            draining=draining,
-            signals=self.signals(specs, now),
-        )
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
+        """A snapshot at ``now`` of ``specs`` with the target's replica counts (the
+        :class:`~gpuscale.policies.ports.MetricsSource` port)."""
+        return make_snapshot(now, counts, self.signals(specs, now))
 
     def scalar(self, query: str, now: float) -> float:
         """One number, raising :class:`QueryFailed` unless exactly one finite series answers."""
@@ -323,14 +307,6 @@ class PrometheusSource:
 # --------------------------------------------------------------------------------------------------
 # Replica counts for the KEDA scaler
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReplicaCounts:
-    current: int
-    ready: int
-    starting: int = 0
-    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -345,12 +321,16 @@ class KubeStateMetricsReplicas:
     namespace: str
     deployment: str
     pod_labels: str
+    source: PrometheusSource
 
     def _query(self, name: str) -> str:
         sel = promql.matchers(self.namespace, None, deployment=self.deployment)
         return f"{name}{{{sel}}}"
 
-    def counts(self, source: PrometheusSource, now: float) -> ReplicaCounts:
+    def counts(self, now: float) -> ReplicaCounts:
+        """The Deployment's counts at ``now`` (the :class:`~gpuscale.policies.ports.ReplicaReader`
+        port); TemporaryError when kube-state-metrics has no answer."""
+        source = self.source
         try:
             current = source.scalar(self._query("kube_deployment_spec_replicas"), now)
             ready = source.scalar(self._query("kube_deployment_status_replicas_ready"), now)
@@ -370,34 +350,6 @@ class KubeStateMetricsReplicas:
             pending = 0.0
         starting = max(0.0, total - ready - pending)
         return ReplicaCounts(int(current), int(ready), int(starting), int(pending))
-
-
-@dataclass(frozen=True)
-class FixedReplicas:
-    fixed: ReplicaCounts
-
-    def counts(self, source: PrometheusSource, now: float) -> ReplicaCounts:
-        return self.fixed
-
-
-@dataclass
-class ScaledObjectSource:
-    """The KEDA scaler's metrics source for one ScaledObject: replica counts and the policy's signals."""
-
-    source: PrometheusSource
-    specs: tuple[SignalSpec, ...]
-    replicas: KubeStateMetricsReplicas | FixedReplicas
-
-    def snapshot(self, now: float) -> MetricsSnapshot:
-        counts = self.replicas.counts(self.source, now)
-        return self.source.snapshot(
-            now,
-            self.specs,
-            current_replicas=counts.current,
-            ready=counts.ready,
-            starting=counts.starting,
-            pending=counts.pending,
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -577,7 +529,7 @@ def _overrides(config: PrometheusSourceConfig) -> dict[str, Override]:
 
 def source_for(
     config: PrometheusSourceConfig, client: PrometheusClient, *, namespace: str, name: str
-) -> tuple[PrometheusSource, KubeStateMetricsReplicas | FixedReplicas]:
+) -> tuple[PrometheusSource, ReplicaReader]:
     """The source of one workload (``$namespace``/``$name`` filled in) and its replica counter."""
     fill = {"namespace": namespace, "name": name}
     sel = config.selector
@@ -585,12 +537,12 @@ def source_for(
     pods = None if sel.pod_regex is None else Template(sel.pod_regex).safe_substitute(fill)
     labels = promql.matchers(ns, pods, **sel.labels)
     source = PrometheusSource(client, labels, presets=config.presets, overrides=_overrides(config))
-    replicas: KubeStateMetricsReplicas | FixedReplicas
+    replicas: ReplicaReader
     if isinstance(config.replicas, StaticReplicasConfig):
         r = config.replicas
         ready = r.current_replicas if r.ready is None else r.ready
         replicas = FixedReplicas(ReplicaCounts(r.current_replicas, ready, r.starting, r.pending))
     else:
         deployment = Template(config.replicas.deployment).safe_substitute(fill)
-        replicas = KubeStateMetricsReplicas(ns or namespace, deployment, labels)
+        replicas = KubeStateMetricsReplicas(ns or namespace, deployment, labels, source)
     return source, replicas
