@@ -93,9 +93,11 @@ _discover()
 
 
 def kind_configs() -> tuple[type[BaseModel], ...]:
-    """The registered kinds' config classes, static first (see :mod:`gpuscale.policies.kinds`: a
-    kind is one module); a kind registered after this module loaded is included."""
-    return (StaticConfig, *(k for k in registered() if k is not StaticConfig))
+    """The registered kinds' config classes: static first, then by kind name, whatever order the
+    modules were imported in (see :mod:`gpuscale.policies.kinds`: a kind is one module); a kind
+    registered after this module loaded is included."""
+    rest = sorted((k for k in registered() if k is not StaticConfig), key=kind_of)
+    return (StaticConfig, *rest)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +195,9 @@ def _render_default(value: Any) -> str:
 
 def _describe(cls: type[BaseModel], prefix: str) -> list[ParamInfo]:
     out: list[ParamInfo] = []
-    for name, info in cls.model_fields.items():
+    # The safety block every kind shares comes last, after the kind's own parameters.
+    fields = sorted(cls.model_fields.items(), key=lambda item: not prefix and item[0] == "safety")
+    for name, info in fields:
         path = f"{prefix}{name}"
         if info.is_required():
             default = "required"
