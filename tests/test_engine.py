@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from gpuscale.policies.base import (
     SignalSpec,
     StaticPolicy,
 )
-from gpuscale.sim.engine import simulate
+from gpuscale.policies.ports import MetricsSource, ReplicaCounts, ScaleTarget
+from gpuscale.sim.engine import Simulation, simulate
 from gpuscale.sim.results import result_files
 from tests.conftest import make_scenario
 
@@ -33,6 +35,10 @@ class Scripted:
     sync_period_s: float | None = None
     name: str = "scripted"
     seen: list[MetricsSnapshot] = field(default_factory=list, compare=False)
+    signal_keys: Mapping[SignalSpec, str] = field(default_factory=dict, compare=False)
+    max_signal_age_s: float | None = None
+    replica_bounds: tuple[int, int | None] = (0, None)
+    initial_replicas: int | None = None
 
     def initial_state(self) -> tuple[()]:
         return ()
@@ -46,11 +52,9 @@ class Scripted:
 
 
 def _row(result: Any, t: float) -> dict[str, Any]:
-    from gpuscale.sim.results import TIMELINE_COLUMNS
-
     for r in result.timeline.rows:
-        if abs(r[0] - t) < 1e-9:
-            return dict(zip(TIMELINE_COLUMNS, r, strict=True))
+        if abs(r.time_s - t) < 1e-9:
+            return asdict(r)
     raise AssertionError(f"no timeline row at {t}")
 
 
@@ -252,3 +256,60 @@ def test_rejects_when_the_queue_is_full_and_times_out_when_too_slow() -> None:
     assert s.timed_out > 0
     assert s.slo_attainment < 0.9
     assert not math.isnan(s.latency_p99_ms or math.nan)
+
+
+# -- the steppable simulation, the ports and the safety tail ------------------------------------------
+
+
+def test_a_simulation_steps_tick_by_tick_through_the_ports_and_ends_as_simulate_does() -> None:
+    sc = make_scenario(duration_s=30)
+    sim = Simulation(sc, Scripted(plan=((5.0, 2),)))
+    assert isinstance(sim.target, ScaleTarget) and isinstance(sim.source, MetricsSource)
+    assert sim.source.unavailable() is None
+    first = sim.step_to_next_tick()
+    assert first is not None and first.desired_replicas == 2 and sim.now == 5.0
+    assert sim.target.counts(sim.now) == ReplicaCounts(current_replicas=2, ready=1, starting=1)
+    assert sim.step_to_next_tick() is not None and sim.now == 10.0
+    while sim.step_to_next_tick() is not None:
+        pass
+    assert sim.done and sim.step_to_next_tick() is None
+    assert [r.time_s for r in sim.timeline.rows] == [5.0, 10.0, 15.0, 20.0, 25.0]
+    assert result_files(sim.result()) == result_files(simulate(sc, Scripted(plan=((5.0, 2),))))
+
+
+def test_a_fixed_size_policy_starts_at_its_own_count_without_a_cold_start() -> None:
+    # initial_replicas on the policy (not its type) says the deployment is already at that size.
+    sc = make_scenario(duration_s=20, control={"interval_s": 5, "initial_replicas": 1})
+    result = simulate(sc, Scripted(plan=(), initial_replicas=3))
+    assert _row(result, 5.0)["ready"] == 3
+    assert result.summary.cold_starts == 0
+
+
+def test_the_scenarios_safety_block_caps_what_the_simulator_applies() -> None:
+    # The policy asks for 4 from t = 5; the block's maximum is 3: every tick writes 3, with the
+    # bound's reason, as `gpuscale run` would write it.
+    sc = make_scenario(duration_s=30, safety={"min_replicas": 1, "max_replicas": 3})
+    result = simulate(sc, Scripted(plan=((5.0, 4),)))
+    desired = result.timeline.column("desired")
+    assert max(desired) == 3 and desired[0] == 3
+    assert set(result.timeline.column("reason")) == {Reason.TOO_MANY_REPLICAS.value}
+    assert result.summary.decisions_by_reason == {Reason.TOO_MANY_REPLICAS.value: len(desired)}
+    assert result.summary.max_replicas == 3
+
+
+def test_the_scenarios_max_step_limits_each_ticks_change() -> None:
+    # 1 -> 4 at most 1 per tick: 2, 3, 4 at t = 5, 10, 15; then 4 -> 1 from t = 30: 3, 2, 1.
+    sc = make_scenario(duration_s=50, safety={"min_replicas": 1, "max_replicas": 10, "max_step": 1})
+    result = simulate(sc, Scripted(plan=((5.0, 4), (30.0, 1))))
+    desired = [int(d) for d in result.timeline.column("desired")]
+    assert desired == [2, 3, 4, 4, 4, 3, 2, 1, 1]
+    reasons = list(result.timeline.column("reason"))
+    assert reasons[:2] == [Reason.SCALE_UP_LIMITED.value] * 2
+    assert reasons[5:7] == [Reason.SCALE_DOWN_LIMITED.value] * 2
+    assert reasons[2] == reasons[7] == Reason.STATIC.value  # the last step of each fits the limit
+
+
+def test_a_scenario_without_a_safety_block_runs_the_policy_as_it_is() -> None:
+    sc = make_scenario(duration_s=20)
+    assert sc.safety is None
+    assert list(simulate(sc, Scripted(plan=((5.0, 4),))).timeline.column("desired")) == [4, 4, 4]

@@ -7,7 +7,8 @@ New nodes: Ready 60 s after launch, GPUs 30 s later; the Cluster Autoscaler scan
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -101,6 +102,10 @@ class TwoWithPlaceholders:
     name: str = "two-with-placeholders"
     signals: tuple[SignalSpec, ...] = ()
     sync_period_s: float | None = None
+    signal_keys: Mapping[SignalSpec, str] = field(default_factory=dict)
+    max_signal_age_s: float | None = None
+    replica_bounds: tuple[int, int | None] = (0, None)
+    initial_replicas: int | None = None
 
     def initial_state(self) -> tuple[()]:
         return ()

@@ -7,6 +7,7 @@ Cold start on a node without the image: scheduling 1 + pull 10 + download 20 + l
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.sim.engine import simulate
-from gpuscale.sim.results import TIMELINE_COLUMNS, summary_csv
+from gpuscale.sim.results import summary_csv
 from tests.conftest import make_scenario
 from tests.test_engine import Scripted
 
@@ -33,8 +34,8 @@ def _cluster(pools: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 def _row(result: Any, t: float) -> dict[str, Any]:
     for r in result.timeline.rows:
-        if abs(r[0] - t) < 1e-9:
-            return dict(zip(TIMELINE_COLUMNS, r, strict=True))
+        if abs(r.time_s - t) < 1e-9:
+            return asdict(r)
     raise AssertionError(f"no timeline row at {t}")
 
 
@@ -226,7 +227,7 @@ def test_node_cost_is_node_hours_times_price_summed_over_pools() -> None:
     assert s.cost_usd == s.node_cost_usd
     assert s.node_hours == pytest.approx(sum(s.node_hours_by_pool.values()))
     # The timeline's running bill ends where the summary's starts from.
-    assert result.timeline.rows[-1][TIMELINE_COLUMNS.index("node_cost_usd")] <= s.node_cost_usd
+    assert result.timeline.rows[-1].node_cost_usd <= s.node_cost_usd
     # The pod-based figure is still there; the CSV keeps scalar columns only.
     assert s.pod_cost_usd > 0
     header = summary_csv([s]).splitlines()[0].split(",")

@@ -10,6 +10,7 @@ with no GPU node; nodes take 540-660 s to be Ready, +30 s for their GPUs; a pod 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from gpuscale.experiments.catalog import builtin_scenario
 from gpuscale.policies import registry
 from gpuscale.policies.knative import ACTIVATION_TIMEOUT_BUFFER_S, KPA_TICK_S
 from gpuscale.sim.engine import simulate
-from gpuscale.sim.results import TIMELINE_COLUMNS, SimResult
+from gpuscale.sim.results import SimResult
 
 SECOND_BURST_S = 1200.0
 
@@ -32,7 +33,7 @@ def _knative(**extra: Any) -> Any:
 
 
 def _rows(result: SimResult) -> list[dict[str, Any]]:
-    return [dict(zip(TIMELINE_COLUMNS, r, strict=True)) for r in result.timeline.rows]
+    return [asdict(r) for r in result.timeline.rows]
 
 
 def _activation_t(rows: list[dict[str, Any]]) -> float:

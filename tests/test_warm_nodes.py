@@ -8,7 +8,8 @@ Ready 60 s after launch, GPUs allocatable 30 s later. CA scans every 10 s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -34,6 +35,10 @@ class WithBuffer:
     name: str = "buffered"
     signals: tuple[SignalSpec, ...] = ()
     sync_period_s: float | None = None
+    signal_keys: Mapping[SignalSpec, str] = field(default_factory=dict)
+    max_signal_age_s: float | None = None
+    replica_bounds: tuple[int, int | None] = (0, None)
+    initial_replicas: int | None = None
 
     def initial_state(self) -> tuple[()]:
         return ()

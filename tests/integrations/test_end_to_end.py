@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,8 +187,24 @@ class RecordingPolicy:
         return self.policy.signals
 
     @property
+    def signal_keys(self) -> Mapping[SignalSpec, str]:
+        return self.policy.signal_keys
+
+    @property
     def sync_period_s(self) -> float | None:
         return self.policy.sync_period_s
+
+    @property
+    def max_signal_age_s(self) -> float | None:
+        return self.policy.max_signal_age_s
+
+    @property
+    def replica_bounds(self) -> tuple[int, int | None]:
+        return self.policy.replica_bounds
+
+    @property
+    def initial_replicas(self) -> int | None:
+        return self.policy.initial_replicas
 
     def initial_state(self) -> Any:
         return self.policy.initial_state()

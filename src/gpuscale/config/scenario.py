@@ -6,15 +6,18 @@ the same scenario runs under every policy. Durations carry ``_s``, latencies ``_
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
+from gpuscale.config.safety import SafetyConfig
 from gpuscale.config.sharing import GpuSharing, MigLayout, TimeSlicing, WholeGpus, check_layout, mig_profile
 from gpuscale.config.workload import WorkloadConfig
 
@@ -500,6 +503,35 @@ class ControlConfig(StrictModel):
     )
 
 
+START_ALLOWED = "an ISO-8601 date-time with a UTC offset or Z, e.g. 2026-03-02T00:00:00+01:00"
+
+
+def parse_start(value: Any) -> datetime:
+    """A scenario's ``start``: an ISO-8601 date-time with a UTC offset (a string, or the datetime
+    YAML makes of an unquoted one). Without an offset the instant is ambiguous -- 08:00 is 07:00Z
+    in Amsterdam in winter and 15:00Z in Los Angeles -- so a naive time is an error, not UTC."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise PydanticCustomError(
+                "start_format", "not a date-time; allowed: {allowed}", {"allowed": START_ALLOWED}
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        raise PydanticCustomError(
+            "start_date", "a date without a time; allowed: {allowed}", {"allowed": START_ALLOWED}
+        )
+    else:
+        raise PydanticCustomError("start_type", "allowed: {allowed}", {"allowed": START_ALLOWED})
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise PydanticCustomError(
+            "start_offset", "no UTC offset; allowed: {allowed}", {"allowed": START_ALLOWED}
+        )
+    return parsed
+
+
 class Scenario(StrictModel):
     """One world to test policies in."""
 
@@ -515,6 +547,40 @@ class Scenario(StrictModel):
     cluster: ClusterConfig
     telemetry: TelemetryConfig = TelemetryConfig()
     control: ControlConfig = ControlConfig()
+    safety: SafetyConfig | None = Field(
+        None,
+        description="Limits every decision passes through before it is applied, the same block "
+        "`gpuscale run` reads (bounds, max step per tick, GPU budget, schedule windows); null: none.",
+    )
+    start: datetime | None = Field(
+        None,
+        description="The calendar instant of t = 0, an ISO-8601 date-time with a UTC offset or Z "
+        "(2026-03-02T00:00:00+01:00): schedule windows (safety.schedules) read the day and the time "
+        "of day from it. Required with safety.schedules; default: none.",
+    )
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any, info: ValidationInfo) -> datetime | None:
+        # Declared after `safety`, so info.data holds the validated block (validate_default runs this
+        # for an absent start too). No silent default: t = 0 at 1970-01-01 (a Thursday, 00:00 UTC)
+        # would open and close every window at the wrong hours without a word.
+        if value is None:
+            safety = info.data.get("safety")
+            if isinstance(safety, SafetyConfig) and safety.schedules:
+                raise PydanticCustomError(
+                    "start_required",
+                    "required when safety.schedules is set (the calendar instant of t = 0); allowed: "
+                    "{allowed}",
+                    {"allowed": START_ALLOWED},
+                )
+            return None
+        return parse_start(value)
+
+    @property
+    def start_epoch_s(self) -> float:
+        """Epoch seconds of t = 0: ``2026-03-02T00:00:00+01:00`` -> 1772406000.0; 0.0 without a start."""
+        return 0.0 if self.start is None else self.start.timestamp()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:

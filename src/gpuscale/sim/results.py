@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -18,35 +19,58 @@ import numpy as np
 
 from gpuscale.sim.dataplane import Records
 
-TIMELINE_COLUMNS: tuple[str, ...] = (
-    "time_s",
-    "arrivals",
-    "arrival_rps",
-    "completed",
-    "timed_out",
-    "rejected",
-    "dropped",
-    "desired",
-    "ready",
-    "starting",
-    "pending",
-    "draining",
-    "standby",
-    "gpus_held",
-    "gpu_util_pct",
-    "gpu_memory_util_pct",
-    "cpu_util_pct",
-    "concurrency",
-    "queue_length",
-    "p95_ms",
-    "gpu_hours",
-    "cost_usd",
-    "reason",
-    "nodes",
-    "pending_nodes",
-    "pending_pod_s",
-    "node_cost_usd",
-)
+
+@dataclass(frozen=True, slots=True)
+class TimelineRow:
+    """One control tick as the timeline records it: ground truth (no pipeline delay) after the tick's
+    decision was applied. The fields, in order, are the columns of ``timeline.csv``."""
+
+    time_s: float
+    arrivals: int
+    """Requests that arrived since the previous row."""
+    arrival_rps: float
+    completed: int
+    timed_out: int
+    rejected: int
+    dropped: int
+    desired: int
+    """The active spec after the tick (what the target was asked for)."""
+    ready: int
+    starting: int
+    pending: int
+    draining: int
+    standby: int
+    gpus_held: float
+    gpu_util_pct: float | None
+    gpu_memory_util_pct: float | None
+    cpu_util_pct: float | None
+    concurrency: float | None
+    queue_length: float | None
+    p95_ms: float | None
+    gpu_hours: float
+    """Pod GPU-hours so far."""
+    cost_usd: float
+    """Pod GPU-hours so far x GPU price."""
+    reason: str
+    """The tick's decision reason."""
+    nodes: int
+    pending_nodes: int
+    pending_pod_s: float
+    """Pod-seconds spent Pending so far."""
+    node_cost_usd: float
+    """Node-hours so far x node price."""
+
+
+TIMELINE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TimelineRow))
+"""The columns of ``timeline.csv``: :class:`TimelineRow`'s fields, in order."""
+
+_row_values = attrgetter(*TIMELINE_COLUMNS)
+
+
+def row_values(row: TimelineRow) -> tuple[Any, ...]:
+    """``row``'s values in column order."""
+    values: tuple[Any, ...] = _row_values(row)
+    return values
 
 
 @dataclass(frozen=True)
@@ -136,11 +160,12 @@ class Summary:
 class Timeline:
     """One row per control tick; columns :data:`TIMELINE_COLUMNS`."""
 
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[TimelineRow] = field(default_factory=list)
 
     def column(self, name: str) -> np.ndarray:
-        i = TIMELINE_COLUMNS.index(name)
-        values = [r[i] for r in self.rows]
+        if name not in TIMELINE_COLUMNS:
+            raise ValueError(f"{name!r} is not a timeline column; allowed: {', '.join(TIMELINE_COLUMNS)}")
+        values = [getattr(r, name) for r in self.rows]
         if name == "reason":
             return np.array(values, dtype=object)
         return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
@@ -150,7 +175,7 @@ class Timeline:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(TIMELINE_COLUMNS)
         for r in self.rows:
-            w.writerow(["" if v is None else (_fmt(v) if isinstance(v, float) else v) for v in r])
+            w.writerow(["" if v is None else (_fmt(v) if isinstance(v, float) else v) for v in row_values(r)])
         return buf.getvalue()
 
 

@@ -10,6 +10,10 @@ buffer; kept apart from ``pods``): each takes a serving pod's GPUs where one fit
 standby pod that finds no free GPU preempts one at once (on the first node, in launch order, that
 holds one); the preempted placeholder is Pending again, and the node layer launches a node for it
 like for any Pending pod. Placeholders count as used GPUs for node scale-down and consolidation.
+
+It is the simulator's :class:`~gpuscale.policies.ports.ScaleTarget`: ``counts(now)`` reports what
+``kubectl get`` would (with the nodes the node layer is provisioning), ``apply(decision, now)`` acts on
+the whole decision.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from gpuscale.config.profiles import ModelProfile
 from gpuscale.policies.base import Decision
+from gpuscale.policies.ports import ReplicaCounts
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Device, Node, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
+
+if TYPE_CHECKING:  # the node layer drives this target, so it imports this module
+    from gpuscale.sim.nodes import NodeLayer
 
 READY_EVENT = 0
 DRAIN_DEADLINE = 1
@@ -51,6 +60,8 @@ class SimScaleTarget:
         self.placeholder_target = 0
         self.placeholders: dict[int, Pod] = {}
         self.preemptions = 0
+        self.node_layer: NodeLayer | None = None
+        """The node layer provisioning nodes for this target's pods, when the scenario has one."""
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, pod: Pod) -> None:
@@ -81,6 +92,19 @@ class SimScaleTarget:
                 secs += s
                 cost += s / 3600.0 * p.node.pool.price
         return secs, cost
+
+    def counts(self, now: float) -> ReplicaCounts:
+        """The replica counts a policy sees at ``now``; ``pending_nodes`` is 0 without a node layer."""
+        return ReplicaCounts(
+            current_replicas=self.spec,
+            ready=self.count(Phase.READY),
+            starting=self.count(Phase.STARTING),
+            pending=self.count(Phase.PENDING),
+            draining=self.count(Phase.DRAINING),
+            standby=self.count(Phase.STANDBY, standby=True),
+            standby_target=self.standby_target,
+            pending_nodes=self.node_layer.pending_nodes(now) if self.node_layer is not None else 0,
+        )
 
     def serving(self) -> Iterator[Pod]:
         return (p for p in self.pods.values() if p.slot >= 0)
@@ -327,6 +351,8 @@ class SimScaleTarget:
         )
 
     def apply(self, decision: Decision, t: float) -> None:
+        """Act on the whole decision: the active spec, the standby target and the placeholder count
+        (``None`` keeps each as it is), then reconcile the pods."""
         if decision.standby_replicas is not None:
             self.standby_target = decision.standby_replicas
         if decision.placeholder_pods is not None:

@@ -40,6 +40,7 @@ from gpuscale.policies.base import (
     SignalSpec,
     SignalValue,
 )
+from gpuscale.policies.ports import ReplicaCounts, make_snapshot
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
@@ -76,21 +77,26 @@ class _Sample:
 
 
 class SimMetricsSource:
-    """Scrapes the simulated service and fulfils policies' signal specs."""
+    """Scrapes the simulated service and fulfils policies' signal specs: the simulator's
+    :class:`~gpuscale.policies.ports.MetricsSource`."""
 
     def __init__(
         self,
         dp: DataPlane,
         profile: ModelProfile,
+        pods: Callable[[], Iterable[Pod]],
         *,
         scrape_interval_s: float,
         metrics_delay_s: float,
         max_window_s: float,
         held_gb: Callable[[Pod, float], float] | None = None,
     ) -> None:
-        """``held_gb(pod, t)``: GPU memory a pod that is not serving holds at ``t`` (one loading its
+        """``pods()``: the target's pods now, standby pods included (what service discovery finds:
+        a scrape reads every pod that serves, a snapshot the active ones).
+        ``held_gb(pod, t)``: GPU memory a pod that is not serving holds at ``t`` (one loading its
         weights, or a loaded standby pod); it counts on a time-sliced GPU it shares. None: nothing."""
         self.dp = dp
+        self.pods = pods
         self.profile = profile
         self.held_gb = held_gb
         self.scrape_interval_s = scrape_interval_s
@@ -143,8 +149,9 @@ class SimMetricsSource:
             used[k] = total
         return used
 
-    def scrape(self, t: float, pods: Iterable[Pod]) -> None:
-        serving = sorted((p for p in pods if p.slot >= 0), key=lambda p: p.id)
+    def scrape(self, t: float) -> None:
+        """Record what the exporters report at ``t`` for every pod that serves."""
+        serving = sorted((p for p in self.pods() if p.slot >= 0), key=lambda p: p.id)
         ids = np.array([p.id for p in serving], dtype=np.int64)
         slots = np.array([p.slot for p in serving], dtype=np.int64)
         raw = self.dp.scrape(slots, t)
@@ -221,15 +228,19 @@ class SimMetricsSource:
                 break
         return old
 
-    def snapshot(
-        self, t: float, specs: Sequence[SignalSpec], pods: Sequence[Pod], **counts: int
-    ) -> MetricsSnapshot:
-        """The snapshot a policy sees at ``t``: replica counts plus every spec it declared."""
-        target = [
-            p for p in pods if not p.standby and p.phase in (Phase.PENDING, Phase.STARTING, Phase.READY)
+    def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
+        """The snapshot a policy sees at ``now``: ``counts`` plus every spec it declared, read over the
+        active pods (Pending, Starting and Ready; standby pods are outside the Service)."""
+        active = [
+            p
+            for p in self.pods()
+            if not p.standby and p.phase in (Phase.PENDING, Phase.STARTING, Phase.READY)
         ]
-        signals = {spec: self.fulfil(t, spec, target) for spec in specs}
-        return MetricsSnapshot(time_s=t, signals=signals, **counts)
+        return make_snapshot(now, counts, {spec: self.fulfil(now, spec, active) for spec in specs})
+
+    def unavailable(self) -> None:
+        """Never: the simulated metrics backend always answers (a missing signal is still missing)."""
+        return None
 
     def fulfil(
         self, t: float, spec: SignalSpec, pods: Sequence[Pod], *, with_pods: bool = True
