@@ -60,7 +60,7 @@ def test_listing_commands_show_the_catalog() -> None:
     assert profiles.exit_code == 0 and "resnet50-a100-triton" in profiles.output
     policies = runner.invoke(app, ["policies", "list"])
     assert policies.exit_code == 0 and "knative" in policies.output and "gpu-util" in policies.output
-    knative = runner.invoke(app, ["policies", "show", "knative"])
+    knative = runner.invoke(app, ["policies", "show", "--kind", "knative"])
     assert knative.exit_code == 0 and "stable_window_s" in knative.output
 
 

@@ -52,8 +52,15 @@ def test_compare_writes_the_report_and_identical_summaries_for_the_same_seeds(tm
 
 
 def test_a_broken_policy_is_reported_as_failed_and_the_others_complete(tmp_path: Path) -> None:
+    # Valid on its own (so compare accepts it up front), it cannot run on this scenario: its 0.5-s
+    # window is shorter than the scenario's scrape interval.
     broken = tmp_path / "broken.yaml"
-    broken.write_text("kind: hpa\nmin_replicas: 3\nmax_replicas: 1\nmetrics: []\n", encoding="utf-8")
+    broken.write_text(
+        "kind: hpa\nmin_replicas: 1\nmax_replicas: 4\nmetrics:\n"
+        "  - {type: External, metric: queue_length, aggregation: total, window_s: 0.5,\n"
+        "     target: {type: AverageValue, average_value: 10}}\n",
+        encoding="utf-8",
+    )
     suite = tmp_path / "suite.yaml"
     suite.write_text(
         f"scenarios: [kis-s-spike]\npolicies: [gpu-util, {broken}]\nseeds: [1]\n", encoding="utf-8"

@@ -5,6 +5,9 @@ Bad input of any kind ends in one clear message on stderr and exit code 2, with 
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +63,70 @@ def user_errors() -> Iterator[None]:
         fail(str(exc))
     except GpuscaleError as exc:
         fail(str(exc))
+
+
+def _check_out(path: Path, *, folder: bool, option: str = "--out") -> None:
+    """Fail (exit 2, before any work) unless the command can write its output at ``path``: a folder
+    (simulate, compare, tune) or a file (manifests, import). Nothing is left behind by the check."""
+
+    def refuse(why: str) -> NoReturn:
+        what = "a folder to write the results into" if folder else "a file to write"
+        fail(str(ConfigError(option, None, str(path), f"{why}; expected {what}")))
+
+    try:
+        exists = path.exists()
+        if exists and folder and not path.is_dir():
+            refuse("is a file")
+        if exists and not folder and path.is_dir():
+            refuse("is a folder")
+        existing = path if exists else next((p for p in path.parents if p.exists()), None)
+    except OSError as exc:
+        refuse(f"cannot be checked ({exc.strerror or exc})")
+    if existing is None:
+        refuse("cannot be created: none of the folders above it exists")
+    if not exists and not existing.is_dir():
+        refuse(f"cannot be created: {existing} is a file")
+    # the output goes to a temporary file or folder beside it, then is renamed into place
+    probes = [existing] if not exists else [path.parent, path] if folder else [path.parent]
+    for where in probes:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".gpuscale-check-", dir=where))
+        except OSError as exc:
+            refuse(f"cannot be written: creating anything in {where} fails ({exc.strerror or exc})")
+
+
+def _out_folder(value: Path | None) -> Path | None:
+    """The ``--out`` callback of commands that write a folder of results."""
+    if value is not None:
+        _check_out(value, folder=True)
+    return value
+
+
+def _out_file(value: Path | None) -> Path | None:
+    """The ``--out`` callback of commands that write one file."""
+    if value is not None:
+        _check_out(value, folder=False)
+    return value
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _namespace(value: str | None) -> str | None:
+    """The ``--namespace`` callback: a Kubernetes namespace is a DNS-1123 label."""
+    if value is not None and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
+        fail(
+            str(
+                ConfigError(
+                    "--namespace",
+                    None,
+                    value,
+                    "not a Kubernetes namespace; a namespace is a DNS-1123 label: 1 to 63 characters, "
+                    "lowercase letters a-z, digits 0-9 and '-', starting and ending with a letter or digit",
+                )
+            )
+        )
+    return value
 
 
 class _LazyProgress:
@@ -146,13 +213,19 @@ def simulate(
     ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Root seed (default: the scenario's).")] = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for summary.json, summary.csv and timeline.csv.")
+        Path | None,
+        typer.Option(
+            "--out", help="Folder for summary.json, summary.csv and timeline.csv.", callback=_out_folder
+        ),
     ] = None,
 ) -> None:
     """Run one policy on one scenario and print its summary; files go to --out (default out/SCENARIO-POLICY)."""
     with user_errors():
         ref = resolve_scenario(scenario)
         pol = _load_policy(policy, replicas, ref.scenario.control.initial_replicas)
+        target = out_dir if out_dir is not None else Path("out") / f"{ref.scenario.name}-{pol.name}"
+        if out_dir is None:
+            _check_out(target, folder=True)
         from gpuscale.sim.engine import simulate as run
 
         progress = _LazyProgress(f"{ref.scenario.name} · {pol.name}")
@@ -164,7 +237,6 @@ def simulate(
         finally:
             progress.close()
         wall = time.perf_counter() - start
-        target = out_dir if out_dir is not None else Path("out") / f"{ref.scenario.name}-{pol.name}"
         write_files_atomically(target, result_files(result))
     out.print(summary_table(result.summary))
     s = result.summary
@@ -293,7 +365,10 @@ def compare(
         Path | None, typer.Option(help="A suite YAML (scenarios, policies, seeds, slo_target).")
     ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Folder for report.html, summary.csv, summary.json.")
+        Path,
+        typer.Option(
+            "--out", help="Folder for report.html, summary.csv, summary.json.", callback=_out_folder
+        ),
     ] = Path("out/compare"),
 ) -> None:
     """The main job: every policy on every scenario over several seeds, ranked on SLO attainment against
@@ -313,6 +388,9 @@ def compare(
         if seeds is not None:
             updates["seeds"] = parse_seeds(seeds)
         cfg = cfg.model_copy(update=updates)
+        _check_compare_policies(
+            cfg.policies, "--policies" if policies is not None or suite is None else str(suite)
+        )
         n_workers = workers or cfg.workers or default_workers()
         start = time.perf_counter()
         bar = _run_progress()
@@ -338,6 +416,31 @@ def compare(
         f"{len(result.runs) / wall:.2f} runs/s, {requests / wall / 1e6:.2f} M simulated requests/s. "
         f"Report: {out_dir}/report.html"
     )
+
+
+def _check_compare_policies(names: list[str], source: str) -> None:
+    """Refuse (before any simulation) a compare policy that is not static-peak, a preset or a valid
+    policy file; ``source`` is --policies or the suite file (whose key is then ``policies[i]``)."""
+    from gpuscale.experiments.suite import STATIC_PEAK
+    from gpuscale.policies import registry
+
+    for i, name in enumerate(names):
+        if name == STATIC_PEAK:
+            continue
+        key = None if source == "--policies" else f"policies[{i}]"
+        try:
+            spec = registry.resolve_policy(name, key=key, source=source)
+        except ConfigError as exc:
+            if (exc.source, exc.key, exc.value) != (source, key, name):
+                raise  # a policy file that is missing or broken: its own message
+            raise ConfigError(
+                source,
+                key,
+                name,
+                f"not a policy file or a preset; allowed: {STATIC_PEAK}, a policy YAML file, or a preset: "
+                f"{', '.join(registry.preset_names())}",
+            ) from None
+        spec.config()
 
 
 def tune_table(result: Any, top: int = 10) -> Table:
@@ -415,7 +518,11 @@ def tune(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the random search.")] = 0,
     out_dir: Annotated[
         Path,
-        typer.Option("--out", help="Folder for tuned-policy.yaml, candidates.csv and candidates.json."),
+        typer.Option(
+            "--out",
+            help="Folder for tuned-policy.yaml, candidates.csv and candidates.json.",
+            callback=_out_folder,
+        ),
     ] = Path("out/tune"),
 ) -> None:
     """Search a policy's parameters on one or more scenarios for the cheapest configuration that meets
@@ -547,32 +654,58 @@ def policies_list() -> None:
     t.add_column("what it does", overflow="fold")
     for info in registry.policy_kinds():
         t.add_row(info.kind, info.summary)
-    out.print(t)
+    _print_unwrapped(t)
     p = Table(title="Presets (use with --policy NAME)")
     p.add_column("preset")
     p.add_column("kind")
     for name in registry.preset_names():
         p.add_row(name, registry.load_preset_config(name).kind)
-    out.print(p)
+    _print_unwrapped(p)
 
 
 @policies_app.command("show")
-def policies_show(kind: Annotated[str, typer.Argument(help="A policy kind or a preset name.")]) -> None:
-    """Every parameter of a policy kind, with its default and meaning (or, for a preset name that is not
-    also a kind, the preset's YAML)."""
+def policies_show(
+    name: Annotated[str, typer.Argument(help="A preset name or a policy kind.")],
+    kind: Annotated[
+        bool, typer.Option("--kind", help="Show the policy kind NAME even where a preset has that name.")
+    ] = False,
+) -> None:
+    """A preset's YAML exactly as shipped, or a policy kind's parameters with their defaults and meanings.
+
+    A preset prints as YAML that loads back as the same policy: `gpuscale policies show gpu-util >
+    my-policy.yaml` starts your own. A name that is both a preset and a kind (knative, ray-serve,
+    warm-pool) shows the preset, the policy `--policy NAME` runs, and says so on stderr; `--kind`
+    shows the kind's parameters instead."""
     from gpuscale.policies import registry
 
     with user_errors():
-        if kind not in registry.kind_names() and kind in registry.preset_names():
-            out.print(registry.preset_text(kind), highlight=False, markup=False)
+        if not kind and name in registry.preset_names():
+            typer.echo(registry.preset_text(name), nl=False)
+            if name in registry.kind_names():
+                err.print(
+                    f"note: {name} is also a policy kind; `gpuscale policies show --kind {name}` lists its "
+                    "parameters",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             return
-        params = registry.describe_kind(kind)
-    t = Table(title=f"kind: {kind}")
+        params = registry.describe_kind(name)
+    t = Table(title=f"kind: {name}")
     for col in ("parameter", "type", "default", "meaning"):
         t.add_column(col, overflow="fold", no_wrap=col == "parameter")
     for prm in params:
         t.add_row(prm.name, prm.type, prm.default, prm.description)
-    out.print(t)
+    _print_unwrapped(t)
+
+
+def _print_unwrapped(table: Table) -> None:
+    """Print ``table`` on standard output: folded to fit a terminal, at its full width into a pipe or
+    a file (where nothing wraps lines)."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    wide = Console(file=out.file, width=100_000)
+    wide.print(table, width=wide.measure(table).maximum)
 
 
 def _policy_config(spec: str) -> Any:
@@ -616,7 +749,10 @@ def manifests(
     ] = None,
     namespace: Annotated[
         str | None,
-        typer.Option(help="The workload's namespace (default 'default'); for `controller`: where it runs."),
+        typer.Option(
+            help="The workload's namespace (default 'default'); for `controller`: where it runs.",
+            callback=_namespace,
+        ),
     ] = None,
     fmt: Annotated[
         str,
@@ -632,7 +768,7 @@ def manifests(
         str | None, typer.Option(help="`controller`: the container image (default gpuscale:VERSION).")
     ] = None,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write the YAML here (default stdout).")
+        Path | None, typer.Option("--out", help="Write the YAML here (default stdout).", callback=_out_file)
     ] = None,
 ) -> None:
     """Render the native Kubernetes manifests (HPA, KEDA, Knative/KServe, prometheus-adapter) of a
@@ -679,7 +815,8 @@ def import_(
         typer.Argument(help="An HPA, KEDA ScaledObject, Knative Service or KServe InferenceService YAML."),
     ],
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write the policy YAML here (default stdout).")
+        Path | None,
+        typer.Option("--out", help="Write the policy YAML here (default stdout).", callback=_out_file),
     ] = None,
 ) -> None:
     """Turn an existing autoscaler manifest into a gpuscale policy YAML (for simulate / compare)."""

@@ -12,7 +12,40 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Sequence
+
+SHOWN_CHARS = 80
+"""The most characters of an offending value an error message shows."""
+
+
+class _Short(reprlib.Repr):
+    """``repr`` with bounded work: a few items per level, a few levels, long scalars cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxtuple = self.maxlist = self.maxarray = self.maxdeque = 8
+        self.maxdict = self.maxset = self.maxfrozenset = 8
+        self.maxstring = self.maxlong = self.maxother = SHOWN_CHARS
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 256:  # repr of a 5,000-digit integer raises; of a long one, takes time
+            return f"<an integer of about {round(x.bit_length() * 0.30103):,} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _Short()
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, built with bounded work whatever the value (a huge,
+    deeply nested or self-referencing list does not get written out first)."""
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # a user object whose repr fails: name its type instead
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class GpuscaleError(Exception):
@@ -48,12 +81,9 @@ class ConfigError(GpuscaleError):
             where += f", line {self.line}"
         if self.key:
             where += f": {self.key}"
-        shown = repr(self.value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return (
-            f"{where} = {shown}: {self.allowed}" if self.value is not _MISSING else f"{where}: {self.allowed}"
-        )
+        if self.value is _MISSING:
+            return f"{where}: {self.allowed}"
+        return f"{where} = {shown(self.value)}: {self.allowed}"
 
 
 class _Missing:

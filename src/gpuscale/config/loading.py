@@ -3,10 +3,17 @@
 Every user-facing file goes through :func:`load_yaml` and :func:`validate`, so every bad input ends
 in a :class:`~gpuscale._core.errors.ConfigError` naming the file, the key path, the value and what
 is allowed.
+
+The YAML reader is PyYAML's safe loader with three refusals of its own: a key repeated in one
+mapping (PyYAML keeps the last one silently), a document nested deeper than :data:`MAX_DEPTH`
+levels (deeper ones exhaust Python's stack), and aliases that repeat more than
+:data:`MAX_ALIAS_VALUES` values in all (a few hundred bytes of nested aliases can stand for billions
+of values).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,9 +21,15 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
+from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors, shown
 
 M = TypeVar("M")
+
+MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a gpuscale YAML file may have."""
+
+MAX_ALIAS_VALUES = 10_000
+"""How many values the aliases (``*name``) of one YAML file may repeat in all, nested ones counted."""
 
 
 class StrictModel(BaseModel):
@@ -43,9 +56,102 @@ def load_yaml(path: str | Path) -> Any:
     return parse_yaml(read_text(path), str(Path(path)))
 
 
+class _Refused(yaml.YAMLError):
+    """A YAML document gpuscale refuses to read, located (line, key)."""
+
+    def __init__(self, mark: Any, key: str | None, allowed: str) -> None:
+        super().__init__(allowed)
+        self.line: int | None = int(mark.line) + 1 if mark is not None else None
+        self.key = key
+        self.allowed = allowed
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys, deep nesting and alias expansion past the limits."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_values = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values it stands for, aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            node = super().compose_node(parent, index)
+            size = self._sizes.get(id(node))
+            if size is None:
+                raise _Refused(
+                    event.start_mark,
+                    None,
+                    f"alias *{event.anchor} refers to the list or mapping that holds it; "
+                    "an alias may only repeat a complete value",
+                )
+            self._alias_values += size
+            if self._alias_values > MAX_ALIAS_VALUES:
+                raise _Refused(
+                    event.start_mark,
+                    None,
+                    f"aliases (*name) expand to more than {MAX_ALIAS_VALUES:,} values (the limit); "
+                    "write the values out or repeat fewer of them",
+                )
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(
+                self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                None,
+                f"nested deeper than {MAX_DEPTH} levels (the limit)",
+            )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._sizes.get(id(child), 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value)
+        self._sizes[id(node)] = size
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:
+                continue  # unhashable: the constructor reports it
+            if first is not key_node:
+                raise _Refused(
+                    key_node.start_mark,
+                    str(key),
+                    f"duplicate key (first set on line {first.start_mark.line + 1}); "
+                    "a key may appear only once in a mapping",
+                )
+        return node
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)  # type: ignore[no-untyped-call]
+        except (ValueError, OverflowError) as exc:  # e.g. a date 2023-02-30, an integer of 5,000 digits
+            raise _Refused(node.start_mark, None, f"{shown(node.value, 40)} cannot be read ({exc})") from None
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse one YAML document of ``source``; anything wrong becomes a ConfigError naming the line."""
+    loader = _Loader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    except _Refused as exc:
+        raise ConfigError(source, exc.key, MISSING, exc.allowed, line=exc.line) from None
     except yaml.YAMLError as exc:
         line = None
         mark = getattr(exc, "problem_mark", None)
@@ -53,6 +159,12 @@ def parse_yaml(text: str, source: str) -> Any:
             line = int(mark.line) + 1
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(source, None, MISSING, f"is not valid YAML ({problem})", line=line) from None
+    except (ValueError, OverflowError, RecursionError) as exc:
+        raise ConfigError(
+            source, None, MISSING, f"cannot be read as YAML ({exc.__class__.__name__})"
+        ) from None
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def _key_path(loc: tuple[int | str, ...], prefix: str) -> str:
@@ -68,20 +180,105 @@ def _key_path(loc: tuple[int | str, ...], prefix: str) -> str:
     return ".".join(parts)
 
 
-def _allowed(err: Mapping[str, Any]) -> str:
+def _is_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in ("nan", "+nan", "-nan", ".nan")
+
+
+def _allowed(err: Mapping[str, Any], keys: list[str] | None = None) -> str:
     kind = str(err.get("type", ""))
     ctx = err.get("ctx") or {}
     msg = str(err.get("msg", "invalid value"))
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see the documentation for the allowed keys)"
+        if keys:
+            return f"unknown key; allowed: {', '.join(keys)}"
+        return "unknown key (check the spelling)"
     if kind == "union_tag_invalid":
         expected = ctx.get("expected_tags", "")
         return f"unknown kind; allowed: {expected}"
     if kind == "union_tag_not_found":
         return f"a 'kind' key is required ({ctx.get('discriminator', 'kind')})"
+    if _is_nan(err.get("input")):
+        rule = msg.removeprefix("Input should be ").removeprefix("input should be ")
+        return "not a number (NaN)" + ("" if "finite" in rule else f"; expected a number {rule}")
     return msg[0].lower() + msg[1:] if msg else "invalid value"
+
+
+_WRAPPERS = ("function-after", "function-before", "function-wrap", "default", "nullable", "model")
+
+
+def _keys_at(schema: Mapping[str, Any], loc: tuple[int | str, ...], defs: dict[str, Any]) -> list[str] | None:
+    """The keys a mapping at ``loc`` (a pydantic error location) of ``schema`` (a core schema) allows,
+    when the schema says so; None otherwise."""
+    for _ in range(1000):  # unwrap (bounded: definitions may refer to each other)
+        if "ref" in schema and schema.get("type") != "definition-ref":
+            defs.setdefault(str(schema["ref"]), schema)
+        kind = schema.get("type")
+        if kind == "definitions":
+            for d in schema.get("definitions", ()):
+                defs[str(d["ref"])] = d
+            schema = schema["schema"]
+        elif kind == "definition-ref":
+            target = defs.get(str(schema.get("schema_ref")))
+            if target is None:
+                return None
+            schema = target
+        elif kind in _WRAPPERS and isinstance(schema.get("schema"), Mapping):
+            schema = schema["schema"]
+        elif kind == "json-or-python":
+            schema = schema["python_schema"]
+        else:
+            break
+    kind = schema.get("type")
+    if not loc:
+        if kind in ("model-fields", "typed-dict"):
+            fields: Mapping[str, Any] = schema.get("fields", {})
+            return [
+                str(f.get("validation_alias")) if isinstance(f.get("validation_alias"), str) else name
+                for name, f in fields.items()
+            ]
+        return None
+    head, rest = loc[0], loc[1:]
+    if kind in ("model-fields", "typed-dict"):
+        field = schema.get("fields", {}).get(head)
+        return None if field is None else _keys_at(field["schema"], rest, defs)
+    if kind == "tagged-union":
+        choice = schema.get("choices", {}).get(head)
+        return None if choice is None else _keys_at(choice, rest, defs)
+    if kind == "union":
+        choices = [c if isinstance(c, tuple) else (c, None) for c in schema.get("choices", ())]
+        for choice, label in choices:
+            if label == head or _model_name(choice, defs) == head:
+                return _keys_at(choice, rest, defs)
+        for choice, _ in choices:  # a label we cannot match: the first choice that knows the place
+            found = _keys_at(choice, rest if isinstance(head, str) and "[" in head else loc, defs)
+            if found is not None:
+                return found
+        return None
+    if kind in ("list", "set", "frozenset", "generator") and isinstance(head, int):
+        return _keys_at(schema["items_schema"], rest, defs) if "items_schema" in schema else None
+    if kind == "tuple" and isinstance(head, int):
+        items = schema.get("items_schema") or []
+        return _keys_at(items[min(head, len(items) - 1)], rest, defs) if items else None
+    if kind == "dict" and "values_schema" in schema:
+        return _keys_at(schema["values_schema"], rest, defs)
+    return None
+
+
+def _model_name(schema: Mapping[str, Any], defs: dict[str, Any]) -> str | None:
+    for _ in range(100):
+        if schema.get("type") == "definition-ref":
+            schema = defs.get(str(schema.get("schema_ref")), {})
+        elif schema.get("type") == "model":
+            return getattr(schema.get("cls"), "__name__", None)
+        elif schema.get("type") in _WRAPPERS and isinstance(schema.get("schema"), Mapping):
+            schema = schema["schema"]
+        else:
+            return None
+    return None
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
@@ -90,17 +287,31 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(x for x in loc if not (isinstance(x, str) and ("[" in x or x.startswith("function-"))))
 
 
-def validation_errors(exc: ValidationError, source: str, prefix: str = "", data: Any = None) -> ConfigErrors:
+def validation_errors(
+    exc: ValidationError,
+    source: str,
+    prefix: str = "",
+    data: Any = None,
+    schema: Mapping[str, Any] | None = None,
+) -> ConfigErrors:
+    """One located ConfigError per problem pydantic found; with the model's core ``schema``, an unknown
+    key's message lists the allowed ones."""
     errors: list[ConfigError] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err.get("loc", ()))
+        keys = None
+        if err.get("type") == "extra_forbidden" and schema is not None:
+            try:
+                keys = _keys_at(schema, loc[:-1], {})
+            except (KeyError, TypeError, IndexError, RecursionError):
+                keys = None
         cleaned = _clean_loc(loc)
         tags = _union_tags(loc, cleaned, data)
         key = _key_path(tags, prefix)
         value: object = MISSING if err.get("type") == "missing" else err.get("input", MISSING)
         if isinstance(value, Mapping) and err.get("type") not in ("missing",):
             value = MISSING if err.get("type") in ("extra_forbidden",) else value
-        errors.append(ConfigError(source, key or None, value, _allowed(err)))
+        errors.append(ConfigError(source, key or None, value, _allowed(err, keys)))
     return ConfigErrors(errors)
 
 
@@ -137,4 +348,4 @@ def validate(model: type[M] | TypeAdapter[M], data: Any, source: str, prefix: st
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise validation_errors(exc, source, prefix, data) from None
+        raise validation_errors(exc, source, prefix, data, adapter.core_schema) from None
