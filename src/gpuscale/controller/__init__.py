@@ -3,9 +3,11 @@
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.controller.config import (
     ControllerConfig,
+    HeadroomConfig,
     LeaderElectionConfig,
     MetricsServerConfig,
     TargetConfig,
+    WarmPoolLabels,
     load_controller_config,
 )
 from gpuscale.controller.leader import LeaderElector
@@ -18,6 +20,7 @@ __all__ = [
     "Controller",
     "ControllerConfig",
     "ControllerMetrics",
+    "HeadroomConfig",
     "KubernetesTarget",
     "LeaderElectionConfig",
     "LeaderElector",
@@ -27,6 +30,7 @@ __all__ = [
     "SafetyConfig",
     "TargetConfig",
     "TickOutcome",
+    "WarmPoolLabels",
     "backoff_wait",
     "build_controller",
     "load_controller_config",

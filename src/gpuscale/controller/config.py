@@ -10,6 +10,11 @@ Example::
     safety: {min_replicas: 1, max_replicas: 16, max_step: 4, gpu_budget: 32, gpus_per_pod: 2}
     leader_election: {enabled: true}      # two replicas, one acts (a Lease in the target's namespace)
     metrics: {bind_address: 0.0.0.0, port: 8080}   # /metrics, /healthz, /readyz
+    warm_pool: {label: gpuscale.io/role, active: active, standby: standby}   # a policy with a warm pool
+    headroom: {deployment: triton-resnet-gpu-headroom}   # a policy with a warm-node buffer
+
+``warm_pool`` and ``headroom`` matter only to a policy that keeps a warm pool (``standby_replicas``)
+or a warm-node buffer (``headroom_replicas``); their defaults fit what ``gpuscale manifests`` renders.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from pydantic import ConfigDict, Field, model_validator
 
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.safety import SafetyConfig
+from gpuscale.integrations.manifests import headroom_name
 from gpuscale.integrations.prometheus import PrometheusSourceConfig
+
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 
 
 class TargetConfig(StrictModel):
@@ -120,6 +129,49 @@ class MetricsServerConfig(StrictModel):
     )
 
 
+class WarmPoolLabels(StrictModel):
+    """How the controller tells a warm pool's standby pods from the active ones: one pod label.
+
+    The user's Service selects ``<label>: <active>`` besides the app's own labels, so standby pods --
+    loaded and Ready, labelled ``<standby>`` -- get no traffic; a promotion is a label flip. Which
+    pods carry which value is the controller's: it writes the label on every pod of the target.
+    """
+
+    label: str = Field(
+        "gpuscale.io/role",
+        max_length=317,
+        pattern=rf"^({_DNS_SUBDOMAIN}/)?{_LABEL_NAME}$",
+        description="The pod label key. Default gpuscale.io/role.",
+    )
+    active: str = Field(
+        "active", pattern=rf"^{_LABEL_NAME}$", description="Its value on active pods. Default active."
+    )
+    standby: str = Field(
+        "standby", pattern=rf"^{_LABEL_NAME}$", description="Its value on standby pods. Default standby."
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> WarmPoolLabels:
+        if self.active == self.standby:
+            raise ValueError(f"active and standby must differ (both are {self.active!r})")
+        return self
+
+
+class HeadroomConfig(StrictModel):
+    """Where a warm-node buffer's placeholder pods live: the Deployment ``gpuscale manifests --format
+    headroom`` renders, in the target's namespace, scaled through its scale subresource."""
+
+    deployment: str | None = Field(
+        None,
+        max_length=253,
+        pattern=rf"^{_DNS_SUBDOMAIN}$",
+        description="The placeholder Deployment's name; default '<target name>-gpu-headroom'.",
+    )
+
+    def name_for(self, target: TargetConfig) -> str:
+        return self.deployment or headroom_name(target.name)
+
+
 class ControllerConfig(StrictModel):
     """The ``gpuscale run --config`` file."""
 
@@ -158,6 +210,26 @@ class ControllerConfig(StrictModel):
     metrics: MetricsServerConfig = Field(
         default_factory=MetricsServerConfig, description="The /metrics, /healthz, /readyz endpoint."
     )
+    warm_pool: WarmPoolLabels = Field(
+        default_factory=WarmPoolLabels,
+        description="The pod label telling standby pods from active ones (a policy with a warm pool).",
+    )
+    headroom: HeadroomConfig = Field(
+        default_factory=HeadroomConfig,
+        description="The placeholder Deployment a warm-node buffer scales (a policy with headroom).",
+    )
+
+
+def keeps_warm_pool(policy_config: Any) -> bool:
+    """Whether a policy config keeps a warm pool (``standby_replicas`` > 0: warm-pool, static,
+    static-peak): the controller then labels pods and keeps the pool size on the target."""
+    return int(getattr(policy_config, "standby_replicas", 0) or 0) > 0
+
+
+def keeps_warm_nodes(policy_config: Any) -> bool:
+    """Whether a policy config keeps a warm-node buffer (``headroom_replicas`` > 0: warm-pool,
+    predictive): the controller then scales the placeholder Deployment."""
+    return int(getattr(policy_config, "headroom_replicas", 0) or 0) > 0
 
 
 def load_controller_config(path: str | Path) -> ControllerConfig:

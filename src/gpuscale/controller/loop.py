@@ -42,7 +42,7 @@ from typing import Any
 from gpuscale._core.clock import Clock
 from gpuscale._core.errors import PermanentError, TemporaryError
 from gpuscale.config.safety import SafetyConfig
-from gpuscale.controller.config import ControllerConfig
+from gpuscale.controller.config import ControllerConfig, keeps_warm_nodes, keeps_warm_pool
 from gpuscale.controller.leader import LeaderElector, default_identity
 from gpuscale.controller.observe import ControllerMetrics, LoopStatus
 from gpuscale.controller.target import KubernetesTarget, api_client
@@ -365,13 +365,21 @@ def build_controller(
     """Everything ``gpuscale run`` runs, from its config (files read here, nothing started)."""
     source = str(config_path)
     base = Path(config_path).parent
-    policy = build_policy(config.policy, config_path)
+    policy_config = registry.resolve_policy(config.policy, key="policy", source=source, base=base).config()
+    policy = registry.build_policy(policy_config)
     kubeconfig = config.kubeconfig
     if kubeconfig is not None and not kubeconfig.is_absolute():
         kubeconfig = base / kubeconfig
     api = api_client(kubeconfig, source)
     t = config.target
-    target = KubernetesTarget(api, t, config.pod_selector, timeout_s=config.request_timeout_s)
+    target = KubernetesTarget(
+        api,
+        t,
+        config.pod_selector,
+        timeout_s=config.request_timeout_s,
+        warm_pool=config.warm_pool if keeps_warm_pool(policy_config) else None,
+        headroom=config.headroom.name_for(t) if keeps_warm_nodes(policy_config) else None,
+    )
     metrics: MetricsSource = NoSignals()
     if config.prometheus is not None:
         client = build_client(config.prometheus, config_path, "prometheus")

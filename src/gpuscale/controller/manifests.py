@@ -10,14 +10,24 @@ The Role grants exactly what the controller calls:
 resource (API group)                   verbs                              where
 =====================================  =================================  ===========================
 ``pods`` (core)                        get, list, watch                   the target's namespace
+``pods`` (core)                        patch (the warm pool's labels)     the target's namespace
+                                                                          (only with a warm pool)
 ``<resource>/scale`` (target's group)  get, patch, update (the target's   the target's namespace
                                        name only)
+``<resource>`` (target's group)        get, patch (the target's name      the target's namespace
+                                       only: the pool-size annotation)    (only with a warm pool)
+``deployments/scale`` (apps)           get, patch (the placeholder        the target's namespace
+                                       Deployment's name only)            (only with a warm-node
+                                                                          buffer)
 ``leases`` (coordination.k8s.io)       get, update (the lease's name      the lease's namespace
                                        only), create                      (only with leader election)
 =====================================  =================================  ===========================
 
 ``create`` cannot be limited by ``resourceNames`` (the name is not known to the authorizer before the
-object exists), so it is a rule of its own.
+object exists), so it is a rule of its own; nor can ``patch`` on pods be (the pool's pods come and
+go). A policy keeps a warm pool when its config has ``standby_replicas`` > 0 and a warm-node buffer
+when it has ``headroom_replicas`` > 0; the pod's config keeps the ``warm_pool`` / ``headroom``
+blocks only then.
 
 The ConfigMap's config needs nothing else in the pod: a policy given as a file or a preset is
 inlined; ``kubeconfig`` is dropped (the pod uses its ServiceAccount), ``decision_log`` is dropped (the
@@ -36,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from gpuscale.controller.config import ControllerConfig
+from gpuscale.controller.config import ControllerConfig, keeps_warm_nodes, keeps_warm_pool
 from gpuscale.integrations.manifests import dump_yaml
 from gpuscale.policies import registry
 
@@ -57,19 +67,24 @@ def _dump(obj: Any) -> str:
     return dump_yaml(obj, width=100)
 
 
-def _inline_policy(spec: str | dict[str, Any], config_path: Path) -> dict[str, Any]:
-    """The policy as a mapping: a file beside the config or a preset, read and validated here."""
+def _inline_policy(spec: str | dict[str, Any], config_path: Path) -> tuple[dict[str, Any], Any]:
+    """The policy as a mapping (a file beside the config or a preset, read here) and its config,
+    validated here: the pod must not find out."""
     resolved = registry.resolve_policy(spec, key="policy", source=str(config_path), base=config_path.parent)
-    resolved.config()  # validated here: the pod must not find out
+    validated = resolved.config()
     assert isinstance(resolved.data, dict)
-    return dict(resolved.data)
+    return dict(resolved.data), validated
 
 
 def pod_config(config: ControllerConfig, config_path: str | Path) -> dict[str, Any]:
     """The controller config as the pod reads it (see the module doc)."""
     path = Path(config_path)
     data: dict[str, Any] = config.model_dump(mode="json", by_alias=True, exclude_none=True)
-    data["policy"] = _inline_policy(config.policy, path)
+    data["policy"], policy = _inline_policy(config.policy, path)
+    if not keeps_warm_pool(policy):
+        data.pop("warm_pool", None)
+    if not keeps_warm_nodes(policy):
+        data.pop("headroom", None)
     data.pop("kubeconfig", None)
     data.pop("decision_log", None)
     le = data.get("leader_election", {})
@@ -110,18 +125,37 @@ def render_controller(
     app = name or f"gpuscale-{t.name}"
     labels = {"app.kubernetes.io/name": "gpuscale-controller", "app.kubernetes.io/instance": app}
     le = config.leader_election
+    _, policy = _inline_policy(config.policy, Path(config_path))
 
-    rules: dict[str, list[dict[str, Any]]] = {
-        t.namespace: [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    target_rules: list[dict[str, Any]] = [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {
+            "apiGroups": [t.group],
+            "resources": [f"{t.resource}/scale"],
+            "resourceNames": [t.name],
+            "verbs": ["get", "patch", "update"],
+        },
+    ]
+    if keeps_warm_pool(policy):
+        target_rules += [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
             {
                 "apiGroups": [t.group],
-                "resources": [f"{t.resource}/scale"],
+                "resources": [t.resource],
                 "resourceNames": [t.name],
-                "verbs": ["get", "patch", "update"],
+                "verbs": ["get", "patch"],
             },
         ]
-    }
+    if keeps_warm_nodes(policy):
+        target_rules.append(
+            {
+                "apiGroups": ["apps"],
+                "resources": ["deployments/scale"],
+                "resourceNames": [config.headroom.name_for(t)],
+                "verbs": ["get", "patch"],
+            }
+        )
+    rules: dict[str, list[dict[str, Any]]] = {t.namespace: target_rules}
     if le.enabled:
         lease_ns, lease_name = le.lease_for(t)
         rules.setdefault(lease_ns, []).extend(

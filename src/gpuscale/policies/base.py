@@ -206,8 +206,9 @@ class Decision:
     ``placeholder_pods`` asks for that many low-priority placeholder ("pause") pods, each requesting
     what a serving pod requests (the cluster over-provisioner pattern): they hold spare GPUs on nodes
     the node autoscaler keeps up for them, and a serving pod that finds no free GPU preempts one at
-    once. ``None`` leaves them as they are. The simulator applies it; live, deploy the placeholders
-    as their own low-priority Deployment.
+    once. ``None`` leaves them as they are. Both worlds apply it: the simulator's placeholders, and
+    live the over-provisioner Deployment that ``gpuscale manifests --format headroom`` renders, scaled
+    by ``gpuscale run``.
     """
 
     desired_replicas: int | None
