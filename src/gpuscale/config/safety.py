@@ -23,6 +23,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from gpuscale.config.loading import StrictModel
 
@@ -31,6 +32,11 @@ DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 """Day names in ISO order: ``DAYS[datetime.weekday()]``."""
 
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def _rule(message: str) -> PydanticCustomError:
+    """A validation error whose message is ours alone (no "value error," before it)."""
+    return PydanticCustomError("gpuscale_rule", message.replace("{", "{{").replace("}", "}}"))
 
 
 def minute_of_day(text: str) -> int:
@@ -59,7 +65,10 @@ class ScheduleWindow(StrictModel):
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        minute_of_day(value)
+        try:
+            minute_of_day(value)
+        except ValueError as exc:
+            raise _rule(str(exc)) from None
         return value
 
     @field_validator("timezone")
@@ -68,7 +77,7 @@ class ScheduleWindow(StrictModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
+            raise _rule(
                 f"unknown time zone {value!r}; allowed: an IANA name such as UTC or Europe/Amsterdam"
             ) from None
         return value
@@ -76,15 +85,15 @@ class ScheduleWindow(StrictModel):
     @model_validator(mode="after")
     def _does_something(self) -> ScheduleWindow:
         if self.min_replicas is None and self.max_replicas is None:
-            raise ValueError("a schedule window sets min_replicas, max_replicas or both")
+            raise _rule("a schedule window sets min_replicas, max_replicas or both")
         if (
             self.min_replicas is not None
             and self.max_replicas is not None
             and self.min_replicas > self.max_replicas
         ):
-            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+            raise _rule(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if len(set(self.days)) != len(self.days):
-            raise ValueError("days must not repeat a day")
+            raise _rule("days must not repeat a day")
         return self
 
 
@@ -129,9 +138,9 @@ class SafetyConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> SafetyConfig:
         if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+            raise _rule(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.min_replicas > self.ceiling:
-            raise ValueError(
+            raise _rule(
                 f"min_replicas {self.min_replicas} x gpus_per_pod {self.gpus_per_pod} exceeds "
                 f"gpu_budget {self.gpu_budget}"
             )

@@ -14,6 +14,10 @@ What maps exactly (and therefore round-trips through ``gpuscale import``):
 * ``kind: knative`` -> the KPA's per-revision annotations (cluster-wide ``config-autoscaler`` keys
   are named in notes).
 
+A policy's ``safety.schedules`` windows that raise the minimum become KEDA ``cron`` triggers on the
+ScaledObject (:func:`cron_window`); a window's maximum, and schedules in the HPA and Knative forms,
+have no native form and are named in notes.
+
 Every other family (Ray Serve, GPU memory, multi-signal, predictive, warm pool, ...) has no native
 equivalent; its ScaledObject points an ``external`` trigger at ``gpuscale keda-scaler``, which runs
 the policy itself.
@@ -34,6 +38,7 @@ import yaml
 from pydantic import BaseModel
 
 from gpuscale._core.errors import ConfigError
+from gpuscale.config.safety import DAYS, SafetyConfig, ScheduleWindow
 from gpuscale.integrations import promql
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec
 from gpuscale.policies.hpa import HpaBehavior, HpaConfig, HpaMetric, HpaScalingRules
@@ -326,6 +331,7 @@ def render_hpa(config: Any, target: Target) -> Manifest:
             notes.add("max_scale 0 (unlimited) has no HPA form; maxReplicas 100 is a placeholder")
     else:
         return _comment_only(config, "HorizontalPodAutoscaler")
+    _safety_notes(config, notes, "an HPA's minReplicas and maxReplicas are fixed; use --format keda")
     body = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -506,19 +512,166 @@ def _keda_external(config: Any, target: Target, notes: _Notes) -> dict[str, Any]
 def render_keda(config: Any, target: Target) -> Manifest:
     """``keda.sh/v1alpha1`` ScaledObject."""
     notes = _Notes()
-    if isinstance(config, KedaConfig):
-        spec = _keda_from_keda(config, target, notes)
-    elif isinstance(config, HpaConfig):
-        spec = _keda_from_hpa(config, target, notes)
+    header = ""
+    if isinstance(config, (KedaConfig, HpaConfig)):
+        if isinstance(config, KedaConfig):
+            spec = _keda_from_keda(config, target, notes)
+        else:
+            spec = _keda_from_hpa(config, target, notes)
+        _keda_schedules(_safety(config), spec, notes)
+        _safety_notes(config, notes, None)
     else:
         spec = _keda_external(config, target, notes)
+        if _safety(config) is not None:
+            # The external scaler builds the policy from its file, safety: block and schedules
+            # included, and reads the calendar from its own clock: exact, nothing to render here.
+            header = "the policy's safety: block (schedule windows included) runs in gpuscale keda-scaler"
     body = {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
         "metadata": target.metadata(),
         "spec": spec,
     }
-    return Manifest(body, notes.done())
+    return Manifest(body, notes.done(), header)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schedule windows (safety.schedules) and the rest of the safety: block
+# --------------------------------------------------------------------------------------------------
+
+KEDA_COOLDOWN_S = 300
+"""KEDA's default ``cooldownPeriod`` (scale_executor.go), in force when the ScaledObject sets none."""
+
+
+def _safety(config: Any) -> SafetyConfig | None:
+    safety = getattr(config, "safety", None)
+    return safety if isinstance(safety, SafetyConfig) else None
+
+
+def _cron_days(days: Sequence[int]) -> str:
+    """Cron day-of-week numbers (0 = Sunday) as one field: [1, 2, 3, 4, 5] -> ``1-5``, [0, 6] -> ``0,6``."""
+    ordered = sorted(set(days))
+    if len(ordered) == 7:
+        return "*"
+    runs: list[list[int]] = []
+    for day in ordered:
+        if runs and day == runs[-1][-1] + 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def cron_window(window: ScheduleWindow) -> tuple[str, str]:
+    """KEDA cron ``start`` and ``end`` (minute hour day-of-month month day-of-week) for ``window``.
+
+    KEDA's cron scaler is active from a start until the next end after it (in its code: active while
+    the next end comes no later than the next start), so each end is written on the day the window
+    closes, and starts and ends alternate as they must:
+
+    * ``mon-fri 08:00-20:00`` -> ``0 8 * * 1-5`` / ``0 20 * * 1-5``;
+    * overnight ``fri 22:00-06:00`` closes on Saturday -> ``0 22 * * 5`` / ``0 6 * * 6`` (cron
+      counts days from Sunday = 0, gpuscale from Monday: ``fri`` is DAYS[4], cron 5);
+    * a whole day (``start == end``) runs from midnight to midnight -> ``mon`` is ``0 0 * * 1`` /
+      ``0 0 * * 2``; on consecutive days the end and the next start fall on one instant and KEDA
+      stays active across it (the next end is not after the next start).
+
+    A whole day on all seven days has equal start and end, which KEDA rejects; it is always open, so
+    :func:`render_keda` raises ``minReplicaCount`` instead.
+    """
+    days = [(DAYS.index(day) + 1) % 7 for day in window.days]
+    start_h, start_m = (int(x) for x in window.start.split(":"))
+    end_h, end_m = (int(x) for x in window.end.split(":"))
+    if (start_h, start_m) == (end_h, end_m):
+        start_h = start_m = end_h = end_m = 0
+        end_days = [(d + 1) % 7 for d in days]
+    elif (end_h, end_m) < (start_h, start_m):
+        end_days = [(d + 1) % 7 for d in days]
+    else:
+        end_days = days
+    return (
+        f"{start_m} {start_h} * * {_cron_days(days)}",
+        f"{end_m} {end_h} * * {_cron_days(end_days)}",
+    )
+
+
+def _always_open(window: ScheduleWindow) -> bool:
+    return window.start == window.end and len(window.days) == len(DAYS)
+
+
+def _keda_schedules(safety: SafetyConfig | None, spec: dict[str, Any], notes: _Notes) -> None:
+    """A ``cron`` trigger per window that raises the minimum (desiredReplicas = its min_replicas).
+
+    The trigger is one more metric of KEDA's HPA (AverageValue 1: the HPA asks for desiredReplicas
+    while it is active) and activates the ScaledObject from zero, so while a window is open the count
+    is at least its minimum -- the tail's bounds stage. A window's maximum has no KEDA form: every
+    trigger can only raise the count (the HPA takes the highest of its metrics).
+    """
+    if safety is None or not safety.schedules:
+        return
+    raised = False
+    for i, window in enumerate(safety.schedules):
+        key = f"safety.schedules[{i}]"
+        if window.max_replicas is not None:
+            notes.add(
+                f"{key}: max_replicas {window.max_replicas} while open has no KEDA form (a trigger can "
+                "only raise the count); gpuscale's tail applies it"
+            )
+        if not window.min_replicas:
+            continue  # a minimum of 0 (or none) never raises anything
+        if _always_open(window):
+            spec["minReplicaCount"] = max(int(spec["minReplicaCount"]), window.min_replicas)
+            continue
+        if window.min_replicas > int(spec["maxReplicaCount"]):
+            notes.add(
+                f"{key}: min_replicas {window.min_replicas} is above maxReplicaCount "
+                f"{spec['maxReplicaCount']}; KEDA's HPA caps it there"
+            )
+        start, end = cron_window(window)
+        spec["triggers"].append(
+            {
+                "type": "cron",
+                "name": f"schedule-{i}",
+                "metadata": {
+                    "timezone": window.timezone,
+                    "start": start,
+                    "end": end,
+                    "desiredReplicas": str(window.min_replicas),
+                },
+            }
+        )
+        raised = True
+    if raised:
+        cooldown = spec.get("cooldownPeriod", KEDA_COOLDOWN_S)
+        notes.add(
+            "safety.schedules: a cron trigger opens within one pollingInterval and is a metric of the "
+            "HPA, so after a window closes its minimum goes only after the HPA's downscale "
+            f"stabilization (to zero: after cooldownPeriod {cooldown} s); gpuscale's tail drops it at "
+            "the close"
+        )
+
+
+def _safety_notes(config: Any, notes: _Notes, schedules_why: str | None) -> None:
+    """Notes for what of the policy's ``safety:`` block the manifest leaves out.
+
+    ``schedules_why`` (None where the schedules were rendered): why this form has none. ``--format
+    keda`` has them either way: as cron triggers for a KEDA or HPA policy, or in the external scaler,
+    which runs the whole wrapped policy.
+    """
+    safety = _safety(config)
+    if safety is None:
+        return
+    if schedules_why is not None and safety.schedules:
+        notes.add(f"safety.schedules: schedule windows have no native form here ({schedules_why})")
+    limits = [f"min_replicas {safety.min_replicas}", f"max_replicas {safety.max_replicas}"]
+    if safety.max_step is not None:
+        limits.append(f"max_step {safety.max_step}")
+    if safety.gpu_budget is not None:
+        limits.append(f"gpu_budget {safety.gpu_budget}")
+    notes.add(
+        f"safety: {', '.join(limits)} and fail-static are gpuscale's tail after the policy; this "
+        "manifest carries the policy's own bounds only"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,6 +725,7 @@ def render_knative(config: Any, target: Target) -> Manifest:
         notes.add("max_signal_age_s is gpuscale's staleness rule; the KPA has none")
     if not config.reachable or config.restarted:
         notes.add("reachable / restarted describe a simulated situation, not a setting; left out")
+    _safety_notes(config, notes, "the KPA's min-scale and max-scale are fixed; use --format keda")
     annotations = knative_annotations(config)
     header = "merge into your own manifest: the autoscaling settings only, containers omitted"
     if target.kind == "InferenceService":
@@ -717,6 +871,12 @@ def render_adapter(config: Any, target: Target) -> Manifest:
 # --------------------------------------------------------------------------------------------------
 
 
+def headroom_name(target_name: str) -> str:
+    """The placeholder Deployment's name for a target: ``<target>-gpu-headroom`` (the controller's
+    ``headroom.deployment`` defaults to it)."""
+    return f"{target_name}-gpu-headroom"
+
+
 def render_headroom(config: BaseModel | Any, target: Target) -> list[Manifest]:
     """A negative-priority PriorityClass and a Deployment of ``headroom_replicas`` pause pods.
 
@@ -724,11 +884,13 @@ def render_headroom(config: BaseModel | Any, target: Target) -> list[Manifest]:
     pod that finds no free GPU preempts one at once (its priority is higher) and the evicted
     placeholder goes Pending, which makes the node autoscaler launch the next spare node -- what the
     simulator models for ``Decision.placeholder_pods``. Empty when the policy keeps no headroom.
+    ``gpuscale run`` then scales this Deployment to each decision's ``placeholder_pods`` through its
+    scale subresource (the controller config's ``headroom.deployment``, defaulting to this name).
     """
     replicas = int(getattr(config, "headroom_replicas", 0) or 0)
     if replicas <= 0:
         return []
-    name = f"{target.name}-gpu-headroom"
+    name = headroom_name(target.name)
     priority = {
         "apiVersion": "scheduling.k8s.io/v1",
         "kind": "PriorityClass",

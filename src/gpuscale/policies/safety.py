@@ -71,10 +71,13 @@ def guard(
         if sched.max_replicas is not None and sched.max_replicas < hi:
             hi, hi_why = sched.max_replicas, Reason.SCHEDULED
         lo = min(lo, hi)
+        window = f" ({sched.note} open)" if sched.note else ""
+    else:
+        window = ""
     if n < lo:
-        limit(lo, lo_why, f"below the minimum {lo} -> {lo}")
+        limit(lo, lo_why, f"below the minimum {lo}{window if lo_why is Reason.SCHEDULED else ''} -> {lo}")
     if n > hi:
-        limit(hi, hi_why, f"above the maximum {hi} -> {hi}")
+        limit(hi, hi_why, f"above the maximum {hi}{window if hi_why is Reason.SCHEDULED else ''} -> {hi}")
     # 3. max step
     if safety.max_step is not None and abs(n - current) > safety.max_step:
         up = n > current
@@ -178,6 +181,19 @@ class SafePolicy(Generic[S]):
         return guard(decision, snapshot, self.safety, self.signals, epoch_offset_s=self.epoch_offset_s), state
 
 
+def anchored(policy: Policy[Any], epoch_offset_s: float) -> Policy[Any]:
+    """``policy`` with every safety wrapper around it (a policy file's own block) reading the calendar
+    from ``epoch_offset_s``: in the simulator, snapshot times count from the scenario's start."""
+    if isinstance(policy, SafePolicy):
+        return SafePolicy(anchored(policy.inner, epoch_offset_s), policy.safety, epoch_offset_s)
+    return policy
+
+
+def schedules_of(policy: Policy[Any]) -> bool:
+    """Whether any safety wrapper around ``policy`` has schedule windows (they need a calendar)."""
+    return isinstance(policy, SafePolicy) and (bool(policy.safety.schedules) or schedules_of(policy.inner))
+
+
 def with_safety(policy: Policy[Any], safety: SafetyConfig | None, epoch_offset_s: float = 0.0) -> Policy[Any]:
     """``policy`` wrapped in the safety tail, or as it is when there is no ``safety:`` block."""
     if safety is None:
@@ -185,4 +201,4 @@ def with_safety(policy: Policy[Any], safety: SafetyConfig | None, epoch_offset_s
     return SafePolicy(policy, safety, epoch_offset_s)
 
 
-__all__ = ["SafePolicy", "guard", "with_safety"]
+__all__ = ["SafePolicy", "anchored", "guard", "schedules_of", "with_safety"]

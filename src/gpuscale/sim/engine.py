@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale._core.rng import generator
 from gpuscale.config.scenario import Scenario
 from gpuscale.policies.base import Decision, Policy
 from gpuscale.policies.ports import MetricsSource, ScaleTarget
 from gpuscale.policies.registry import check_windows
-from gpuscale.policies.safety import with_safety
+from gpuscale.policies.safety import anchored, schedules_of, with_safety
 from gpuscale.sim.cluster import Cluster, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 from gpuscale.sim.nodes import NodeLayer
@@ -94,7 +95,17 @@ class Simulation:
         :func:`simulate`'s."""
         self.scenario = scenario
         self.seed = seed = scenario.seed if seed is None else seed
-        self.policy = policy = with_safety(policy, scenario.safety, scenario_epoch_s(scenario))
+        if schedules_of(policy) and scenario.start is None:
+            raise ConfigError(
+                source,
+                "start",
+                MISSING,
+                f"required: policy {policy.name}'s safety block has schedule windows, which read the "
+                "calendar from the scenario's start; allowed: an ISO-8601 date-time with an offset, "
+                "e.g. 2026-03-02T00:00:00+01:00",
+            )
+        epoch = scenario_epoch_s(scenario)
+        self.policy = policy = with_safety(anchored(policy, epoch), scenario.safety, epoch)
         check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
         self.duration_s = duration = scenario.duration_s
         self.workload = build_workload(
