@@ -12,7 +12,7 @@ scenario, the controller from its config.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from gpuscale.config.safety import SafetyConfig
 from gpuscale.config.scenario import scenario_from_dict
 from gpuscale.controller.loop import Controller
 from gpuscale.policies import registry
-from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, SignalSpec
+from gpuscale.policies.base import Decision, Delegating, MetricsSnapshot, Policy, SignalSpec
 from gpuscale.policies.ports import ReplicaCounts, counts_of, make_snapshot
 from gpuscale.sim.engine import simulate
 
@@ -74,47 +74,19 @@ def scenario(peak_users: int, seed: int, safety: SafetyConfig) -> dict[str, Any]
     }
 
 
-@dataclass
-class Recording:
+class Recording(Delegating):
     """The raw policy, unchanged, with every snapshot it saw kept (inside the simulator's tail)."""
 
-    policy: Policy[Any]
-    seen: list[MetricsSnapshot] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return self.policy.signals
-
-    @property
-    def signal_keys(self) -> Mapping[SignalSpec, str]:
-        return self.policy.signal_keys
-
-    @property
-    def sync_period_s(self) -> float | None:
-        return self.policy.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float | None:
-        return self.policy.max_signal_age_s
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return self.policy.replica_bounds
-
-    @property
-    def initial_replicas(self) -> int | None:
-        return self.policy.initial_replicas
+    def __init__(self, policy: Policy[Any]) -> None:
+        self.inner = policy
+        self.seen: list[MetricsSnapshot] = []
 
     def initial_state(self) -> Any:
-        return self.policy.initial_state()
+        return self.inner.initial_state()
 
     def decide(self, snapshot: MetricsSnapshot, state: Any) -> tuple[Decision, Any]:
         self.seen.append(snapshot)
-        return self.policy.decide(snapshot, state)
+        return self.inner.decide(snapshot, state)
 
 
 @dataclass

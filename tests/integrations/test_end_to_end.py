@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from gpuscale.controller import build_controller, load_controller_config
 from gpuscale.controller.target import KubernetesTarget
 from gpuscale.integrations.prometheus import PrometheusSource
 from gpuscale.policies import registry
-from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, SignalSpec
+from gpuscale.policies.base import Decision, Delegating, MetricsSnapshot, Policy, SignalSpec
 from gpuscale.policies.ports import MetricsSource, ReplicaCounts
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import Timeline
@@ -171,46 +171,18 @@ def prom(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 # --------------------------------------------------------------------------------------------------
 
 
-class RecordingPolicy:
+class RecordingPolicy(Delegating):
     """The policy, unchanged, with every snapshot it was given and every decision it made kept."""
 
     def __init__(self, policy: Policy[Any]) -> None:
-        self.policy = policy
+        self.inner = policy
         self.seen: list[tuple[MetricsSnapshot, Decision]] = []
 
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return self.policy.signals
-
-    @property
-    def signal_keys(self) -> Mapping[SignalSpec, str]:
-        return self.policy.signal_keys
-
-    @property
-    def sync_period_s(self) -> float | None:
-        return self.policy.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float | None:
-        return self.policy.max_signal_age_s
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return self.policy.replica_bounds
-
-    @property
-    def initial_replicas(self) -> int | None:
-        return self.policy.initial_replicas
-
     def initial_state(self) -> Any:
-        return self.policy.initial_state()
+        return self.inner.initial_state()
 
     def decide(self, snapshot: MetricsSnapshot, state: Any) -> tuple[Decision, Any]:
-        decision, state = self.policy.decide(snapshot, state)
+        decision, state = self.inner.decide(snapshot, state)
         self.seen.append((snapshot, decision))
         return decision, state
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 
 class Metric(StrEnum):
@@ -289,6 +289,41 @@ class Policy(Protocol[S]):
     def initial_state(self) -> S: ...
 
     def decide(self, snapshot: MetricsSnapshot, state: S) -> tuple[Decision, S]: ...
+
+
+class Delegating:
+    """A policy wrapper's declarations, forwarded to the policy it wraps (``self.inner``): a wrapper
+    (the safety tail, the warm pool, a recorder in a test) overrides only what it changes."""
+
+    inner: Policy[Any]
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def signals(self) -> tuple[SignalSpec, ...]:
+        return self.inner.signals
+
+    @property
+    def signal_keys(self) -> Mapping[SignalSpec, str]:
+        return self.inner.signal_keys
+
+    @property
+    def sync_period_s(self) -> float | None:
+        return self.inner.sync_period_s
+
+    @property
+    def max_signal_age_s(self) -> float | None:
+        return self.inner.max_signal_age_s
+
+    @property
+    def replica_bounds(self) -> tuple[int, int | None]:
+        return self.inner.replica_bounds
+
+    @property
+    def initial_replicas(self) -> int | None:
+        return self.inner.initial_replicas
 
 
 @dataclass(frozen=True)

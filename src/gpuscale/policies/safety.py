@@ -24,12 +24,11 @@ memory of its own, so ``SafePolicy(p).decide`` is ``p.decide`` followed by :func
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gpuscale.config.safety import SafetyConfig
-from gpuscale.policies.base import Decision, MetricsSnapshot, Policy, Reason, SignalSpec
+from gpuscale.policies.base import Decision, Delegating, MetricsSnapshot, Policy, Reason, SignalSpec
 from gpuscale.policies.schedule import scheduled_bounds
 
 S = TypeVar("S")
@@ -122,7 +121,7 @@ def guard(
 
 
 @dataclass(frozen=True)
-class SafePolicy(Generic[S]):
+class SafePolicy(Delegating, Generic[S]):
     """``inner`` with the safety tail after it; state, signals and timing are the inner policy's.
 
     ``epoch_offset_s`` is the epoch of ``snapshot.time_s == 0`` (schedules need calendar time): 0
@@ -132,26 +131,6 @@ class SafePolicy(Generic[S]):
     inner: Policy[S]
     safety: SafetyConfig
     epoch_offset_s: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return self.inner.signals
-
-    @property
-    def signal_keys(self) -> Mapping[SignalSpec, str]:
-        return self.inner.signal_keys
-
-    @property
-    def sync_period_s(self) -> float | None:
-        return self.inner.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float | None:
-        return self.inner.max_signal_age_s
 
     @property
     def replica_bounds(self) -> tuple[int, int | None]:

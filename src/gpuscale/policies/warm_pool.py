@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gpuscale.policies._config import MISSING_KEY, field_error
-from gpuscale.policies.base import Decision, Metric, MetricsSnapshot, Policy, Reason, SignalSpec
+from gpuscale.policies.base import Decision, Delegating, Metric, MetricsSnapshot, Policy, Reason, SignalSpec
 from gpuscale.policies.hpa import HpaConfig, HpaMetric, HpaMetricTarget
 from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.safety import with_safety
@@ -69,7 +69,7 @@ class WarmPoolState:
 
 
 @dataclass(frozen=True)
-class WarmPoolPolicy:
+class WarmPoolPolicy(Delegating):
     """A policy deciding active replicas, plus a pool of ``standby_replicas`` loaded pods."""
 
     inner: Policy[Any]
@@ -82,28 +82,8 @@ class WarmPoolPolicy:
         return self.label or f"warm-pool({self.inner.name})"
 
     @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return self.inner.signals
-
-    @property
     def signal_keys(self) -> dict[SignalSpec, str]:
         return {spec: f"active.{key}" for spec, key in self.inner.signal_keys.items()}
-
-    @property
-    def sync_period_s(self) -> float | None:
-        return self.inner.sync_period_s
-
-    @property
-    def max_signal_age_s(self) -> float | None:
-        return self.inner.max_signal_age_s
-
-    @property
-    def replica_bounds(self) -> tuple[int, int | None]:
-        return self.inner.replica_bounds
-
-    @property
-    def initial_replicas(self) -> int | None:
-        return self.inner.initial_replicas
 
     def initial_state(self) -> WarmPoolState:
         return WarmPoolState(self.inner.initial_state())
