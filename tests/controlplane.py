@@ -784,3 +784,17 @@ class GpuCluster:
             raise RuntimeError(f"listing pods: {got.status} {got.body.get('message')}")
         items: list[dict[str, Any]] = got.body.get("items", [])
         return items
+
+
+@contextmanager
+def serving_cluster(workdir: Path, namespaces: Iterable[str], **kwargs: Any) -> Iterator[GpuCluster]:
+    """A started :class:`GpuCluster` (``kwargs`` as its constructor's) with ``namespaces`` created and
+    their ServiceAccounts in place; on the way out, the kubelet and the node heartbeats must not have
+    erred."""
+    with GpuCluster(workdir, bin_dir=cluster_binaries(), **kwargs) as cluster:
+        for namespace in namespaces:
+            cluster.plane.create_namespace(namespace)
+            cluster.plane.wait_for_service_account(namespace)
+        yield cluster
+        assert not cluster.kubelet.errors, cluster.kubelet.errors
+        assert not cluster.plane.heartbeat_errors, cluster.plane.heartbeat_errors

@@ -57,7 +57,7 @@ from gpuscale.policies.base import Decision, Delegating, MetricsSnapshot, Policy
 from gpuscale.policies.ports import MetricsSource, ReplicaCounts
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import Timeline
-from tests.controlplane import GpuCluster, _free_port, cluster_binaries, wait_until
+from tests.controlplane import GpuCluster, _free_port, serving_cluster, wait_until
 
 from .promserver import NAMESPACE, PODS, Exporter, Prometheus, scraping
 from .scripted import queue_hpa
@@ -144,14 +144,10 @@ class Tick:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
     workdir = Path(tmp_path_factory.mktemp("gpu-cluster"))
-    with GpuCluster(
-        workdir, nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0, bin_dir=cluster_binaries()
+    with serving_cluster(
+        workdir, [NAMESPACE], nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0
     ) as c:
-        c.plane.create_namespace(NAMESPACE)
-        c.plane.wait_for_service_account(NAMESPACE)
         yield c
-        assert not c.kubelet.errors, c.kubelet.errors
-        assert not c.plane.heartbeat_errors, c.plane.heartbeat_errors
 
 
 @pytest.fixture(scope="module")

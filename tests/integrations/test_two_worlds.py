@@ -88,7 +88,7 @@ from gpuscale.policies.base import Aggregation, Metric, SignalSpec
 from gpuscale.policies.ports import ReplicaCounts
 from gpuscale.sim.engine import simulate
 from gpuscale.sim.results import Timeline
-from tests.controlplane import GpuCluster, cluster_binaries, wait_until
+from tests.controlplane import GpuCluster, serving_cluster, wait_until
 
 from .promserver import NAMESPACE, PODS, Exporter, Prometheus, scraping
 from .test_end_to_end import SCRAPE_S, VLLM, WAIT_S, RecordingPolicy, WallClockQueries
@@ -540,14 +540,10 @@ def scale_away(cluster: GpuCluster, name: str) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
     workdir = Path(tmp_path_factory.mktemp("gpu-cluster"))
-    with GpuCluster(
-        workdir, nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0, bin_dir=cluster_binaries()
+    with serving_cluster(
+        workdir, [NAMESPACE], nodes=3, gpus_per_node=4, cold_start_s=0.5, heartbeat_s=2.0
     ) as c:
-        c.plane.create_namespace(NAMESPACE)
-        c.plane.wait_for_service_account(NAMESPACE)
         yield c
-        assert not c.kubelet.errors, c.kubelet.errors
-        assert not c.plane.heartbeat_errors, c.plane.heartbeat_errors
 
 
 @pytest.fixture(scope="module")

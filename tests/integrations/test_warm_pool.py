@@ -55,7 +55,7 @@ from gpuscale.policies.base import SignalSpec
 from gpuscale.policies.ports import ReplicaCounts
 from gpuscale.policies.safety import with_safety
 from gpuscale.sim.engine import simulate
-from tests.controlplane import GpuCluster, cluster_binaries, wait_until
+from tests.controlplane import GpuCluster, serving_cluster, wait_until
 
 from .promserver import NAMESPACE, Exporter, Prometheus, scraping
 from .scripted import ScriptedSource, queue_hpa
@@ -85,13 +85,8 @@ def warm_pool(*, standby: int = 2, headroom: int = 0, **hpa: Any) -> dict[str, A
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
     workdir = Path(tmp_path_factory.mktemp("gpu-cluster"))
-    with GpuCluster(workdir, nodes=0, cold_start_s=0.5, heartbeat_s=2.0, bin_dir=cluster_binaries()) as c:
-        for ns in ("rbac", NAMESPACE):
-            c.plane.create_namespace(ns)
-            c.plane.wait_for_service_account(ns)
+    with serving_cluster(workdir, ["rbac", NAMESPACE], nodes=0, cold_start_s=0.5, heartbeat_s=2.0) as c:
         yield c
-        assert not c.kubelet.errors, c.kubelet.errors
-        assert not c.plane.heartbeat_errors, c.plane.heartbeat_errors
 
 
 @pytest.fixture(scope="module")
