@@ -143,7 +143,9 @@ def test_the_controller_writes_the_scheduled_minimum_inside_the_windows_only(
     assert written == [(at(t), n) for (t, n), (_, before) in zip(LIVE[1:], LIVE, strict=False) if n != before]
     first = next(r for r in records if r["action"] == "scaled")
     assert (first["decision"]["reason"], first["safety"]) == ("Scheduled", ["Scheduled"])
-    assert first["decision"]["message"].endswith("safety: below the minimum 1 -> 1")
+    assert first["decision"]["message"].endswith(
+        "safety: below the minimum 1 (schedules[0] mon/tue/wed/thu/fri 08:00-20:00 Europe/Amsterdam open) -> 1"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

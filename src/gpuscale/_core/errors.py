@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 SHOWN_CHARS = 80
 """The most characters of an offending value an error message shows."""
+SHOWN_STRING_CHARS = 1000
+"""A string value (a path, a name) is shown whole up to this length: cutting a path in the middle
+hides the part that was wrong."""
 
 
 class _Short(reprlib.Repr):
@@ -40,7 +43,10 @@ _SHORT = _Short()
 
 def shown(value: object, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters, built with bounded work whatever the value (a huge,
-    deeply nested or self-referencing list does not get written out first)."""
+    deeply nested or self-referencing list does not get written out first). A string up to
+    :data:`SHOWN_STRING_CHARS` long is shown whole."""
+    if isinstance(value, str) and len(value) <= SHOWN_STRING_CHARS:
+        return repr(value)
     try:
         text = _SHORT.repr(value)
     except Exception:  # a user object whose repr fails: name its type instead
