@@ -27,7 +27,7 @@ come from kube-state-metrics) and :class:`gpuscale.controller.target.KubernetesT
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 from gpuscale.policies.base import Decision, MetricsSnapshot, SignalSpec, SignalValue
@@ -55,18 +55,9 @@ class ReplicaCounts:
     pending_nodes: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "current_replicas",
-            "ready",
-            "starting",
-            "pending",
-            "draining",
-            "standby",
-            "standby_target",
-            "pending_nodes",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for f in fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"{f.name} must be >= 0, got {getattr(self, f.name)}")
 
     @property
     def pods(self) -> int:
@@ -74,36 +65,22 @@ class ReplicaCounts:
         return self.ready + self.starting + self.pending
 
 
+_COUNTS = tuple(f.name for f in fields(ReplicaCounts))
+"""The count fields, which a MetricsSnapshot carries under the same names."""
+
+
 def make_snapshot(
     now: float, counts: ReplicaCounts, signals: Mapping[SignalSpec, SignalValue] | None = None
 ) -> MetricsSnapshot:
     """The snapshot of ``counts`` and ``signals`` at ``now``: what every source returns."""
     return MetricsSnapshot(
-        time_s=now,
-        current_replicas=counts.current_replicas,
-        ready=counts.ready,
-        starting=counts.starting,
-        pending=counts.pending,
-        draining=counts.draining,
-        standby=counts.standby,
-        standby_target=counts.standby_target,
-        pending_nodes=counts.pending_nodes,
-        signals=dict(signals or {}),
+        time_s=now, signals=dict(signals or {}), **{name: getattr(counts, name) for name in _COUNTS}
     )
 
 
 def counts_of(snapshot: MetricsSnapshot) -> ReplicaCounts:
     """The replica counts a snapshot was taken with."""
-    return ReplicaCounts(
-        current_replicas=snapshot.current_replicas,
-        ready=snapshot.ready,
-        starting=snapshot.starting,
-        pending=snapshot.pending,
-        draining=snapshot.draining,
-        standby=snapshot.standby,
-        standby_target=snapshot.standby_target,
-        pending_nodes=snapshot.pending_nodes,
-    )
+    return ReplicaCounts(**{name: getattr(snapshot, name) for name in _COUNTS})
 
 
 @runtime_checkable
