@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Sequence
+from typing import Any
 
 SHOWN_CHARS = 80
 """The most characters of an offending value an error message shows."""
@@ -81,6 +82,11 @@ class ConfigError(GpuscaleError):
         self.line = line
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its parts (an exception pickles its message alone by default): a ConfigError
+        # raised in a worker process reaches the parent whole, located as it was.
+        return (_config_error, (type(self), self.source, self.key, self.value, self.allowed, self.line))
+
     def render(self) -> str:
         where = self.source
         if self.line is not None:
@@ -96,6 +102,9 @@ class _Missing:
     def __repr__(self) -> str:
         return "<missing>"
 
+    def __reduce__(self) -> str:
+        return "_MISSING"  # the one sentinel, also after a trip through pickle
+
 
 _MISSING: object = _Missing()
 MISSING = _MISSING
@@ -110,10 +119,19 @@ class ConfigErrors(ConfigError):
         first = self.errors[0]
         super().__init__(first.source, first.key, first.value, first.allowed, line=first.line)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.errors,))
+
     def render(self) -> str:
         if not hasattr(self, "errors"):
             return super().render()
         return "\n".join(e.render() for e in self.errors)
+
+
+def _config_error(
+    cls: type[ConfigError], source: str, key: str | None, value: object, allowed: str, line: int | None
+) -> ConfigError:
+    return cls(source, key, value, allowed, line=line)
 
 
 class TemporaryError(GpuscaleError):

@@ -6,6 +6,7 @@ the same scenario runs under every policy. Durations carry ``_s``, latencies ``_
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,13 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gpuscale._core.errors import ConfigError
+from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.config.sharing import GpuSharing, MigLayout, TimeSlicing, WholeGpus, check_layout, mig_profile
-from gpuscale.config.workload import WorkloadConfig
+from gpuscale.config.workload import ClosedLoopWorkload, RateDiurnal, UsersDiurnal, WorkloadConfig
 
 
 class Uniform(StrictModel):
@@ -502,6 +503,28 @@ class ControlConfig(StrictModel):
         default=256, ge=1, description="Safety cap on pods the simulation may hold at once."
     )
 
+    @model_validator(mode="after")
+    def _room_to_start(self) -> ControlConfig:
+        if self.initial_replicas > self.max_pods:
+            raise ValueError(
+                f"initial_replicas = {self.initial_replicas} is above max_pods = {self.max_pods}; raise "
+                "max_pods or start with fewer replicas"
+            )
+        return self
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+SAFE_NAME_ALLOWED = (
+    "a name of 1 to 128 letters, digits, '.', '_' and '-', not starting with '.' (it names output "
+    "folders: out/SCENARIO-POLICY)"
+)
+"""A scenario's (or a policy's) name becomes part of a folder name: nothing that reaches outside it."""
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether ``name`` may be part of an output folder's name (:data:`SAFE_NAME`)."""
+    return SAFE_NAME.fullmatch(name) is not None
+
 
 START_ALLOWED = "an ISO-8601 date-time with a UTC offset or Z, e.g. 2026-03-02T00:00:00+01:00"
 
@@ -535,7 +558,10 @@ def parse_start(value: Any) -> datetime:
 class Scenario(StrictModel):
     """One world to test policies in."""
 
-    name: str = Field(description="Scenario name.")
+    name: str = Field(
+        description="Scenario name: letters, digits, '.', '_' and '-', not starting with '.' (it names "
+        "the output folder out/SCENARIO-POLICY)."
+    )
     description: str = Field(default="", description="What this scenario shows.")
     duration_s: float = Field(gt=0, le=30 * 86400, description="Simulated time.")
     seed: int = Field(default=1, ge=0, description="Root seed; every component draws from its own stream.")
@@ -631,13 +657,52 @@ def _resolve_profile(data: dict[str, Any], source: str) -> dict[str, Any]:
     return {**data, "model": merged}
 
 
+DAY_S = 86_400.0
+
+
+def _check_diurnal_period(scenario: Scenario, source: str) -> None:
+    """A diurnal shape in a run shorter than a day must say what its day is.
+
+    Its ``period_s`` defaults to a real day (86,400 s), and a run shorter than that sees only part of
+    it: a 1-hour run from ``start_hour`` 0 sits near the trough and never scales, which is hardly what
+    a scenario called diurnal means -- yet a user may want exactly that slice (a morning ramp). So the
+    period is required, not guessed, whenever ``duration_s`` is shorter than the default day: a
+    period equal to the duration compresses one whole day into the run; 86400 keeps a real day and
+    shows ``duration_s`` of it from ``start_hour``. Runs of a day or more keep the default.
+    """
+    w = scenario.workload
+    shape = w.users if isinstance(w, ClosedLoopWorkload) else getattr(w, "rate", None)
+    if not isinstance(shape, (RateDiurnal, UsersDiurnal)) or "period_s" in shape.model_fields_set:
+        return
+    if scenario.duration_s >= DAY_S:
+        return
+    key = "workload.users.period_s" if isinstance(shape, UsersDiurnal) else "workload.rate.period_s"
+    d = scenario.duration_s
+    raise ConfigError(
+        source,
+        key,
+        MISSING,
+        f"required when duration_s ({d:g} s) is shorter than a day: with the default period_s of "
+        f"{DAY_S:g} s the run sees only {d / 3600:.3g} h of the day, from hour {shape.start_hour:g} (the "
+        f"peak is at hour {shape.peak_hour:g}); allowed: period_s: {d:g} compresses a whole day into the "
+        f"run, period_s: {DAY_S:g} keeps a real day",
+    )
+
+
 def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
     """Validate scenario settings already parsed from YAML."""
     if not isinstance(data, dict):
         raise ConfigError(source, None, data, "expected a mapping of scenario settings")
-    return validate(Scenario, _resolve_profile(data, source), source)
+    scenario = validate(Scenario, _resolve_profile(data, source), source)
+    _check_diurnal_period(scenario, source)
+    return scenario
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file."""
-    return scenario_from_dict(load_yaml(path), str(path))
+    """Read and validate a scenario file; its ``name`` must be a safe one (:data:`SAFE_NAME`): it
+    names output folders. (Scenarios gpuscale builds for itself, such as the oracle's capacity
+    probes, may use other names: they are never written.)"""
+    scenario = scenario_from_dict(load_yaml(path), str(path))
+    if not is_safe_name(scenario.name):
+        raise ConfigError(str(path), "name", scenario.name, f"not a safe name; allowed: {SAFE_NAME_ALLOWED}")
+    return scenario

@@ -23,7 +23,8 @@ of the two. A user count is either an integer (``users: 50``) or a shape in user
 * ``sinusoid`` — ``mean + amplitude·sin(2π(t − phase_s)/period_s)``; ``steps_per_period: N`` samples it at
   the start of each of N equal steps per period and holds the sample.
 * ``diurnal`` — a 24-hour cosine between ``trough_*`` and ``peak_*`` peaking at ``peak_hour``;
-  ``period_s`` compresses the day, ``start_hour`` is the clock hour at t = 0.
+  ``period_s`` compresses the day, ``start_hour`` is the clock hour at t = 0. A scenario shorter than a
+  day must give ``period_s`` (its duration compresses a whole day into the run; 86400 keeps a real day).
 * ``spike`` — a flash crowd: ``base_*`` until ``start_s``, a linear rise over ``rise_s`` to ``peak_*``,
   ``hold_s`` at the peak, a linear fall over ``fall_s`` back to ``base_*`` (a rise or fall of 0 is a jump).
 * ``piecewise-linear`` — ``points: [[time_s, value], ...]`` joined by straight lines, flat before the first
@@ -184,7 +185,10 @@ class RateDiurnal(_Model):
     peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
     start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
     period_s: float = Field(
-        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day"
+        default=86_400.0,
+        gt=0,
+        description="length of one day; less than 86400 compresses the day; required in a scenario "
+        "shorter than a day",
     )
 
     @field_validator("peak_rps")
@@ -318,7 +322,10 @@ class UsersDiurnal(_Model):
     peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
     start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
     period_s: float = Field(
-        default=86_400.0, gt=0, description="length of one day; less than 86400 compresses the day"
+        default=86_400.0,
+        gt=0,
+        description="length of one day; less than 86400 compresses the day; required in a scenario "
+        "shorter than a day",
     )
 
     @field_validator("peak_users")

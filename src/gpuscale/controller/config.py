@@ -19,18 +19,83 @@ or a warm-node buffer (``headroom_replicas``); their defaults fit what ``gpuscal
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.integrations.manifests import headroom_name
 from gpuscale.integrations.prometheus import PrometheusSourceConfig
+from gpuscale.policies.base import Policy
 
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+NAMESPACE_ALLOWED = (
+    "a DNS-1123 label: 1 to 63 characters, lowercase letters a-z, digits 0-9 and '-', starting and "
+    "ending with a letter or digit"
+)
+
+
+def is_namespace(value: str) -> bool:
+    """Whether ``value`` can name a Kubernetes namespace (a DNS-1123 label, :data:`NAMESPACE_ALLOWED`)."""
+    return _DNS_LABEL.fullmatch(value) is not None
+
+
+def _namespace(value: str | None) -> str | None:
+    if value is not None and not is_namespace(value):
+        raise PydanticCustomError(
+            "namespace", "not a Kubernetes namespace; allowed: {allowed}", {"allowed": NAMESPACE_ALLOWED}
+        )
+    return value
+
+
+_KEY = re.compile(rf"(?:(?P<prefix>{_DNS_SUBDOMAIN})/)?{_LABEL_NAME}")
+_VALUE = re.compile(rf"(?:{_LABEL_NAME})?")
+_REQUIREMENT = re.compile(
+    r"\s*(?:!\s*(?P<absent>[^\s,!=()]+)"
+    r"|(?P<key>[^\s,!=()]+)(?:\s*(?P<op>==|!=|=)\s*(?P<value>[^\s,!=()]*)"
+    r"|\s+(?P<setop>in|notin)\s*\((?P<values>[^()]*)\))?)\s*"
+)
+SELECTOR_ALLOWED = (
+    "comma-separated requirements, each key, !key, key=value, key==value, key!=value, key in (v1, v2) "
+    "or key notin (v1, v2); a key is an optional DNS subdomain and '/' before a name of 1 to 63 letters, "
+    "digits, '-', '_' and '.' that starts and ends with a letter or digit; a value is such a name or empty"
+)
+
+
+def selector_problem(text: str) -> str | None:
+    """Why ``text`` is not a Kubernetes label selector (the grammar ``kubectl get -l`` and the API
+    server's ``labelSelector`` accept), or None when it is one."""
+    pos = 0
+    while True:
+        m = _REQUIREMENT.match(text, pos)
+        if m is None or m.end() == pos:
+            return f"expected a requirement at character {pos + 1}"
+        key = m.group("absent") or m.group("key")
+        k = _KEY.fullmatch(key)
+        if k is None or len(k.group("prefix") or "") > 253:
+            return f"{key!r} is not a label key"
+        values = [m.group("value")] if m.group("op") else []
+        if m.group("setop"):
+            values = [v.strip() for v in m.group("values").split(",")]
+            if values == [""]:
+                return f"{m.group('setop')} needs at least one value"
+        for value in values:
+            if _VALUE.fullmatch(value) is None:
+                return f"{value!r} is not a label value"
+        pos = m.end()
+        if pos == len(text):
+            return None
+        if text[pos] != ",":
+            return f"expected ',' at character {pos + 1}"
+        pos += 1
 
 
 class TargetConfig(StrictModel):
@@ -45,6 +110,8 @@ class TargetConfig(StrictModel):
     plural: str | None = Field(
         None, description="Resource name of a custom kind; default the kind lower-cased plus 's'."
     )
+
+    _check_namespace = field_validator("namespace")(_namespace)
 
     @property
     def group(self) -> str:
@@ -97,6 +164,8 @@ class LeaderElectionConfig(StrictModel):
     retry_period_s: float = Field(
         2.0, ge=1, description="Seconds between tries to acquire or renew. Default 2 (client-go)."
     )
+
+    _check_namespace = field_validator("namespace")(_namespace)
 
     @model_validator(mode="after")
     def _ordered(self) -> LeaderElectionConfig:
@@ -182,7 +251,9 @@ class ControllerConfig(StrictModel):
     )
     target: TargetConfig = Field(description="The object whose scale subresource is set.")
     pod_selector: str = Field(
-        min_length=1, description="Label selector of the target's pods (ready/starting/pending counts)."
+        min_length=1,
+        description="Label selector of the target's pods (ready/starting/pending counts), as "
+        "`kubectl get pods -l` takes it: app=triton,tier!=canary.",
     )
     policy: str | dict[str, Any] = Field(
         description="A preset name, a policy YAML file (relative to this file), or an inline policy."
@@ -218,6 +289,33 @@ class ControllerConfig(StrictModel):
         default_factory=HeadroomConfig,
         description="The placeholder Deployment a warm-node buffer scales (a policy with headroom).",
     )
+
+    @field_validator("pod_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        why = selector_problem(value)
+        if why is not None:
+            raise PydanticCustomError(
+                "selector",
+                "not a Kubernetes label selector ({why}); allowed: {allowed}",
+                {"why": why, "allowed": SELECTOR_ALLOWED},
+            )
+        return value
+
+
+def check_signal_source(config: ControllerConfig, policy: Policy[Any], source: str) -> None:
+    """Refuse (a ConfigError naming ``prometheus``) a policy that reads signals when the config has
+    no ``prometheus:`` to read them from: it could never act. ``policy`` is the built policy."""
+    if config.prometheus is None and policy.signals:
+        metrics = ", ".join(dict.fromkeys(str(s.metric) for s in policy.signals))
+        raise ConfigError(
+            source,
+            "prometheus",
+            MISSING,
+            f"required: policy {policy.name} reads signals ({metrics}) and could never act without "
+            "them; allowed: a prometheus: block (prometheus: {url: http://prometheus.monitoring:9090}), "
+            "or a policy that reads no signal (static)",
+        )
 
 
 def keeps_warm_pool(policy_config: Any) -> bool:

@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from gpuscale._core.errors import ConfigError
 from gpuscale.config.profiles import ModelProfile
 from gpuscale.policies.base import Decision
 from gpuscale.policies.ports import ReplicaCounts
@@ -38,11 +39,16 @@ DRAIN_DEADLINE = 1
 
 
 class SimScaleTarget:
-    def __init__(self, cluster: Cluster, dp: DataPlane, *, grace_s: float, max_pods: int) -> None:
+    def __init__(
+        self, cluster: Cluster, dp: DataPlane, *, grace_s: float, max_pods: int, source: str = "scenario"
+    ) -> None:
+        """``max_pods``: the scenario's ``control.max_pods``; ``source`` names the scenario in the
+        error a run that outgrows it ends with."""
         self.cluster = cluster
         self.dp = dp
         self.grace_s = grace_s
         self.max_pods = max_pods
+        self.source = source
         self.spec = 0
         self.standby_target = 0
         self.pods: dict[int, Pod] = {}
@@ -110,11 +116,26 @@ class SimScaleTarget:
         return (p for p in self.pods.values() if p.slot >= 0)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    def _make_room(self, new: int, t: float) -> None:
+        """Refuse (a ConfigError naming ``control.max_pods``) ``new`` more pods where they would take
+        the run past the scenario's pod limit: the data plane has exactly that many pod slots."""
+        total = len(self.pods) + new
+        if total <= self.max_pods:
+            return
+        asked = f"{self.spec:,} replicas"
+        if self.standby_target:
+            asked += f" and {self.standby_target:,} standby"
+        others = total - self.spec - self.standby_target
+        held = f" (with {others:,} more still draining or being replaced)" if others > 0 else ""
+        raise ConfigError(
+            self.source,
+            "control.max_pods",
+            self.max_pods,
+            f"at t = {t:g} s the policy asked for {asked}: {total:,} pods at once{held}, more than the "
+            f"simulator holds; raise control.max_pods to at least {total:,}, or lower the policy's maximum",
+        )
+
     def _new_pod(self, t: float, standby: bool) -> Pod:
-        if len(self.pods) >= self.max_pods:
-            raise RuntimeError(
-                f"the scenario's control.max_pods = {self.max_pods} is exceeded; raise it or lower the policy's max"
-            )
         pod = Pod(id=self._next_id, created_t=t, standby=standby)
         self._next_id += 1
         self.pods[pod.id] = pod
@@ -123,11 +144,12 @@ class SimScaleTarget:
     def start_warm(self, n: int, t: float) -> None:
         """``n`` Ready pods at ``t`` (a deployment already running): no cold start. Pods that do not
         fit the cluster wait Pending like any other."""
+        self.spec = n
+        self._make_room(n, t)
         for _ in range(n):
             pod = self._new_pod(t, standby=False)
             if self.cluster.place(pod, t, warm=True):
                 self._serve(pod, t)
-        self.spec = n
 
     def _serve(self, pod: Pod, t: float) -> None:
         pod.phase = Phase.READY
@@ -379,6 +401,7 @@ class SimScaleTarget:
             for pod in starting_standby[:need]:
                 pod.standby = False
                 need -= 1
+            self._make_room(need, t)
             for _ in range(need):
                 self._new_pod(t, standby=False)
         elif self.spec < len(active):
@@ -390,6 +413,7 @@ class SimScaleTarget:
             if not p.leaving
         ]
         if self.standby_target > len(standby):
+            self._make_room(self.standby_target - len(standby), t)
             for _ in range(self.standby_target - len(standby)):
                 self._new_pod(t, standby=True)
         elif self.standby_target < len(standby):

@@ -1159,3 +1159,177 @@ def build_workload(
             ArrivalSource(_TraceBlocks(trace, cfg, seed)), None, _TraceRate(trace, cfg, period), trace
         )
     assert_never(cfg)
+
+
+# =========================================================================================================
+# What a run will ask, reckoned before it starts
+# =========================================================================================================
+
+ARRIVAL_DRAW_BYTES = {"constant": 32, "shaped": 80, "trace": 40}
+"""Peak bytes per arrival while one piece of arrivals is drawn (a 60-s block, or a block of trace rows
+with its copies), numpy's temporaries included, measured with tracemalloc: a constant rate 24 (Poisson)
+to 32 (gamma), a rate shape or MMPP 66 to 80, trace replay 35."""
+
+ARRIVAL_HELD_BYTES = 16
+"""Bytes per arrival held between pieces: the pieces not yet handed out and their concatenation."""
+
+
+@dataclass(frozen=True)
+class LoadEstimate:
+    """What a workload will ask of a run, reckoned from its config alone (nothing is generated)."""
+
+    requests: float
+    """Expected requests over the run."""
+    how: str
+    """How ``requests`` was reckoned, for messages (``1,000 req/s on average over 3,600 s``)."""
+    key: str
+    """The workload key that sets the load, for messages (``workload.rate_rps``)."""
+    value: object
+    """Its value, for messages."""
+    users: int = 0
+    """The most closed-loop users at once (0 for open-loop workloads)."""
+    user_changes: float = 0.0
+    """About how many times the user count changes over the run (each one is a step of the engine)."""
+    arrival_bytes: float = 0.0
+    """The most memory arrival times take at once: a piece being drawn plus what is held."""
+    arrivals: str = "arrival times"
+    """What ``arrival_bytes`` holds, for messages."""
+
+
+def _n(x: float) -> str:
+    """A count or rate for messages: 60,000,000 or 12.5."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _peak(profile: _Profile, horizon_s: float) -> float:
+    """The highest value of ``profile`` on ``[0, horizon_s]``."""
+    if isinstance(profile, _Sinusoid):
+        return profile.mean + profile.amplitude
+    assert isinstance(profile, _Piecewise)
+    inside = profile.starts <= horizon_s
+    starts, values, slopes = profile.starts[inside], profile.values[inside], profile.slopes[inside]
+    ends = np.minimum(profile.ends[inside], horizon_s)
+    return float(max(values.max(), (values + slopes * (ends - starts)).max()))
+
+
+def _variation(profile: _Profile, horizon_s: float) -> float:
+    """How far ``profile`` moves up and down on ``[0, horizon_s]``, plus one per segment: an upper
+    bound of the changes of a count that follows it rounded to whole units."""
+    if isinstance(profile, _Sinusoid):
+        return 4.0 * profile.amplitude * (horizon_s / profile.period + 1.0)
+    assert isinstance(profile, _Piecewise)
+    inside = profile.starts <= horizon_s
+    starts, values, slopes = profile.starts[inside], profile.values[inside], profile.slopes[inside]
+    ends = np.minimum(profile.ends[inside], horizon_s)
+    ramps = np.abs(slopes * (ends - starts)).sum()
+    jumps = np.abs(values[1:] - (values[:-1] + slopes[:-1] * (starts[1:] - starts[:-1]))).sum()
+    return float(ramps + jumps + len(starts))
+
+
+def _open_loop_bytes(peak_rps: float, window_s: float, draw_bytes: int) -> float:
+    """Arrival memory of a rate-driven process: one 60-s block drawn, and the blocks an interval of
+    up to ``window_s`` spans held."""
+    return peak_rps * (BLOCK_S * draw_bytes + (window_s + BLOCK_S) * ARRIVAL_HELD_BYTES)
+
+
+def _open_loop_arrivals(peak_rps: float) -> str:
+    return f"arrival times at up to {_n(peak_rps)} req/s, drawn {BLOCK_S:g} s at a time"
+
+
+def _trace_estimate(cfg: TraceWorkload, trace: Trace, horizon_s: float, window_s: float) -> LoadEstimate:
+    period = _loop_period(trace)
+    counter = _TraceRate(trace, cfg, period)
+    start = cfg.start_offset_s
+    rows = (
+        counter._count_before(start + horizon_s * cfg.time_scale) - counter._count_before(start)
+        if cfg.loop and period > 0
+        else int(
+            np.count_nonzero((trace.times_s >= start) & (trace.times_s < start + horizon_s * cfg.time_scale))
+        )
+    )
+    whole, frac = divmod(cfg.rate_multiplier, 1.0)
+    copies = whole + (1.0 if frac > 0 else 0.0)
+    # The most rows in any interval the engine asks for (plus a block of rows drawn ahead).
+    tau = trace.times_s if not cfg.loop else np.concatenate((trace.times_s, trace.times_s + period))
+    span = (window_s + BLOCK_S) * cfg.time_scale
+    densest = int((np.searchsorted(tau, tau + span, side="right") - np.arange(len(tau))).max())
+    block = min(TRACE_BLOCK_ROWS, trace.n_requests)
+    held = (densest + block) * copies * ARRIVAL_HELD_BYTES
+    return LoadEstimate(
+        requests=rows * cfg.rate_multiplier,
+        how=f"{rows:,} trace rows replayed over {_n(horizon_s)} s × rate_multiplier {_n(cfg.rate_multiplier)}",
+        key="workload.rate_multiplier",
+        value=cfg.rate_multiplier,
+        arrival_bytes=block * copies * ARRIVAL_DRAW_BYTES["trace"] + held,
+        arrivals=f"arrival times, {block:,} trace rows × {copies:g} copies drawn at a time",
+    )
+
+
+def estimate_load(
+    cfg: WorkloadConfig,
+    *,
+    seed: int,
+    duration_s: float,
+    window_s: float,
+    service_s: float,
+    source: str,
+    base_dir: Path | None = None,
+) -> LoadEstimate:
+    """What ``cfg`` will ask of a run of ``duration_s``, before anything is generated.
+
+    Requests are the expected count: the mean rate × the duration (Poisson, gamma: the rate shape's
+    integral; MMPP: the stationary mean rate), the trace rows replayed × ``rate_multiplier``, or for
+    closed-loop users their user-seconds / (mean think time + ``service_s``, the lightest-load
+    response) -- an upper bound, as responses only get slower under load. ``window_s`` is the longest
+    interval the engine asks arrivals for (the scrape interval). Files the config names are read
+    (a trace, a points CSV), as :func:`build_workload` would.
+    """
+    ctx = _Context(seed=seed, horizon_s=float(duration_s), source=source, base_dir=base_dir)
+    h = float(duration_s)
+    if isinstance(cfg, (PoissonWorkload, GammaWorkload)):
+        profile = _rate(cfg, ctx)
+        peak = _peak(profile, h + BLOCK_S)
+        requests = float(profile.cumulative(np.array([h]))[0])
+        key, value = (
+            ("workload.rate_rps", cfg.rate_rps) if cfg.rate is None else ("workload.rate", cfg.rate.kind)
+        )
+        return LoadEstimate(
+            requests=requests,
+            how=f"{_n(requests / h)} req/s on average over {_n(h)} s",
+            key=key,
+            value=value,
+            arrival_bytes=_open_loop_bytes(
+                peak, window_s, ARRIVAL_DRAW_BYTES["constant" if cfg.rate is None else "shaped"]
+            ),
+            arrivals=_open_loop_arrivals(peak),
+        )
+    if isinstance(cfg, MmppWorkload):
+        rates, _, _, pi = _mmpp_process(cfg)
+        mean = float(pi @ rates)
+        return LoadEstimate(
+            requests=mean * h,
+            how=f"{_n(mean)} req/s on average (the states' stationary mix) over {_n(h)} s",
+            key="workload.rates_rps",
+            value=list(cfg.rates_rps),
+            arrival_bytes=_open_loop_bytes(float(rates.max()), window_s, ARRIVAL_DRAW_BYTES["shaped"]),
+            arrivals=_open_loop_arrivals(float(rates.max())),
+        )
+    if isinstance(cfg, ClosedLoopWorkload):
+        profile = _users_profile(cfg.users, ctx)
+        peak = int(_round_users(np.array([_peak(profile, h)]))[0])
+        user_s = float(profile.cumulative(np.array([h]))[0])
+        cycle = 0.5 * (cfg.think_time_s[0] + cfg.think_time_s[1]) + service_s
+        requests = user_s / cycle if cycle > 0 else (math.inf if user_s > 0 else 0.0)
+        return LoadEstimate(
+            requests=requests,
+            how=f"{_n(user_s / h)} users on average over {_n(h)} s, each sending a request every "
+            f"{cycle:.4g} s at most (mean think time + {1000 * service_s:.4g} ms of service)",
+            key="workload.users",
+            value=peak,
+            users=peak,
+            user_changes=_variation(profile, h),
+        )
+    if isinstance(cfg, TraceWorkload):
+        trace = load_trace(cfg.path, base_dir=base_dir, source=source)
+        return _trace_estimate(cfg, trace, h, window_s)
+    assert_never(cfg)
