@@ -431,7 +431,7 @@ class _Probe:
         pools, speeds = _allocation(s, replicas)
         slowdown = max(speeds, default=1.0)
         measure_s = _measure_s(s, self._rps_guess(load), slowdown)
-        name = f"{s.name}/capacity-{replicas}"
+        name = f"{s.name}.capacity-{replicas}"  # a safe name: it would name output folders
         data = {
             "name": name,
             "duration_s": measure_s + _drain_s(s, slowdown),
@@ -821,6 +821,9 @@ class OracleResult:
     times_s: np.ndarray
     replicas: np.ndarray
     method: str
+    planner_inputs: dict[str, Any] | None = None
+    """The capacity model and timing a ``kind: planner`` config takes for this scenario's service,
+    from the same measurement (:func:`gpuscale.experiments.capacity.planner_inputs`)."""
 
 
 def compute_oracle(
@@ -836,6 +839,8 @@ def compute_oracle(
     ``times_s`` are the window starts and ``replicas`` the Ready pods the oracle holds in each window;
     ``method`` explains the figures in a few sentences. Deterministic for a scenario and seed.
     """
+    from gpuscale.experiments.capacity import planner_inputs  # capacity builds on this module
+
     duration = scenario.duration_s
     workload = build_workload(
         scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
@@ -888,6 +893,7 @@ def compute_oracle(
         times_s=starts,
         replicas=replicas,
         method=method,
+        planner_inputs=planner_inputs(scenario, ((k, c.rps) for k, c in table.measured.items()), slo_target),
     )
 
 

@@ -1,0 +1,230 @@
+"""``gpuscale capacity SCENARIO``: the capacity model a ``kind: planner`` policy stores.
+
+The planner sizes its fleet from what one replica carries within the SLO at each fleet size. That is
+measured here with the oracle's own bisection (:mod:`gpuscale.experiments.oracle`, step 1): ``k``
+always-Ready pods of the scenario's service under a constant load of the scenario's arrival process,
+the largest load at which ``slo_target`` of the requests meet the SLO. Fleet sizes 1..8 are measured
+one by one, then powers of two, until the scenario's peak load is covered (or the cluster's size).
+The table, the scenario's typical cold start and its node provisioning time become a complete planner
+policy file, so the live policy needs no simulator.
+
+The compare hands the planner the same numbers per scenario (:func:`planner_inputs`, from the
+oracle's measurement of the scenario's service): what a user measures for their own service, never
+the future load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from gpuscale.config.scenario import Duration, LogNormal, Scenario, Uniform
+from gpuscale.experiments.compare import PolicyRow
+from gpuscale.experiments.oracle import WINDOW_S, _CapacityTable, _slots, _window_load
+from gpuscale.policies.registry import preset_text
+from gpuscale.sim.workload import build_workload
+
+
+def mean_s(d: Duration) -> float:
+    """The mean of a phase's duration: a fixed value, a uniform range's middle, a lognormal's mean."""
+    if isinstance(d, Uniform):
+        return (d.uniform[0] + d.uniform[1]) / 2.0
+    if isinstance(d, LogNormal):
+        return d.lognormal.median_s * math.exp(d.lognormal.sigma**2 / 2.0)
+    return float(d)
+
+
+def typical_cold_start_s(scenario: Scenario) -> float:
+    """A new pod's mean cold start on a node of the scenario: scheduling, load and warm-up; the image
+    pull and the weights download where some pool's nodes do not start with them."""
+    s = scenario.startup
+    total = mean_s(s.scheduling_s) + mean_s(s.model_load_s) + mean_s(s.warmup_s)
+    pools = scenario.cluster.pools
+    if not all(p.image_cached for p in pools):
+        total += mean_s(s.image_pull_s)
+    if not all(p.model_cached for p in pools):
+        total += mean_s(s.model_download_s)
+    return total
+
+
+def typical_restart_s(scenario: Scenario) -> float:
+    """A pod's mean cold start on a node that ran it before: scheduling, load and warm-up; the pull
+    and the download only where nodes do not keep them (``image_cache`` / ``model_cache`` false)."""
+    s = scenario.startup
+    total = mean_s(s.scheduling_s) + mean_s(s.model_load_s) + mean_s(s.warmup_s)
+    if not s.image_cache:
+        total += mean_s(s.image_pull_s)
+    if not s.model_cache:
+        total += mean_s(s.model_download_s)
+    return total
+
+
+def node_provision_s(scenario: Scenario) -> float:
+    """A new GPU node's mean time to allocatable GPUs; 0 without a node autoscaler."""
+    c = scenario.cluster
+    if c.node_autoscaler.kind == "none":
+        return 0.0
+    return mean_s(c.node_startup.provision_s) + mean_s(c.node_startup.gpu_allocatable_s)
+
+
+def table_points(measured: Iterable[tuple[int, float]]) -> list[dict[str, Any]]:
+    """``(replicas, total requests/s)`` measurements -> the planner's points, per replica, rounded to
+    0.001 rps, with total capacity made non-decreasing (more pods never carry less: a smaller total
+    at a larger fleet is the measurement's 1 % noise)."""
+    points: list[dict[str, Any]] = []
+    best = 0.0
+    for k, total in sorted(measured):
+        best = max(best, total)
+        points.append({"replicas": k, "rps_per_replica": math.ceil(best / k * 1000.0) / 1000.0})
+    return points
+
+
+def planner_inputs(
+    scenario: Scenario, measured: Iterable[tuple[int, float]], slo_target: float
+) -> dict[str, Any]:
+    """What a planner config takes from a measurement of ``scenario``'s service: the capacity table,
+    the profile, the cold start (first and on a node that ran the pod before), node provisioning,
+    and the cluster's largest fleet."""
+    return {
+        "profile": scenario.model.name,
+        "max_replicas": max(1, len(_slots(scenario))),
+        "cold_start_s": round(typical_cold_start_s(scenario), 3),
+        "restart_s": round(typical_restart_s(scenario), 3),
+        "node_provision_s": round(node_provision_s(scenario), 3),
+        "capacity": {
+            "profile": scenario.model.name,
+            "slo_latency_ms": scenario.slo.latency_ms,
+            "slo_target": slo_target,
+            "points": table_points(measured),
+        },
+    }
+
+
+def measure(
+    scenario: Scenario,
+    *,
+    seed: int | None = None,
+    slo_target: float = 0.99,
+    base_dir: Path | None = None,
+    source: str = "scenario",
+) -> dict[str, Any]:
+    """Measure ``scenario``'s service up to its peak load (of ``seed``, default the scenario's) and
+    return the planner inputs (:func:`planner_inputs`)."""
+    seed = scenario.seed if seed is None else seed
+    duration = scenario.duration_s
+    workload = build_workload(
+        scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
+    )
+    starts = np.arange(0.0, duration, WINDOW_S, dtype=np.float64)
+    lengths = np.minimum(starts + WINDOW_S, duration) - starts
+    load, _ = _window_load(scenario, workload, starts, lengths)
+    table = _CapacityTable(scenario, slo_target, max(len(_slots(scenario)), 1))
+    table.measure(1)
+    table.cover(float(load.max(initial=0.0)))
+    return planner_inputs(scenario, ((k, c.rps) for k, c in table.measured.items()), slo_target)
+
+
+def planner_policy(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The ``planner`` preset with ``inputs`` in place of its example table and timing."""
+    data = yaml.safe_load(preset_text("planner"))
+    return {"kind": "planner", **{k: v for k, v in data.items() if k != "kind"}, **inputs}
+
+
+def policy_yaml(scenario: Scenario, inputs: dict[str, Any]) -> str:
+    """A planner policy file for ``scenario``'s service, with a header saying where it came from."""
+    cap = inputs["capacity"]
+    head = (
+        f"# gpuscale capacity {scenario.name}: a planner for profile {cap['profile']}.\n"
+        f"# Measured with the oracle's bisection: {cap['slo_target']:.0%} of requests within "
+        f"{cap['slo_latency_ms']:g} ms, always-Ready\n"
+        "# fleets under constant load. rps_per_replica: requests/s one replica carries within the SLO\n"
+        "# at that fleet size. cold_start_s: the scenario's mean cold start (restart_s: on a node that\n"
+        "# ran the pod before); node_provision_s: its mean node provisioning time (0: no node autoscaler).\n"
+    )
+    return head + yaml.safe_dump(planner_policy(inputs), sort_keys=False)
+
+
+# -- the planner's bar, from a compare's rows ---------------------------------------------------------
+BAR_WITHIN_X_ORACLE = 1.15
+"""GPU-hours × oracle the planner aims at on every scenario."""
+BAR_MOST_X_ORACLE = 1.3
+"""GPU-hours × oracle the planner must stay under where static-peak meets the SLO."""
+
+
+@dataclass(frozen=True)
+class BarLine:
+    """The planner on one scenario where static-peak meets the SLO, next to the upstream presets."""
+
+    scenario: str
+    meets_slo: bool
+    attainment: float | None
+    x_oracle: float | None
+    cheapest_upstream: str | None
+    """The cheapest other policy (not static-peak) that meets the SLO, by GPU-hours × oracle."""
+    cheapest_upstream_x_oracle: float | None
+
+    @property
+    def as_cheap(self) -> bool:
+        """Meets the SLO and costs no more than every upstream policy that meets it."""
+        if not self.meets_slo or self.x_oracle is None:
+            return False
+        return self.cheapest_upstream_x_oracle is None or self.x_oracle <= self.cheapest_upstream_x_oracle
+
+
+@dataclass(frozen=True)
+class Bar:
+    """The issue's bar over a compare: on every scenario where static-peak meets the SLO the planner
+    meets it, no dearer than any upstream preset that meets it; ≤ 1.15× the oracle on at least 8 of
+    them and ≤ 1.3× on all."""
+
+    lines: tuple[BarLine, ...]
+
+    @property
+    def within_aim(self) -> int:
+        return sum(1 for b in self.lines if b.x_oracle is not None and b.x_oracle <= BAR_WITHIN_X_ORACLE)
+
+    @property
+    def met(self) -> bool:
+        return (
+            all(b.as_cheap for b in self.lines)
+            and all(b.x_oracle is not None and b.x_oracle <= BAR_MOST_X_ORACLE for b in self.lines)
+            and self.within_aim >= min(8, len(self.lines))
+        )
+
+
+def planner_bar(rows: Iterable[PolicyRow], planner: str = "planner", static_peak: str = "static-peak") -> Bar:
+    """The bar from a compare's rows (each policy aggregated over seeds)."""
+    by_scenario: dict[str, list[PolicyRow]] = {}
+    for row in rows:
+        by_scenario.setdefault(row.scenario, []).append(row)
+    lines: list[BarLine] = []
+    for scenario, found in by_scenario.items():
+        named = {r.policy: r for r in found}
+        peak, ours = named.get(static_peak), named.get(planner)
+        if peak is None or ours is None or not peak.meets_slo:
+            continue
+        upstream = [
+            (r.gpu_hours_x_oracle.mean, r.policy)
+            for r in found
+            if r.policy not in (planner, static_peak)
+            and r.meets_slo
+            and r.gpu_hours_x_oracle.mean is not None
+        ]
+        best = min(upstream) if upstream else None
+        lines.append(
+            BarLine(
+                scenario=scenario,
+                meets_slo=ours.meets_slo,
+                attainment=ours.estimates["slo_attainment"].mean,
+                x_oracle=ours.gpu_hours_x_oracle.mean,
+                cheapest_upstream=best[1] if best else None,
+                cheapest_upstream_x_oracle=best[0] if best else None,
+            )
+        )
+    return Bar(tuple(lines))
