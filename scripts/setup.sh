@@ -13,6 +13,9 @@ fi
 stamp=".venv/.gpuscale-installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==25.3"
+    # torch first, pinned, so stable-baselines3's torch requirement is already met by the CPU build
+    # and pip never resolves a multi-GB CUDA one (gpuscale train; nothing else imports torch)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
     touch "$stamp"
 fi

@@ -164,7 +164,7 @@ def test_a_bad_key_or_a_rejected_value_is_a_config_error_naming_it(
 )
 def test_bad_tune_input_exits_2_and_writes_nothing(tmp_path: Path, args: list[str], expect: str) -> None:
     out = tmp_path / "out"
-    argv = ["tune", "--policy", "knative", "--scenarios", "kis-s-spike", "--seeds", "1"]
+    argv = ["tune", "--policy", "knative", "--scenarios", "kis-s-spike", "--seeds", "1", "--method", "grid"]
     result = runner.invoke(app, [*argv, *args, "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert expect in result.output
@@ -229,7 +229,17 @@ def test_when_no_candidate_meets_the_slo_the_best_worst_case_wins_and_the_cli_sa
     # a 5-ms SLO at 3,000 req/s: even four pods leave a few % of requests over it
     scenario = _scenario(tmp_path, slo_ms=5, name="tight")
     out = tmp_path / "out"
-    argv = ["tune", "-p", str(_kpa(tmp_path, 16)), "--scenarios", str(scenario), "--seeds", "1"]
+    argv = [
+        "tune",
+        "-p",
+        str(_kpa(tmp_path, 16)),
+        "--scenarios",
+        str(scenario),
+        "--seeds",
+        "1",
+        "--method",
+        "grid",
+    ]
     cli = runner.invoke(app, [*argv, "--param", "target=4,8,32", "--workers", "1", "--out", str(out)])
     assert cli.exit_code == 0, cli.output
     assert "No candidate meets the SLO target" in cli.output

@@ -6,7 +6,6 @@ Bad input of any kind ends in one clear message on stderr and exit code 2, with 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,11 +15,21 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from gpuscale._core.errors import MISSING, ConfigError, GpuscaleError
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES
+from gpuscale.config.scenario import SAFE_NAME_ALLOWED, is_safe_name
 from gpuscale.experiments.catalog import DEFAULT_SCENARIO, builtin_scenario, resolve_scenario, scenario_names
 from gpuscale.policies.base import Policy, StaticPolicy
 from gpuscale.sim.results import SimResult, Summary, result_files, write_files_atomically
@@ -109,20 +118,20 @@ def _out_file(value: Path | None) -> Path | None:
     return value
 
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-
-
 def _namespace(value: str | None) -> str | None:
     """The ``--namespace`` callback: a Kubernetes namespace is a DNS-1123 label."""
-    if value is not None and (len(value) > 63 or not _DNS_LABEL.fullmatch(value)):
+    if value is None:
+        return value
+    from gpuscale.controller.config import NAMESPACE_ALLOWED, is_namespace
+
+    if not is_namespace(value):
         fail(
             str(
                 ConfigError(
                     "--namespace",
                     None,
                     value,
-                    "not a Kubernetes namespace; a namespace is a DNS-1123 label: 1 to 63 characters, "
-                    "lowercase letters a-z, digits 0-9 and '-', starting and ending with a letter or digit",
+                    f"not a Kubernetes namespace; a namespace is {NAMESPACE_ALLOWED}",
                 )
             )
         )
@@ -225,6 +234,13 @@ def simulate(
         pol = _load_policy(policy, replicas, ref.scenario.control.initial_replicas)
         target = out_dir if out_dir is not None else Path("out") / f"{ref.scenario.name}-{pol.name}"
         if out_dir is None:
+            if not is_safe_name(pol.name):
+                raise ConfigError(
+                    policy or "--policy",
+                    "name",
+                    pol.name,
+                    f"cannot be part of the output folder's name; allowed: {SAFE_NAME_ALLOWED}; or give --out",
+                )
             _check_out(target, folder=True)
         from gpuscale.sim.engine import simulate as run
 
@@ -337,16 +353,70 @@ def compare_tables(result: Any) -> list[Table]:
     return tables
 
 
+class _RateColumn(ProgressColumn):
+    """Finished jobs per second, as the completions (local workers or a Ray cluster) come in."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.2f} jobs/s", style="progress.data.speed")
+
+
 def _run_progress() -> Progress:
-    """The transient bar of a batch of simulations (compare, tune), on standard error."""
+    """The transient bar of a batch of simulations (compare, tune), on standard error: fed by each
+    finished job, with jobs per second and the time left at that rate."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
+        _RateColumn(),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     )
+
+
+def _default_image() -> str:
+    from gpuscale.controller.manifests import default_image
+
+    return default_image()
+
+
+def _ray_pool(address: str, workers: int | None) -> Any:
+    """A :class:`~gpuscale.experiments.ray_runner.RayPool` for ``--ray ADDRESS`` (``local``: sized to
+    ``workers`` CPUs); the dashboard's address is printed when the cluster has one."""
+    from gpuscale.experiments.ray_runner import RayPool, check_address
+
+    return RayPool(check_address(address), num_cpus=workers)
+
+
+def _run_store(out_dir: Path, resume: bool) -> Any:
+    """Where finished runs are kept as they finish (OUT/.runs); emptied first unless resuming."""
+    from gpuscale.experiments.checkpoint import STORE_DIR, RunStore
+
+    store = RunStore(out_dir / STORE_DIR)
+    if not resume:
+        store.clear()
+    return store
+
+
+def _say_kept(store: Any, out_dir: Path) -> None:
+    """After an interrupted run: where its finished runs are, and how to go on."""
+    kept = len(list(store.folder.glob("*.pkl"))) if store.folder.is_dir() else 0
+    if kept:
+        err.print(
+            f"{kept} finished oracles and runs are kept in {store.folder}/; run the same command with "
+            f"--resume (and --out {out_dir}) to go on from there",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _say_ray(pool: Any) -> None:
+    where = "a Ray instance on 127.0.0.1" if pool.address == "local" else f"the Ray cluster at {pool.address}"
+    dash = f"; dashboard {pool.dashboard_url}" if pool.dashboard_url else ""
+    err.print(f"running on {where}{dash}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -370,6 +440,24 @@ def compare(
             "--out", help="Folder for report.html, summary.csv, summary.json.", callback=_out_folder
         ),
     ] = Path("out/compare"),
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the simulations on Ray: local (start Ray on this machine for the run), auto (join "
+            "the cluster running here) or a head's HOST:PORT. Default: local worker processes, or the "
+            "suite's runner.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Reuse the runs an interrupted compare into the same --out finished (kept in "
+            "OUT/.runs, keyed by scenario, policy, seed and code version); run only the rest.",
+        ),
+    ] = False,
 ) -> None:
     """The main job: every policy on every scenario over several seeds, ranked on SLO attainment against
     GPU-hours and dollars, next to a clairvoyant oracle; writes report.html, summary.csv, summary.json."""
@@ -391,6 +479,7 @@ def compare(
         _check_compare_policies(
             cfg.policies, "--policies" if policies is not None or suite is None else str(suite)
         )
+        _check_run_sizes(cfg.scenarios)
         n_workers = workers or cfg.workers or default_workers()
         start = time.perf_counter()
         bar = _run_progress()
@@ -401,8 +490,24 @@ def compare(
                 tasks[phase] = bar.add_task("oracles" if phase == "oracle" else "simulations", total=total)
             bar.update(tasks[phase], completed=done)
 
-        with bar:
-            result = run_compare(cfg, workers=n_workers, progress=progress)
+        address = ray if ray is not None else (cfg.ray_address if cfg.runner == "ray" else None)
+        for spec in cfg.scenarios:
+            resolve_scenario(spec)  # a bad scenario fails before a cluster is joined or a run is kept
+        store = _run_store(out_dir, resume)
+        try:
+            if address is None:
+                with bar:
+                    result = run_compare(cfg, workers=n_workers, progress=progress, store=store)
+            else:
+                with _ray_pool(address, workers or cfg.workers) as pool:
+                    _say_ray(pool)
+                    with bar:
+                        result = run_compare(
+                            cfg, workers=n_workers, progress=progress, pool=pool, store=store
+                        )
+        except (KeyboardInterrupt, GpuscaleError):
+            _say_kept(store, out_dir)
+            raise
         wall = time.perf_counter() - start
         write_files_atomically(out_dir, report_files(result))
     for table in compare_tables(result):
@@ -412,10 +517,13 @@ def compare(
     failed = len(result.runs) - len(ok)
     out.print(
         f"{len(result.runs)} runs ({failed} failed) of {len(result.scenarios)} scenarios × {len(result.policies)} "
-        f"policies × {len(result.seeds)} seeds in {wall:.1f} s on {n_workers} workers: "
+        f"policies × {len(result.seeds)} seeds in {wall:.1f} s on "
+        f"{f'{n_workers} workers' if address is None else f'Ray ({address})'}: "
         f"{len(result.runs) / wall:.2f} runs/s, {requests / wall / 1e6:.2f} M simulated requests/s. "
         f"Report: {out_dir}/report.html"
     )
+    if store.reused:
+        out.print(f"{store.reused} finished oracles and runs reused from {store.folder}/", highlight=False)
 
 
 def _check_compare_policies(names: list[str], source: str) -> None:
@@ -441,6 +549,16 @@ def _check_compare_policies(names: list[str], source: str) -> None:
                 f"{', '.join(registry.preset_names())}",
             ) from None
         spec.config()
+
+
+def _check_run_sizes(specs: list[str]) -> None:
+    """Refuse (before any simulation, oracles included) a scenario whose runs would ask more of the
+    machine than one run may: requests, users, control-plane steps or memory (``check_run``)."""
+    from gpuscale.sim.engine import check_run
+
+    for spec in specs:
+        ref = resolve_scenario(spec)
+        check_run(ref.scenario, base_dir=ref.base_dir, source=ref.source)
 
 
 def tune_table(result: Any, top: int = 10) -> Table:
@@ -476,7 +594,11 @@ def tune_table(result: Any, top: int = 10) -> Table:
             "GPU-h": _fmt(s.gpu_hours, 2),
             "$": _fmt(s.cost_usd, 2),
             "saving $": _fmt(saving_usd(result, s), 2),
-            "meets": "yes" if s.meets_slo else ("[red]failed[/]" if s.worst_attainment is None else "no"),
+            "meets": "yes"
+            if s.meets_slo
+            else "pruned"
+            if s.candidate.label in result.pruned
+            else ("[red]failed[/]" if s.worst_attainment is None else "no"),
         }
         style = "bold green" if s is result.winner else ("dim" if s.candidate.index == 0 else None)
         t.add_row(
@@ -506,11 +628,32 @@ def tune(
     ],
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
     method: Annotated[
-        str, typer.Option(help="grid (the full product of the values) or random (--budget samples).")
-    ] = "grid",
+        str,
+        typer.Option(
+            help="tpe (Optuna's TPE sampler proposes --budget candidates, learning from the finished "
+            "ones), grid (the full product of the values) or random (--budget samples)."
+        ),
+    ] = "tpe",
     budget: Annotated[
-        int, typer.Option(min=1, help="random: how many candidates; grid: the most it may have.")
+        int,
+        typer.Option(
+            min=1, help="tpe: how many trials; random: how many candidates; grid: the most it may have."
+        ),
     ] = 50,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune/--no-prune",
+            help="tpe: stop a candidate's runs once it can no longer meet the target on a scenario.",
+        ),
+    ] = True,
+    objectives: Annotated[
+        str | None,
+        typer.Option(
+            help="tpe: search two objectives, attainment,gpu_hours or attainment,cost (NSGA-II): the "
+            "Pareto front goes to candidates.* and report.html; the winner keeps the one-objective rule.",
+        ),
+    ] = None,
     slo_target: Annotated[
         float, typer.Option(help="Share of requests within the SLO that counts as met, on every scenario.")
     ] = 0.99,
@@ -524,6 +667,23 @@ def tune(
             callback=_out_folder,
         ),
     ] = Path("out/tune"),
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the simulations on Ray: local (start Ray on this machine for the run), auto (join "
+            "the cluster running here) or a head's HOST:PORT. Default: local worker processes.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Reuse the runs an interrupted tune into the same --out finished (kept in OUT/.runs, "
+            "keyed by scenario, candidate settings, seed and code version); run only the rest.",
+        ),
+    ] = False,
 ) -> None:
     """Search a policy's parameters on one or more scenarios for the cheapest configuration that meets
     the SLO target on every scenario (mean over seeds); the untuned policy is candidate 0, the baseline.
@@ -533,9 +693,16 @@ def tune(
     from gpuscale.experiments.tune import param_values, parse_param, run_tune, saving_usd, tune_files
 
     with user_errors():
-        if method not in ("grid", "random"):
-            raise ConfigError("--method", None, method, "allowed: grid, random")
+        if method not in ("tpe", "grid", "random"):
+            raise ConfigError("--method", None, method, "allowed: tpe, grid, random")
         specs = [parse_param(p) for p in param]
+        from gpuscale.experiments.tune import parse_objectives
+
+        goals = parse_objectives(objectives) if objectives is not None else ()
+        if goals and method != "tpe":
+            raise ConfigError("--objectives", None, objectives, "a multi-objective search is --method tpe")
+        scenario_specs = split_list(scenarios, "--scenarios")
+        _check_run_sizes(scenario_specs)
         n_workers = workers or default_workers()
         start = time.perf_counter()
         bar = _run_progress()
@@ -546,19 +713,42 @@ def tune(
                 task.append(bar.add_task("simulations", total=total))
             bar.update(task[0], completed=done)
 
-        with bar:
-            result = run_tune(
+        from gpuscale.experiments.tune import check_tune_input
+
+        # every candidate checked before a cluster is joined or a run is kept
+        check_tune_input(policy, scenario_specs, specs, method, budget, slo_target, seed)
+        store = _run_store(out_dir, resume)
+
+        def search(pool: Any = None) -> Any:
+            return run_tune(
                 policy,
-                split_list(scenarios, "--scenarios"),
+                scenario_specs,
                 specs,
                 seeds=parse_seeds(seeds),
-                method="grid" if method == "grid" else "random",
+                method="tpe" if method == "tpe" else "grid" if method == "grid" else "random",
                 budget=budget,
                 slo_target=slo_target,
                 seed=seed,
                 workers=n_workers,
                 progress=progress,
+                pool=pool,
+                store=store,
+                prune=prune,
+                objectives=goals,
             )
+
+        try:
+            if ray is None:
+                with bar:
+                    result = search()
+            else:
+                with _ray_pool(ray, workers) as ray_pool:
+                    _say_ray(ray_pool)
+                    with bar:
+                        result = search(ray_pool)
+        except (KeyboardInterrupt, GpuscaleError):
+            _say_kept(store, out_dir)
+            raise
         wall = time.perf_counter() - start
         write_files_atomically(out_dir, tune_files(result))
     out.print(tune_table(result))
@@ -585,29 +775,64 @@ def tune(
         )
     out.print(
         f"{len(result.candidates)} candidates × {len(result.scenarios)} scenarios × {len(result.seeds)} seeds "
-        f"= {len(result.runs)} runs in {wall:.1f} s on {n_workers} workers. Files in {out_dir}/",
+        f"= {len(result.runs)} runs in {wall:.1f} s on "
+        f"{f'{n_workers} workers' if ray is None else f'Ray ({ray})'}. Files in {out_dir}/",
         highlight=False,
     )
+    if result.objectives:
+        out.print(
+            f"Pareto front ({' vs '.join(result.objectives)}): {', '.join(result.front)}; "
+            f"plotted in {out_dir}/report.html",
+            highlight=False,
+        )
+    if result.method == "tpe" and not result.objectives:
+        planned = len(result.candidates) * len(result.scenarios) * len(result.seeds)
+        out.print(
+            f"TPE: {result.trials} trials, {len(result.candidates) - 1} distinct candidates; pruning "
+            f"{len(result.pruned)} hopeless candidates saved {result.runs_saved} of {planned} runs "
+            f"({100 * result.runs_saved / max(planned, 1):.0f} %).",
+            highlight=False,
+        )
+    if store.reused:
+        out.print(f"{store.reused} finished runs reused from {store.folder}/", highlight=False)
+
+
+_DESCRIPTION_MIN_WIDTH = 40
+"""A terminal that leaves the description column fewer characters gets the compact scenario list."""
 
 
 @scenarios_app.command("list")
 def scenarios_list() -> None:
-    """The built-in scenarios."""
+    """The built-in scenarios: one line each into a pipe or a file; folded to fit a terminal, where a
+    narrow one gets each scenario's facts in one column and its description beside them."""
     with user_errors():
-        t = Table(title="Built-in scenarios")
-        for col in ("name", "duration", "workload", "model", "SLO", "description"):
-            t.add_column(col, overflow="fold", no_wrap=col == "name")
+        rows = []
         for name in scenario_names():
             sc = builtin_scenario(name)
-            t.add_row(
+            facts = (
                 name,
-                f"{sc.duration_s / 60:g} min",
+                f"{sc.duration_s / 60:.3g} min",
                 sc.workload.kind,
                 sc.model.name,
                 f"{sc.slo.latency_ms:g} ms",
-                sc.description.strip(),
             )
-    out.print(t)
+            rows.append((facts, " ".join(sc.description.split())))
+    columns = ("name", "duration", "workload", "model", "SLO")
+    facts_width = sum(max(len(col), *(len(f[i]) for f, _ in rows)) + 3 for i, col in enumerate(columns)) + 4
+    t = Table(title="Built-in scenarios")
+    if out.is_terminal and out.size.width < facts_width + _DESCRIPTION_MIN_WIDTH:
+        t.add_column("scenario", no_wrap=True)
+        t.add_column("description", overflow="fold", ratio=1)
+        for (name, duration, kind, model, slo), text in rows:
+            t.add_row(Text.assemble((name, "bold"), f"\n{duration} · {kind}\n{model}\nSLO {slo}"), text)
+    else:
+        for col in (*columns, "description"):
+            t.add_column(
+                col, overflow="fold", no_wrap=col != "description", ratio=1 if col == "description" else None
+            )
+        for facts, text in rows:
+            t.add_row(*facts, text)
+    _print_unwrapped(t)
 
 
 @scenarios_app.command("show")
@@ -732,12 +957,51 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 @app.command()
+def capacity(
+    scenario: Annotated[str, typer.Argument(help="A built-in scenario name or a scenario YAML file.")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the planner policy file here (default: print it).", callback=_out_file
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Seed whose peak load the table covers (default: the scenario's)."),
+    ] = None,
+    slo_target: Annotated[
+        float, typer.Option(min=0.5, max=1.0, help="Share of requests within the SLO (default 0.99).")
+    ] = 0.99,
+) -> None:
+    """Measure what one replica of the scenario's service carries within the SLO by fleet size (the
+    oracle's bisection) and write a `kind: planner` policy file with that capacity table."""
+    with user_errors():
+        ref = resolve_scenario(scenario)
+        from gpuscale.experiments.capacity import measure, policy_yaml
+
+        inputs = measure(
+            ref.scenario, seed=seed, slo_target=slo_target, base_dir=ref.base_dir, source=ref.source
+        )
+        text = policy_yaml(ref.scenario, inputs)
+        if out_file is not None:
+            _write_atomically(out_file, text)
+    if out_file is None:
+        typer.echo(text, nl=False)
+    else:
+        points = inputs["capacity"]["points"]
+        err.print(
+            f"wrote {out_file}: {len(points)} fleet sizes measured, up to {points[-1]['replicas']} replicas"
+        )
+
+
+@app.command()
 def manifests(
     what: Annotated[
         str | None,
         typer.Argument(
             help="Leave out for a policy's native autoscaler manifests; `controller` for the objects "
-            "that run `gpuscale run` in the cluster (with --config).",
+            "that run `gpuscale run` in the cluster (with --config); `rayjob` for a KubeRay RayJob "
+            "that runs a compare suite (--config SUITE) on a Ray cluster.",
             show_default=False,
         ),
     ] = None,
@@ -770,6 +1034,9 @@ def manifests(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the YAML here (default stdout).", callback=_out_file)
     ] = None,
+    ray_workers: Annotated[
+        int, typer.Option("--ray-workers", min=1, max=1000, help="`rayjob`: Ray worker pods (2 CPUs each).")
+    ] = 2,
 ) -> None:
     """Render the native Kubernetes manifests (HPA, KEDA, Knative/KServe, prometheus-adapter) of a
     policy; comments mark wherever the native form differs from the policy.
@@ -788,8 +1055,27 @@ def manifests(
             cfg = load_controller_config(config)
             objects = render_controller(cfg, config, namespace=namespace, image=image)
             text = render_controller_yaml(objects, cfg, str(config))
+        elif what == "rayjob":
+            from gpuscale.experiments.rayjob import render_rayjob, render_rayjob_yaml
+            from gpuscale.experiments.suite import load_suite
+
+            if config is None:
+                raise ConfigError("manifests rayjob", "--config", MISSING, "required: the compare suite YAML")
+            load_suite(config)  # a bad suite is refused here, not in the cluster
+            objects = render_rayjob(
+                config,
+                config.read_text(encoding="utf-8"),
+                name="gpuscale-compare",
+                namespace=namespace or "default",
+                image=image or _default_image(),
+                workers=ray_workers,
+                cpus_per_worker=2,
+            )
+            text = render_rayjob_yaml(objects, config)
         elif what is not None:
-            raise ConfigError("manifests", None, what, "unknown argument; allowed: controller (or none)")
+            raise ConfigError(
+                "manifests", None, what, "unknown argument; allowed: controller, rayjob (or none)"
+            )
         else:
             from gpuscale.integrations.manifests import Target, render, render_yaml
 
@@ -910,13 +1196,15 @@ def run_controller(
 
     from gpuscale._core.clock import SystemClock
     from gpuscale.controller import build_controller, load_controller_config
-    from gpuscale.controller.loop import json_lines_sink
+    from gpuscale.controller.config import check_signal_source
+    from gpuscale.controller.loop import build_policy, json_lines_sink
     from gpuscale.controller.observe import ObservabilityServer
 
     clock = SystemClock()
     server: ObservabilityServer | None = None
     with user_errors():
         cfg = load_controller_config(config)
+        check_signal_source(cfg, build_policy(cfg.policy, config), str(config))
         log_file = None
         if cfg.decision_log is not None:
             path = cfg.decision_log if cfg.decision_log.is_absolute() else config.parent / cfg.decision_log
@@ -1005,6 +1293,148 @@ def bench(
         t.add_row("24-h run: requests / wall time", f"{figs.requests_24h:,} / {figs.wall_s_24h:.1f} s")
         t.add_row("24-h run: peak memory (RSS)", f"{figs.peak_rss_mb_24h:.0f} MB")
     out.print(t)
+
+
+@app.command()
+def train(
+    scenarios: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated training scenarios (default: the four KIS-S patterns)."),
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated training seeds (default 1,2,3).")] = None,
+    suite: Annotated[
+        Path | None, typer.Option(help="A suite YAML: its scenarios, seeds and slo_target train the agent.")
+    ] = None,
+    algorithm: Annotated[str, typer.Option(help="ppo (default), a2c or dqn (Stable-Baselines3).")] = "ppo",
+    timesteps: Annotated[int, typer.Option(help="Environment steps (control ticks) to train for.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the agent and the episode draws.")] = 0,
+    eval_scenarios: Annotated[
+        str | None, typer.Option(help="Held-out scenarios to evaluate on (default: the training ones).")
+    ] = None,
+    eval_seeds: Annotated[str, typer.Option(help="Held-out seeds to evaluate on.")] = "101",
+    eval_every: Annotated[
+        int, typer.Option(min=0, help="Evaluate and checkpoint every this many steps (0: at the end).")
+    ] = 0,
+    max_replicas: Annotated[int, typer.Option(min=1, help="Most replicas the agent may ask for.")] = 10,
+    min_replicas: Annotated[int, typer.Option(min=0, help="Fewest replicas.")] = 1,
+    tick_s: Annotated[float, typer.Option(min=1, help="Control tick, seconds (KIS-S: 30).")] = 30.0,
+    stack: Annotated[int, typer.Option(min=1, help="Observation frames stacked.")] = 2,
+    actions: Annotated[str, typer.Option(help="delta (-2..+2, KIS-S) or target (min..max).")] = "delta",
+    reward: Annotated[str, typer.Option(help="cost-slo (default) or kis-s.")] = "cost-slo",
+    start_offset_max_s: Annotated[
+        float, typer.Option(min=0, help="The agent takes over at a random tick within this many seconds.")
+    ] = 300.0,
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="Folder for a model file at every evaluation.", callback=_out_folder)
+    ] = None,
+    out_file: Annotated[
+        Path,
+        typer.Option("--out", help="The exported model file (.npz) for kind: learned.", callback=_out_file),
+    ] = Path("out/learned.npz"),
+) -> None:
+    """Train an autoscaling agent in the simulator (Stable-Baselines3) and export it for `kind: learned`."""
+    from gpuscale.experiments.suite import load_suite, parse_seeds, split_list
+    from gpuscale.experiments.train import Progress as TrainProgress
+    from gpuscale.experiments.train import TrainConfig
+    from gpuscale.experiments.train import train as run_train
+    from gpuscale.policies.learned import ActionSpec
+    from gpuscale.rl.env import EnvConfig, RewardSpec, ScalingEnv
+
+    with user_errors():
+        env_kw: dict[str, Any] = {}
+        slo_target = 0.99
+        if suite is not None:
+            s = load_suite(suite)
+            env_kw.update(scenarios=tuple(s.scenarios), seeds=tuple(s.seeds))
+            slo_target = s.slo_target
+        if scenarios is not None:
+            env_kw["scenarios"] = tuple(split_list(scenarios, "--scenarios"))
+        if seeds is not None:
+            env_kw["seeds"] = tuple(parse_seeds(seeds))
+        if actions not in ("delta", "target"):
+            raise ConfigError("--actions", None, actions, "allowed: delta, target")
+        if reward not in ("cost-slo", "kis-s"):
+            raise ConfigError("--reward", None, reward, "allowed: cost-slo, kis-s")
+        if min_replicas > max_replicas:
+            raise ConfigError(
+                "--min-replicas", None, min_replicas, f"must be <= --max-replicas ({max_replicas})"
+            )
+        action_spec = (
+            ActionSpec("delta")
+            if actions == "delta"
+            else ActionSpec("target", low=min_replicas, high=max_replicas)
+        )
+        env_cfg = EnvConfig(
+            **env_kw,
+            stack=stack,
+            actions=action_spec,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            tick_s=tick_s,
+            start_offset_max_s=start_offset_max_s,
+            reward=RewardSpec(reward, slo_target),  # type: ignore[arg-type]
+        )
+        held_out = tuple(split_list(eval_scenarios, "--eval-scenarios")) if eval_scenarios else ()
+        cfg = TrainConfig(
+            env=env_cfg,
+            algorithm=algorithm,
+            timesteps=timesteps,
+            seed=seed,
+            eval_scenarios=held_out,
+            eval_seeds=tuple(parse_seeds(eval_seeds)),
+            eval_every=eval_every,
+            checkpoint_dir=checkpoints,
+        )
+        ScalingEnv(env_cfg)  # every scenario resolves before any work
+        for name in held_out:
+            resolve_scenario(name)
+        bar = Progress(
+            TextColumn("training {task.fields[algo]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[eval]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        )
+        task = bar.add_task("train", total=timesteps, algo=algorithm, eval="")
+
+        last = [""]
+
+        def progress(p: TrainProgress) -> None:
+            if p.evaluation is not None:
+                e = p.evaluation
+                last[0] = f"held-out: SLO {100 * e.slo_attainment:.2f} %, {e.gpu_hours:.2f} GPU-h"
+            bar.update(task, completed=p.timesteps, eval=last[0])
+
+        with bar:
+            result = run_train(cfg, progress)
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".npz", dir=out_file.parent)
+        os.close(fd)
+        try:
+            result.network.save(tmp)
+            os.replace(tmp, out_file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    t = Table(title=f"{algorithm} held-out evaluation (exported network, kind: learned)")
+    for col in ("steps", "SLO attainment", "runs meeting SLO", "GPU-hours", "cost $"):
+        t.add_column(col, justify="right")
+    for e in result.evaluations:
+        t.add_row(
+            str(e.timesteps),
+            f"{100 * e.slo_attainment:.2f} %",
+            f"{e.runs_meeting_slo}/{e.runs}",
+            f"{e.gpu_hours:.2f}",
+            f"{e.cost_usd:.2f}",
+        )
+    out.print(t)
+    out.print(
+        f"trained {timesteps} steps in {result.seconds:.1f} s ({timesteps / result.seconds:.0f} steps/s); "
+        f"model written to {out_file}"
+    )
 
 
 def main() -> None:

@@ -42,11 +42,13 @@ ray-serve      ``concurrency`` total (``queue_average_concurrent_requests``)    
 gpu-memory     ``gpu_memory_util`` mean (``DCGM_FI_DEV_FB_USED`` / ``_FREE``)     12 x 5 s
 multi-signal   ``gpu_util`` mean and ``queue_length`` total                       10 x 5 s
 predictive     ``request_rate`` total (override, below) and ``concurrency`` total 12 x 5 s
+planner        ``request_rate`` total (override, below)                           12 x 5 s
+learned        ``gpu_util`` mean (``DCGM_FI_DEV_GPU_UTIL``)                       12 x 5 s
 =============  =================================================================  ===========
 
 **What is not the built-in path, and why.**
 
-* *The request rate* (predictive) is read through a ``prometheus.queries`` override of gpuscale's
+* *The request rate* (predictive, planner) is read through a ``prometheus.queries`` override of gpuscale's
   config, ``sum(avg_over_time(pod:vllm_request_success:rate[1s]))``: a per-pod rate recorded as a
   gauge, as a recording rule stores it. The built-in query, ``rate()`` of the success counter,
   extrapolates over the samples' scrape timestamps, so no counter the test can serve makes it answer
@@ -342,6 +344,43 @@ CASES: tuple[Case, ...] = (
         },
         scenario("predictive", 65, start_s=10, hold_s=20),
         shows("Predicted", "ScaleDown"),
+    ),
+    Case(
+        "planner",
+        # 12 rps per replica within the SLO, a 5-s cold start (the horizon), 5-s history buckets; the
+        # burst detector asks for the spike's pods, the scale-down guard (2 x (5 s + a 5-s tick))
+        # holds them 20 s after it; the latency terms are off (the test serves no latency histogram)
+        {
+            "kind": "planner",
+            "min_replicas": 1,
+            "max_replicas": 8,
+            "capacity": {
+                "profile": "mobilenetv4-rtx3080-triton",
+                "slo_latency_ms": 500,
+                "points": [{"replicas": 1, "rps_per_replica": 12}],
+            },
+            "cold_start_s": 5,
+            "rate_window_s": 1,
+            "history_resolution_s": 5,
+            "correction_window_s": None,
+            "saturation_window_s": None,
+            "sync_period_s": 5,
+        },
+        scenario("planner", 65, start_s=10, hold_s=20),
+        shows("ScaleUpPanic", "ScaleDown"),
+    ),
+    Case(
+        "learned",
+        # a hand-set network on the 1-s GPU util (tests/data/learned_two_worlds.py): -1 below 25 %,
+        # +1 above 60 %, +2 above 80 %; 1..8 replicas; 5-s ticks
+        {
+            "kind": "learned",
+            "model": str(Path(__file__).resolve().parents[1] / "data" / "learned-two-worlds.npz"),
+            "min_replicas": 1,
+            "max_replicas": 8,
+        },
+        scenario("learned", 65, start_s=10, hold_s=25),
+        shows("ScaleUp", "ClampedToMax", "ScaleDown"),
     ),
 )
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from gpuscale.experiments.catalog import resolve_scenario
+from gpuscale.experiments.checkpoint import RunStore, job_digest
 from gpuscale.experiments.oracle import OracleResult, compute_oracle
-from gpuscale.experiments.runner import Job, RunKey, RunOutcome, run_grid
+from gpuscale.experiments.runner import Job, RunKey, RunOutcome, TaskPool, run_grid
 from gpuscale.experiments.suite import SuiteConfig, policy_spec
 from gpuscale.sim.results import Summary
 
@@ -238,25 +239,66 @@ def _oracle_job(job: _OracleJob) -> OracleResult:
     )
 
 
-def run_compare(suite: SuiteConfig, *, workers: int, progress: Progress | None = None) -> CompareResult:
-    """Run the whole suite; deterministic for the same suite whatever ``workers`` is."""
+def _run_oracles(
+    oracle_jobs: Sequence[_OracleJob],
+    names: dict[str, str],
+    workers: int,
+    progress: Progress | None,
+    pool: TaskPool | None,
+    store: RunStore | None,
+) -> dict[tuple[str, int], OracleResult]:
+    """Every oracle, keyed (scenario name, seed) in the jobs' order; kept ones read from ``store``."""
+    files = [
+        job_digest("oracle", names[j.scenario_spec], j.scenario_spec, j.seed, j.slo_target)
+        for j in oracle_jobs
+    ]
+    finished: dict[int, OracleResult] = {}
+    if store is not None:
+        for i, name in enumerate(files):
+            kept = store.get(name)
+            if isinstance(kept, OracleResult):
+                finished[i] = kept
+    todo = [i for i in range(len(oracle_jobs)) if i not in finished]
+
+    def done(i: int, result: OracleResult) -> None:
+        finished[i] = result
+        if store is not None:
+            store.put(files[i], result)
+        if progress is not None:
+            progress("oracle", len(finished), len(oracle_jobs))
+
+    if pool is not None:
+        for j, result in pool.imap_unordered(_oracle_job, [oracle_jobs[i] for i in todo]):
+            done(todo[j], result)
+    elif workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as executor:
+            for i, result in zip(
+                todo, executor.map(_oracle_job, [oracle_jobs[i] for i in todo]), strict=True
+            ):
+                done(i, result)
+    else:
+        for i in todo:
+            done(i, _oracle_job(oracle_jobs[i]))
+    return {(names[job.scenario_spec], job.seed): finished[i] for i, job in enumerate(oracle_jobs)}
+
+
+def run_compare(
+    suite: SuiteConfig,
+    *,
+    workers: int,
+    progress: Progress | None = None,
+    pool: TaskPool | None = None,
+    store: RunStore | None = None,
+) -> CompareResult:
+    """Run the whole suite (on ``pool``, a Ray cluster, if given); deterministic for the same suite
+    whatever ``workers`` is or wherever it runs. With a ``store``, finished oracles and runs are kept
+    there as they finish, and those already there are not run again."""
     refs = {spec: resolve_scenario(spec) for spec in suite.scenarios}  # bad scenario files fail here, early
     names = {spec: ref.scenario.name for spec, ref in refs.items()}
     oracle_jobs = [
         _OracleJob(spec, seed, suite.slo_target) for spec in suite.scenarios for seed in suite.seeds
     ]
-    oracles: dict[tuple[str, int], OracleResult] = {}
-    if workers > 1 and len(oracle_jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, result in enumerate(pool.map(_oracle_job, oracle_jobs)):
-                oracles[(names[oracle_jobs[i].scenario_spec], oracle_jobs[i].seed)] = result
-                if progress is not None:
-                    progress("oracle", i + 1, len(oracle_jobs))
-    else:
-        for i, job in enumerate(oracle_jobs):
-            oracles[(names[job.scenario_spec], job.seed)] = _oracle_job(job)
-            if progress is not None:
-                progress("oracle", i + 1, len(oracle_jobs))
+    oracles = _run_oracles(oracle_jobs, names, workers, progress, pool, store)
 
     jobs: list[Job] = []
     labels: list[str] = []
@@ -275,7 +317,7 @@ def run_compare(suite: SuiteConfig, *, workers: int, progress: Progress | None =
         if progress is not None:
             progress("runs", done, len(jobs))
 
-    runs = run_grid(jobs, workers, tick)
+    runs = run_grid(jobs, workers, tick, pool, store)
     rows = aggregate(runs, oracles, suite.slo_target)
     return CompareResult(
         scenarios=[names[s] for s in suite.scenarios],

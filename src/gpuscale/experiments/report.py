@@ -1205,3 +1205,74 @@ def report_files(result: CompareResult) -> dict[str, str]:
         "summary.csv": _summary_csv(result),
         "summary.json": _summary_json(result),
     }
+
+
+# -- the tune report (a multi-objective search) -------------------------------------------------------
+def tune_report_html(result: Any) -> str:
+    """A ``tune --objectives`` result as one page: every candidate on worst-scenario SLO attainment
+    against GPU-hours (or cost), the Pareto front joined, the baseline and the winner marked."""
+    other = next(o for o in result.objectives if o != "attainment")
+    label = "GPU-hours (summed over scenarios)" if other == "gpu_hours" else "cost, $ (summed over scenarios)"
+
+    def x_of(s: Any) -> float | None:
+        v = s.gpu_hours if other == "gpu_hours" else s.cost_usd
+        return None if v is None else float(v)
+
+    points = [(s, x_of(s), s.worst_attainment) for s in result.candidates]
+    shown = [(s, x, y) for s, x, y in points if x is not None and y is not None]
+    front = sorted(((x, y) for s, x, y in shown if s.candidate.label in result.front), key=lambda p: p[0])
+    with style_context("default"), mpl.rc_context(_RC):
+        fig = _figure(4.2)
+        ax = fig.add_subplot()
+        others = [(x, y) for s, x, y in shown if s.candidate.label not in result.front]
+        if others:
+            ax.scatter(
+                [x for x, _ in others],
+                [y for _, y in others],
+                s=18,
+                color="#9a9a9a",
+                label="candidate",
+                zorder=2,
+            )
+        if front:
+            ax.plot(*zip(*front, strict=True), color=_TAB10[0], marker="o", markersize=5, label="Pareto front",
+                    zorder=3)  # fmt: skip
+        base = next(((x, y) for s, x, y in shown if s.candidate.index == 0), None)
+        if base is not None:
+            ax.scatter([base[0]], [base[1]], s=70, marker="s", facecolor="none", edgecolor=_REFERENCE,
+                       label="baseline (the policy as given)", zorder=4)  # fmt: skip
+        win = next(((x, y) for s, x, y in shown if s is result.winner), None)
+        if win is not None:
+            ax.scatter([win[0]], [win[1]], s=120, marker="*", color=_TAB10[1], label="winner (one objective rule)",
+                       zorder=5)  # fmt: skip
+        ax.axhline(result.slo_target, color=_REFERENCE, linestyle=":", linewidth=1, label="SLO target")
+        ax.set_xlabel(label)
+        ax.set_ylabel("worst-scenario SLO attainment")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{100 * v:g} %"))
+        ax.set_title(
+            f"{result.policy} ({result.kind}): {len(shown)} candidates, {len(result.front)} on the front"
+        )
+        ax.legend(loc="best")
+        png = _png(fig)
+    rows = []
+    for s, x, y in points:
+        if s.candidate.label not in result.front:
+            continue
+        settings = ", ".join(f"{k}={v}" for k, v in s.candidate.overrides.items()) or "as given"
+        rows.append(
+            f"<tr><td>{html.escape(s.candidate.label)}</td><td>{html.escape(settings)}</td>"
+            f"<td>{'-' if y is None else f'{100 * y:.2f} %'}</td><td>{'-' if x is None else f'{x:.4f}'}</td></tr>"
+        )
+    title = f"gpuscale tune: {html.escape(result.policy)} on {html.escape(', '.join(result.scenarios))}"
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{title}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{title}</h1>"
+        f"<p>Seeds {', '.join(map(str, result.seeds))}; objectives: worst-scenario SLO attainment "
+        f"(higher is better) and {html.escape(label)} (lower is better). No oracle runs in a tune: the "
+        "baseline is the reference.</p>"
+        f"<img alt='Pareto front' src='data:image/png;base64,{png}'>"
+        "<h2>The Pareto front</h2><table><tr><th>candidate</th><th>settings</th>"
+        f"<th>worst SLO attainment</th><th>{html.escape(label)}</th></tr>{''.join(rows)}</table>"
+        "</body></html>\n"
+    )

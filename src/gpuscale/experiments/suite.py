@@ -7,13 +7,15 @@ A suite file is YAML::
     seeds: [1, 2, 3]
     slo_target: 0.99                                   # share of requests within the SLO that counts as met
     workers: 2
+    runner: ray                                        # optional: local (default) or ray
+    ray_address: auto                                  # with runner: ray; local, auto or HOST:PORT
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -50,6 +52,7 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "multi-signal-gpu",
     "predictive-holt-winters",
     "warm-pool",
+    "planner",
 )
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
 
@@ -63,6 +66,10 @@ STATIC_PEAK_HEADROOM_PCT = 10.0
 CAPACITY_SIZED_KINDS = ("predictive", "static-peak")
 """Kinds whose presets carry a capacity per replica; the compare sets it to the oracle's measured one."""
 
+CAPACITY_MODEL_KINDS = ("planner",)
+"""Kinds whose presets carry a capacity table by fleet size and a cold start; the compare gives them
+what ``gpuscale capacity`` measures for the scenario's service (the oracle's measurement)."""
+
 
 class SuiteConfig(StrictModel):
     scenarios: list[str] = Field(default_factory=lambda: list(DEFAULT_SCENARIOS), min_length=1)
@@ -72,6 +79,24 @@ class SuiteConfig(StrictModel):
         default=0.99, gt=0, le=1, description="Attainment that counts as meeting the SLO."
     )
     workers: int | None = Field(default=None, ge=1, description="Worker processes (default: the cores).")
+    runner: Literal["local", "ray"] = Field(
+        default="local", description="Where the simulations run: local worker processes, or a Ray cluster."
+    )
+    ray_address: str = Field(
+        default="auto",
+        description="With runner: ray, the cluster: local (start one here for the run), auto (the one "
+        "running here, or RAY_ADDRESS), or a head's HOST:PORT.",
+    )
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v: str) -> str:
+        from gpuscale.experiments.ray_runner import check_address
+
+        try:
+            return check_address(v)
+        except ConfigError as exc:
+            raise ValueError(exc.allowed) from None
 
     @field_validator("seeds")
     @classmethod
@@ -110,7 +135,9 @@ def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
 
     ``name`` resolves as everywhere (``registry.resolve_policy``: a policy file, then a preset).
     Presets whose kind sizes replicas from a capacity per replica (predictive, static-peak) get the
-    oracle's measured capacity, so they are judged with the same numbers as the oracle. A policy file
+    oracle's measured capacity, so they are judged with the same numbers as the oracle; the planner
+    gets the measured capacity table by fleet size, the scenario's cold start and node provisioning
+    time (what ``gpuscale capacity`` writes for the scenario's service). A policy file
     is passed on by path and read by the job, where a broken one becomes a failed run.
     """
     from gpuscale.policies import registry
@@ -134,4 +161,7 @@ def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
         cap = oracle.capacity_rps_per_replica
         if cap > 0 and math.isfinite(cap):
             data = {**data, "capacity_rps_per_replica": round(cap, 3)}
+    planned = oracle.planner_inputs if oracle is not None else None
+    if isinstance(data, dict) and data.get("kind") in CAPACITY_MODEL_KINDS and planned is not None:
+        data = {**data, **planned}
     return name, data

@@ -36,10 +36,12 @@ import yaml
 
 from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
 from gpuscale._core.rng import generator
-from gpuscale.experiments.compare import PolicyRow, aggregate
-from gpuscale.experiments.runner import Job, RunKey, RunOutcome, run_grid
+from gpuscale.experiments.checkpoint import RunStore
+from gpuscale.experiments.compare import PolicyRow, aggregate, pareto_front
+from gpuscale.experiments.runner import Job, RunKey, RunOutcome, TaskPool, run_grid
 
-Method = Literal["grid", "random"]
+Method = Literal["grid", "random", "tpe"]
+METHODS: tuple[str, ...] = ("tpe", "grid", "random")
 Scalar = bool | int | float | str | None
 Progress = Callable[[int, int], None]
 """Called with (simulations done, total)."""
@@ -412,6 +414,18 @@ class TuneResult:
     """In candidate order, the baseline first."""
     winner: Scored
     runs: list[RunOutcome] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)
+    """tpe: candidate label → runs it skipped once it could no longer meet the target."""
+    trials: int = 0
+    """tpe: trials asked of the sampler (a repeated proposal is one candidate)."""
+    objectives: tuple[str, ...] = ()
+    """Multi-objective search: ``attainment`` and ``gpu_hours`` or ``cost``; empty for one objective."""
+    front: list[str] = field(default_factory=list)
+    """Multi-objective: labels of the candidates on the Pareto front, in candidate order."""
+
+    @property
+    def runs_saved(self) -> int:
+        return sum(self.pruned.values())
 
     @property
     def baseline(self) -> Scored:
@@ -486,6 +500,67 @@ def choose(scored: Sequence[Scored]) -> list[Scored]:
     ]
 
 
+def check_tune_input(
+    policy: str,
+    scenarios: Sequence[str],
+    params: Sequence[ParamSpec],
+    method: Method | str,
+    budget: int,
+    slo_target: float,
+    seed: int,
+) -> list[Candidate]:
+    """What :func:`run_tune` checks before any simulation runs; ConfigError on bad input."""
+    from gpuscale.experiments.catalog import resolve_scenario
+
+    if not params:
+        raise ConfigError("--param", None, MISSING, "required: at least one KEY=SPEC to tune")
+    if budget < 1:
+        raise ConfigError("--budget", None, budget, "an integer >= 1")
+    if not 0 < slo_target <= 1:
+        raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+    for spec in scenarios:
+        resolve_scenario(spec)
+    baseline = load_baseline(policy)
+    if method == "tpe":
+        check_params(baseline, params)
+        return [Candidate(0, "baseline", {}, baseline.config)]
+    return make_candidates(baseline, params, "grid" if method == "grid" else "random", budget, seed)
+
+
+OBJECTIVES = ("attainment", "gpu_hours", "cost")
+
+
+def parse_objectives(text: str) -> tuple[str, ...]:
+    """``attainment,gpu_hours`` or ``attainment,cost`` (either order); ConfigError otherwise."""
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if len(names) != 2 or "attainment" not in names or not set(names) <= set(OBJECTIVES):
+        raise ConfigError(
+            "--objectives",
+            None,
+            text,
+            "two objectives: attainment (worst-scenario SLO attainment, maximized) and gpu_hours or cost "
+            "(summed over scenarios, minimized), e.g. attainment,gpu_hours",
+        )
+    return names
+
+
+def pareto_labels(scored: Sequence[Scored], objectives: Sequence[str]) -> list[str]:
+    """Candidates no other beats on both objectives (attainment at the compare's 0.01-point
+    resolution), in candidate order; failed ones are not on it."""
+    other = next(o for o in objectives if o != "attainment")
+    valid = [
+        s
+        for s in scored
+        if s.worst_attainment is not None
+        and (s.gpu_hours if other == "gpu_hours" else s.cost_usd) is not None
+    ]
+    points = [
+        ((s.gpu_hours if other == "gpu_hours" else s.cost_usd) or 0.0, s.worst_attainment or 0.0)
+        for s in valid
+    ]
+    return [s.candidate.label for s, on in zip(valid, pareto_front(points), strict=True) if on]
+
+
 def run_tune(
     policy: str,
     scenarios: Sequence[str],
@@ -498,9 +573,16 @@ def run_tune(
     seed: int = 0,
     workers: int = 1,
     progress: Progress | None = None,
+    pool: TaskPool | None = None,
+    store: RunStore | None = None,
+    prune: bool = True,
+    objectives: Sequence[str] = (),
 ) -> TuneResult:
-    """Validate every candidate, run candidate × scenario × seed, score and rank; deterministic for the
-    same inputs whatever ``workers`` is. Bad input raises ConfigError before any simulation runs."""
+    """Validate every candidate, run candidate × scenario × seed (on ``pool``, a Ray cluster, if given),
+    score and rank; deterministic for the same inputs whatever ``workers`` is or wherever it runs. Bad
+    input raises ConfigError before any simulation runs. With a ``store``, finished runs are kept there
+    and those already there are not run again (a candidate is its settings, so a resumed search
+    re-runs nothing it finished)."""
     from gpuscale.experiments.catalog import resolve_scenario
 
     if not params:
@@ -509,29 +591,76 @@ def run_tune(
         raise ConfigError("--budget", None, budget, "an integer >= 1")
     if not 0 < slo_target <= 1:
         raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+    if objectives and method != "tpe":
+        raise ConfigError(
+            "--objectives", None, ",".join(objectives), "a multi-objective search is --method tpe"
+        )
     names = {spec: resolve_scenario(spec).scenario.name for spec in scenarios}
     baseline = load_baseline(policy)
-    candidates = make_candidates(baseline, params, method, budget, seed)
-
-    jobs = [
-        Job(RunKey(names[spec], c.label, s), spec, c.config)
-        for c in candidates
-        for spec in scenarios
-        for s in seeds
-    ]
-    done = 0
-
-    def tick(_: RunOutcome) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, len(jobs))
-
-    runs = run_grid(jobs, workers, tick)
-    rows = aggregate(runs, {}, slo_target)
     scenario_names = list(dict.fromkeys(names.values()))
-    scored = choose([_score(c, [r for r in rows if r.policy == c.label], scenario_names) for c in candidates])
+    pruned: dict[str, int] = {}
+    trials = 0
+    if method == "tpe":
+        from gpuscale.experiments.runner import ProcessPool
+        from gpuscale.experiments.study import run_tpe
+
+        def score(
+            c: Candidate, runs: Sequence[RunOutcome]
+        ) -> tuple[bool, float | None, float | None, float | None]:
+            s = _score(c, aggregate(runs, {}, slo_target), scenario_names)
+            return s.meets_slo, s.worst_attainment, s.cost_usd, s.gpu_hours
+
+        local = ProcessPool(workers) if pool is None and workers > 1 else None
+        try:
+            search = run_tpe(
+                baseline,
+                params,
+                list(scenarios),
+                names,
+                list(seeds),
+                budget=budget,
+                seed=seed,
+                slo_target=slo_target,
+                prune=prune,
+                workers=workers,
+                pool=pool if pool is not None else local,
+                store=store,
+                progress=progress,
+                score=score,
+                objectives=objectives,
+            )
+        finally:
+            if local is not None:
+                local.__exit__()
+        candidates, runs, pruned, trials = search.candidates, search.runs, search.pruned, search.trials
+        runs = sorted(runs, key=lambda o: o.key)
+    else:
+        candidates = make_candidates(baseline, params, method, budget, seed)
+        jobs = [
+            Job(RunKey(names[spec], c.label, s), spec, c.config)
+            for c in candidates
+            for spec in scenarios
+            for s in seeds
+        ]
+        done = 0
+
+        def tick(_: RunOutcome) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+
+        runs = run_grid(jobs, workers, tick, pool, store)
+    rows = aggregate(runs, {}, slo_target)
+    first = [_score(c, [r for r in rows if r.policy == c.label], scenario_names) for c in candidates]
+    # a pruned candidate ran part of its scenarios and seeds only: it ranks with the failed ones
+    first = [
+        Scored(s.candidate, s.scenarios, False, None, None, None) if s.candidate.label in pruned else s
+        for s in first
+    ]
+    scored = choose(first)
     winner = min(scored, key=lambda s: s.rank)
+    front = pareto_labels(scored, objectives) if objectives else []
     return TuneResult(
         policy=baseline.label,
         kind=baseline.kind,
@@ -545,6 +674,10 @@ def run_tune(
         candidates=scored,
         winner=winner,
         runs=runs,
+        pruned=pruned,
+        trials=trials,
+        objectives=tuple(objectives),
+        front=front,
     )
 
 
@@ -623,6 +756,8 @@ def candidates_csv(result: TuneResult) -> str:
     for name in result.scenarios:
         header += [f"{m}[{name}]" for m in _METRIC_COLUMNS]
     header.append("errors")
+    if result.objectives:
+        header.append("pareto")
     w.writerow(header)
 
     def cell(v: object) -> str:
@@ -643,7 +778,11 @@ def candidates_csv(result: TuneResult) -> str:
             sc = s.scenarios[name]
             row += [sc.slo_attainment, sc.latency_p95_ms, sc.gpu_hours, sc.cost_usd, sc.meets_slo]
             errors += sc.errors
+        if s.candidate.label in result.pruned:
+            errors.insert(0, f"pruned: {result.pruned[s.candidate.label]} runs skipped")
         row.append(" | ".join(dict.fromkeys(errors)))
+        if result.objectives:
+            row.append(s.candidate.label in result.front)
         w.writerow([cell(v) for v in row])
     return buf.getvalue()
 
@@ -674,7 +813,7 @@ def candidates_json(result: TuneResult) -> str:
             },
         }
 
-    doc = {
+    doc: dict[str, Any] = {
         "policy": result.policy,
         "kind": result.kind,
         "scenarios": result.scenarios,
@@ -688,13 +827,29 @@ def candidates_json(result: TuneResult) -> str:
         "winner_meets_slo": result.found,
         "candidates": [scored_dict(s) for s in result.candidates],
     }
+    if result.objectives:
+        doc["objectives"] = list(result.objectives)
+        doc["pareto_front"] = result.front
+        for entry in doc["candidates"]:
+            entry["pareto"] = entry["candidate"] in result.front
+    if result.method == "tpe":
+        doc["trials"] = result.trials
+        doc["runs_saved_by_pruning"] = result.runs_saved
+        for entry in doc["candidates"]:
+            entry["pruned_runs_skipped"] = result.pruned.get(entry["candidate"])
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
 def tune_files(result: TuneResult) -> dict[str, str]:
-    """The output folder's files: the same inputs give the same bytes."""
-    return {
+    """The output folder's files: the same inputs give the same bytes. A multi-objective search adds
+    report.html with its Pareto front."""
+    files = {
         "tuned-policy.yaml": tuned_policy_yaml(result),
         "candidates.csv": candidates_csv(result),
         "candidates.json": candidates_json(result),
     }
+    if result.objectives:
+        from gpuscale.experiments.report import tune_report_html
+
+        files["report.html"] = tune_report_html(result)
+    return files

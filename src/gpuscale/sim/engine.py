@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ import numpy as np
 from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale._core.rng import generator
 from gpuscale.config.scenario import Scenario
-from gpuscale.policies.base import Decision, Policy
+from gpuscale.policies.base import Decision, MetricsSnapshot, Policy
 from gpuscale.policies.ports import MetricsSource, ScaleTarget
 from gpuscale.policies.registry import check_windows
 from gpuscale.policies.safety import anchored, schedules_of, with_safety
+from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
 from gpuscale.sim.nodes import NodeLayer
@@ -36,7 +38,7 @@ from gpuscale.sim.summary import SummaryBuilder
 from gpuscale.sim.target import SimScaleTarget
 from gpuscale.sim.telemetry import SimMetricsSource
 from gpuscale.sim.timeline import TimelineRecorder
-from gpuscale.sim.workload import build_workload
+from gpuscale.sim.workload import LoadEstimate, build_workload, estimate_load
 
 Progress = Callable[[float], None]
 """Called with the fraction of simulated time done, now and then."""
@@ -65,6 +67,245 @@ def serving_params(scenario: Scenario) -> ServingParams:
 def scenario_epoch_s(scenario: Scenario) -> float:
     """The epoch seconds of the scenario's ``t = 0`` (schedule windows read calendar time from it)."""
     return scenario.start_epoch_s
+
+
+# -- limits: what one run may ask of the machine ------------------------------------------------------
+# Sized for the 2-core, 24-GiB machine gpuscale is developed and tested on, to keep a run to minutes
+# and a few GiB. The figures behind them: `gpuscale bench` simulates 3-4.5 M requests/s on one core; a
+# control-plane step (a scrape, a control tick, a change of the user count) takes 65-200 us at the
+# default settings (one simulated day at 1-s scrapes: 65 us static, 74 us gpu-util, 194 us knative);
+# compare and tune run one simulation per core, two at once here.
+
+MAX_REQUESTS = 1_000_000_000
+"""Expected requests one run may simulate: about 4-6 minutes at 3-4.5 M requests/s."""
+
+MAX_USERS = 1_000_000
+"""Closed-loop users one run may have at once: 16 bytes of kernel state each, and a user count that
+follows a curve changes at every whole user, one engine step each (load tests run thousands)."""
+
+MAX_STEPS = 3_000_000
+"""Control-plane steps (scrapes + control ticks + user-count changes) one run may take: 3-10 minutes
+at 65-200 us a step. The longest run, 30 days at the default 1-s scrape and 15-s tick, takes 2.77 M."""
+
+MAX_MEMORY_BYTES = 4 * 2**30
+"""Memory one run's data may take (arrival times, pod slots and their queues, users, scraped samples,
+the timeline): 4 GiB, so that two runs at once stay within 8 of the machine's 24 GiB."""
+
+_SLOT_BYTES_PER_REQUEST = 28
+"""A pod slot's queue: arrival time, stage time, sequence number (8 bytes each) and user (4)."""
+_SLOT_BYTES = (K.N_PI + K.N_PF + 4) * 8
+"""A pod slot's own counters and scratch."""
+_USER_BYTES = 16
+"""A closed-loop user: heap entry, next send time, free-list entry."""
+_ROUTER_BYTES_PER_REQUEST = 20
+_SAMPLE_BYTES_PER_POD = 80
+"""A pod's row in a scraped sample (10 float columns); a sample also keeps the latency histogram."""
+_TIMELINE_ROW_BYTES = 2_000
+"""One timeline row with its signals (1.4-1.6 kB measured)."""
+_RECORD_BYTES = 42
+"""A per-request record (21 bytes), twice over while its buffer grows."""
+
+
+@dataclass(frozen=True)
+class MemoryPart:
+    """One part of a run's memory estimate: the key that sizes it, and how many bytes."""
+
+    key: str
+    value: object
+    bytes: float
+    what: str
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What a run will ask of the machine, reckoned before it starts (:func:`check_run`)."""
+
+    load: LoadEstimate
+    scrapes: float
+    ticks: float
+    tick_key: str
+    tick_s: float
+    memory: tuple[MemoryPart, ...]
+
+    @property
+    def requests(self) -> float:
+        return self.load.requests
+
+    @property
+    def users(self) -> int:
+        return self.load.users
+
+    @property
+    def steps(self) -> float:
+        return self.scrapes + self.ticks + self.load.user_changes
+
+    @property
+    def memory_bytes(self) -> float:
+        return sum(part.bytes for part in self.memory)
+
+
+def _service_s(scenario: Scenario) -> float:
+    """A request's time in a pod at the lightest load: a batch of one, and the CPU stage."""
+    m = scenario.model
+    sizes = [float(b) for b, _ in m.batch_latency_ms]
+    ms = [float(v) for _, v in m.batch_latency_ms]
+    return float(np.interp(1.0, sizes, ms)) / 1000.0 + m.cpu_ms_per_request / 1000.0
+
+
+def estimate_run(
+    scenario: Scenario,
+    policy: Policy[Any] | None = None,
+    *,
+    seed: int | None = None,
+    base_dir: Path | None = None,
+    source: str = "scenario",
+    record: bool = False,
+) -> RunEstimate:
+    """The requests, users, control-plane steps and memory a run of ``policy`` on ``scenario`` will
+    take, from the configs alone (a trace or points file is read). Without a policy, the scenario's
+    own control interval and a 60-s signal window stand in for the policy's."""
+    h = scenario.duration_s
+    scrape_s = scenario.telemetry.scrape_interval_s
+    policy_tick = policy.sync_period_s if policy is not None else None
+    tick_s = policy_tick or scenario.control.interval_s
+    tick_key = (
+        "control.interval_s" if policy is None or policy_tick is None else f"policy {policy.name}'s tick"
+    )
+    load = estimate_load(
+        scenario.workload,
+        seed=scenario.seed if seed is None else seed,
+        duration_s=h,
+        window_s=scrape_s,
+        service_s=_service_s(scenario),
+        source=source,
+        base_dir=base_dir,
+    )
+    c, s, m = scenario.control, scenario.serving, scenario.model
+    queue = (
+        s.queue_capacity if s.container_concurrency == 0 else min(s.queue_capacity, s.container_concurrency)
+    )
+    ring = 1 << max(queue - 1, 0).bit_length()  # the data plane rounds a queue up to a power of two
+    slots_key, slots_value = (
+        ("serving.queue_capacity", s.queue_capacity)
+        if ring / 1024 > c.max_pods / 256
+        else ("control.max_pods", c.max_pods)
+    )
+    windows = [sig.window_s for sig in policy.signals] if policy is not None else []
+    samples = math.ceil((max([*windows, tick_s, 60.0]) + scenario.telemetry.metrics_delay_s) / scrape_s) + 3
+    high = policy.replica_bounds[1] if policy is not None else None
+    pods = c.max_pods if high is None else min(high, c.max_pods)
+    sources = 1 if scenario.telemetry.metrics_delay_s == 0 else 2
+    ticks = h / tick_s
+    parts = [
+        MemoryPart(load.key, load.value, load.arrival_bytes, load.arrivals),
+        MemoryPart(
+            slots_key,
+            slots_value,
+            c.max_pods * (ring * _SLOT_BYTES_PER_REQUEST + _SLOT_BYTES),
+            f"{c.max_pods:,} pod slots (control.max_pods) with a {ring:,}-request queue each",
+        ),
+        MemoryPart(
+            "serving.router_queue_capacity",
+            s.router_queue_capacity,
+            s.router_queue_capacity * _ROUTER_BYTES_PER_REQUEST,
+            "the router queue",
+        ),
+        MemoryPart(
+            "model.max_batch_size", m.max_batch_size, 16 * (m.max_batch_size + 1), "the batch latency table"
+        ),
+        MemoryPart("workload.users", load.users, load.users * _USER_BYTES, f"{load.users:,} users"),
+        MemoryPart(
+            "telemetry.scrape_interval_s",
+            scrape_s,
+            sources * samples * (K.HIST_BUCKETS * 8 + pods * _SAMPLE_BYTES_PER_POD),
+            f"{samples:,} scraped samples kept for the signal windows",
+        ),
+        MemoryPart(tick_key, tick_s, ticks * _TIMELINE_ROW_BYTES, f"{ticks:,.0f} timeline rows"),
+    ]
+    if record:
+        parts.append(MemoryPart(load.key, load.value, load.requests * _RECORD_BYTES, "per-request records"))
+    return RunEstimate(load, h / scrape_s, ticks, tick_key, tick_s, tuple(parts))
+
+
+def check_run(
+    scenario: Scenario,
+    policy: Policy[Any] | None = None,
+    *,
+    seed: int | None = None,
+    base_dir: Path | None = None,
+    source: str = "scenario",
+    record: bool = False,
+) -> RunEstimate:
+    """Refuse, before anything is generated, a run of ``policy`` on ``scenario`` that would exceed
+    the pod limit (a policy whose maximum is above ``control.max_pods``) or what one run may ask of
+    the machine (:data:`MAX_REQUESTS`, :data:`MAX_USERS`, :data:`MAX_STEPS`,
+    :data:`MAX_MEMORY_BYTES`): a ConfigError naming the key, with the estimate and the limit.
+    Otherwise the estimate."""
+    if policy is not None:
+        high = policy.replica_bounds[1]
+        if high is not None and high > scenario.control.max_pods:
+            raise ConfigError(
+                source,
+                "control.max_pods",
+                scenario.control.max_pods,
+                f"policy {policy.name} may ask for up to {high:,} replicas, more pods than the simulator "
+                f"holds at once; raise control.max_pods to at least {high:,}, or lower the policy's "
+                f"maximum to {scenario.control.max_pods:,} or less",
+            )
+    est = estimate_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
+    load, h = est.load, scenario.duration_s
+    if load.users > MAX_USERS:
+        raise ConfigError(
+            source,
+            "workload.users",
+            load.users,
+            f"up to {load.users:,} closed-loop users at once; a run may have at most {MAX_USERS:,}",
+        )
+    if not load.requests <= MAX_REQUESTS:
+        raise ConfigError(
+            source,
+            load.key,
+            load.value,
+            f"about {load.requests:,.0f} requests expected ({load.how}); a run may simulate at most "
+            f"{MAX_REQUESTS:,} (about 4-6 minutes): a lighter load or a shorter duration_s",
+        )
+    if est.steps > MAX_STEPS:
+        scrape_s = scenario.telemetry.scrape_interval_s
+        parts = [
+            (
+                "telemetry.scrape_interval_s",
+                scrape_s,
+                est.scrapes,
+                f"{est.scrapes:,.0f} scrapes every {scrape_s:g} s",
+            ),
+            (est.tick_key, est.tick_s, est.ticks, f"{est.ticks:,.0f} control ticks every {est.tick_s:g} s"),
+            (
+                "workload.users",
+                load.users,
+                load.user_changes,
+                f"{load.user_changes:,.0f} changes of the user count",
+            ),
+        ]
+        key, value, _, _ = max(parts, key=lambda part: part[2])
+        how = ", ".join(text for _, _, n, text in parts if n >= 1)
+        raise ConfigError(
+            source,
+            key,
+            value,
+            f"about {est.steps:,.0f} control-plane steps over duration_s = {h:,.0f} s ({how}); a run may "
+            f"take at most {MAX_STEPS:,} (about 3-10 minutes): a longer interval or a shorter duration_s",
+        )
+    if est.memory_bytes > MAX_MEMORY_BYTES:
+        part = max(est.memory, key=lambda p: p.bytes)
+        raise ConfigError(
+            source,
+            part.key,
+            part.value,
+            f"the run would need about {est.memory_bytes / 2**30:,.1f} GiB of memory, "
+            f"{part.bytes / 2**30:,.1f} GiB of it for {part.what}; a run may use at most "
+            f"{MAX_MEMORY_BYTES / 2**30:g} GiB",
+        )
+    return est
 
 
 class Simulation:
@@ -107,6 +348,7 @@ class Simulation:
         epoch = scenario_epoch_s(scenario)
         self.policy = policy = with_safety(anchored(policy, epoch), scenario.safety, epoch)
         check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
+        check_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
         self.duration_s = duration = scenario.duration_s
         self.workload = build_workload(
             scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
@@ -132,7 +374,11 @@ class Simulation:
             scenario.cluster.mig_profile,
         )
         self.target = target = SimScaleTarget(
-            cluster, dp, grace_s=scenario.serving.termination_grace_s, max_pods=scenario.control.max_pods
+            cluster,
+            dp,
+            grace_s=scenario.serving.termination_grace_s,
+            max_pods=scenario.control.max_pods,
+            source=source,
         )
         self.nodes = (
             NodeLayer(scenario.cluster, cluster, target, seed) if scenario.cluster.node_layer else None
@@ -157,6 +403,8 @@ class Simulation:
         self._n_scrape = 0
         self._n_tick = 1
         self._no_arrivals = np.zeros(0, dtype=np.float64)
+        self._pause = False
+        self._observed: MetricsSnapshot | None = None
 
     def _metrics_source(self, delay_s: float) -> SimMetricsSource:
         scenario, target = self.scenario, self.target
@@ -179,11 +427,42 @@ class Simulation:
     def step_to_next_tick(self) -> Decision | None:
         """Advance through the instants up to the next control tick and take it: its decision, or
         None when the run reached its end first."""
+        if self._observed is not None:
+            return self.decide_observed()
         while not self.done:
             decision = self._step()
             if decision is not None:
                 return decision
         return None
+
+    def observe_next_tick(self) -> MetricsSnapshot | None:
+        """Advance to the next control tick and take its snapshot, without deciding (None when the
+        run reached its end first); :meth:`decide_observed` finishes the tick. The two halves of
+        :meth:`step_to_next_tick`, for a caller that must see the snapshot before the policy decides
+        on it (the RL environment: its agent acts between them)."""
+        if self._observed is not None:
+            return self._observed
+        self._pause = True
+        try:
+            while not self.done:
+                self._step()
+                if self._observed is not None:
+                    return self._observed
+        finally:
+            self._pause = False
+        return None
+
+    def decide_observed(self) -> Decision:
+        """The policy decides on the snapshot :meth:`observe_next_tick` took; the rest of the instant
+        runs as :meth:`step_to_next_tick` would have run it."""
+        snapshot = self._observed
+        if snapshot is None:
+            raise RuntimeError("no control tick is waiting: call observe_next_tick() first")
+        self._observed = None
+        decision = self._decide(self.now, snapshot)
+        if self.nodes is not None:
+            self.nodes.settle(self.now)
+        return decision
 
     def run(self, progress: Progress | None = None) -> SimResult:
         """Step to the end; the result."""
@@ -221,6 +500,10 @@ class Simulation:
             self._next_user_change = _next_change(closed, t, self.duration_s)
         if t >= next_scrape:
             self._scrape(t)
+        if t >= next_tick and self._pause:
+            self._n_tick += 1
+            self._observed = self._snapshot(t)
+            return None
         decision = self._control_tick(t) if t >= next_tick else None
         if self.nodes is not None:
             self.nodes.settle(t)
@@ -263,11 +546,16 @@ class Simulation:
     def _control_tick(self, t: float) -> Decision:
         """One decision through the ports, as ``gpuscale run`` takes it; then the timeline's row."""
         self._n_tick += 1
+        return self._decide(t, self._snapshot(t))
+
+    def _snapshot(self, t: float) -> MetricsSnapshot:
         target: ScaleTarget = self.target
         source: MetricsSource = self.source
-        counts = target.counts(t)
-        snapshot = source.snapshot(t, self.policy.signals, counts)
+        return source.snapshot(t, self.policy.signals, target.counts(t))
+
+    def _decide(self, t: float, snapshot: MetricsSnapshot) -> Decision:
         decision, self.state = self.policy.decide(snapshot, self.state)
+        target: ScaleTarget = self.target
         target.apply(decision, t)
         reason = decision.reason.value
         self._totals.decided(reason)
