@@ -28,21 +28,11 @@ from gpuscale.experiments.compare import run_compare
 from gpuscale.experiments.ray_runner import RayPool, check_address
 from gpuscale.experiments.report import report_files
 from gpuscale.experiments.suite import SuiteConfig
+from tests.conftest import busy_scenario
 
 runner = CliRunner()
 
-SCENARIO = {
-    "name": "busy",
-    "duration_s": 180,
-    "seed": 5,
-    "slo": {"latency_ms": 50},
-    "workload": {"kind": "poisson", "rate_rps": 3000},
-    "model": {"profile": "resnet50-a100-triton", "jitter": "none", "cpu_ms_per_request": 0.0},
-    "serving": {"routing": "least-outstanding", "timeout_s": 5},
-    "startup": {"scheduling_s": 1, "image_pull_s": 10, "model_download_s": 20, "model_load_s": 5, "warmup_s": 4},
-    "cluster": {"pools": [{"gpu": "a100-80gb", "gpus_per_node": 4, "nodes": 1}]},
-    "control": {"interval_s": 5, "initial_replicas": 2},
-}  # fmt: skip
+SCENARIO = busy_scenario()
 """Three minutes of 3,000 req/s: each run takes about a second here."""
 
 FILES = ("report.html", "summary.csv", "summary.json")

@@ -24,26 +24,14 @@ from gpuscale.experiments.tune import (
     set_path,
 )
 from gpuscale.policies import registry
+from tests.conftest import busy_scenario
 
 runner = CliRunner()
 
 
 def _scenario(tmp_path: Path, *, slo_ms: float = 50, name: str = "busy") -> Path:
-    """Three minutes of 3,000 req/s on up to four A100 pods: a KPA with a concurrency target of 1 holds
-    all four, while a target of 16 carries the load on two within the SLO, and 32 waits too long to
-    scale out and misses it."""
-    data = {
-        "name": name,
-        "duration_s": 180,
-        "seed": 5,
-        "slo": {"latency_ms": slo_ms},
-        "workload": {"kind": "poisson", "rate_rps": 3000},
-        "model": {"profile": "resnet50-a100-triton", "jitter": "none", "cpu_ms_per_request": 0.0},
-        "serving": {"routing": "least-outstanding", "timeout_s": 5},
-        "startup": {"scheduling_s": 1, "image_pull_s": 10, "model_download_s": 20, "model_load_s": 5, "warmup_s": 4},
-        "cluster": {"pools": [{"gpu": "a100-80gb", "gpus_per_node": 4, "nodes": 1}]},
-        "control": {"interval_s": 5, "initial_replicas": 2},
-    }  # fmt: skip
+    """:func:`tests.conftest.busy_scenario`, written to a file."""
+    data = busy_scenario(name=name, slo={"latency_ms": slo_ms})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
