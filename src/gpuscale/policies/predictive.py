@@ -253,9 +253,9 @@ class PredictiveState:
 
 @dataclass(frozen=True)
 class PredictivePolicy(ConfigTiming, TailedPolicy[PredictiveState]):
-    require_all_signals = True
-
     """Forecast-ahead scale-up with a reactive floor; scale-in only reactively (module docstring)."""
+
+    require_all_signals = True
 
     config: PredictiveConfig
 
