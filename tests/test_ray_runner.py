@@ -46,6 +46,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("ray")
     home = base / "home"
     home.mkdir()
+    # Ray's session sockets live under its temp dir, and a Unix socket path may not exceed 107 bytes:
+    # pytest's folders (pytest-of-root/pytest-152/popen-gw1/...) are too deep for that.
+    sessions = Path(tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp"))
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     os.environ["HOME"] = str(home)
     # bind every node to 127.0.0.1; read once, when Ray is first imported (so not before this)
@@ -54,7 +57,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": str(base / "tmp")},
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": str(sessions)},
     )
     try:
         cluster.add_node(num_cpus=1)
@@ -62,6 +65,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield cluster.address
     finally:
         cluster.shutdown()
+        shutil.rmtree(sessions, ignore_errors=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
