@@ -1,4 +1,4 @@
-"""``planner``: timelines of the issue's behaviour, the capacity table's checks, determinism.
+"""``planner``: timelines of its behaviour (step, dip, correction), the capacity table's checks, determinism.
 
 The timelines run the policy in a small world of its own: a tick every 10 s, the request-rate signal
 the mean load of the last 10 s, and every pod asked for Ready one cold start (45 s) later. The

@@ -179,7 +179,7 @@ class BarLine:
 
 @dataclass(frozen=True)
 class Bar:
-    """The issue's bar over a compare: on every scenario where static-peak meets the SLO the planner
+    """The planner's target over a compare: on every scenario where static-peak meets the SLO the planner
     meets it, no dearer than any upstream preset that meets it; ≤ 1.15× the oracle on at least 8 of
     them and ≤ 1.3× on all."""
 
