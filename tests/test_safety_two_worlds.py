@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -147,3 +148,26 @@ def test_the_simulator_writes_what_the_controller_writes(
         live_written.append(outcome.replicas)
     assert live_written == sim_written
     assert all(safety.min_replicas <= n <= safety.ceiling for n in live_written[1:])
+
+
+def test_a_policy_files_own_block_and_the_outer_block_both_apply_in_both_worlds() -> None:
+    """A policy file's ``safety:`` inside, the scenario's (simulator) or the controller config's
+    (live) outside: the tighter of the two writes, the same in both worlds."""
+    inner = {**POLICY, "safety": {"min_replicas": 1, "max_replicas": 8, "max_step": 1}}
+    outer = SafetyConfig(min_replicas=0, max_replicas=3)
+    recording = Recording(registry.load_policy(inner, "test"))
+    result = simulate(scenario_from_dict(scenario(120, 11, outer), "test"), recording)
+    sim_written = [int(x) for x in result.timeline.column("desired")]
+    assert max(sim_written) == 3  # the outer maximum
+    assert all(abs(b - a) <= 1 for a, b in pairwise(sim_written))  # inner max_step
+
+    replay = Replay(recording.seen)
+    clock = ManualClock(recording.seen[0].time_s)
+    ctl = Controller(registry.load_policy(inner, "test"), replay, replay, outer, clock, interval_s=15.0)
+    live_written: list[int] = []
+    for tick in recording.seen:
+        clock.advance(tick.time_s - clock.now())
+        outcome = ctl.tick()
+        assert outcome.replicas is not None
+        live_written.append(outcome.replicas)
+    assert live_written == sim_written

@@ -168,7 +168,9 @@ class Controller:
     status: LoopStatus | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.policy, SafePolicy):
+        # The config's safety block wraps whatever the policy is -- a policy file's own block
+        # included, as a scenario's block wraps it in the simulator -- once.
+        if not (isinstance(self.policy, SafePolicy) and self.policy.safety is self.safety):
             self.policy = SafePolicy(self.policy, self.safety)
         if self.state is None:
             self.state = self.policy.initial_state()
