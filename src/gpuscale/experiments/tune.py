@@ -500,6 +500,16 @@ def choose(scored: Sequence[Scored]) -> list[Scored]:
     ]
 
 
+def _check_search(params: Sequence[ParamSpec], budget: int, slo_target: float) -> None:
+    """The search's own settings (the CLI names them --param, --budget, --slo-target)."""
+    if not params:
+        raise ConfigError("--param", None, MISSING, "required: at least one KEY=SPEC to tune")
+    if budget < 1:
+        raise ConfigError("--budget", None, budget, "an integer >= 1")
+    if not 0 < slo_target <= 1:
+        raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+
+
 def check_tune_input(
     policy: str,
     scenarios: Sequence[str],
@@ -512,12 +522,7 @@ def check_tune_input(
     """What :func:`run_tune` checks before any simulation runs; ConfigError on bad input."""
     from gpuscale.experiments.catalog import resolve_scenario
 
-    if not params:
-        raise ConfigError("--param", None, MISSING, "required: at least one KEY=SPEC to tune")
-    if budget < 1:
-        raise ConfigError("--budget", None, budget, "an integer >= 1")
-    if not 0 < slo_target <= 1:
-        raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+    _check_search(params, budget, slo_target)
     for spec in scenarios:
         resolve_scenario(spec)
     baseline = load_baseline(policy)
@@ -585,12 +590,7 @@ def run_tune(
     re-runs nothing it finished)."""
     from gpuscale.experiments.catalog import resolve_scenario
 
-    if not params:
-        raise ConfigError("--param", None, MISSING, "required: at least one KEY=SPEC to tune")
-    if budget < 1:
-        raise ConfigError("--budget", None, budget, "an integer >= 1")
-    if not 0 < slo_target <= 1:
-        raise ConfigError("--slo-target", None, slo_target, "a share in (0, 1], e.g. 0.99")
+    _check_search(params, budget, slo_target)
     if objectives and method != "tpe":
         raise ConfigError(
             "--objectives", None, ",".join(objectives), "a multi-objective search is --method tpe"
