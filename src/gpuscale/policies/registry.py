@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import operator
 import pkgutil
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, TypeAdapter
-from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
 from gpuscale.config.loading import load_yaml, parse_yaml, validate
+from gpuscale.config.reference import ParamInfo, describe_model
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.policies.base import Policy, StaticPolicy
 from gpuscale.policies.kinds import KindConfig, kind_of, register_kind, registered
@@ -114,16 +110,6 @@ class KindInfo:
     config_class: type[BaseModel]
 
 
-@dataclass(frozen=True)
-class ParamInfo:
-    """One parameter of a kind, nested ones with dotted names (``metrics[].target.type``)."""
-
-    name: str
-    type: str
-    default: str
-    description: str
-
-
 _kind_of = kind_of
 
 
@@ -151,72 +137,9 @@ def config_class(kind: str) -> type[BaseModel]:
     )
 
 
-def _type_name(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin is Annotated:
-        return _type_name(args[0])
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in args)
-    if origin in (tuple, list):
-        inner = args[0] if args else Any
-        return f"list of {_type_name(inner)}"
-    if isinstance(annotation, type) and issubclass(annotation, Enum):
-        return " | ".join(repr(m.value) for m in annotation)
-    if annotation is type(None):
-        return "null"
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation)
-
-
-def _nested_models(annotation: Any) -> list[tuple[type[BaseModel], bool]]:
-    """Model classes inside an annotation, with whether they sit in a list."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [(annotation, False)]
-    if origin in (tuple, list) and args:
-        return [(m, True) for m, _ in _nested_models(args[0])]
-    if origin in (typing.Union, types.UnionType, Annotated):
-        out: list[tuple[type[BaseModel], bool]] = []
-        for a in args if origin is not Annotated else args[:1]:
-            out += _nested_models(a)
-        return out
-    return []
-
-
-def _render_default(value: Any) -> str:
-    text = json.dumps(to_jsonable_python(value), separators=(", ", ": "))
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-def _describe(cls: type[BaseModel], prefix: str) -> list[ParamInfo]:
-    out: list[ParamInfo] = []
-    # The safety block every kind shares comes last, after the kind's own parameters.
-    fields = sorted(cls.model_fields.items(), key=lambda item: not prefix and item[0] == "safety")
-    for name, info in fields:
-        path = f"{prefix}{name}"
-        if info.is_required():
-            default = "required"
-        elif info.default_factory is not None:
-            default = _render_default(info.default_factory())  # type: ignore[call-arg]
-        elif info.default is PydanticUndefined:
-            default = "required"
-        else:
-            default = _render_default(info.default)
-        description = info.description or ("The policy kind (selects the family)." if path == "kind" else "")
-        out.append(ParamInfo(path, _type_name(info.annotation), default, description))
-        for model, in_list in _nested_models(info.annotation):
-            out += _describe(model, f"{path}[]." if in_list else f"{path}.")
-    return out
-
-
 def describe_kind(kind: str) -> list[ParamInfo]:
     """Every parameter of ``kind`` (nested ones included) with its type, default and description."""
-    return _describe(config_class(kind), "")
+    return describe_model(config_class(kind), kind_field="The policy kind (selects the family).")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,6 +152,11 @@ def _adapter(kinds: tuple[type[BaseModel], ...]) -> TypeAdapter[Any]:
     union = functools.reduce(operator.or_, kinds)
     tagged: Any = Annotated[union, Field(discriminator="kind")]
     return TypeAdapter(tagged)
+
+
+def policy_adapter() -> TypeAdapter[Any]:
+    """The validator of a policy mapping: every registered kind, told apart by ``kind``."""
+    return _adapter(kind_configs())
 
 
 def load_policy_config(data: Any, source: str, prefix: str = "") -> PolicyConfig:
