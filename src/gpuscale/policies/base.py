@@ -42,6 +42,33 @@ class Metric(StrEnum):
     LATENCY_P95_MS = "latency_p95_ms"
     LATENCY_P99_MS = "latency_p99_ms"
     """Service-level latency quantiles of requests completed within the window, milliseconds."""
+    # ---- LLM serving (token-level engine; vLLM's and DCGM's profiling metrics) ----
+    KV_CACHE_USAGE = "kv_cache_usage"
+    """KV-cache blocks in use / blocks, 0-1 (vllm:kv_cache_usage_perc), averaged over scrapes; per pod."""
+    REQUESTS_RUNNING = "requests_running"
+    """Requests in the running batch (vllm:num_requests_running), averaged over scrapes; per pod."""
+    REQUESTS_WAITING = "requests_waiting"
+    """Requests waiting to be scheduled (vllm:num_requests_waiting), averaged over scrapes; per pod."""
+    PROMPT_TOKENS_RATE = "prompt_tokens_rate"
+    """Prefill tokens computed per second (rate of vllm:prompt_tokens_total); per pod."""
+    GENERATION_TOKENS_RATE = "generation_tokens_rate"
+    """Output tokens per second (rate of vllm:generation_tokens_total); per pod."""
+    PREEMPTION_RATE = "preemption_rate"
+    """Preemptions per second (rate of vllm:num_preemptions_total); per pod."""
+    SM_ACTIVE = "sm_active"
+    """DCGM_FI_PROF_SM_ACTIVE, 0-1, time-averaged over the window; per pod."""
+    SM_OCCUPANCY = "sm_occupancy"
+    """DCGM_FI_PROF_SM_OCCUPANCY, 0-1, time-averaged over the window; per pod."""
+    DRAM_ACTIVE = "dram_active"
+    """DCGM_FI_PROF_DRAM_ACTIVE (memory-bandwidth use), 0-1, time-averaged over the window; per pod."""
+    TTFT_P50_MS = "ttft_p50_ms"
+    TTFT_P95_MS = "ttft_p95_ms"
+    TTFT_P99_MS = "ttft_p99_ms"
+    """Time-to-first-token quantiles of requests whose first token came within the window, ms."""
+    ITL_P50_MS = "itl_p50_ms"
+    ITL_P95_MS = "itl_p95_ms"
+    ITL_P99_MS = "itl_p99_ms"
+    """Inter-token latency quantiles of tokens emitted within the window, ms."""
 
 
 PER_POD_METRICS = frozenset(
@@ -53,9 +80,41 @@ PER_POD_METRICS = frozenset(
         Metric.CONCURRENCY,
         Metric.QUEUE_LENGTH,
         Metric.REQUEST_RATE,
+        Metric.KV_CACHE_USAGE,
+        Metric.REQUESTS_RUNNING,
+        Metric.REQUESTS_WAITING,
+        Metric.PROMPT_TOKENS_RATE,
+        Metric.GENERATION_TOKENS_RATE,
+        Metric.PREEMPTION_RATE,
+        Metric.SM_ACTIVE,
+        Metric.SM_OCCUPANCY,
+        Metric.DRAM_ACTIVE,
     }
 )
 LATENCY_METRICS = frozenset({Metric.LATENCY_P50_MS, Metric.LATENCY_P95_MS, Metric.LATENCY_P99_MS})
+TOKEN_LATENCY_METRICS = frozenset(
+    {
+        Metric.TTFT_P50_MS,
+        Metric.TTFT_P95_MS,
+        Metric.TTFT_P99_MS,
+        Metric.ITL_P50_MS,
+        Metric.ITL_P95_MS,
+        Metric.ITL_P99_MS,
+    }
+)
+"""Service-level token latencies (the token-level engine only); their aggregation is ignored."""
+LLM_METRICS = TOKEN_LATENCY_METRICS | {
+    Metric.KV_CACHE_USAGE,
+    Metric.REQUESTS_RUNNING,
+    Metric.REQUESTS_WAITING,
+    Metric.PROMPT_TOKENS_RATE,
+    Metric.GENERATION_TOKENS_RATE,
+    Metric.PREEMPTION_RATE,
+    Metric.SM_ACTIVE,
+    Metric.SM_OCCUPANCY,
+    Metric.DRAM_ACTIVE,
+}
+"""Metrics only an LLM pod (a profile with an ``llm:`` block) exports."""
 
 
 class Aggregation(StrEnum):

@@ -541,7 +541,8 @@ class Simulation:
         ready = self.target.pods_in(Phase.READY)
         if ready:
             # As the exporter reported it: against the device each pod sees (its MIG slice).
-            self._totals.scraped(self.source.memory_util_pct(ready))
+            kv = self.source.kv_cache_usage(ready) if self.source.llm else None
+            self._totals.scraped(self.source.memory_util_pct(ready), kv)
 
     def _control_tick(self, t: float) -> Decision:
         """One decision through the ports, as ``gpuscale run`` takes it; then the timeline's row."""

@@ -151,6 +151,26 @@ class Summary:
     """Cheaper nodes Karpenter's consolidation launched in place of the nodes it removed."""
     node_expirations: int = 0
     """Nodes Karpenter disrupted for reaching expire_after_s."""
+    # -- LLM serving (the token-level engine; None/0 for the request-level engine) -------------------
+    ttft_slo_ms: float | None = None
+    itl_slo_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    """Time to first token of the requests that got one."""
+    itl_p50_ms: float | None = None
+    itl_p95_ms: float | None = None
+    itl_p99_ms: float | None = None
+    """Inter-token latency, over every token after a request's first."""
+    prompt_tokens: int = 0
+    """Prefill tokens computed (recomputation after a preemption included)."""
+    generated_tokens: int = 0
+    generated_tokens_per_s: float = 0.0
+    """Output tokens over the run's duration."""
+    preemptions: int = 0
+    """Requests preempted for want of KV-cache blocks (each recomputes its tokens)."""
+    mean_kv_cache_usage: float | None = None
+    """KV-cache blocks in use / blocks, averaged over Ready pod-time (from the scrapes)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

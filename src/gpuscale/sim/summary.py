@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class SummaryBuilder:
         self.max_nodes = nodes
         self._mem_sum = 0.0
         self._mem_n = 0
+        self._kv_sum = 0.0
+        self._kv_n = 0
         self.reasons: Counter[str] = Counter()
 
     def elapse(self, dt: float, ready: int, gpus_held: float, pending: int) -> None:
@@ -62,10 +64,14 @@ class SummaryBuilder:
         self.max_ready = max(self.max_ready, ready)
         self.max_nodes = max(self.max_nodes, nodes)
 
-    def scraped(self, memory_util_pct: np.ndarray) -> None:
-        """One scrape's GPU memory utilization (%) of the Ready pods; NaN where a pod reported none."""
+    def scraped(self, memory_util_pct: np.ndarray, kv_cache_usage: np.ndarray | None = None) -> None:
+        """One scrape's GPU memory utilization (%) and, for LLM pods, KV-cache usage (0-1) of the Ready
+        pods; NaN where a pod reported none."""
         self._mem_sum += float(np.nansum(memory_util_pct))
         self._mem_n += int(np.count_nonzero(~np.isnan(memory_util_pct)))
+        if kv_cache_usage is not None:
+            self._kv_sum += float(np.nansum(kv_cache_usage))
+            self._kv_n += int(np.count_nonzero(~np.isnan(kv_cache_usage)))
 
     def decided(self, reason: str) -> None:
         self.reasons[reason] += 1
@@ -113,6 +119,7 @@ class SummaryBuilder:
             mean_cpu = min(
                 100.0, scenario.model.cpu_idle_pct + 100.0 * cpu / (ready_s * scenario.model.cpu_cores)
             )
+        llm = self._llm_part(scenario, dp) if getattr(scenario.model, "llm", None) is not None else {}
         return Summary(
             scenario=scenario.name,
             policy=policy_name,
@@ -146,7 +153,30 @@ class SummaryBuilder:
             littles_law_l=dp.system_integral / duration,
             littles_law_lambda_w=arrived / duration * mean_sys,
             decisions_by_reason=dict(sorted(self.reasons.items())),
+            **llm,
         )
+
+    def _llm_part(self, scenario: Scenario, dp: DataPlane) -> dict[str, Any]:
+        """The token-level engine's figures: TTFT and inter-token quantiles, tokens, preemptions."""
+        from gpuscale.sim.llm_plane import LlmDataPlane
+
+        assert isinstance(dp, LlmDataPlane)
+        slo = scenario.slo
+        return {
+            "ttft_slo_ms": slo.ttft_ms,
+            "itl_slo_ms": slo.itl_ms,
+            "ttft_p50_ms": _ms(hist_quantile(dp.ttft_hist, 0.50)),
+            "ttft_p95_ms": _ms(hist_quantile(dp.ttft_hist, 0.95)),
+            "ttft_p99_ms": _ms(hist_quantile(dp.ttft_hist, 0.99)),
+            "itl_p50_ms": _ms(hist_quantile(dp.itl_hist, 0.50)),
+            "itl_p95_ms": _ms(hist_quantile(dp.itl_hist, 0.95)),
+            "itl_p99_ms": _ms(hist_quantile(dp.itl_hist, 0.99)),
+            "prompt_tokens": dp.prompt_tokens,
+            "generated_tokens": dp.generated_tokens,
+            "generated_tokens_per_s": dp.generated_tokens / scenario.duration_s,
+            "preemptions": dp.preemptions,
+            "mean_kv_cache_usage": self._kv_sum / self._kv_n if self._kv_n else None,
+        }
 
     def _with_nodes(
         self,

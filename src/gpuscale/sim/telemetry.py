@@ -12,6 +12,11 @@ counters, a latency histogram at the ingress). :class:`SimMetricsSource` turns t
 * gauges (memory used, queue length) become the mean of the samples in the window;
 * latency quantiles come from the difference of two cumulative histograms.
 
+An LLM pod (the token-level engine, ``docs/llm.md``) also reports what vLLM exports -- KV-cache
+usage, requests running and waiting (gauges), prompt and generation tokens and preemptions
+(counters), time-to-first-token and inter-token histograms -- and DCGM's profiling metrics SM
+active, SM occupancy and DRAM active (time integrals, so a window's value is their time average).
+
 GPU memory is reported per device, as DCGM does: a pod on whole GPUs sees its own memory against
 those GPUs'; a pod on a MIG slice sees the slice (its own GPU instance: 4 GB used of a 1g.10gb
 slice is 40 %, not 5 % of the 80-GB GPU); a time-sliced pod sees the whole GPU, used by every pod on
@@ -33,6 +38,8 @@ import numpy as np
 from gpuscale.config.profiles import ModelProfile
 from gpuscale.policies.base import (
     LATENCY_METRICS,
+    LLM_METRICS,
+    TOKEN_LATENCY_METRICS,
     Aggregation,
     Metric,
     MetricsSnapshot,
@@ -47,8 +54,37 @@ from gpuscale.sim.dataplane import DataPlane
 
 # per-pod sample columns (_MEM: memory used on the device the pod sees; _DEVICE_GB: that device's)
 _BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE, _DEVICE_GB = range(10)
-_N_COLS = 10
-_QUANTILE = {Metric.LATENCY_P50_MS: 0.50, Metric.LATENCY_P95_MS: 0.95, Metric.LATENCY_P99_MS: 0.99}
+# LLM pods only (zero elsewhere): gauges and their running sums, counters, time integrals
+_KV, _KV_CUM, _RUN, _RUN_CUM, _PROMPT, _GEN, _PREEMPT, _SM_ACTIVE, _SM_OCC, _DRAM = range(10, 20)
+_N_COLS = 20
+_QUANTILE = {
+    Metric.LATENCY_P50_MS: 0.50,
+    Metric.LATENCY_P95_MS: 0.95,
+    Metric.LATENCY_P99_MS: 0.99,
+    Metric.TTFT_P50_MS: 0.50,
+    Metric.TTFT_P95_MS: 0.95,
+    Metric.TTFT_P99_MS: 0.99,
+    Metric.ITL_P50_MS: 0.50,
+    Metric.ITL_P95_MS: 0.95,
+    Metric.ITL_P99_MS: 0.99,
+}
+_TTFT = frozenset({Metric.TTFT_P50_MS, Metric.TTFT_P95_MS, Metric.TTFT_P99_MS})
+_GAUGES = {
+    Metric.GPU_MEMORY_UTIL: (_MEM, _MEM_CUM),
+    Metric.GPU_MEMORY_USED_GB: (_MEM, _MEM_CUM),
+    Metric.QUEUE_LENGTH: (_QUEUE, _QUEUE_CUM),
+    Metric.REQUESTS_WAITING: (_QUEUE, _QUEUE_CUM),
+    Metric.KV_CACHE_USAGE: (_KV, _KV_CUM),
+    Metric.REQUESTS_RUNNING: (_RUN, _RUN_CUM),
+}
+_RATES = {
+    Metric.CONCURRENCY: _INFLIGHT,
+    Metric.REQUEST_RATE: _ADMITTED,
+    Metric.PROMPT_TOKENS_RATE: _PROMPT,
+    Metric.GENERATION_TOKENS_RATE: _GEN,
+    Metric.PREEMPTION_RATE: _PREEMPT,
+}
+_FRACTIONS = {Metric.SM_ACTIVE: _SM_ACTIVE, Metric.SM_OCCUPANCY: _SM_OCC, Metric.DRAM_ACTIVE: _DRAM}
 _BUCKET_VALUES_S = K.bucket_values()
 
 
@@ -74,6 +110,8 @@ class _Sample:
     router_cum: float
     count: int
     hist: np.ndarray
+    ttft_hist: np.ndarray | None = None
+    itl_hist: np.ndarray | None = None
 
 
 class SimMetricsSource:
@@ -103,12 +141,14 @@ class SimMetricsSource:
         self.metrics_delay_s = metrics_delay_s
         keep = math.ceil((max_window_s + metrics_delay_s) / scrape_interval_s) + 3
         self._samples: deque[_Sample] = deque(maxlen=keep)
-        self._cum: dict[int, tuple[float, float, int]] = {}
+        self._cum: dict[int, tuple[float, float, int, float, float]] = {}
         self._first_seen: dict[int, int] = {}
         """Absolute scrape number of each serving pod's first sample."""
         self._window_cache: tuple[tuple[int, int, bytes], _Window] | None = None
         self._router_cum = 0.0
         self._count = 0
+        self.llm = getattr(profile, "llm", None) is not None
+        """The pods are LLM pods (the token-level engine): they report vLLM's metrics."""
 
     # -- scraping -------------------------------------------------------------------------------
     def device_gb(self, pods: Sequence[Pod]) -> np.ndarray:
@@ -166,16 +206,24 @@ class SimMetricsSource:
             rows[:, _ADMITTED] = raw[:, 3]
             rows[:, _MEM] = mem
             rows[:, _QUEUE] = raw[:, 5]
+            if self.llm:
+                rows[:, _KV] = raw[:, 7] / float(getattr(self.dp, "num_blocks"))
+                rows[:, _RUN] = raw[:, 6]
+                rows[:, _PROMPT : _DRAM + 1] = raw[:, 8:14]
             for k, pid in enumerate(ids.tolist()):
-                m, q, n = self._cum.get(pid, (0.0, 0.0, 0))
+                m, q, n, kv, run = self._cum.get(pid, (0.0, 0.0, 0, 0.0, 0.0))
                 m += float(mem[k])
                 q += float(raw[k, 5])
                 n += 1
-                self._cum[pid] = (m, q, n)
+                kv += float(rows[k, _KV])
+                run += float(rows[k, _RUN])
+                self._cum[pid] = (m, q, n, kv, run)
                 self._first_seen.setdefault(pid, self._count)
                 rows[k, _MEM_CUM] = m
                 rows[k, _QUEUE_CUM] = q
                 rows[k, _COUNT] = n
+                rows[k, _KV_CUM] = kv
+                rows[k, _RUN_CUM] = run
         # Pods that stopped reporting are gone for good (slots are never reused by the same pod).
         if len(self._cum) > len(serving):
             keep = set(ids.tolist())
@@ -193,23 +241,38 @@ class SimMetricsSource:
                 router_cum=self._router_cum,
                 count=self._count,
                 hist=self.dp.hist.copy(),
+                ttft_hist=getattr(self.dp, "ttft_hist").copy() if self.llm else None,
+                itl_hist=getattr(self.dp, "itl_hist").copy() if self.llm else None,
             )
         )
 
     def memory_util_pct(self, pods: Sequence[Pod]) -> np.ndarray:
         """GPU memory utilization (%) of ``pods`` in the newest scrape, as reported there (against the
         device each pod sees); NaN for a pod that was not in it."""
+        rows, found = self._newest_rows(pods)
         out = np.full(len(pods), np.nan)
-        if not self._samples or not len(pods):
-            return out
+        out[found] = 100.0 * rows[:, _MEM] / rows[:, _DEVICE_GB]
+        return out
+
+    def kv_cache_usage(self, pods: Sequence[Pod]) -> np.ndarray:
+        """KV-cache usage (0-1) of ``pods`` in the newest scrape; NaN for a pod that was not in it,
+        and for every pod of a request-level (non-LLM) service."""
+        rows, found = self._newest_rows(pods)
+        out = np.full(len(pods), np.nan)
+        if self.llm:
+            out[found] = rows[:, _KV]
+        return out
+
+    def _newest_rows(self, pods: Sequence[Pod]) -> tuple[np.ndarray, np.ndarray]:
+        """The newest scrape's rows of ``pods`` that are in it, and which of ``pods`` those are."""
+        found = np.zeros(len(pods), dtype=bool)
+        if not self._samples or not len(pods) or not len(self._samples[-1].pod_ids):
+            return np.zeros((0, _N_COLS)), found
         sample = self._samples[-1]
         ids = np.array([p.id for p in pods], dtype=np.int64)
-        if len(sample.pod_ids):
-            k = np.minimum(np.searchsorted(sample.pod_ids, ids), len(sample.pod_ids) - 1)
-            found = sample.pod_ids[k] == ids
-            rows = sample.rows[k[found]]
-            out[found] = 100.0 * rows[:, _MEM] / rows[:, _DEVICE_GB]
-        return out
+        k = np.minimum(np.searchsorted(sample.pod_ids, ids), len(sample.pod_ids) - 1)
+        found = sample.pod_ids[k] == ids
+        return sample.rows[k[found]], found
 
     # -- fulfilling signals --------------------------------------------------------------------
     def _newest(self, t: float) -> int | None:
@@ -260,6 +323,8 @@ class SimMetricsSource:
             if q is None:
                 return SignalValue.missing(f"no request completed in the last {spec.window_s:g} s", age)
             return SignalValue(q * 1000.0, age)
+        if spec.metric in TOKEN_LATENCY_METRICS:
+            return self._token_latency(spec, s_new, s_old, age)
         if with_pods:
             per_pod = self._per_pod(spec.metric, new, old, pods)
             values = [s.value for s in per_pod if s.value is not None and s.ready]
@@ -280,6 +345,20 @@ class SimMetricsSource:
             return SignalValue(None, age, f"no Ready pod reports {spec.metric.value}", tuple(per_pod))
         agg = max(values) if spec.aggregation == Aggregation.MAX else sum(values) / len(values)
         return SignalValue(float(agg), age, per_pod=tuple(per_pod))
+
+    def _token_latency(self, spec: SignalSpec, s_new: _Sample, s_old: _Sample, age: float) -> SignalValue:
+        """A TTFT or inter-token quantile over the window, from the difference of two histograms."""
+        ttft = spec.metric in _TTFT
+        h_new, h_old = (s_new.ttft_hist, s_old.ttft_hist) if ttft else (s_new.itl_hist, s_old.itl_hist)
+        if h_new is None or h_old is None:
+            return SignalValue.missing(f"{spec.metric.value} is exported by LLM pods only")
+        if s_new is s_old:
+            return SignalValue.missing("one scrape in the window", age)
+        q = hist_quantile(h_new - h_old, _QUANTILE[spec.metric])
+        if q is None:
+            what = "first token" if ttft else "token after a first"
+            return SignalValue.missing(f"no {what} in the last {spec.window_s:g} s", age)
+        return SignalValue(q * 1000.0, age)
 
     def _service_part(self, metric: Metric, s_new: _Sample, s_old: _Sample) -> float | None:
         """Service-level additions: requests waiting in the router queue count as in flight/queued,
@@ -331,9 +410,11 @@ class SimMetricsSource:
     def _values(self, metric: Metric, w: _Window) -> np.ndarray:
         """Per-pod values of ``metric`` over the window (NaN where a pod has none)."""
         new, old = w.rows_new, w.rows_old
+        if not self.llm and metric in LLM_METRICS:
+            return np.full(len(new), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            if metric in (Metric.GPU_MEMORY_UTIL, Metric.GPU_MEMORY_USED_GB, Metric.QUEUE_LENGTH):
-                col, cum = (_QUEUE, _QUEUE_CUM) if metric == Metric.QUEUE_LENGTH else (_MEM, _MEM_CUM)
+            if metric in _GAUGES:
+                col, cum = _GAUGES[metric]
                 # mean of the samples in (old, new]; a pod younger than the window counts its first sample
                 n = new[:, _COUNT] - old[:, _COUNT]
                 total = new[:, cum] - old[:, cum]
@@ -349,10 +430,12 @@ class SimMetricsSource:
                 return np.asarray(
                     np.minimum(100.0, self.profile.cpu_idle_pct + 100.0 * busy / self.profile.cpu_cores)
                 )
-            if metric == Metric.CONCURRENCY:
-                return np.asarray((new[:, _INFLIGHT] - old[:, _INFLIGHT]) / dt)
-            if metric == Metric.REQUEST_RATE:
-                return np.asarray((new[:, _ADMITTED] - old[:, _ADMITTED]) / dt)
+            if metric in _RATES:
+                col = _RATES[metric]
+                return np.asarray((new[:, col] - old[:, col]) / dt)
+            if metric in _FRACTIONS:
+                col = _FRACTIONS[metric]
+                return np.asarray(np.minimum(1.0, (new[:, col] - old[:, col]) / dt))
         raise ValueError(f"metric {metric} is not a per-pod metric")
 
     def _per_pod(self, metric: Metric, new: int, old: int, pods: Sequence[Pod]) -> list[PodSample]:
