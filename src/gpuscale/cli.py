@@ -6,6 +6,7 @@ Bad input of any kind ends in one clear message on stderr and exit code 2, with 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -277,10 +278,11 @@ def compare_tables(result: Any) -> list[Table]:
 
     A scenario with a node layer adds node-hours and its dollars (the node bill) to the headline
     columns; a terminal under 100 columns then drops p99 to keep the policy names readable. A narrow
-    terminal gets the headline columns only; report.html has everything.
+    terminal gets the headline columns only; report.html has everything. Into a pipe or a file
+    (nothing folds lines there) every column goes, at full width.
     """
     tables = []
-    width = out.size.width
+    width = out.size.width if out.is_terminal else 100_000
     wide = width >= 150
     for scenario in result.scenarios:
         oracle = [o for (name, _), o in result.oracles.items() if name == scenario]
@@ -511,7 +513,7 @@ def compare(
         wall = time.perf_counter() - start
         write_files_atomically(out_dir, report_files(result))
     for table in compare_tables(result):
-        out.print(table)
+        _print_unwrapped(table)
     ok = [r for r in result.runs if r.summary is not None]
     requests = sum(r.summary.requests for r in ok if r.summary is not None)
     failed = len(result.runs) - len(ok)
@@ -520,7 +522,8 @@ def compare(
         f"policies × {len(result.seeds)} seeds in {wall:.1f} s on "
         f"{f'{n_workers} workers' if address is None else f'Ray ({address})'}: "
         f"{len(result.runs) / wall:.2f} runs/s, {requests / wall / 1e6:.2f} M simulated requests/s. "
-        f"Report: {out_dir}/report.html"
+        f"Report: {out_dir}/report.html",
+        soft_wrap=not out.is_terminal,
     )
     if store.reused:
         out.print(f"{store.reused} finished oracles and runs reused from {store.folder}/", highlight=False)
@@ -751,7 +754,7 @@ def tune(
             raise
         wall = time.perf_counter() - start
         write_files_atomically(out_dir, tune_files(result))
-    out.print(tune_table(result))
+    _print_unwrapped(tune_table(result))
     w = result.winner
     chosen = ", ".join(f"{k}={'default' if v is None else v}" for k, v in param_values(result, w).items())
     if w.meets_slo:
@@ -954,6 +957,34 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@app.command()
+def schema(
+    kind: Annotated[
+        str,
+        typer.Argument(help="The file kind: scenario, policy, controller, keda-scaler or suite."),
+    ],
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="The reference page (every key) instead of the JSON Schema.")
+    ] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write to this file instead of printing.", callback=_out_file)
+    ] = None,
+) -> None:
+    """Print a file kind's JSON Schema (for editors and validators) or its reference page."""
+    from gpuscale.schemas import FILE_KINDS, reference_markdown, schema_text
+
+    with user_errors():
+        if kind not in FILE_KINDS:
+            raise ConfigError(
+                "command line", "KIND", kind, f"unknown file kind; allowed: {', '.join(FILE_KINDS)}"
+            )
+        text = reference_markdown(kind) if markdown else schema_text(kind)
+        if out_file is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomically(out_file, text)
 
 
 @app.command()
