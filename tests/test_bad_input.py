@@ -478,3 +478,37 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run each command in its own folder, so a default output (out/...) never lands in the repository."""
     monkeypatch.chdir(tmp_path)
     assert os.getcwd() == str(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# A value that fits no member of a union: one message about the member meant, no union internals
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "says"),
+    [
+        ({"uniform": [60, 30]}, "startup.image_pull_s.uniform", "expected [low, high] with 0 <= low <= high"),
+        ({"uniform": [30, 60, 90]}, "startup.image_pull_s.uniform", "at most 2 items"),
+        ({"normal": 3}, "startup.image_pull_s", "allowed: a number, or {uniform: ...}, or {lognormal: ...}"),
+        ([1, 2], "startup.image_pull_s", "allowed: a number, or {uniform: ...}, or {lognormal: ...}"),
+        (
+            {"lognormal": {"median_s": -1, "sigma": 1}},
+            "startup.image_pull_s.lognormal.median_s",
+            "greater than 0",
+        ),
+        ("abc", "startup.image_pull_s", "valid number"),
+    ],
+)
+def test_a_union_value_gets_one_message_about_the_form_meant(
+    tmp_path: Path, value: Any, key: str, says: str
+) -> None:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump({**SCENARIO, "startup": {"image_pull_s": value}}), encoding="utf-8")
+    result = runner.invoke(app, ["simulate", str(path), "-p", "gpu-util", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.count("error:") == 1 and message.count(str(path)) == 1, message
+    assert f"{key} =" in message and says in message, message
+    for internal in ("Uniform", "LogNormal", ".float", "value error"):
+        assert internal not in message, message

@@ -204,6 +204,7 @@ def _allowed(err: Mapping[str, Any], keys: list[str] | None = None) -> str:
     if _is_nan(err.get("input")):
         rule = msg.removeprefix("Input should be ").removeprefix("input should be ")
         return "not a number (NaN)" + ("" if "finite" in rule else f"; expected a number {rule}")
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return msg[0].lower() + msg[1:] if msg else "invalid value"
 
 
@@ -297,7 +298,7 @@ def validation_errors(
     """One located ConfigError per problem pydantic found; with the model's core ``schema``, an unknown
     key's message lists the allowed ones."""
     errors: list[ConfigError] = []
-    for err in exc.errors(include_url=False):
+    for err in _one_union_branch(exc.errors(include_url=False), data, schema):
         loc = tuple(err.get("loc", ()))
         keys = None
         if err.get("type") == "extra_forbidden" and schema is not None:
@@ -313,6 +314,114 @@ def validation_errors(
             value = MISSING if err.get("type") in ("extra_forbidden",) else value
         errors.append(ConfigError(source, key or None, value, _allowed(err, keys)))
     return ConfigErrors(errors)
+
+
+_SCALARS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}
+
+
+def _branch_at(loc: tuple[int | str, ...], data: Any) -> tuple[int, Any] | None:
+    """Where a smart (untagged) union's member label sits in ``loc`` -- the first entry that is not a
+    key, index or discriminator tag of ``data`` -- with the value the user wrote there."""
+    node = data
+    for i, item in enumerate(loc):
+        if isinstance(item, str) and ("[" in item or item.startswith("function-")):
+            if item.split("[")[0] in _SCALARS or item.startswith(("list[", "tuple[", "dict[")):
+                return i, node
+            continue
+        if isinstance(node, Mapping):
+            if item in node:
+                node = node[item]
+                continue
+            if isinstance(item, str) and node.get("kind") == item:
+                continue
+            return (i, node) if isinstance(item, str) else None
+        if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+            node = node[item]
+            continue
+        return (i, node) if isinstance(item, str) and i < len(loc) else None
+    return None
+
+
+def _one_union_branch(errors: list[Any], data: Any, schema: Mapping[str, Any] | None) -> list[Any]:
+    """A value that fits no member of a union (``float | Uniform | LogNormal``) makes pydantic report
+    every member's complaint. Keep the member the user evidently meant -- the mapping whose keys the
+    value uses, or the scalar member for a scalar -- or, when none fits, one error listing the forms
+    allowed."""
+    groups: dict[tuple[int | str, ...], dict[str, list[Any]]] = {}
+    order: list[Any] = []
+    for err in errors:
+        loc = tuple(err.get("loc", ()))
+        at = _branch_at(loc, data)
+        if at is None or at[0] >= len(loc) or not isinstance(loc[at[0]], str):
+            order.append(err)
+            continue
+        i, _ = at
+        head, label = loc[:i], str(loc[i])
+        if head not in groups:
+            groups[head] = {}
+            order.append(head)
+        groups[head].setdefault(label, []).append({**err, "loc": head + loc[i + 1 :]})
+    out: list[Any] = []
+    for item in order:
+        if not isinstance(item, tuple):
+            out.append(item)
+            continue
+        branches = groups[item]
+        if len(branches) == 1:
+            out += next(iter(branches.values()))
+            continue
+        value = _value_at(data, item)
+        scalar = {b: e for b, e in branches.items() if b.split("[")[0] in _SCALARS}
+        if isinstance(value, Mapping):
+            fits = {
+                b: e
+                for b, e in branches.items()
+                if b not in scalar
+                and not any(x.get("type") == "extra_forbidden" and len(x["loc"]) == len(item) + 1 for x in e)
+            }
+        else:
+            fits = scalar if not isinstance(value, list) else {}
+        if len(fits) == 1:
+            out += next(iter(fits.values()))
+            continue
+        forms = [_SCALARS[b.split("[")[0]] for b in scalar] + [
+            _form(e, len(item), _member_keys(schema, (*item, b)))
+            for b, e in branches.items()
+            if b not in scalar
+        ]
+        out.append({"type": "union", "loc": item, "input": value, "msg": "allowed: " + ", or ".join(forms)})
+    return out
+
+
+def _member_keys(schema: Mapping[str, Any] | None, loc: tuple[int | str, ...]) -> list[str] | None:
+    if schema is None:
+        return None
+    try:
+        return _keys_at(schema, loc, {})
+    except (KeyError, TypeError, IndexError, RecursionError):
+        return None
+
+
+def _form(errors: list[Any], depth: int, keys: list[str] | None) -> str:
+    """A mapping member's shape: the keys it requires (from its complaints), else the keys it has."""
+    required = [
+        str(e["loc"][depth]) for e in errors if e.get("type") == "missing" and len(e["loc"]) == depth + 1
+    ]
+    shown = required or keys or []
+    return "{" + ", ".join(f"{k}: ..." for k in shown) + "}" if shown else "a mapping"
+
+
+def _value_at(data: Any, loc: tuple[int | str, ...]) -> Any:
+    node = data
+    for item in loc:
+        inside = (isinstance(node, Mapping) and item in node) or (
+            isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node)
+        )
+        if inside:
+            node = node[item]
+        elif not (isinstance(node, Mapping) and node.get("kind") == item):
+            return MISSING
+    return node
 
 
 def _union_tags(
