@@ -1,0 +1,799 @@
+"""The compiled token-level data plane: vLLM's scheduler, iteration by iteration, for many pods.
+
+``docs/llm.md`` states the semantics; :class:`~gpuscale.sim.llm_plane.LlmDataPlane` owns the arrays
+and calls these functions. As in :mod:`gpuscale.sim.kernel`, every function is compiled without
+reference counting and never allocates: all state lives in preallocated numpy arrays.
+
+Per pod ``p`` (a *slot*), requests live in rows of a pool of ``pod_capacity`` rows:
+
+* ``ri[p, row, R_*]`` (int64) and ``rf[p, row, RF_*]`` (float64): the request's fields;
+* ``run[p, :pi[p, P_NRUN]]``: the running list, in order;
+* ``wq[p, :]``: the waiting deque, a ring buffer (head ``P_WHEAD``, length ``P_WN``);
+* ``frow[p, :pi[p, P_FREE_ROWS]]``: the free rows;
+* ``sched[p, :pi[p, P_NSCHED], 0/1]``: the iteration in progress (row, tokens), in schedule order.
+
+Events at one instant ``t`` are taken in this order: iteration ends (their effects), then arrivals
+(routing), then iteration starts. A pod whose iteration ended at ``t``, or which received a request
+while idle, is put on a *pending* list and starts its next iteration once every event at ``t`` has
+been handled, so an arrival at ``t`` is routed before any iteration that starts at ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpuscale.sim import kernel as K
+from gpuscale.sim.kernel import _compiled
+
+# ---- per-request integer fields (RI) -------------------------------------------------------------
+R_SEQ = 0
+R_P = 1
+R_O = 2
+R_COMP = 3
+R_GEN = 4
+R_HELD = 5
+R_PRE = 6
+N_RI = 7
+
+# ---- per-request float fields (RF) ---------------------------------------------------------------
+RF_ARR = 0
+RF_FIRST = 1
+"""Time of the first token (NaN before)."""
+RF_LAST = 2
+"""Time of the newest token (NaN before the first)."""
+RF_SCHED = 3
+"""Time first scheduled (-1 before)."""
+N_RF = 4
+
+# ---- per-pod integer columns (PI) ----------------------------------------------------------------
+P_NRUN = 0
+P_WHEAD = 1
+P_WN = 2
+P_FREE_ROWS = 3
+P_FREE_BLOCKS = 4
+P_BUSY = 5
+P_NSCHED = 6
+HW_BATCH = K.HW_BATCH
+"""Largest running list the pod has had (same column as the request-level kernel's)."""
+P_ADMITTED = 8
+P_PROMPT_TOK = 9
+P_GEN_TOK = 10
+P_PREEMPT = 11
+P_IT_PREFILL = 12
+"""Prefill tokens of the iteration in progress."""
+P_PENDING = 13
+P_N_ITER = 14
+P_COMPLETED = 15
+P_REJECTED = 16
+P_DROPPED = 17
+N_PI = 18
+
+# ---- per-pod float columns (PF) ------------------------------------------------------------------
+P_ITER_END = 0
+P_ITER_START = 1
+NEXT_T = K.NEXT_T
+"""Key of the pod-event heap: the end of the iteration in progress, inf when idle."""
+P_BUSY_S = 3
+P_INFLIGHT_INT = 4
+P_LAST_T = 5
+P_SPEED = 6
+P_LAST_END_T = 7
+P_SM_ACT_INT = 8
+P_SM_OCC_INT = 9
+P_DRAM_INT = 10
+P_FR_ACT = 11
+P_FR_OCC = 12
+P_FR_DRAM = 13
+N_PF = 14
+assert NEXT_T == 2 and HW_BATCH == 7
+
+# ---- global counters: the request-level kernel's G_* / F_* first, then these ---------------------
+LG_GEN_TOK = K.N_GI
+LG_PROMPT_TOK = K.N_GI + 1
+LG_PREEMPT = K.N_GI + 2
+LG_NPEND = K.N_GI + 3
+N_LGI = K.N_GI + 4
+
+LF_PEND_T = K.N_GF
+N_LGF = K.N_GF + 1
+
+# ---- configuration --------------------------------------------------------------------------------
+C_BLOCK = 0
+C_MAX_SEQS = 1
+C_MNBT = 2
+C_CHUNKED = 3
+C_THRESHOLD = 4
+C_MAX_LEN = 5
+C_POD_CAP = 6
+C_RQ_CAP = 7
+C_NUM_BLOCKS = 8
+C_RING_MASK = 9
+N_LCI = 10
+
+CF_BETA0 = 0
+CF_BETA_PREFILL = 1
+CF_BETA_DECODE = 2
+CF_BETA_KV = 3
+CF_TTFT_SLO = 4
+CF_ITL_SLO = 5
+CF_E2E_SLO = 6
+CF_KV_BYTES = 7
+CF_WEIGHTS = 8
+CF_PARAMS = 9
+CF_PEAK_FLOPS = 10
+CF_HBM = 11
+N_LCF = 12
+
+# ---- histograms (rows of ``hists``) and records ----------------------------------------------------
+H_E2E = 0
+H_WAIT = 1
+H_TTFT = 2
+H_ITL = 3
+N_HIST = 4
+
+RI_SEQ = 0
+RI_OUT = 1
+RI_POD = 2
+RI_PRE = 3
+N_RECI = 4
+RFR_LAT = 0
+RFR_TTFT = 1
+RFR_ARR = 2
+N_RECF = 3
+
+RQ_SEQ = 0
+RQ_P = 1
+RQ_O = 2
+N_RQI = 3
+
+
+# ---- small helpers ---------------------------------------------------------------------------------
+@_compiled(inline=True)
+def _touch(p: int, t: float, pi: np.ndarray, pf: np.ndarray) -> None:
+    dt = t - pf[p, P_LAST_T]
+    if dt > 0.0:
+        pf[p, P_INFLIGHT_INT] += (pi[p, P_NRUN] + pi[p, P_WN]) * dt
+        pf[p, P_LAST_T] = t
+
+
+@_compiled(inline=True)
+def _rq_touch(t: float, gi: np.ndarray, gf: np.ndarray) -> None:
+    dt = t - gf[K.F_RQ_LAST]
+    if dt > 0.0:
+        gf[K.F_RQ_INT] += (gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD]) * dt
+        gf[K.F_RQ_LAST] = t
+
+
+@_compiled(inline=True)
+def _record(
+    gi: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+    seq: int,
+    outcome: int,
+    pod: int,
+    pre: int,
+    lat: float,
+    ttft: float,
+    arr: float,
+) -> None:
+    if gi[K.G_RECORD] != 0:
+        n = gi[K.G_N_REC]
+        if n < rec_i.shape[0]:
+            rec_i[n, RI_SEQ] = seq
+            rec_i[n, RI_OUT] = outcome
+            rec_i[n, RI_POD] = pod
+            rec_i[n, RI_PRE] = pre
+            rec_f[n, RFR_LAT] = lat
+            rec_f[n, RFR_TTFT] = ttft
+            rec_f[n, RFR_ARR] = arr
+        gi[K.G_N_REC] = n + 1
+
+
+@_compiled(inline=True)
+def _reject(
+    seq: int,
+    arr: float,
+    t: float,
+    pod: int,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    gi[K.G_REJECTED] += 1
+    gf[K.F_SYS_SUM] += t - arr
+    _record(gi, rec_i, rec_f, seq, K.OUT_REJECTED, pod, 0, 0.0, math.nan, arr)
+
+
+@_compiled(inline=True)
+def _set_pending(p: int, t: float, pi: np.ndarray, pend: np.ndarray, gi: np.ndarray, gf: np.ndarray) -> None:
+    if pi[p, P_BUSY] == 0 and pi[p, P_PENDING] == 0:
+        pi[p, P_PENDING] = 1
+        pend[gi[LG_NPEND]] = p
+        gi[LG_NPEND] += 1
+        gf[LF_PEND_T] = t
+
+
+@_compiled(inline=True)
+def _heap_fix(ph: np.ndarray, pf: np.ndarray, p: int) -> None:
+    if ph[1 + (ph.shape[0] - 1) // 2 + p] > 0:
+        K._ph_fix(ph, pf, p)
+
+
+@_compiled(inline=True)
+def _choose_pod(pi: np.ndarray, acc: np.ndarray, n_acc: int) -> int:
+    """The accepting pod with the fewest outstanding requests, lowest slot on ties (-1: none)."""
+    best = -1
+    best_out = 0
+    for k in range(n_acc):
+        p = acc[k]
+        out = pi[p, P_NRUN] + pi[p, P_WN]
+        if best < 0 or out < best_out:
+            best = p
+            best_out = out
+    return best
+
+
+# ---- one pod -----------------------------------------------------------------------------------------
+@_compiled()
+def _admit(
+    p: int,
+    t: float,
+    seq: int,
+    arr: float,
+    prompt: int,
+    output: int,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    wq: np.ndarray,
+    frow: np.ndarray,
+    pend: np.ndarray,
+    ci: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """Request ``seq`` reaches pod ``p`` at ``t``: it joins the back of the waiting deque (or is
+    rejected when the pod is full)."""
+    if pi[p, P_NRUN] + pi[p, P_WN] >= ci[C_POD_CAP]:
+        pi[p, P_REJECTED] += 1
+        _reject(seq, arr, t, p, gi, gf, rec_i, rec_f)
+        return
+    _touch(p, t, pi, pf)
+    nf = pi[p, P_FREE_ROWS] - 1
+    pi[p, P_FREE_ROWS] = nf
+    r = frow[p, nf]
+    ri[p, r, R_SEQ] = seq
+    ri[p, r, R_P] = prompt
+    ri[p, r, R_O] = output
+    ri[p, r, R_COMP] = 0
+    ri[p, r, R_GEN] = 0
+    ri[p, r, R_HELD] = 0
+    ri[p, r, R_PRE] = 0
+    rf[p, r, RF_ARR] = arr
+    rf[p, r, RF_FIRST] = math.nan
+    rf[p, r, RF_LAST] = math.nan
+    rf[p, r, RF_SCHED] = -1.0
+    mask = ci[C_RING_MASK]
+    wq[p, (pi[p, P_WHEAD] + pi[p, P_WN]) & mask] = r
+    pi[p, P_WN] += 1
+    pi[p, P_ADMITTED] += 1
+    _set_pending(p, t, pi, pend, gi, gf)
+
+
+@_compiled()
+def _start_iter(
+    p: int,
+    t: float,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    wq: np.ndarray,
+    sched: np.ndarray,
+    skip: np.ndarray,
+    ci: np.ndarray,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+) -> None:
+    """The scheduler's decision at ``t`` (docs/llm.md, One pod) and the iteration's duration."""
+    bs = ci[C_BLOCK]
+    budget = ci[C_MNBT]
+    thr = ci[C_THRESHOLD]
+    max_seqs = ci[C_MAX_SEQS]
+    mask = ci[C_RING_MASK]
+    nrun = pi[p, P_NRUN]
+    free = pi[p, P_FREE_BLOCKS]
+    ns = 0
+    n_prefill = 0
+    n_decode = 0
+    ctx = 0
+    preempted = False
+    # 1. running requests, in list order
+    i = 0
+    while i < nrun and budget > 0:
+        r = run[p, i]
+        comp = ri[p, r, R_COMP]
+        num = ri[p, r, R_P] + ri[p, r, R_GEN]
+        n = num - comp
+        if thr > 0 and n > thr:
+            n = thr
+        if n > budget:
+            n = budget
+        need = (comp + n + bs - 1) // bs - ri[p, r, R_HELD]
+        stop = False
+        while need > free:
+            # preempt the request at the end of the running list (recomputation)
+            nrun -= 1
+            v = run[p, nrun]
+            free += ri[p, v, R_HELD]
+            ri[p, v, R_HELD] = 0
+            ri[p, v, R_COMP] = 0
+            ri[p, v, R_PRE] += 1
+            pi[p, P_PREEMPT] += 1
+            gi[LG_PREEMPT] += 1
+            head = (pi[p, P_WHEAD] - 1) & mask
+            wq[p, head] = v
+            pi[p, P_WHEAD] = head
+            pi[p, P_WN] += 1
+            preempted = True
+            if v == r:
+                stop = True
+                break
+        if stop:
+            break
+        if need > 0:
+            ri[p, r, R_HELD] += need
+            free -= need
+        sched[p, ns, 0] = r
+        sched[p, ns, 1] = n
+        ns += 1
+        if n == 1 and comp == num - 1:
+            n_decode += 1
+        else:
+            n_prefill += n
+        ctx += comp + n
+        budget -= n
+        i += 1
+    # 2. waiting requests, in deque order, only when nobody was preempted
+    if not preempted:
+        chunked = ci[C_CHUNKED] != 0
+        wn = pi[p, P_WN]
+        head = pi[p, P_WHEAD]
+        k = 0
+        kept = 0
+        wait_hist = hists[H_WAIT]
+        while k < wn and budget > 0 and nrun < max_seqs:
+            r = wq[p, (head + k) & mask]
+            num = ri[p, r, R_P] + ri[p, r, R_GEN]
+            n = num
+            if thr > 0 and n > thr:
+                n = thr
+            if n > budget:
+                if not chunked:
+                    skip[kept] = r
+                    kept += 1
+                    k += 1
+                    continue
+                n = budget
+            blocks = (n + bs - 1) // bs
+            if blocks > free:
+                break
+            free -= blocks
+            ri[p, r, R_HELD] = blocks
+            run[p, nrun] = r
+            nrun += 1
+            sched[p, ns, 0] = r
+            sched[p, ns, 1] = n
+            ns += 1
+            if n == 1 and num == 1:
+                n_decode += 1
+            else:
+                n_prefill += n
+            ctx += n
+            budget -= n
+            if rf[p, r, RF_SCHED] < 0.0:
+                rf[p, r, RF_SCHED] = t
+                w = t - rf[p, r, RF_ARR]
+                wait_hist[K._bucket(w)] += 1
+                gf[K.F_WAIT_SUM] += w
+                gf[K.F_N_WAIT] += 1.0
+            k += 1
+        # the skipped requests keep their places just before the ones not considered
+        for j in range(kept):
+            wq[p, (head + k - kept + j) & mask] = skip[j]
+        pi[p, P_WHEAD] = (head + k - kept) & mask
+        pi[p, P_WN] = wn - (k - kept)
+    pi[p, P_NRUN] = nrun
+    pi[p, P_FREE_BLOCKS] = free
+    if nrun > pi[p, HW_BATCH]:
+        pi[p, HW_BATCH] = nrun
+    if ns == 0:
+        pi[p, P_BUSY] = 0
+        pi[p, P_NSCHED] = 0
+        pf[p, NEXT_T] = math.inf
+        return
+    d = pf[p, P_SPEED] * (
+        cf[CF_BETA0] + cf[CF_BETA_PREFILL] * n_prefill + cf[CF_BETA_DECODE] * n_decode + cf[CF_BETA_KV] * ctx
+    )
+    fr_dram = 0.0
+    fr_occ = 0.0
+    if d > 0.0:
+        fr_dram = min(1.0, (cf[CF_WEIGHTS] + ctx * cf[CF_KV_BYTES]) / (cf[CF_HBM] * d))
+        fr_occ = min(1.0, 2.0 * cf[CF_PARAMS] * (n_prefill + n_decode) / (cf[CF_PEAK_FLOPS] * d))
+    fr_act = max(fr_dram, fr_occ)
+    end = t + d
+    pi[p, P_BUSY] = 1
+    pi[p, P_NSCHED] = ns
+    pi[p, P_IT_PREFILL] = n_prefill
+    pi[p, P_N_ITER] += 1
+    pf[p, P_ITER_START] = t
+    pf[p, P_ITER_END] = end
+    pf[p, NEXT_T] = end
+    pf[p, P_BUSY_S] += d
+    pf[p, P_SM_ACT_INT] += fr_act * d
+    pf[p, P_SM_OCC_INT] += fr_occ * d
+    pf[p, P_DRAM_INT] += fr_dram * d
+    pf[p, P_FR_ACT] = fr_act
+    pf[p, P_FR_OCC] = fr_occ
+    pf[p, P_FR_DRAM] = fr_dram
+
+
+@_compiled()
+def _end_iter(
+    p: int,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    sched: np.ndarray,
+    frow: np.ndarray,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """The iteration in progress on pod ``p`` ends: tokens, TTFT and ITL samples, finishes."""
+    e = pf[p, P_ITER_END]
+    start = pf[p, P_ITER_START]
+    _touch(p, e, pi, pf)
+    ns = pi[p, P_NSCHED]
+    free = pi[p, P_FREE_BLOCKS]
+    ttft_slo = cf[CF_TTFT_SLO]
+    itl_slo = cf[CF_ITL_SLO]
+    e2e_slo = cf[CF_E2E_SLO]
+    e2e_hist = hists[H_E2E]
+    ttft_hist = hists[H_TTFT]
+    itl_hist = hists[H_ITL]
+    same = 0
+    emitted = 0
+    finished = 0
+    nf = pi[p, P_FREE_ROWS]
+    for k in range(ns):
+        r = sched[p, k, 0]
+        comp = ri[p, r, R_COMP] + sched[p, k, 1]
+        ri[p, r, R_COMP] = comp
+        gen = ri[p, r, R_GEN]
+        if comp != ri[p, r, R_P] + gen:
+            continue
+        gen += 1
+        ri[p, r, R_GEN] = gen
+        emitted += 1
+        if gen == 1:
+            rf[p, r, RF_FIRST] = e
+            ttft_hist[K._bucket(e - rf[p, r, RF_ARR])] += 1
+        else:
+            last = rf[p, r, RF_LAST]
+            if last == start:
+                same += 1
+            else:
+                itl_hist[K._bucket(e - last)] += 1
+        rf[p, r, RF_LAST] = e
+        if gen == ri[p, r, R_O]:
+            free += ri[p, r, R_HELD]
+            ri[p, r, R_HELD] = 0
+            arr = rf[p, r, RF_ARR]
+            lat = e - arr
+            ttft = rf[p, r, RF_FIRST] - arr
+            gi[K.G_COMPLETED] += 1
+            gf[K.F_LAT_SUM] += lat
+            gf[K.F_SYS_SUM] += lat
+            if lat > gf[K.F_LAT_MAX]:
+                gf[K.F_LAT_MAX] = lat
+            e2e_hist[K._bucket(lat)] += 1
+            if ttft <= ttft_slo and lat <= e2e_slo and (gen == 1 or (lat - ttft) / (gen - 1) <= itl_slo):
+                gi[K.G_SLO_MET] += 1
+            _record(gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_COMPLETED, p, ri[p, r, R_PRE], lat, ttft, arr)
+            frow[p, nf] = r
+            nf += 1
+            finished += 1
+    if same > 0:
+        itl_hist[K._bucket(e - start)] += same
+    pi[p, P_FREE_ROWS] = nf
+    pi[p, P_FREE_BLOCKS] = free
+    pi[p, P_GEN_TOK] += emitted
+    gi[LG_GEN_TOK] += emitted
+    pi[p, P_PROMPT_TOK] += pi[p, P_IT_PREFILL]
+    gi[LG_PROMPT_TOK] += pi[p, P_IT_PREFILL]
+    pi[p, P_COMPLETED] += finished
+    if finished > 0:
+        nrun = pi[p, P_NRUN]
+        w = 0
+        for i in range(nrun):
+            r = run[p, i]
+            if ri[p, r, R_GEN] < ri[p, r, R_O]:
+                run[p, w] = r
+                w += 1
+        pi[p, P_NRUN] = w
+    pi[p, P_BUSY] = 0
+    pi[p, P_NSCHED] = 0
+    pi[p, P_IT_PREFILL] = 0
+    pf[p, NEXT_T] = math.inf
+    pf[p, P_LAST_END_T] = e
+
+
+@_compiled()
+def _flush(
+    t: float,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    wq: np.ndarray,
+    sched: np.ndarray,
+    skip: np.ndarray,
+    pend: np.ndarray,
+    ph: np.ndarray,
+    ci: np.ndarray,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+) -> None:
+    """Start the iterations of the pending pods at ``t`` (every event at ``t`` has been handled)."""
+    for k in range(gi[LG_NPEND]):
+        p = pend[k]
+        if pi[p, P_PENDING] == 0:
+            continue
+        pi[p, P_PENDING] = 0
+        if pi[p, P_BUSY] == 0 and pi[p, P_NRUN] + pi[p, P_WN] > 0:
+            _start_iter(p, t, pi, pf, ri, rf, run, wq, sched, skip, ci, cf, gi, gf, hists)
+            _heap_fix(ph, pf, p)
+    gi[LG_NPEND] = 0
+
+
+@_compiled()
+def _drain_router(
+    t: float,
+    acc: np.ndarray,
+    n_acc: int,
+    rq_f: np.ndarray,
+    rq_i: np.ndarray,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    wq: np.ndarray,
+    frow: np.ndarray,
+    pend: np.ndarray,
+    ci: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """Hand the router queue out at ``t`` in FIFO order, each request by the routing rule."""
+    cap = rq_f.shape[0]
+    while n_acc > 0 and gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
+        _rq_touch(t, gi, gf)
+        j = gi[K.G_RQ_HEAD] % cap
+        gi[K.G_RQ_HEAD] += 1
+        p = _choose_pod(pi, acc, n_acc)
+        _admit(
+            p, t, rq_i[j, RQ_SEQ], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O],
+            pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f,
+        )  # fmt: skip
+
+
+@_compiled()
+def advance(
+    t0: float,
+    t1: float,
+    arr_t: np.ndarray,
+    arr_p: np.ndarray,
+    arr_o: np.ndarray,
+    acc: np.ndarray,
+    n_acc: int,
+    act: np.ndarray,
+    n_act: int,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    wq: np.ndarray,
+    sched: np.ndarray,
+    frow: np.ndarray,
+    skip: np.ndarray,
+    pend: np.ndarray,
+    ph: np.ndarray,
+    rq_f: np.ndarray,
+    rq_i: np.ndarray,
+    ci: np.ndarray,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """Advance the token-level data plane over [t0, t1).
+
+    ``acc[:n_acc]``: pods accepting traffic, ascending slot order; ``act[:n_act]``: every pod with a
+    data plane (accepting or draining), ascending. An iteration in progress at ``t1`` stays in
+    progress. Pods made pending at ``t1`` itself (by :func:`advance` with ``t0 == t1``, a hand-out)
+    start at the next call, after the arrivals at that instant are routed.
+    """
+    K._ph_build(ph, pf, act, n_act)
+    if gi[LG_NPEND] > 0 and t0 > gf[LF_PEND_T]:
+        _flush(gf[LF_PEND_T], pi, pf, ri, rf, run, wq, sched, skip, pend, ph, ci, cf, gi, gf, hists)
+    if gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
+        _drain_router(t0, acc, n_acc, rq_f, rq_i, pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f)
+    ai = 0
+    n_arr = arr_t.shape[0]
+    max_len = ci[C_MAX_LEN]
+    rq_cap = ci[C_RQ_CAP]
+    rq_n = rq_f.shape[0]
+    while True:
+        t_arr = arr_t[ai] if ai < n_arr else math.inf
+        p_ev = -1
+        t_end = math.inf
+        if ph[0] > 0:
+            p_ev = ph[1]
+            t_end = pf[p_ev, NEXT_T]
+        t_next = min(t_arr, t_end)
+        if gi[LG_NPEND] > 0:
+            t_pend = gf[LF_PEND_T]
+            # every event at t_pend is handled once the next one (or the horizon) lies beyond it
+            if min(t_next, t1) > t_pend:
+                _flush(t_pend, pi, pf, ri, rf, run, wq, sched, skip, pend, ph, ci, cf, gi, gf, hists)
+                continue
+        if t_next >= t1:
+            break
+        gi[K.G_EVENTS] += 1
+        if t_end <= t_arr:
+            _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f)
+            K._ph_fix(ph, pf, p_ev)
+            if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
+                _set_pending(p_ev, t_end, pi, pend, gi, gf)
+            continue
+        # -- an arrival
+        t = t_arr
+        prompt = arr_p[ai]
+        output = arr_o[ai]
+        ai += 1
+        seq = gi[K.G_ARRIVED]
+        gi[K.G_ARRIVED] = seq + 1
+        if prompt + output > max_len:
+            _reject(seq, t, t, -1, gi, gf, rec_i, rec_f)
+        elif n_acc > 0:
+            p = _choose_pod(pi, acc, n_acc)
+            _admit(p, t, seq, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f)
+        elif gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD] < rq_cap:
+            _rq_touch(t, gi, gf)
+            j = gi[K.G_RQ_TAIL] % rq_n
+            rq_f[j] = t
+            rq_i[j, RQ_SEQ] = seq
+            rq_i[j, RQ_P] = prompt
+            rq_i[j, RQ_O] = output
+            gi[K.G_RQ_TAIL] += 1
+        else:
+            _reject(seq, t, t, -1, gi, gf, rec_i, rec_f)
+    for k in range(n_act):
+        _touch(act[k], t1, pi, pf)
+    _rq_touch(t1, gi, gf)
+
+
+@_compiled()
+def evict(
+    p: int,
+    t: float,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    wq: np.ndarray,
+    frow: np.ndarray,
+    pend: np.ndarray,
+    ci: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> int:
+    """Kill pod ``p`` at ``t``: every request in it (running, then waiting) is dropped; the iteration
+    in progress is cut short at ``t``."""
+    _touch(p, t, pi, pf)
+    if pi[p, P_BUSY] != 0:
+        rest = pf[p, P_ITER_END] - t
+        if rest > 0.0:
+            pf[p, P_BUSY_S] -= rest
+            pf[p, P_SM_ACT_INT] -= pf[p, P_FR_ACT] * rest
+            pf[p, P_SM_OCC_INT] -= pf[p, P_FR_OCC] * rest
+            pf[p, P_DRAM_INT] -= pf[p, P_FR_DRAM] * rest
+    mask = ci[C_RING_MASK]
+    nrun = pi[p, P_NRUN]
+    wn = pi[p, P_WN]
+    head = pi[p, P_WHEAD]
+    nf = pi[p, P_FREE_ROWS]
+    for k in range(nrun + wn):
+        r = run[p, k] if k < nrun else wq[p, (head + k - nrun) & mask]
+        arr = rf[p, r, RF_ARR]
+        gi[K.G_DROPPED] += 1
+        gf[K.F_SYS_SUM] += t - arr
+        _record(
+            gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_DROPPED, p, ri[p, r, R_PRE], t - arr,
+            rf[p, r, RF_FIRST] - arr, arr,
+        )  # fmt: skip
+        ri[p, r, R_HELD] = 0
+        frow[p, nf] = r
+        nf += 1
+    pi[p, P_FREE_ROWS] = nf
+    pi[p, P_FREE_BLOCKS] = ci[C_NUM_BLOCKS]
+    pi[p, P_DROPPED] += nrun + wn
+    pi[p, P_NRUN] = 0
+    pi[p, P_WN] = 0
+    pi[p, P_BUSY] = 0
+    pi[p, P_NSCHED] = 0
+    if pi[p, P_PENDING] != 0:
+        pi[p, P_PENDING] = 0
+        w = 0
+        for k in range(gi[LG_NPEND]):
+            if pend[k] != p:
+                pend[w] = pend[k]
+                w += 1
+        gi[LG_NPEND] = w
+    pf[p, NEXT_T] = math.inf
+    return int(nrun + wn)
+
+
+@_compiled()
+def scrape(
+    slots: np.ndarray, t: float, pi: np.ndarray, pf: np.ndarray, ci: np.ndarray, out: np.ndarray
+) -> None:
+    """Per-pod exporter readings at ``t`` (columns: ``llm_plane.LLM_SCRAPE_COLUMNS``). Time-integrals
+    are charged when an iteration starts; the part of the one in progress after ``t`` is taken back."""
+    for k in range(slots.shape[0]):
+        p = slots[k]
+        rest = 0.0
+        if pi[p, P_BUSY] != 0 and pf[p, P_ITER_END] > t:
+            rest = pf[p, P_ITER_END] - t
+        outstanding = pi[p, P_NRUN] + pi[p, P_WN]
+        out[k, 0] = pf[p, P_BUSY_S] - rest
+        out[k, 1] = 0.0
+        out[k, 2] = pf[p, P_INFLIGHT_INT] + outstanding * max(0.0, t - pf[p, P_LAST_T])
+        out[k, 3] = pi[p, P_ADMITTED]
+        out[k, 4] = outstanding
+        out[k, 5] = pi[p, P_WN]
+        out[k, 6] = pi[p, P_NRUN]
+        out[k, 7] = ci[C_NUM_BLOCKS] - pi[p, P_FREE_BLOCKS]
+        out[k, 8] = pi[p, P_PROMPT_TOK]
+        out[k, 9] = pi[p, P_GEN_TOK]
+        out[k, 10] = pi[p, P_PREEMPT]
+        out[k, 11] = pf[p, P_SM_ACT_INT] - pf[p, P_FR_ACT] * rest
+        out[k, 12] = pf[p, P_SM_OCC_INT] - pf[p, P_FR_OCC] * rest
+        out[k, 13] = pf[p, P_DRAM_INT] - pf[p, P_FR_DRAM] * rest

@@ -1,0 +1,421 @@
+"""The Python face of the token-level kernel (``llm_kernel.py``): owns its arrays, hands out pod slots,
+advances time. It offers the methods and attributes of :class:`~gpuscale.sim.dataplane.DataPlane`, so
+the engine, the scale target, telemetry and the summary drive either one; ``docs/llm.md`` states the
+semantics.
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpuscale.sim import kernel as K
+from gpuscale.sim import llm_kernel as L
+from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane
+from gpuscale.sim.llm_serving import LlmParams
+
+LLM_SCRAPE_COLUMNS = (
+    *SCRAPE_COLUMNS,
+    "kv_used_blocks",
+    "prompt_tokens",
+    "generation_tokens",
+    "preemptions",
+    "sm_active_int",
+    "sm_occupancy_int",
+    "dram_active_int",
+)
+"""Scrape columns: the request-level plane's seven (``batch`` = requests running now), then the
+KV blocks in use, vLLM's token and preemption counters, and the DCGM roofline integrals (s)."""
+
+
+def _pow2_at_least(n: int) -> int:
+    size = 1
+    while size < n:
+        size <<= 1
+    return size
+
+
+@dataclass(frozen=True)
+class LlmRecords:
+    """Per-request rows, in the order requests ended (only when recording was asked for).
+
+    ``outcome``: 0 completed, 2 rejected, 3 dropped (evicted). ``latency_s``: end-to-end latency (time
+    in the pod until dropped for a dropped request, 0 for a rejected one). ``ttft_s``: NaN when no
+    token was emitted.
+    """
+
+    seq: np.ndarray
+    outcome: np.ndarray
+    latency_s: np.ndarray
+    pod: np.ndarray
+    ttft_s: np.ndarray
+    preemptions: np.ndarray
+    arrival_s: np.ndarray
+
+
+class LlmDataPlane:
+    """Arrays and calls of the token-level kernel for one simulation run."""
+
+    def __init__(
+        self,
+        params: LlmParams,
+        *,
+        max_slots: int,
+        ttft_slo_s: float = math.inf,
+        itl_slo_s: float = math.inf,
+        e2e_slo_s: float = math.inf,
+        seed: int,
+        record: bool = False,
+    ) -> None:
+        self.params = params
+        self.max_slots = max_slots
+        self.seed = seed
+        """Kept for the interface: the token-level plane draws no random numbers."""
+        pool = params.pod_capacity
+        ring = _pow2_at_least(pool)
+        self.pool = pool
+        self.ci = np.zeros(L.N_LCI, dtype=np.int64)
+        self.ci[L.C_BLOCK] = params.block_size
+        self.ci[L.C_MAX_SEQS] = params.max_num_seqs
+        self.ci[L.C_MNBT] = params.max_num_batched_tokens
+        self.ci[L.C_CHUNKED] = 1 if params.chunked_prefill else 0
+        self.ci[L.C_THRESHOLD] = params.long_prefill_token_threshold
+        self.ci[L.C_MAX_LEN] = params.max_model_len
+        self.ci[L.C_POD_CAP] = pool
+        self.ci[L.C_RQ_CAP] = params.router_queue_capacity
+        self.ci[L.C_NUM_BLOCKS] = params.num_blocks
+        self.ci[L.C_RING_MASK] = ring - 1
+        self.cf = np.zeros(L.N_LCF, dtype=np.float64)
+        self.cf[L.CF_BETA0] = params.beta0_s
+        self.cf[L.CF_BETA_PREFILL] = params.beta_prefill_s
+        self.cf[L.CF_BETA_DECODE] = params.beta_decode_s
+        self.cf[L.CF_BETA_KV] = params.beta_kv_s
+        self.cf[L.CF_TTFT_SLO] = ttft_slo_s
+        self.cf[L.CF_ITL_SLO] = itl_slo_s
+        self.cf[L.CF_E2E_SLO] = e2e_slo_s
+        self.cf[L.CF_KV_BYTES] = params.kv_bytes_per_token
+        self.cf[L.CF_WEIGHTS] = params.weights_bytes
+        self.cf[L.CF_PARAMS] = params.params
+        self.cf[L.CF_PEAK_FLOPS] = params.peak_flops
+        self.cf[L.CF_HBM] = params.hbm_bytes_per_s
+        self.pi = np.zeros((max_slots, L.N_PI), dtype=np.int64)
+        self.pf = np.zeros((max_slots, L.N_PF), dtype=np.float64)
+        self.pf[:, L.NEXT_T] = np.inf
+        self.pf[:, L.P_SPEED] = 1.0
+        self.ri = np.zeros((max_slots, pool, L.N_RI), dtype=np.int64)
+        self.rf = np.zeros((max_slots, pool, L.N_RF), dtype=np.float64)
+        self.run = np.zeros((max_slots, params.max_num_seqs), dtype=np.int64)
+        self.wq = np.zeros((max_slots, ring), dtype=np.int64)
+        self.sched = np.zeros((max_slots, params.max_num_seqs, 2), dtype=np.int64)
+        self.frow = np.zeros((max_slots, pool), dtype=np.int64)
+        self.skip = np.zeros(pool, dtype=np.int64)
+        self.pend = np.zeros(max_slots, dtype=np.int64)
+        self.pod_heap = np.zeros(2 * max_slots + 1, dtype=np.int64)
+        rq = max(params.router_queue_capacity, 1)
+        self.rq_f = np.zeros(rq, dtype=np.float64)
+        self.rq_i = np.zeros((rq, L.N_RQI), dtype=np.int64)
+        self.gi = np.zeros(L.N_LGI, dtype=np.int64)
+        self.gi[K.G_RECORD] = 1 if record else 0
+        self.gf = np.zeros(L.N_LGF, dtype=np.float64)
+        self.hists = np.zeros((L.N_HIST, K.HIST_BUCKETS), dtype=np.int64)
+        self.hist = self.hists[L.H_E2E]
+        """End-to-end latency of completed requests (buckets of :func:`kernel.bucket_values`)."""
+        self.wait_hist = self.hists[L.H_WAIT]
+        """Queue wait: first scheduled - arrival."""
+        self.ttft_hist = self.hists[L.H_TTFT]
+        self.itl_hist = self.hists[L.H_ITL]
+        self._rec_cap = 1024 if record else 1
+        self.rec_i = np.zeros((self._rec_cap, L.N_RECI), dtype=np.int64)
+        self.rec_f = np.zeros((self._rec_cap, L.N_RECF), dtype=np.float64)
+        self._free_slots = list(range(max_slots - 1, -1, -1))
+        self._accepting: set[int] = set()
+        self._active: set[int] = set()
+        self._acc = np.zeros(0, dtype=np.int64)
+        self._act = np.zeros(0, dtype=np.int64)
+        self._no_ints = np.zeros(0, dtype=np.int64)
+        self.retired_inflight_int = 0.0
+        """In-flight integral of pods whose slots were handed back (for Little's law)."""
+        self.retired_busy_s = 0.0
+        self.retired_cpu_s = 0.0
+
+    # -- slots ------------------------------------------------------------------------------------
+    def open_slot(self, t: float, speed: float = 1.0) -> int:
+        """A fresh slot for a pod that starts serving at ``t`` (accepting traffic)."""
+        if not self._free_slots:
+            raise RuntimeError("no free pod slot: max_slots is too small for this scenario")
+        p = self._free_slots.pop()
+        self.pi[p, :] = 0
+        self.pf[p, :] = 0.0
+        self.pi[p, L.P_FREE_ROWS] = self.pool
+        self.pi[p, L.P_FREE_BLOCKS] = self.params.num_blocks
+        self.frow[p, :] = np.arange(self.pool - 1, -1, -1, dtype=np.int64)
+        self.pf[p, L.NEXT_T] = np.inf
+        self.pf[p, L.P_SPEED] = speed
+        self.pf[p, L.P_LAST_T] = t
+        self.pf[p, L.P_LAST_END_T] = t
+        self._active.add(p)
+        self._accepting.add(p)
+        self._reindex()
+        return p
+
+    def set_speed(self, p: int, speed: float) -> None:
+        """Iteration-time multiplier of pod ``p`` from its next iteration on."""
+        self.pf[p, L.P_SPEED] = speed
+
+    def stop_accepting(self, p: int) -> None:
+        """Pod ``p`` takes no more requests; it keeps iterating until it is empty (draining)."""
+        self._accepting.discard(p)
+        self._reindex()
+
+    def close_slot(self, p: int) -> None:
+        """Hand back an empty slot (after draining or eviction)."""
+        if self.outstanding(p):
+            raise RuntimeError("closing a slot that still holds requests")
+        self.retired_inflight_int += float(self.pf[p, L.P_INFLIGHT_INT])
+        self.retired_busy_s += float(self.pf[p, L.P_BUSY_S])
+        self._active.discard(p)
+        self._accepting.discard(p)
+        self._free_slots.append(p)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._acc = np.array(sorted(self._accepting), dtype=np.int64)
+        self._act = np.array(sorted(self._active), dtype=np.int64)
+
+    @property
+    def active_slots(self) -> np.ndarray:
+        return self._act
+
+    def outstanding(self, p: int) -> int:
+        """Requests in pod ``p``: running + waiting."""
+        return int(self.pi[p, L.P_NRUN] + self.pi[p, L.P_WN])
+
+    def last_end_t(self, p: int) -> float:
+        """End of pod ``p``'s last iteration (its opening time before the first)."""
+        return float(self.pf[p, L.P_LAST_END_T])
+
+    @property
+    def router_queue_len(self) -> int:
+        return int(self.gi[K.G_RQ_TAIL] - self.gi[K.G_RQ_HEAD])
+
+    def kv_used_blocks(self, p: int) -> int:
+        return int(self.params.num_blocks - self.pi[p, L.P_FREE_BLOCKS])
+
+    def high_water_batch(self, p: int) -> int:
+        """The largest running batch pod ``p`` has had."""
+        return int(self.pi[p, L.HW_BATCH])
+
+    def running_rows(self, p: int) -> np.ndarray:
+        """Pool rows of pod ``p``'s running list, in order."""
+        return self.run[p, : self.pi[p, L.P_NRUN]].copy()
+
+    def waiting_rows(self, p: int) -> np.ndarray:
+        """Pool rows of pod ``p``'s waiting deque, front first."""
+        head, n = int(self.pi[p, L.P_WHEAD]), int(self.pi[p, L.P_WN])
+        mask = int(self.ci[L.C_RING_MASK])
+        rows: np.ndarray = self.wq[p, (head + np.arange(n)) & mask]
+        return rows
+
+    def held_blocks(self, p: int) -> int:
+        """Σ blocks held by pod ``p``'s requests (with the free blocks, always ``num_blocks``)."""
+        rows = np.concatenate([self.running_rows(p), self.waiting_rows(p)])
+        return int(self.ri[p, rows, L.R_HELD].sum())
+
+    # -- time ---------------------------------------------------------------------------------------
+    def _ensure_records(self, extra: int) -> None:
+        if not self.gi[K.G_RECORD]:
+            return
+        need = int(self.gi[K.G_N_REC]) + extra
+        if need > self._rec_cap:
+            cap = max(need, 2 * self._rec_cap)
+            n = int(self.gi[K.G_N_REC])
+            new_i = np.zeros((cap, L.N_RECI), dtype=np.int64)
+            new_f = np.zeros((cap, L.N_RECF), dtype=np.float64)
+            new_i[:n] = self.rec_i[:n]
+            new_f[:n] = self.rec_f[:n]
+            self.rec_i, self.rec_f = new_i, new_f
+            self._rec_cap = cap
+
+    def advance(
+        self,
+        t0: float,
+        t1: float,
+        arrivals: np.ndarray,
+        users_target: int = -1,
+        prompt: np.ndarray | None = None,
+        output: np.ndarray | None = None,
+    ) -> None:
+        """Advance over ``[t0, t1)``; ``arrivals`` (sorted times in it) carry ``prompt`` and ``output``
+        token counts. Open-loop only: ``users_target`` must be -1."""
+        if users_target >= 0:
+            raise ValueError("the token-level data plane serves open-loop workloads only")
+        n = len(arrivals)
+        arr_t = np.ascontiguousarray(arrivals, dtype=np.float64)
+        if n:
+            if prompt is None or output is None:
+                raise ValueError("arrivals need their prompt and output token counts")
+            arr_p = np.ascontiguousarray(prompt, dtype=np.int64)
+            arr_o = np.ascontiguousarray(output, dtype=np.int64)
+            if arr_p.shape != (n,) or arr_o.shape != (n,):
+                raise ValueError("prompt and output must be parallel to arrivals")
+            if int(arr_p.min()) < 1 or int(arr_o.min()) < 1:
+                raise ValueError("prompt and output lengths must be >= 1")
+        else:
+            arr_p = arr_o = self._no_ints
+        if self.gi[K.G_RECORD]:
+            self._ensure_records(n + self.in_flight + 16)
+        L.advance(
+            t0, t1, arr_t, arr_p, arr_o, self._acc, len(self._acc), self._act, len(self._act),
+            self.pi, self.pf, self.ri, self.rf, self.run, self.wq, self.sched, self.frow, self.skip,
+            self.pend, self.pod_heap, self.rq_f, self.rq_i, self.ci, self.cf, self.gi, self.gf,
+            self.hists, self.rec_i, self.rec_f,
+        )  # fmt: skip
+        if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:
+            raise RuntimeError("per-request record buffer overflowed")
+
+    def hand_out(self, t: float) -> None:
+        """Serve the router queue at ``t`` (a pod just became Ready), advancing no time. The pods that
+        receive requests start iterating at ``t`` after the arrivals at ``t`` are routed."""
+        self.advance(t, t, np.zeros(0, dtype=np.float64), -1)
+
+    def evict(self, p: int, t: float) -> int:
+        """Drop every request still in pod ``p`` at ``t`` (running and waiting); returns how many."""
+        self._ensure_records(self.outstanding(p) + 1)
+        return int(
+            L.evict(
+                p,
+                t,
+                self.pi,
+                self.pf,
+                self.ri,
+                self.rf,
+                self.run,
+                self.wq,
+                self.frow,
+                self.pend,
+                self.ci,
+                self.gi,
+                self.gf,
+                self.rec_i,
+                self.rec_f,
+            )
+        )
+
+    def scrape(self, slots: np.ndarray, t: float) -> np.ndarray:
+        """Exporter readings for ``slots`` at ``t``; columns are :data:`LLM_SCRAPE_COLUMNS`."""
+        out = np.zeros((len(slots), len(LLM_SCRAPE_COLUMNS)), dtype=np.float64)
+        if len(slots):
+            L.scrape(np.ascontiguousarray(slots, dtype=np.int64), t, self.pi, self.pf, self.ci, out)
+        return out
+
+    def records(self) -> LlmRecords:
+        n = int(self.gi[K.G_N_REC])
+        ri, rf = self.rec_i[:n], self.rec_f[:n]
+        return LlmRecords(
+            seq=ri[:, L.RI_SEQ].copy(),
+            outcome=ri[:, L.RI_OUT].astype(np.int8),
+            latency_s=rf[:, L.RFR_LAT].copy(),
+            pod=ri[:, L.RI_POD].astype(np.int32),
+            ttft_s=rf[:, L.RFR_TTFT].copy(),
+            preemptions=ri[:, L.RI_PRE].astype(np.int32),
+            arrival_s=rf[:, L.RFR_ARR].copy(),
+        )
+
+    # -- totals ----------------------------------------------------------------------------------
+    def counter(self, index: int) -> int:
+        return int(self.gi[index])
+
+    @property
+    def num_blocks(self) -> int:
+        return self.params.num_blocks
+
+    @property
+    def generated_tokens(self) -> int:
+        return int(self.gi[L.LG_GEN_TOK])
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Prefill tokens computed, recomputation included."""
+        return int(self.gi[L.LG_PROMPT_TOK])
+
+    @property
+    def preemptions(self) -> int:
+        return int(self.gi[L.LG_PREEMPT])
+
+    @property
+    def in_flight(self) -> int:
+        pods = int((self.pi[:, L.P_NRUN] + self.pi[:, L.P_WN]).sum())
+        return pods + self.router_queue_len
+
+    @property
+    def system_integral(self) -> float:
+        """∫ (requests in the system) dt so far: pods (live and retired) plus the router queue."""
+        live = float(self.pf[self._act, L.P_INFLIGHT_INT].sum()) if len(self._act) else 0.0
+        return self.retired_inflight_int + live + float(self.gf[K.F_RQ_INT])
+
+
+def bench_llm_plane(
+    pods: int = 32,
+    duration_s: float = 600.0,
+    rate_per_s: float = 420.0,
+    chunk_s: float = 1.0,
+    seed: int = 1,
+) -> dict[str, float]:
+    """Generated tokens per wall second for ``pods`` pods of an 8B model near saturation.
+
+    Poisson arrivals, prompts ~ lognormal around 1,000 tokens, outputs around 250; advanced in
+    ``chunk_s`` steps as the engine would. The first call compiles the kernel (excluded: a warm-up run
+    of one chunk comes first).
+    """
+    params = LlmParams(num_blocks=25_000, max_model_len=8192)
+    rng = np.random.default_rng(seed)
+    n = int(rate_per_s * duration_s * 1.2) + 16
+    times = np.cumsum(rng.exponential(1.0 / rate_per_s, n))
+    times = times[times < duration_s]
+    k = len(times)
+    prompt = np.clip(rng.lognormal(math.log(1000.0) - 0.08, 0.4, k), 1, 6000).astype(np.int64)
+    output = np.clip(rng.lognormal(math.log(250.0) - 0.08, 0.4, k), 1, 2000).astype(np.int64)
+
+    def make() -> LlmDataPlane:
+        dp = LlmDataPlane(params, max_slots=pods, seed=seed)
+        for _ in range(pods):
+            dp.open_slot(0.0)
+        return dp
+
+    warm = make()
+    m = int(np.searchsorted(times, chunk_s))
+    warm.advance(0.0, chunk_s, times[:m], prompt=prompt[:m], output=output[:m])
+    dp = make()
+    edges = np.searchsorted(times, np.arange(0.0, duration_s + chunk_s, chunk_s))
+    start = _time.perf_counter()
+    t = 0.0
+    for j in range(len(edges) - 1):
+        a, b = int(edges[j]), int(edges[j + 1])
+        t1 = min(t + chunk_s, duration_s)
+        dp.advance(t, t1, times[a:b], prompt=prompt[a:b], output=output[a:b])
+        t = t1
+        if t >= duration_s:
+            break
+    wall = _time.perf_counter() - start
+    raw = dp.scrape(dp.active_slots, duration_s)
+    return {
+        "wall_s": wall,
+        "simulated_s": duration_s,
+        "arrived": float(dp.counter(K.G_ARRIVED)),
+        "completed": float(dp.counter(K.G_COMPLETED)),
+        "in_flight": float(dp.in_flight),
+        "generated_tokens": float(dp.generated_tokens),
+        "tokens_per_wall_s": dp.generated_tokens / wall if wall > 0 else math.inf,
+        "iterations": float(dp.pi[:, L.P_N_ITER].sum()),
+        "preemptions": float(dp.preemptions),
+        "max_running": float(dp.pi[:, L.HW_BATCH].max()),
+        "mean_outstanding_per_pod": dp.system_integral / (pods * duration_s),
+        "gpu_busy_fraction": float(raw[:, 0].sum()) / (pods * duration_s),
+    }
+
+
+Plane = DataPlane | LlmDataPlane
+"""Either engine's data plane: the request-level one or the token-level one (an LLM profile)."""

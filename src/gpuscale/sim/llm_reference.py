@@ -1,0 +1,513 @@
+"""A plain SimPy model of the token-level LLM engine: the reference the compiled kernel is checked against.
+
+It implements ``docs/llm.md`` (Requests, Routing, One pod: the scheduler) as directly as SimPy allows
+and is written for clarity, not speed: requests are Python objects, each pod runs one SimPy process
+that loops over vLLM's scheduler iterations, an arrival process feeds the router, and ``env.now`` is
+the only clock.
+
+Same-instant ordering
+---------------------
+``docs/llm.md`` fixes one order outright: an arrival at ``t`` is routed before any iteration that starts
+at ``t``. The rest follows the request-level engine (``docs/simulator.md``: pod events, then arrivals,
+lowest slot first). SimPy orders the events of one instant by ``(priority, scheduling order)``, and
+every event of this model is scheduled with an explicit *rank* as that priority::
+
+    rank = 2 + slot                 the end of an iteration of pod ``slot``
+    rank = 2 + n_pods + slot        pod ``slot`` starts accepting (and takes the router queue)
+    rank = 2 + 2 * n_pods           an arrival
+    rank = 3 + 2 * n_pods + slot    the start of an iteration of pod ``slot``
+
+So at one instant every iteration that ends there ends first (its finished requests leave before the
+router counts outstanding requests), then pods open, then arrivals are routed, and only then do
+iterations start, seeing every request that arrived at that instant. Ranks start at 2 so that SimPy's
+own bookkeeping (``URGENT`` = 0, ``NORMAL`` = 1) never reorders the model's events; ``run(until=t_end)``
+stops at ``URGENT`` priority, so nothing at exactly ``t_end`` is processed.
+
+Events are scheduled at absolute times, never as ``now + delay`` computed by SimPy, so that an
+iteration ending at ``start + d`` coincides exactly with an arrival at the same float.
+
+Readings of docs/llm.md
+-----------------------
+Where the text leaves a choice, this model reads it so:
+
+* A request with ``P + O > max_model_len`` is rejected on arrival before routing (pod −1), whether or
+  not a pod accepts; it never enters the router queue. A request that overflows the router queue has
+  pod −1; one rejected by a full pod has that pod's slot.
+* Pods that start accepting at one instant each take their own hand-out of the router queue, in slot
+  order (as in docs/simulator.md), so the first takes the whole queue if it has room.
+* Skipping (no chunked prefill, ``n > B``) applies to each waiting request the pass reaches, not
+  only the first; skipped requests keep their places.
+* "Decode" is read literally: any request scheduled for ``n = 1`` with ``computed = num_tokens − 1``,
+  including a one-token chunk that ends a prompt or a recomputation, and a first iteration with
+  ``P = 1``. Only prefill tokens count as prompt tokens.
+* Prompt and generation tokens are counted when their iteration ends; a preemption when it happens,
+  at the start of an iteration. An iteration that runs across ``t_end`` has its preemptions and
+  blocks counted, but not its tokens.
+* "The pod idles until the next arrival": the next arrival routed to that pod (no other can change
+  what it schedules).
+* The inter-token interval that spans a preemption is ``e − (time of the previous token)``, like any
+  other.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any, Literal
+
+import simpy
+from simpy.events import EventPriority
+
+from gpuscale.sim.llm_serving import LlmParams
+
+__all__ = ["LlmPodState", "LlmReferenceResult", "LlmRequestResult", "simulate_llm_reference"]
+
+Outcome = Literal["completed", "rejected", "in_flight"]
+
+_FIRST_RANK = 2
+
+_ProcessGen = Generator[Any, Any, None]
+
+
+# -- results ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmRequestResult:
+    """What happened to one request (times in seconds; ``nan`` where it has not happened)."""
+
+    seq: int
+    """Arrival index."""
+    arrival_s: float
+    prompt: int
+    output: int
+    outcome: Outcome
+    pod: int
+    """Slot of the pod that took it (or, full, rejected it); −1 for the router (queue or rejection)."""
+    first_token_s: float
+    """Time its first token was emitted."""
+    completion_s: float
+    """Time its last token was emitted."""
+    e2e_s: float
+    """``completion_s − arrival_s``; 0 if rejected."""
+    ttft_s: float
+    """``first_token_s − arrival_s``."""
+    preemptions: int
+    itl_s: tuple[float, ...]
+    """Every inter-token interval, in order (``generated − 1`` of them)."""
+    generated: int
+    """Output tokens emitted by ``t_end``."""
+    slo_met: bool
+    """Completed within every SLO target that is set."""
+
+
+@dataclass(frozen=True)
+class LlmPodState:
+    """One pod at ``t_end`` (an iteration running across ``t_end`` holds what it was given at its start)."""
+
+    slot: int
+    used_blocks: int
+    running: int
+    waiting: int
+    iterations: int
+    """Iterations that ended before ``t_end``."""
+
+
+@dataclass(frozen=True)
+class LlmReferenceResult:
+    """What the reference model observed over ``[0, t_end)``."""
+
+    requests: tuple[LlmRequestResult, ...]
+    """One per arrival before ``t_end``, in ``seq`` order."""
+    generated_tokens: int
+    """Output tokens emitted."""
+    prompt_tokens: int
+    """Tokens computed as prefill (recomputation included), counted when their iteration ends."""
+    preemptions: int
+    slo_met: int
+    pods: tuple[LlmPodState, ...]
+
+    def by_outcome(self, outcome: Outcome) -> list[LlmRequestResult]:
+        return [r for r in self.requests if r.outcome == outcome]
+
+
+# -- SimPy plumbing ------------------------------------------------------------------------------------
+
+
+class _Signal(simpy.Event):
+    """A SimPy event that fires at an absolute time with an explicit same-instant rank."""
+
+    def fire(self, when: float, rank: int) -> _Signal:
+        env = self.env
+        self._ok = True
+        self._value = None
+        heapq.heappush(env._queue, (when, EventPriority(rank), next(env._eid), self))
+        return self
+
+
+def _signal_at(env: simpy.Environment, when: float, rank: int) -> _Signal:
+    return _Signal(env).fire(when, rank)
+
+
+# -- the model ----------------------------------------------------------------------------------------
+
+
+class _Request:
+    """One request and its scheduler state (docs/llm.md: held, computed, generated, num_tokens)."""
+
+    def __init__(self, seq: int, arrival: float, prompt: int, output: int) -> None:
+        self.seq = seq
+        self.arrival = arrival
+        self.prompt = prompt
+        self.output = output
+        self.held = 0
+        self.computed = 0
+        self.generated = 0
+        self.outcome: Outcome = "in_flight"
+        self.pod = -1
+        self.first_token = math.nan
+        self.last_token = math.nan
+        self.completion = math.nan
+        self.preemptions = 0
+        self.itl: list[float] = []
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prompt + self.generated
+
+
+@dataclass
+class _Scheduled:
+    """One request's share of an iteration."""
+
+    req: _Request
+    n: int
+    decode: bool
+
+
+class _Totals:
+    """Counters over the whole run."""
+
+    def __init__(self) -> None:
+        self.generated_tokens = 0
+        self.prompt_tokens = 0
+        self.preemptions = 0
+
+
+class _Router:
+    """Least outstanding routing over the accepting pods; the router queue while none accepts."""
+
+    def __init__(self, params: LlmParams) -> None:
+        self.params = params
+        self.pods: list[_Pod] = []
+        self.queue: deque[_Request] = deque()
+
+    def _choose(self) -> _Pod | None:
+        best: _Pod | None = None
+        for pod in self.pods:  # slot order: a strict < keeps the lowest slot on ties
+            if pod.accepting and (best is None or pod.outstanding < best.outstanding):
+                best = pod
+        return best
+
+    def arrive(self, req: _Request) -> None:
+        if req.prompt + req.output > self.params.max_model_len:
+            req.outcome = "rejected"  # vLLM refuses it before any routing
+            return
+        pod = self._choose()
+        if pod is not None:
+            pod.admit(req)
+        elif len(self.queue) < self.params.router_queue_capacity:
+            self.queue.append(req)
+        else:
+            req.outcome = "rejected"
+
+    def hand_out(self) -> None:
+        """A pod started accepting: every request of the router queue is routed, in FIFO order."""
+        while self.queue:
+            pod = self._choose()
+            assert pod is not None  # called only when a pod has just started accepting
+            pod.admit(self.queue.popleft())
+
+
+class _Pod:
+    """One vLLM pod: a running list, a waiting deque, a paged KV cache and the scheduler loop."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        slot: int,
+        n_pods: int,
+        params: LlmParams,
+        speed: float,
+        totals: _Totals,
+    ) -> None:
+        self.env = env
+        self.slot = slot
+        self.p = params
+        self.speed = speed
+        self.totals = totals
+        self.accepting = False
+        self.running: list[_Request] = []
+        self.waiting: deque[_Request] = deque()
+        self.free_blocks = params.num_blocks
+        self.iterations = 0
+        self.end_rank = _FIRST_RANK + slot
+        self.open_rank = _FIRST_RANK + n_pods + slot
+        self.start_rank = _FIRST_RANK + 2 * n_pods + 1 + slot
+        self._busy = False
+        self._wake = _Signal(env)
+        self._wake_pending = False
+        env.process(self._loop())
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.p.num_blocks - self.free_blocks
+
+    def admit(self, req: _Request) -> None:
+        req.pod = self.slot
+        if self.outstanding >= self.p.pod_capacity:
+            req.outcome = "rejected"
+            return
+        self.waiting.append(req)
+        self._request_iteration()
+
+    def _request_iteration(self) -> None:
+        """Start an iteration at this instant (after its arrivals) unless one runs or is due already."""
+        if self._busy or self._wake_pending:
+            return
+        self._wake_pending = True
+        self._wake.fire(self.env.now, self.start_rank)
+
+    # -- the scheduler ------------------------------------------------------------------------------
+
+    def _cap(self, n: int) -> int:
+        threshold = self.p.long_prefill_token_threshold
+        return min(n, threshold) if threshold > 0 else n
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.p.block_size)
+
+    def _preempt_last(self) -> _Request:
+        victim = self.running.pop()
+        self.free_blocks += victim.held
+        victim.held = 0
+        victim.computed = 0
+        victim.preemptions += 1
+        self.totals.preemptions += 1
+        self.waiting.appendleft(victim)
+        return victim
+
+    def _schedule(self) -> list[_Scheduled]:
+        """One scheduler step (docs/llm.md, steps 1 and 2): what this iteration computes."""
+        budget = self.p.max_num_batched_tokens
+        scheduled: list[_Scheduled] = []
+        preempted = False
+
+        # 1. Running requests, in list order. A preemption removes the *last* request of the list,
+        #    which is never one already scheduled (those precede r), so index i stays valid.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            r = self.running[i]
+            n = min(self._cap(r.num_tokens - r.computed), budget)
+            need = self._blocks_for(r.computed + n) - r.held
+            victim: _Request | None = None
+            while need > self.free_blocks:
+                victim = self._preempt_last()
+                preempted = True
+                if victim is r:
+                    break
+            if victim is r:
+                break
+            if need > 0:
+                self.free_blocks -= need
+                r.held += need
+            decode = n == 1 and r.computed == r.num_tokens - 1
+            scheduled.append(_Scheduled(r, n, decode))
+            budget -= n
+            i += 1
+
+        # 2. Waiting requests, in deque order, only if nothing was preempted.
+        if not preempted:
+            skipped: list[_Request] = []
+            while self.waiting and budget > 0 and len(self.running) < self.p.max_num_seqs:
+                r = self.waiting[0]
+                n = self._cap(r.num_tokens - r.computed)
+                if not self.p.chunked_prefill and n > budget:
+                    skipped.append(self.waiting.popleft())  # keeps its place (restored below)
+                    continue
+                n = min(n, budget)
+                need = self._blocks_for(n)
+                if need > self.free_blocks:
+                    break
+                self.waiting.popleft()
+                self.free_blocks -= need
+                r.held = need
+                self.running.append(r)
+                decode = n == 1 and r.computed == r.num_tokens - 1
+                scheduled.append(_Scheduled(r, n, decode))
+                budget -= n
+            self.waiting.extendleft(reversed(skipped))
+        return scheduled
+
+    def _duration(self, scheduled: list[_Scheduled]) -> float:
+        prefill = sum(s.n for s in scheduled if not s.decode)
+        decode = sum(s.n for s in scheduled if s.decode)
+        context = sum(s.req.computed + s.n for s in scheduled)
+        p = self.p
+        return self.speed * (
+            p.beta0_s + p.beta_prefill_s * prefill + p.beta_decode_s * decode + p.beta_kv_s * context
+        )
+
+    def _finish_iteration(self, scheduled: list[_Scheduled]) -> None:
+        """The end of an iteration at ``now``: KV computed, tokens emitted, requests finished."""
+        e = self.env.now
+        self.iterations += 1
+        for s in scheduled:
+            r = s.req
+            if not s.decode:
+                self.totals.prompt_tokens += s.n
+            r.computed += s.n
+            if r.computed != r.num_tokens:
+                continue
+            r.generated += 1
+            self.totals.generated_tokens += 1
+            if r.generated == 1:
+                r.first_token = e
+            else:
+                r.itl.append(e - r.last_token)
+            r.last_token = e
+            if r.generated == r.output:
+                r.outcome = "completed"
+                r.completion = e
+                self.free_blocks += r.held
+                r.held = 0
+                self.running.remove(r)
+
+    def _loop(self) -> _ProcessGen:
+        """Iterate while there is work; when nothing can be scheduled, idle until the next arrival."""
+        env = self.env
+        while True:
+            yield self._wake
+            self._wake = _Signal(env)
+            self._wake_pending = False
+            scheduled = self._schedule()
+            if not scheduled:
+                continue
+            self._busy = True
+            end = env.now + self._duration(scheduled)
+            yield _signal_at(env, end, self.end_rank)
+            self._busy = False
+            self._finish_iteration(scheduled)
+            if self.running or self.waiting:
+                self._request_iteration()
+
+    def open_at(self, when: float, router: _Router) -> _ProcessGen:
+        yield _signal_at(self.env, when, self.open_rank)
+        self.accepting = True
+        router.hand_out()
+
+
+def _arrivals(env: simpy.Environment, requests: list[_Request], rank: int, router: _Router) -> _ProcessGen:
+    for req in requests:
+        yield _signal_at(env, req.arrival, rank)
+        router.arrive(req)
+
+
+def _slo_met(req: _Request, ttft_slo_s: float, itl_slo_s: float, e2e_slo_s: float) -> bool:
+    if req.outcome != "completed":
+        return False
+    ttft = req.first_token - req.arrival
+    e2e = req.completion - req.arrival
+    itl_ok = req.output == 1 or (e2e - ttft) / (req.output - 1) <= itl_slo_s
+    return ttft <= ttft_slo_s and itl_ok and e2e <= e2e_slo_s
+
+
+def simulate_llm_reference(
+    params: LlmParams,
+    arrivals: Sequence[float],
+    prompt: Sequence[int],
+    output: Sequence[int],
+    *,
+    pods: Sequence[tuple[float, float]],
+    t_end: float,
+    ttft_slo_s: float = math.inf,
+    itl_slo_s: float = math.inf,
+    e2e_slo_s: float = math.inf,
+) -> LlmReferenceResult:
+    """Run the SimPy reference model of the token-level engine over ``[0, t_end)``.
+
+    Request ``i`` arrives at ``arrivals[i]`` (sorted) with ``prompt[i]`` prompt and ``output[i]`` output
+    tokens. ``pods[k] = (opens_at, speed)``: slot ``k`` starts accepting at ``opens_at`` and never
+    stops; ``speed`` multiplies its iteration times. Arrivals at or after ``t_end`` never happen and
+    nothing scheduled at exactly ``t_end`` is processed.
+    """
+    times = [float(t) for t in arrivals]
+    prompts = [int(p) for p in prompt]
+    outputs = [int(o) for o in output]
+    if not len(times) == len(prompts) == len(outputs):
+        raise ValueError("arrivals, prompt and output must have the same length")
+    if any(b < a for a, b in pairwise(times)) or (times and times[0] < 0.0):
+        raise ValueError("arrival times must be sorted and >= 0")
+    if any(p < 1 for p in prompts) or any(o < 1 for o in outputs):
+        raise ValueError("prompt and output lengths must be >= 1")
+    if not t_end > 0.0:
+        raise ValueError(f"t_end must be > 0, got {t_end}")
+
+    env = simpy.Environment()
+    totals = _Totals()
+    router = _Router(params)
+    n_pods = len(pods)
+    router.pods = [
+        _Pod(env, slot, n_pods, params, float(speed), totals) for slot, (_, speed) in enumerate(pods)
+    ]
+    for pod, (opens_at, _) in zip(router.pods, pods, strict=True):
+        env.process(pod.open_at(float(opens_at), router))
+    requests = [
+        _Request(seq, t, p, o)
+        for seq, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
+        if t < t_end
+    ]
+    env.process(_arrivals(env, requests, _FIRST_RANK + 2 * n_pods, router))
+    env.run(until=t_end)
+
+    results = []
+    for r in requests:
+        met = _slo_met(r, ttft_slo_s, itl_slo_s, e2e_slo_s)
+        rejected = r.outcome == "rejected"
+        results.append(
+            LlmRequestResult(
+                seq=r.seq,
+                arrival_s=r.arrival,
+                prompt=r.prompt,
+                output=r.output,
+                outcome=r.outcome,
+                pod=r.pod,
+                first_token_s=r.first_token,
+                completion_s=r.completion,
+                e2e_s=0.0 if rejected else r.completion - r.arrival,
+                ttft_s=r.first_token - r.arrival,
+                preemptions=r.preemptions,
+                itl_s=tuple(r.itl),
+                generated=r.generated,
+                slo_met=met,
+            )
+        )
+    return LlmReferenceResult(
+        requests=tuple(results),
+        generated_tokens=totals.generated_tokens,
+        prompt_tokens=totals.prompt_tokens,
+        preemptions=totals.preemptions,
+        slo_met=sum(r.slo_met for r in results),
+        pods=tuple(
+            LlmPodState(pod.slot, pod.used_blocks, len(pod.running), len(pod.waiting), pod.iterations)
+            for pod in router.pods
+        ),
+    )
