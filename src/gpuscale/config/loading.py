@@ -319,7 +319,7 @@ def validation_errors(
 _SCALARS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}
 
 
-def _branch_at(loc: tuple[int | str, ...], data: Any) -> tuple[int, Any] | None:
+def _branch_at(loc: tuple[int | str, ...], data: Any, kind: str) -> tuple[int, Any] | None:
     """Where a smart (untagged) union's member label sits in ``loc`` -- the first entry that is not a
     key, index or discriminator tag of ``data`` -- with the value the user wrote there."""
     node = data
@@ -334,11 +334,13 @@ def _branch_at(loc: tuple[int | str, ...], data: Any) -> tuple[int, Any] | None:
                 continue
             if isinstance(item, str) and node.get("kind") == item:
                 continue
-            return (i, node) if isinstance(item, str) else None
-        if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
+        elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
             node = node[item]
             continue
-        return (i, node) if isinstance(item, str) and i < len(loc) else None
+        # Not a key of the value: a member label when more follows it, or when the complaint is about
+        # the member's type (a number for a float, a mapping for a model); otherwise a missing key.
+        label = isinstance(item, str) and (i < len(loc) - 1 or kind not in ("missing", "extra_forbidden"))
+        return (i, node) if label else None
     return None
 
 
@@ -351,7 +353,7 @@ def _one_union_branch(errors: list[Any], data: Any, schema: Mapping[str, Any] | 
     order: list[Any] = []
     for err in errors:
         loc = tuple(err.get("loc", ()))
-        at = _branch_at(loc, data)
+        at = _branch_at(loc, data, str(err.get("type", "")))
         if at is None or at[0] >= len(loc) or not isinstance(loc[at[0]], str):
             order.append(err)
             continue
