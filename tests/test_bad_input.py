@@ -512,3 +512,11 @@ def test_a_union_value_gets_one_message_about_the_form_meant(
     assert f"{key} =" in message and says in message, message
     for internal in ("Uniform", "LogNormal", ".float", "value error"):
         assert internal not in message, message
+
+
+def test_a_key_missing_in_a_tagged_union_member_is_named() -> None:
+    from gpuscale.policies.registry import load_policy
+
+    with pytest.raises(ConfigError) as info:
+        load_policy({"kind": "hpa", "metrics": []}, "policy.yaml")
+    assert "max_replicas" in str(info.value) and "required" in str(info.value)
