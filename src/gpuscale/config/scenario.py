@@ -20,7 +20,14 @@ from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.config.sharing import GpuSharing, MigLayout, TimeSlicing, WholeGpus, check_layout, mig_profile
-from gpuscale.config.workload import ClosedLoopWorkload, RateDiurnal, UsersDiurnal, WorkloadConfig
+from gpuscale.config.workload import (
+    ClosedLoopWorkload,
+    RateDiurnal,
+    TokenDist,
+    TraceWorkload,
+    UsersDiurnal,
+    WorkloadConfig,
+)
 
 
 class Uniform(StrictModel):
@@ -57,7 +64,22 @@ def _check_duration(v: Duration) -> Duration:
 
 
 class SloConfig(StrictModel):
-    latency_ms: float = Field(gt=0, description="A request meets the SLO when answered within this many ms.")
+    """When a request meets the SLO: every target that is set holds (docs/llm.md for the token ones)."""
+
+    latency_ms: float = Field(
+        gt=0, description="A request meets the SLO when answered within this many ms (end to end)."
+    )
+    ttft_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Time to first token, ms, at most (LLM profiles only: model.llm).",
+    )
+    itl_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="Mean inter-token latency of a request, (e2e - TTFT) / (output tokens - 1), ms, at "
+        "most (LLM profiles only: model.llm).",
+    )
 
 
 class ServingConfig(StrictModel):
@@ -639,7 +661,8 @@ class Scenario(StrictModel):
 
 
 def _resolve_profile(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """``model: {profile: NAME, ...overrides}`` starts from a built-in profile."""
+    """``model: {profile: NAME, ...overrides}`` starts from a built-in profile; an override of one of
+    its blocks (``llm:``) changes only the keys it names."""
     model = data.get("model")
     if isinstance(model, str):
         model = {"profile": model}
@@ -653,7 +676,12 @@ def _resolve_profile(data: dict[str, Any], source: str) -> dict[str, Any]:
             source, "model.profile", name, f"unknown profile; allowed: {', '.join(BUILTIN_PROFILES)}"
         )
     merged = base.model_dump()
-    merged.update(spec)
+    for key, value in spec.items():
+        # A block the profile has (llm:) takes overrides key by key: {llm: {max_num_seqs: 128}}
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     return {**data, "model": merged}
 
 
@@ -689,12 +717,85 @@ def _check_diurnal_period(scenario: Scenario, source: str) -> None:
     )
 
 
+_DIST_FORMS = "{fixed: N}, {lognormal: {mean, cv, max}}, {uniform: [a, b]}, {empirical: {values, weights}}"
+
+
+def _shortest(dist: TokenDist) -> int:
+    """The shortest length ``dist`` can give."""
+    if dist.fixed is not None:
+        return dist.fixed
+    if dist.uniform is not None:
+        return dist.uniform[0]
+    if dist.empirical is not None:
+        e = dist.empirical
+        w = e.weights if e.weights is not None else [1.0] * len(e.values)
+        return min(v for v, x in zip(e.values, w, strict=True) if x > 0)
+    return 1
+
+
+def _check_llm(scenario: Scenario, source: str) -> None:
+    """What ties the model to the workload and the SLO: token lengths and token targets belong to an
+    LLM profile (``model.llm``), and an LLM profile needs token lengths."""
+    model, w, slo = scenario.model, scenario.workload, scenario.slo
+    tokens = getattr(w, "tokens", None)
+    if model.llm is None:
+        for key, value in (("ttft_ms", slo.ttft_ms), ("itl_ms", slo.itl_ms)):
+            if value is not None:
+                raise ConfigError(
+                    source,
+                    f"slo.{key}",
+                    value,
+                    f"only for an LLM profile (one with an llm: block); {model.name!r} is served request "
+                    "by request and has no tokens; allowed: leave it out, or use a profile with model.llm "
+                    "(e.g. llama3-8b-h100-vllm)",
+                )
+        if tokens is not None:
+            raise ConfigError(
+                source,
+                "workload.tokens",
+                tokens.model_dump(exclude_none=True),
+                f"only for an LLM profile (one with an llm: block); {model.name!r} is served request by "
+                "request and would ignore the lengths; allowed: leave it out, or use a profile with "
+                "model.llm (e.g. llama3-8b-h100-vllm)",
+            )
+        return
+    if isinstance(w, ClosedLoopWorkload):
+        raise ConfigError(
+            source,
+            "workload.kind",
+            w.kind,
+            "an LLM profile (model.llm) is served from an open-loop workload; allowed: poisson, gamma, "
+            "mmpp or trace",
+        )
+    if tokens is None and not isinstance(w, TraceWorkload):
+        raise ConfigError(
+            source,
+            "workload.tokens",
+            MISSING,
+            "required with an LLM profile (model.llm): tokens: {prompt: DIST, output: DIST}, each DIST "
+            f"one of {_DIST_FORMS}",
+        )
+    if tokens is not None and tokens.prompt is not None and tokens.output is not None:
+        shortest = _shortest(tokens.prompt) + _shortest(tokens.output)
+        limit = model.llm.max_model_len
+        if shortest > limit:
+            raise ConfigError(
+                source,
+                "workload.tokens",
+                tokens.model_dump(exclude_none=True),
+                f"every request would be rejected: the shortest prompt + output is {shortest} tokens, "
+                f"above model.llm.max_model_len = {limit}; allowed: shorter lengths or a larger "
+                "max_model_len",
+            )
+
+
 def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:
     """Validate scenario settings already parsed from YAML."""
     if not isinstance(data, dict):
         raise ConfigError(source, None, data, "expected a mapping of scenario settings")
     scenario = validate(Scenario, _resolve_profile(data, source), source)
     _check_diurnal_period(scenario, source)
+    _check_llm(scenario, source)
     return scenario
 
 

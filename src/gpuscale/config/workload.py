@@ -34,6 +34,14 @@ of the two. A user count is either an integer (``users: 50``) or a shape in user
   uniform integer), drawn from the workload's own seeded stream.
 
 User counts from a shape are rounded to the nearest integer (halves up).
+
+Token lengths (LLM profiles only, those with ``model.llm``): the open-loop kinds take a ``tokens:``
+block with a ``prompt:`` and an ``output:`` distribution, each one of ``{fixed: N}`` (or just ``N``),
+``{lognormal: {mean: M, cv: C, max: K}}`` (rounded, at least 1, cut at ``max``), ``{uniform: [a, b]}``
+(whole numbers a..b) or ``{empirical: {values: [...], weights: [...]}}``. A trace uses its own token
+columns (``ContextTokens``/``GeneratedTokens``, or ``context_tokens``/``generated_tokens``) for what its
+``tokens:`` block leaves out. A profile without ``llm:`` refuses a ``tokens:`` block: the request-level
+engine would ignore it.
 """
 
 from __future__ import annotations
@@ -383,11 +391,136 @@ UsersShape = Annotated[
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Token lengths (for LLM profiles)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class LogNormalTokens(_Model):
+    """A lognormal length with the given mean and coefficient of variation, rounded to whole tokens."""
+
+    mean: float = Field(ge=1, description="mean length, tokens (before rounding)")
+    cv: float = Field(gt=0, description="coefficient of variation (standard deviation / mean)")
+    max: int | None = Field(default=None, ge=1, description="longest length: longer draws are cut to this")
+
+
+class EmpiricalTokens(_Model):
+    """Lengths drawn from a list of values with weights."""
+
+    values: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="lengths, tokens (each ≥ 1)")
+    weights: list[NonNegative] | None = Field(
+        default=None, description="one weight ≥ 0 per value, summing to more than 0; default: equal"
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> Self:
+        w = self.weights
+        if w is None:
+            return self
+        if len(w) != len(self.values):
+            raise PydanticCustomError(
+                "weights_length",
+                "weights has {nw} entries; allowed: one per value ({n})",
+                {"nw": len(w), "n": len(self.values)},
+            )
+        if not sum(w) > 0:
+            raise PydanticCustomError("weights_sum", "weights must sum to more than 0")
+        return self
+
+
+TOKEN_DIST_KEYS = ("fixed", "lognormal", "uniform", "empirical")
+
+
+class TokenDist(_Model):
+    """A distribution of token lengths: exactly one of ``{fixed: N}``, ``{lognormal: {mean, cv, max}}``,
+    ``{uniform: [a, b]}`` (whole numbers a..b, both included) or ``{empirical: {values, weights}}``.
+    A plain number N is ``{fixed: N}``. Every length is a whole number ≥ 1."""
+
+    fixed: int | None = Field(default=None, ge=1, description="every request has this many tokens")
+    lognormal: LogNormalTokens | None = Field(
+        default=None, description="lognormal with this mean and cv, rounded, at least 1, cut at max"
+    )
+    uniform: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = Field(
+        default=None, description="[a, b]: a whole number uniform in a..b (1 ≤ a ≤ b)"
+    )
+    empirical: EmpiricalTokens | None = Field(default=None, description="values with weights")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_to_fixed(cls, v: object) -> object:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"fixed": v}
+        return v
+
+    @field_validator("uniform")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and v[0] > v[1]:
+            raise PydanticCustomError("uniform_order", "expected [a, b] with a ≤ b")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [k for k in TOKEN_DIST_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "token_dist",
+                "give exactly one of {keys} (given: {given})",
+                {"keys": ", ".join(TOKEN_DIST_KEYS), "given": ", ".join(given) or "none"},
+            )
+        return self
+
+    @property
+    def mean(self) -> float:
+        """The mean length before rounding and cutting (the configured one)."""
+        if self.fixed is not None:
+            return float(self.fixed)
+        if self.lognormal is not None:
+            return self.lognormal.mean
+        if self.uniform is not None:
+            return 0.5 * (self.uniform[0] + self.uniform[1])
+        assert self.empirical is not None
+        e = self.empirical
+        w = e.weights if e.weights is not None else [1.0] * len(e.values)
+        return sum(v * x for v, x in zip(e.values, w, strict=True)) / sum(w)
+
+
+class TokensConfig(_Model):
+    """Prompt and output lengths of the requests (LLM profiles only).
+
+    For a trace, either may be left out: the trace's own column is used (``ContextTokens`` /
+    ``GeneratedTokens``, or ``context_tokens`` / ``generated_tokens``); given, it replaces the column.
+    """
+
+    prompt: TokenDist | None = Field(default=None, description="prompt (input) length, tokens")
+    output: TokenDist | None = Field(default=None, description="output (generated) length, tokens")
+
+
+class _TokensChoice(_Model):
+    tokens: TokensConfig | None = Field(
+        default=None,
+        description="prompt and output lengths (LLM profiles only): {prompt: DIST, output: DIST}",
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _both_lengths(cls, t: TokensConfig | None) -> TokensConfig | None:
+        if t is not None and (t.prompt is None or t.output is None):
+            missing = "prompt" if t.prompt is None else "output"
+            raise PydanticCustomError(
+                "tokens_both",
+                "tokens.{m} is missing; allowed: both tokens.prompt and tokens.output (only a trace may "
+                "leave one out, taking it from its own column)",
+                {"m": missing},
+            )
+        return t
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Workload kinds
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _RateChoice(_Model):
+class _RateChoice(_TokensChoice):
     rate_rps: float | None = Field(
         default=None, ge=0, description="constant mean rate in requests per second; or give rate"
     )
@@ -421,7 +554,7 @@ class GammaWorkload(_RateChoice):
     cv: float = Field(gt=0, description="coefficient of variation of inter-arrival times (1 = Poisson)")
 
 
-class MmppWorkload(_Model):
+class MmppWorkload(_TokensChoice):
     """Markov-modulated Poisson arrivals: Poisson at the current state's rate; states switch at random.
 
     Give either ``mean_sojourn_s`` (on leaving a state the next is uniform among the others; with two
@@ -571,6 +704,11 @@ class TraceWorkload(_Model):
     loop: bool = Field(
         default=False,
         description="repeat the trace back to back (period: its span plus one mean gap) to fill the run",
+    )
+    tokens: TokensConfig | None = Field(
+        default=None,
+        description="prompt and/or output lengths replacing the trace's own token columns (LLM "
+        "profiles only); default: the trace's columns",
     )
 
 

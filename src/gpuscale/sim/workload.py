@@ -53,6 +53,7 @@ from gpuscale.config.workload import (
     RateSinusoid,
     RateSpike,
     RateStep,
+    TokenDist,
     TraceWorkload,
     UsersConstant,
     UsersDiurnal,
@@ -1000,12 +1001,14 @@ class _TraceBlocks:
         self._block = j // TRACE_BLOCK_ROWS
         self._first_row = j
         self._done = j >= n
+        self.last_rows: IntArray = np.empty(0, dtype=np.int64)
 
     def _sim_time(self, trace_t: FloatArray | float) -> FloatArray:
         return np.asarray((np.asarray(trace_t) - self._offset) / self._scale, dtype=np.float64)
 
     def next_piece(self) -> tuple[FloatArray, float]:
         if self._done:
+            self.last_rows = np.empty(0, dtype=np.int64)
             return _EMPTY, math.inf
         c, blk = self._cycle, self._block
         lo = max(blk * TRACE_BLOCK_ROWS, self._first_row)
@@ -1018,6 +1021,7 @@ class _TraceBlocks:
         if self._frac > 0:
             counts += rng.random(len(base)) < self._frac
         times = np.repeat(base, counts)
+        rows = np.repeat(np.arange(lo, hi, dtype=np.int64), counts)
         if len(times) and counts.max() > 1:
             if hi < self._n:
                 nxt = self._tau[lo + 1 : hi + 1] + shift
@@ -1029,7 +1033,10 @@ class _TraceBlocks:
             gaps = np.repeat(self._gap[lo:hi], counts)[extra]
             limit = np.repeat(nxt, counts)[extra]  # rounding must not push a copy past the next request
             times[extra] = np.minimum(times[extra] + rng.random(len(gaps)) * gaps, limit)
-            times.sort()
+            order = np.argsort(times, kind="stable")
+            times = times[order]
+            rows = rows[order]
+        self.last_rows = rows  # the trace row of each arrival of this piece, in arrival order
         # Advance to the next block (and pass, when looping).
         if hi >= self._n:
             if self._loop:
@@ -1072,6 +1079,212 @@ class _TraceRate:
         b = self._cfg.start_offset_s + hi * self._cfg.time_scale
         n = self._count_before(b) - self._count_before(a)
         return self._cfg.rate_multiplier * n / (hi - lo)
+
+
+# =========================================================================================================
+# Token lengths of LLM requests
+# =========================================================================================================
+
+TOKEN_BLOCK = 4096
+"""Requests per block of drawn token lengths; block ``i`` of the prompt (output) lengths draws from the
+stream ``tokens/prompt/{i}`` (``tokens/output/{i}``), so the lengths of a run do not depend on how the
+engine cuts it into intervals, and a prompt distribution never shifts the output draws."""
+
+Int32Array = npt.NDArray[np.int32]
+
+_TRACE_TOKEN_COLUMNS = {
+    "prompt": "ContextTokens (context_tokens in the time_s format)",
+    "output": "GeneratedTokens (generated_tokens in the time_s format)",
+}
+
+
+def sample_token_lengths(dist: TokenDist, rng: np.random.Generator, n: int) -> IntArray:
+    """``n`` whole token lengths ≥ 1 drawn from ``dist``."""
+    if dist.fixed is not None:
+        return np.full(n, dist.fixed, dtype=np.int64)
+    if dist.lognormal is not None:
+        ln = dist.lognormal
+        sigma2 = math.log1p(ln.cv * ln.cv)
+        mu = math.log(ln.mean) - 0.5 * sigma2
+        x = np.rint(rng.lognormal(mu, math.sqrt(sigma2), size=n))
+        hi = float(ln.max) if ln.max is not None else float(np.iinfo(np.int32).max)
+        return np.clip(x, 1.0, hi).astype(np.int64)
+    if dist.uniform is not None:
+        a, b = dist.uniform
+        return rng.integers(a, b + 1, size=n, dtype=np.int64)
+    assert dist.empirical is not None
+    e = dist.empirical
+    values = np.asarray(e.values, dtype=np.int64)
+    if e.weights is None:
+        return values[rng.integers(0, len(values), size=n)]
+    w = np.asarray(e.weights, dtype=np.float64)
+    return values[rng.choice(len(values), size=n, p=w / w.sum())]
+
+
+class _Buffered:
+    """Hands out a sequence made in blocks, ``n`` values at a time, in order."""
+
+    def __init__(self) -> None:
+        self._buf: IntArray = np.empty(0, dtype=np.int64)
+
+    def _next_block(self) -> IntArray | None:
+        raise NotImplementedError
+
+    def take(self, n: int) -> IntArray:
+        parts = [self._buf]
+        have = len(self._buf)
+        while have < n:
+            block = self._next_block()
+            if block is None:
+                raise ValueError(f"asked for {n} token lengths; the source has only {have} more")
+            parts.append(block)
+            have += len(block)
+        buf = np.concatenate(parts) if len(parts) > 1 else self._buf
+        self._buf = buf[n:]
+        return buf[:n]
+
+
+class _DistLengths(_Buffered):
+    def __init__(self, dist: TokenDist, seed: int, name: str) -> None:
+        super().__init__()
+        self._dist = dist
+        self._seed = seed
+        self._name = name
+        self._i = 0
+
+    def _next_block(self) -> IntArray:
+        rng = generator(self._seed, f"tokens/{self._name}/{self._i}")
+        self._i += 1
+        return sample_token_lengths(self._dist, rng, TOKEN_BLOCK)
+
+
+class _TraceRows(_Buffered):
+    """The trace row of each replayed arrival, in arrival order: the same pieces the arrival source
+    replays (same seed, same rate multiplier draws), so arrival k gets the row it was copied from."""
+
+    def __init__(self, trace: Trace, cfg: TraceWorkload, seed: int) -> None:
+        super().__init__()
+        self._blocks = _TraceBlocks(trace, cfg, seed)
+
+    def _next_block(self) -> IntArray | None:
+        _, until = self._blocks.next_piece()
+        rows = self._blocks.last_rows
+        if not len(rows) and until == math.inf:
+            return None
+        return rows
+
+
+class TokenSource:
+    """Prompt and output lengths of open-loop arrivals, handed out in arrival order.
+
+    ``take(n)`` returns the lengths of the next ``n`` arrivals as two int32 arrays ``(prompt, output)``,
+    each value ≥ 1. Call it once after every ``ArrivalSource.arrivals(t0, t1)`` of the run with
+    ``n = len(times)`` (also for an empty interval, or skip it then): the k-th arrival of the run gets
+    the k-th lengths. Lengths from distributions are drawn in blocks of :data:`TOKEN_BLOCK` from the
+    seeded streams ``tokens/prompt/{i}`` and ``tokens/output/{i}``; lengths from a trace are the
+    token columns of the row each arrival replays (rate multiplier copies and loop passes included).
+    Equal for any way of cutting the run into intervals. Single-use, like the arrival source.
+    """
+
+    def __init__(
+        self,
+        prompt: _DistLengths | IntArray,
+        output: _DistLengths | IntArray,
+        rows: _TraceRows | None = None,
+    ) -> None:
+        self._prompt = prompt
+        self._output = output
+        self._rows = rows
+        self.taken = 0
+        """Lengths handed out so far (arrivals served)."""
+
+    def take(self, n: int) -> tuple[Int32Array, Int32Array]:
+        if n < 0:
+            raise ValueError(f"take({n}): n must be ≥ 0")
+        rows = self._rows.take(n) if self._rows is not None else None
+        out: list[Int32Array] = []
+        for part in (self._prompt, self._output):
+            if isinstance(part, _DistLengths):
+                values = part.take(n)
+            else:
+                assert rows is not None
+                values = part[rows]
+            out.append(values.astype(np.int32))
+        self.taken += n
+        return out[0], out[1]
+
+
+def _trace_column(trace: Trace, which: str) -> IntArray | None:
+    return trace.context_tokens if which == "prompt" else trace.generated_tokens
+
+
+def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path | None = None) -> TokenSource:
+    """The :class:`TokenSource` of an open-loop workload served by an LLM profile.
+
+    Its ``tokens:`` block gives the distributions; a trace uses its own token columns for what the
+    block leaves out. ``source`` (the scenario file) and ``base_dir`` are as for :func:`build_workload`.
+    Raises :class:`ConfigError` where the lengths are missing or not whole numbers ≥ 1.
+    """
+    if isinstance(cfg, ClosedLoopWorkload):
+        raise ConfigError(
+            source,
+            "workload.kind",
+            cfg.kind,
+            "an LLM profile is served token by token from an open-loop workload; allowed: poisson, "
+            "gamma, mmpp or trace, with a tokens: block (a trace may use its own token columns)",
+        )
+    tokens = cfg.tokens
+    dists = {
+        "prompt": tokens.prompt if tokens is not None else None,
+        "output": tokens.output if tokens is not None else None,
+    }
+    if not isinstance(cfg, TraceWorkload):
+        if tokens is None:
+            raise ConfigError(
+                source,
+                "workload.tokens",
+                MISSING,
+                "required with an LLM profile: the prompt and output lengths, e.g. tokens: {prompt: "
+                "{lognormal: {mean: 1000, cv: 1}}, output: {lognormal: {mean: 200, cv: 1}}}; each one "
+                "of {fixed: N}, {lognormal: {mean, cv, max}}, {uniform: [a, b]}, {empirical: {values, "
+                "weights}}",
+            )
+        assert dists["prompt"] is not None and dists["output"] is not None  # checked by the config
+        return TokenSource(
+            _DistLengths(dists["prompt"], seed, "prompt"), _DistLengths(dists["output"], seed, "output")
+        )
+    trace = load_trace(cfg.path, base_dir=base_dir, source=source)
+    parts: dict[str, _DistLengths | IntArray] = {}
+    for which in ("prompt", "output"):
+        dist = dists[which]
+        if dist is not None:
+            parts[which] = _DistLengths(dist, seed, which)
+            continue
+        column = _trace_column(trace, which)
+        if column is None:
+            raise ConfigError(
+                source,
+                f"workload.tokens.{which}",
+                MISSING,
+                f"required: the trace {cfg.path} has no {_TRACE_TOKEN_COLUMNS[which]} column, and an LLM "
+                "profile needs the length of every request; allowed: a column in the trace, or "
+                f"tokens: {{{which}: DIST}} with DIST one of {{fixed: N}}, {{lognormal: {{mean, cv}}}}, "
+                "{uniform: [a, b]}, {empirical: {values, weights}}",
+            )
+        bad = np.flatnonzero(column < 1)
+        if len(bad):
+            i = int(bad[0])
+            raise ConfigError(
+                trace.source,
+                _TRACE_TOKEN_COLUMNS[which].split(" ")[0],
+                int(column[i]),
+                f"a whole number of tokens ≥ 1 (request {i + 1} in time order; {len(bad):,} such "
+                f"requests); an LLM request has at least one {which} token. Allowed: fix the trace, or "
+                f"replace the column with workload.tokens.{which}",
+            )
+        parts[which] = column
+    uses_rows = any(not isinstance(p, _DistLengths) for p in parts.values())
+    return TokenSource(parts["prompt"], parts["output"], _TraceRows(trace, cfg, seed) if uses_rows else None)
 
 
 # =========================================================================================================
