@@ -272,11 +272,12 @@ def test_routing_goes_to_least_outstanding_lowest_slot_on_ties() -> None:
 
 # ---- invariants on a busy run ---------------------------------------------------------------------------
 def busy_run(
-    seed: int, chunk: float = 0.5, stop_at: float = 60.0
+    seed: int, chunk: float = 0.5, stop_at: float = 60.0, timeout_s: float = math.inf
 ) -> tuple[LlmDataPlane, np.ndarray, list[str]]:
     params = LlmParams(
         num_blocks=400, block_size=16, max_model_len=2048, max_num_seqs=24, max_num_batched_tokens=512,
         queue_capacity=40, beta0_s=0.005, beta_prefill_s=3e-5, beta_decode_s=1e-4, beta_kv_s=5e-8,
+        timeout_s=timeout_s,
     )  # fmt: skip
     rng = np.random.default_rng(seed)
     n = 2400
@@ -297,7 +298,7 @@ def busy_run(
             if dp.pi[p, L.P_FREE_BLOCKS] + dp.held_blocks(p) != params.num_blocks:
                 problems.append(f"blocks leak on pod {p} at {t}")
         gi = dp.gi
-        ended = gi[K.G_COMPLETED] + gi[K.G_REJECTED] + gi[K.G_DROPPED]
+        ended = gi[K.G_COMPLETED] + gi[K.G_TIMED_OUT] + gi[K.G_REJECTED] + gi[K.G_DROPPED]
         if gi[K.G_ARRIVED] != ended + dp.in_flight:
             problems.append(f"requests not conserved at {t}")
     return dp, output, problems
@@ -424,3 +425,116 @@ def test_speed_figure() -> None:
     )
     assert figures["generated_tokens"] > 1e6
     assert math.isfinite(figures["tokens_per_wall_s"])
+
+
+# ---- client timeout (docs/llm.md, Client timeout) ---------------------------------------------------
+def test_a_request_stuck_behind_a_long_prompt_times_out_at_the_next_iteration_start() -> None:
+    # Budget 8 tokens, deadline = arrival + 2.5. A (P 16, O 3) prefills in two iterations (first token
+    # at 2). B (P 16) gets 7 tokens at t=2 (2 blocks); C (P 4) waits. At t=3 B (deadline 2.75) and C
+    # (deadline 3.0: due at exactly 3) still have no token: both are aborted before the scheduler runs,
+    # B from the running list, then C from the waiting deque. A, with its tokens, decodes on to t=4.
+    dp = plane(unit(max_num_batched_tokens=8, timeout_s=2.5))
+    push(dp, 0.0, 2.5, [(0.0, 16, 3), (0.25, 16, 1), (0.5, 4, 1)])
+    a, b = dp.running_rows(0).tolist()
+    (c,) = dp.waiting_rows(0).tolist()
+    assert dp.ri[0, c, L.R_SEQ] == 2 and dp.ri[0, b, L.R_SEQ] == 1
+    assert dp.ri[0, b, L.R_HELD] == 2 and dp.ri[0, b, L.R_COMP] == 0 and dp.ri[0, a, L.R_GEN] == 1
+    assert dp.kv_used_blocks(0) == 5 + 2
+    dp.advance(2.5, 3.5, np.zeros(0))
+    assert dp.running_rows(0).tolist() == [a] and dp.waiting_rows(0).tolist() == []
+    assert dp.kv_used_blocks(0) == 5 == dp.held_blocks(0)  # B's blocks are free again
+    assert dp.counter(K.G_TIMED_OUT) == 2 and dp.pi[0, L.P_TIMED_OUT] == 2
+    dp.advance(3.5, 10.0, np.zeros(0))
+    rec = by_seq(dp)
+    assert [int(s) for s in dp.records().seq] == [1, 2, 0]  # running, then waiting, then A at t=4
+    assert rec[1]["outcome"] == rec[2]["outcome"] == K.OUT_TIMED_OUT
+    assert rec[1]["lat"] == 2.75 and rec[2]["lat"] == 2.5 and rec[1]["pod"] == rec[2]["pod"] == 0
+    assert math.isnan(rec[1]["ttft"]) and math.isnan(rec[2]["ttft"])
+    assert rec[0]["outcome"] == K.OUT_COMPLETED and rec[0]["lat"] == 4.0 and rec[0]["ttft"] == 2.0
+    assert dp.counter(K.G_COMPLETED) == 1 and dp.counter(K.G_SLO_MET) == 1
+    # latency: the time in the system, capped at the timeout for the histogram and the maximum
+    assert dp.gf[K.F_LAT_SUM] == 4.0 + 2.75 + 2.5 and dp.gf[K.F_LAT_MAX] == 4.0
+    assert dp.hist.sum() == 3 and dp.hist[K._bucket(2.5)] == 2
+    assert dp.prompt_tokens == 16 + 7 and dp.generated_tokens == 3
+    assert dp.kv_used_blocks(0) == 0 and dp.outstanding(0) == 0
+    # Little's law: ∫ outstanding = Σ time in the system (A 4, B 2.75, C 2.5)
+    assert dp.system_integral == pytest.approx(float(dp.gf[K.F_SYS_SUM])) == 9.25
+    assert dp.gf[K.F_N_WAIT] == 2.0  # A and B were scheduled; C never was
+
+
+def test_a_request_with_its_first_token_never_times_out() -> None:
+    # Deadline 2.5; the first token at 1 and the last at 10.
+    dp = plane(unit(timeout_s=2.5))
+    push(dp, 0.0, 20.0, [(0.0, 4, 10)])
+    assert by_seq(dp)[0]["outcome"] == K.OUT_COMPLETED and by_seq(dp)[0]["lat"] == 10.0
+    # A first token emitted at the end of an iteration already running at the deadline counts: chunks
+    # of 4 end at 1, 2, 3; the iteration that starts at 3 (past 2.5) finds the token there.
+    dp = plane(unit(max_num_batched_tokens=4, timeout_s=2.5))
+    push(dp, 0.0, 20.0, [(0.0, 12, 2)])
+    rec = by_seq(dp)[0]
+    assert rec["outcome"] == K.OUT_COMPLETED and rec["ttft"] == 3.0 and rec["lat"] == 4.0
+    assert dp.counter(K.G_TIMED_OUT) == 0
+
+
+def test_an_idle_pod_aborts_at_the_deadline_exactly_before_arrivals_of_that_instant() -> None:
+    # No chunked prefill, budget 8: A (P 16) can never be scheduled and pod 0 idles with it. At 2.5,
+    # its deadline, A is aborted; B, arriving then, finds both pods empty and goes to slot 0.
+    dp = plane(unit(chunked_prefill=False, max_num_batched_tokens=8, timeout_s=2.5), pods=2)
+    push(dp, 0.0, 2.4, [(0.0, 16, 1)])
+    assert dp.outstanding(0) == 1 and dp.pi[0, L.P_BUSY] == 0
+    push(dp, 2.4, 10.0, [(2.5, 4, 1)])
+    rec = by_seq(dp)
+    assert rec[0]["outcome"] == K.OUT_TIMED_OUT and rec[0]["lat"] == 2.5 and rec[0]["pod"] == 0
+    assert rec[1]["outcome"] == K.OUT_COMPLETED and rec[1]["pod"] == 0 and rec[1]["lat"] == 1.0
+    assert dp.pi[0, L.P_N_ITER] == 1 and dp.pi[1, L.P_N_ITER] == 0
+    assert dp.system_integral == pytest.approx(float(dp.gf[K.F_SYS_SUM])) == 3.5
+
+
+def test_router_queue_requests_give_up_at_their_deadline_or_when_handed_out_past_it() -> None:
+    # Deadline = arrival + 2, router queue of 3, no pod until 3.0. The first leaves at 2.5, making room
+    # for the arrival at that instant (a deadline before an arrival of the same instant); the second's
+    # deadline is the hand-out instant: timed out instead of routed. The last two are served at 3.
+    dp = LlmDataPlane(unit(router_queue_capacity=3, timeout_s=2.0), max_slots=2, seed=0, record=True)
+    push(dp, 0.0, 3.0, [(0.5, 4, 1), (1.0, 4, 1), (1.5, 4, 1), (2.5, 4, 1)])
+    assert dp.router_queue_len == 3 and dp.counter(K.G_TIMED_OUT) == 1 and dp.counter(K.G_REJECTED) == 0
+    p = dp.open_slot(3.0)
+    dp.hand_out(3.0)
+    assert dp.router_queue_len == 0 and dp.outstanding(p) == 2 and dp.counter(K.G_TIMED_OUT) == 2
+    dp.advance(3.0, 10.0, np.zeros(0))
+    rec = by_seq(dp)
+    assert [rec[s]["outcome"] for s in range(4)] == [K.OUT_TIMED_OUT] * 2 + [K.OUT_COMPLETED] * 2
+    assert rec[0]["lat"] == 2.0 and rec[1]["lat"] == 2.0 and rec[0]["pod"] == rec[1]["pod"] == -1
+    assert rec[2]["lat"] == 2.5 and rec[3]["lat"] == 1.5
+    assert dp.gf[K.F_RQ_INT] == 0.5 * 1 + 0.5 * 2 + 1.0 * 3 + 0.5 * 3
+    assert dp.gf[K.F_LAT_MAX] == 2.5 and dp.gf[K.F_LAT_SUM] == 2.0 + 2.0 + 2.5 + 1.5
+    assert dp.system_integral == pytest.approx(float(dp.gf[K.F_SYS_SUM])) == 8.0
+
+
+def test_conservation_and_littles_law_with_client_timeouts() -> None:
+    dp, output, problems = busy_run(7, stop_at=30.0, timeout_s=1.5)
+    assert problems == []
+    rec = dp.records()
+    done = rec.seq[rec.outcome == K.OUT_COMPLETED]
+    timed_out = rec.outcome == K.OUT_TIMED_OUT
+    assert timed_out.sum() > 20 and dp.counter(K.G_TIMED_OUT) == timed_out.sum()
+    assert np.all(rec.latency_s[timed_out] >= 1.5) and np.all(np.isnan(rec.ttft_s[timed_out]))
+    assert np.all(rec.pod[timed_out] >= 0)
+    assert dp.generated_tokens == int(output[done].sum()) + inflight_generated(dp)
+    assert dp.hist.sum() == len(done) + timed_out.sum()
+    # nobody still inside is past its deadline without a token, beyond the iteration in progress
+    t = 30.0
+    inside = 0.0
+    for p in dp.active_slots.tolist():
+        rows = np.concatenate([dp.running_rows(p), dp.waiting_rows(p)])
+        inside += float((t - dp.rf[p, rows, L.RF_ARR]).sum())
+        late = (dp.ri[p, rows, L.R_GEN] == 0) & (dp.rf[p, rows, L.RF_ARR] + 1.5 <= dp.pf[p, L.P_ITER_START])
+        assert not late.any()
+    assert dp.system_integral == pytest.approx(float(dp.gf[K.F_SYS_SUM]) + inside, rel=1e-9)
+
+
+def test_a_draining_pod_emptied_by_timeouts_ends_at_its_last_abort() -> None:
+    dp = plane(unit(chunked_prefill=False, max_num_batched_tokens=8, timeout_s=2.5))
+    push(dp, 0.0, 1.0, [(0.0, 4, 1), (0.5, 16, 1)])  # the first ends at 1; the second never fits
+    dp.stop_accepting(0)
+    dp.advance(1.0, 5.0, np.zeros(0))
+    assert dp.outstanding(0) == 0 and dp.last_end_t(0) == 3.0

@@ -378,6 +378,77 @@ def test_ttft_itl_and_e2e_slos() -> None:
     assert run(p, [(0.0, 100, 5)], e2e_slo_s=a.e2e_s * 0.999).slo_met == 0
 
 
+# -- client timeout (docs/llm.md, Client timeout) ---------------------------------------------------
+
+
+def test_requests_without_a_token_are_aborted_at_the_first_iteration_start_past_their_deadline() -> None:
+    # Budget 32. A (P = 64, O = 3) prefills in two iterations; B (P = 64) arrives at 1 ms and gets the
+    # 31 tokens left in iteration 3; C (P = 8) at 2 ms waits. The deadlines of B and C fall during
+    # iteration 3: at its end both still have no token and the iteration that starts then aborts them
+    # (B from the running list, its blocks freed; C from the waiting deque) before scheduling.
+    p = LlmParams(num_blocks=600, max_model_len=4096, max_num_batched_tokens=32)
+    e1 = d(p, prefill=32, context=32)
+    e2 = e1 + d(p, prefill=32, context=64)  # A's first token
+    e3 = e2 + d(p, prefill=31, decode=1, context=65 + 31)
+    timeout = (e2 + e3) / 2
+    assert e2 < 0.001 + timeout and 0.002 + timeout <= e3
+    p = replace(p, timeout_s=timeout)
+    res = run(p, [(0.0, 64, 3), (0.001, 64, 1), (0.002, 8, 1)])
+    a, b, c = res.requests
+    e4 = e3 + d(p, decode=1, context=66)  # A alone, its last token
+    assert a.outcome == "completed" and a.completion_s == approx(e4) and a.ttft_s == approx(e2)
+    for r in (b, c):
+        assert r.outcome == "timed_out" and r.timed_out_s == e3 and r.pod == 0
+        assert r.e2e_s == e3 - r.arrival_s and r.generated == 0 and math.isnan(r.ttft_s)
+        assert not r.slo_met
+    assert res.timed_out == 2 and res.slo_met == 1
+    assert res.prompt_tokens == 32 + 32 + 31  # B's chunk was computed all the same
+    assert res.pods[0].used_blocks == 0 and res.pods[0].iterations == 4
+
+
+def test_a_request_with_its_first_token_never_times_out() -> None:
+    p = LlmParams(num_blocks=600, max_model_len=4096, timeout_s=0.05)
+    (r,) = run(p, [(0.0, 100, 40)]).requests
+    assert r.ttft_s < 0.05 < r.e2e_s and r.outcome == "completed"
+    # Chunks of 32: the first token comes at the end of the 3rd iteration, past the deadline; the
+    # iteration that starts then finds it there.
+    p = LlmParams(num_blocks=600, max_model_len=4096, max_num_batched_tokens=32)
+    e2 = d(p, prefill=32, context=32) + d(p, prefill=32, context=64)
+    (r,) = run(replace(p, timeout_s=e2 + 1e-6), [(0.0, 80, 2)]).requests
+    assert r.outcome == "completed" and r.ttft_s > e2 + 1e-6
+
+
+def test_an_idle_pod_aborts_at_the_deadline_exactly_before_arrivals_of_that_instant() -> None:
+    # No chunked prefill, budget 64: A (P = 100) is skipped for ever and pod 0 idles with it. At 2.0,
+    # its deadline, it is aborted; B, arriving then, finds both pods empty and goes to slot 0.
+    p = LlmParams(
+        num_blocks=600, max_model_len=4096, max_num_batched_tokens=64, chunked_prefill=False, timeout_s=2.0
+    )
+    res = run(p, [(0.0, 100, 1), (2.0, 10, 1)], pods=[(0.0, 1.0), (0.0, 1.0)], t_end=5.0)
+    a, b = res.requests
+    assert a.outcome == "timed_out" and a.timed_out_s == 2.0 and a.pod == 0
+    assert b.outcome == "completed" and b.pod == 0
+    assert [pod.iterations for pod in res.pods] == [1, 0]
+
+
+def test_router_queue_requests_give_up_at_their_deadline_or_at_the_hand_out() -> None:
+    # Router queue of 2, deadline = arrival + 1, no pod until 3.0. Each arrival from 1.5 on finds the
+    # queue full but its oldest request giving up at that instant first, so none is rejected. At 3.0
+    # the request that arrived at 2.0 is due: timed out instead of routed; the last one is served.
+    p = LlmParams(num_blocks=600, max_model_len=4096, router_queue_capacity=2, timeout_s=1.0)
+    reqs = [(0.5, 10, 1), (1.0, 10, 1), (1.5, 10, 1), (2.0, 10, 1), (2.5, 10, 1)]
+    res = run(p, reqs, pods=[(3.0, 1.0)], t_end=10.0)
+    *gave_up, last = res.requests
+    assert [(r.outcome, r.pod, r.timed_out_s) for r in gave_up] == [
+        ("timed_out", -1, 1.5),
+        ("timed_out", -1, 2.0),
+        ("timed_out", -1, 2.5),
+        ("timed_out", -1, 3.0),
+    ]
+    assert last.outcome == "completed" and last.completion_s == approx(3.0 + d(p, prefill=10, context=10))
+    assert res.timed_out == 4
+
+
 # -- same-instant order and t_end --------------------------------------------------------------------
 
 
@@ -436,6 +507,8 @@ class Scenario:
     grid: bool = False
     """Binary-fraction arrival times (with EXACT-like costs): iteration ends and arrivals coincide."""
     must_reject: bool = False
+    must_time_out_idle: bool = False
+    must_time_out_queued: bool = False
     slo: tuple[float, float, float] = (0.5, 0.05, 4.0)
 
 
@@ -510,6 +583,53 @@ CROSS_SCENARIOS: dict[str, Scenario] = {
         grid=True,
         must_reject=True,
     ),
+    # Client timeouts (docs/llm.md, Client timeout), short enough that requests stuck behind long
+    # prompts and preempted prefills time out at their pods' iteration starts.
+    "timeout-chunked-prefill-preemption": Scenario(replace(SMALL_KV, timeout_s=1.2), THREE_PODS),
+    # Requests skipped for ever leave idle pods at their deadlines exactly.
+    "timeout-skipped-for-ever-idle-pods": Scenario(
+        replace(SMALL_KV, chunked_prefill=False, queue_capacity=12, timeout_s=0.75),
+        THREE_PODS,
+        must_time_out_idle=True,
+    ),
+    # No pod until 1.5 s: requests give up in the router queue (at their deadlines, or when handed out).
+    "timeout-router-queue": Scenario(
+        replace(
+            SMALL_KV,
+            max_num_seqs=8,
+            queue_capacity=6,
+            router_queue_capacity=12,
+            max_model_len=900,
+            timeout_s=1.0,
+        ),
+        ((1.5001, 1.0), (4.1003, 1.0), (9.6007, 1.0)),
+        rate=16.0,
+        prompt=(8, 700),
+        output=(1, 300),
+        must_reject=True,
+        must_time_out_queued=True,
+    ),
+    # Deadlines on the 1/512 s grid: they coincide with iteration ends, starts and arrivals.
+    "timeout-grid-ties": Scenario(
+        LlmParams(
+            num_blocks=40,
+            block_size=4,
+            max_model_len=100,
+            max_num_batched_tokens=48,
+            max_num_seqs=8,
+            queue_capacity=8,
+            beta0_s=4 / 512,
+            beta_prefill_s=1 / 512,
+            beta_decode_s=1 / 512,
+            beta_kv_s=0.0,
+            timeout_s=1.0,
+        ),
+        ((0.0, 1.0), (2.5, 1.0), (6.0, 0.5)),
+        rate=22.0,
+        prompt=(1, 40),
+        output=(1, 40),
+        grid=True,
+    ),
 }
 
 
@@ -573,7 +693,7 @@ def run_engine(s: Scenario, arrivals: np.ndarray, prompt: np.ndarray, output: np
     assert len(rows) == len(rec.seq), "a request ended twice"
     counters = {
         name: int(dp.counter(getattr(K, name)))
-        for name in ("G_ARRIVED", "G_COMPLETED", "G_REJECTED", "G_DROPPED", "G_SLO_MET")
+        for name in ("G_ARRIVED", "G_COMPLETED", "G_TIMED_OUT", "G_REJECTED", "G_DROPPED", "G_SLO_MET")
     }
     pods = [
         (len(dp.running_rows(k)), len(dp.waiting_rows(k)), int(dp.kv_used_blocks(k)))
@@ -590,13 +710,14 @@ def run_engine(s: Scenario, arrivals: np.ndarray, prompt: np.ndarray, output: np
     )
 
 
-_CODE = {"completed": 0, "rejected": 2}
+_CODE = {"completed": 0, "timed_out": 1, "rejected": 2}
 
 
 def describe(r: LlmRequestResult) -> str:
     return (
         f"seq {r.seq} (arrival {r.arrival_s!r}, P {r.prompt}, O {r.output}): {r.outcome}, pod {r.pod}, "
-        f"TTFT {r.ttft_s!r}, completion {r.completion_s!r}, e2e {r.e2e_s!r}, preemptions {r.preemptions}"
+        f"TTFT {r.ttft_s!r}, completion {r.completion_s!r}, timed out {r.timed_out_s!r}, e2e {r.e2e_s!r}, "
+        f"preemptions {r.preemptions}"
     )
 
 
@@ -618,6 +739,14 @@ def first_disagreement(eng: EngineRun, ref: LlmReferenceResult) -> str:
                 and abs(latency - r.e2e_s) <= 1e-9
                 and abs(arrival + latency - r.completion_s) <= 1e-9
                 and abs(ttft - r.ttft_s) <= 1e-9
+                and preemptions == r.preemptions
+            )
+        if r.outcome == "timed_out":
+            same = (
+                same
+                and abs(latency - r.e2e_s) <= 1e-9
+                and abs(arrival + latency - r.timed_out_s) <= 1e-9
+                and math.isnan(ttft)
                 and preemptions == r.preemptions
             )
         if not same:
@@ -650,12 +779,23 @@ def test_engine_agrees_with_the_reference_request_for_request(name: str, seed: i
     # The scenario exercises what it is there for.
     completed = ref.by_outcome("completed")
     rejected = ref.by_outcome("rejected")
+    timed_out = ref.by_outcome("timed_out")
+    assert len(timed_out) == ref.timed_out
     assert len(completed) > 50
     assert ref.preemptions > 0
     assert ref.by_outcome("in_flight")
     assert 0 < ref.slo_met < len(completed)
     if s.must_reject:
         assert rejected
+    if math.isfinite(s.params.timeout_s):
+        assert timed_out
+        assert all(r.generated == 0 and r.timed_out_s >= r.arrival_s + s.params.timeout_s for r in timed_out)
+        if s.must_time_out_idle:  # some at their deadline exactly: in an idle pod or the router queue
+            assert any(r.timed_out_s == r.arrival_s + s.params.timeout_s for r in timed_out)
+        if s.must_time_out_queued:
+            assert any(r.pod == -1 for r in timed_out)
+    else:
+        assert not timed_out
     if s.grid:
         ends = {r.completion_s for r in completed} | {r.first_token_s for r in completed}
         assert len(ends & set(arrivals.tolist())) > 10  # iteration ends that coincide with arrivals
@@ -665,6 +805,7 @@ def test_engine_agrees_with_the_reference_request_for_request(name: str, seed: i
     assert eng.counters == {
         "G_ARRIVED": len(ref.requests),
         "G_COMPLETED": len(completed),
+        "G_TIMED_OUT": len(timed_out),
         "G_REJECTED": len(rejected),
         "G_DROPPED": 0,
         "G_SLO_MET": ref.slo_met,

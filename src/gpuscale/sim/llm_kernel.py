@@ -12,10 +12,12 @@ Per pod ``p`` (a *slot*), requests live in rows of a pool of ``pod_capacity`` ro
 * ``frow[p, :pi[p, P_FREE_ROWS]]``: the free rows;
 * ``sched[p, :pi[p, P_NSCHED], 0/1]``: the iteration in progress (row, tokens), in schedule order.
 
-Events at one instant ``t`` are taken in this order: iteration ends (their effects), then arrivals
-(routing), then iteration starts. A pod whose iteration ended at ``t``, or which received a request
-while idle, is put on a *pending* list and starts its next iteration once every event at ``t`` has
-been handled, so an arrival at ``t`` is routed before any iteration that starts at ``t``.
+Events at one instant ``t`` are taken in this order: pod events (iteration ends and their effects,
+client deadlines in idle pods), then client deadlines in the router queue, then arrivals (routing),
+then iteration starts (each opening with the client deadlines due in its pod). A pod whose iteration
+ended at ``t``, or which received a request while idle, is put on a *pending* list and starts its next
+iteration once every event at ``t`` has been handled, so an arrival at ``t`` is routed before any
+iteration that starts at ``t``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ P_N_ITER = 14
 P_COMPLETED = 15
 P_REJECTED = 16
 P_DROPPED = 17
-N_PI = 18
+P_TIMED_OUT = 18
+N_PI = 19
 
 # ---- per-pod float columns (PF) ------------------------------------------------------------------
 P_ITER_END = 0
@@ -86,7 +89,10 @@ P_DRAM_INT = 10
 P_FR_ACT = 11
 P_FR_OCC = 12
 P_FR_DRAM = 13
-N_PF = 14
+P_DEADLINE = 14
+"""Earliest client deadline (arrival + timeout) of a request without a first token, or a lower bound
+of it (it is made exact whenever the pod checks its deadlines); inf when none."""
+N_PF = 15
 assert NEXT_T == 2 and HW_BATCH == 7
 
 # ---- global counters: the request-level kernel's G_* / F_* first, then these ---------------------
@@ -124,7 +130,8 @@ CF_WEIGHTS = 8
 CF_PARAMS = 9
 CF_PEAK_FLOPS = 10
 CF_HBM = 11
-N_LCF = 12
+CF_TIMEOUT = 12
+N_LCF = 13
 
 # ---- histograms (rows of ``hists``) and records ----------------------------------------------------
 H_E2E = 0
@@ -209,6 +216,33 @@ def _reject(
 
 
 @_compiled(inline=True)
+def _timed_out(
+    seq: int,
+    arr: float,
+    t: float,
+    pod: int,
+    pre: int,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """Request ``seq`` is abandoned by its client at ``t`` (as the request-level kernel counts it: its
+    time in the system as latency, capped at the timeout for the histogram and the maximum)."""
+    lat = t - arr
+    gi[K.G_TIMED_OUT] += 1
+    gf[K.F_SYS_SUM] += lat
+    gf[K.F_LAT_SUM] += lat
+    seen = min(lat, cf[CF_TIMEOUT])
+    hists[H_E2E, K._bucket(seen)] += 1
+    if seen > gf[K.F_LAT_MAX]:
+        gf[K.F_LAT_MAX] = seen
+    _record(gi, rec_i, rec_f, seq, K.OUT_TIMED_OUT, pod, pre, lat, math.nan, arr)
+
+
+@_compiled(inline=True)
 def _set_pending(p: int, t: float, pi: np.ndarray, pend: np.ndarray, gi: np.ndarray, gf: np.ndarray) -> None:
     if pi[p, P_BUSY] == 0 and pi[p, P_PENDING] == 0:
         pi[p, P_PENDING] = 1
@@ -254,6 +288,7 @@ def _admit(
     frow: np.ndarray,
     pend: np.ndarray,
     ci: np.ndarray,
+    cf: np.ndarray,
     gi: np.ndarray,
     gf: np.ndarray,
     rec_i: np.ndarray,
@@ -284,7 +319,108 @@ def _admit(
     wq[p, (pi[p, P_WHEAD] + pi[p, P_WN]) & mask] = r
     pi[p, P_WN] += 1
     pi[p, P_ADMITTED] += 1
+    # admission order is arrival order: the newcomer's deadline matters only to a pod without one
+    deadline = arr + cf[CF_TIMEOUT]
+    if deadline < pf[p, P_DEADLINE]:
+        pf[p, P_DEADLINE] = deadline
     _set_pending(p, t, pi, pend, gi, gf)
+
+
+@_compiled()
+def _expire(
+    p: int,
+    t: float,
+    pi: np.ndarray,
+    pf: np.ndarray,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    run: np.ndarray,
+    wq: np.ndarray,
+    frow: np.ndarray,
+    skip: np.ndarray,
+    ci: np.ndarray,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+) -> None:
+    """Client timeouts on pod ``p`` at ``t`` (docs/llm.md, Client timeout): every request without a first
+    token whose deadline ``arrival + timeout`` is at most ``t`` is aborted, running requests in list
+    order, then waiting ones in deque order; ``P_DEADLINE`` becomes the earliest deadline left.
+
+    The waiting deque holds the requests scheduled before (preempted: pushed to the front) ahead of
+    those never scheduled (appended at the back, in arrival order), so the scan stops at the first
+    never-scheduled request that has not expired: every one behind it is younger.
+    """
+    timeout = cf[CF_TIMEOUT]
+    _touch(p, t, pi, pf)
+    nxt = math.inf
+    free = pi[p, P_FREE_BLOCKS]
+    nf = pi[p, P_FREE_ROWS]
+    gone = 0
+    # running requests, in list order (the order of the others kept)
+    nrun = pi[p, P_NRUN]
+    w = 0
+    for i in range(nrun):
+        r = run[p, i]
+        if ri[p, r, R_GEN] == 0:
+            deadline = rf[p, r, RF_ARR] + timeout
+            if t >= deadline:
+                free += ri[p, r, R_HELD]
+                ri[p, r, R_HELD] = 0
+                _timed_out(
+                    ri[p, r, R_SEQ], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf, hists, rec_i, rec_f
+                )
+                frow[p, nf] = r
+                nf += 1
+                gone += 1
+                continue
+            if deadline < nxt:
+                nxt = deadline
+        run[p, w] = r
+        w += 1
+    pi[p, P_NRUN] = w
+    # waiting requests, in deque order, up to the first never-scheduled one that has not expired
+    mask = ci[C_RING_MASK]
+    head = pi[p, P_WHEAD]
+    wn = pi[p, P_WN]
+    kept = 0
+    k = 0
+    while k < wn:
+        r = wq[p, (head + k) & mask]
+        if ri[p, r, R_GEN] == 0:
+            deadline = rf[p, r, RF_ARR] + timeout
+            if t >= deadline:
+                free += ri[p, r, R_HELD]
+                ri[p, r, R_HELD] = 0
+                _timed_out(
+                    ri[p, r, R_SEQ], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf, hists, rec_i, rec_f
+                )
+                frow[p, nf] = r
+                nf += 1
+                gone += 1
+                k += 1
+                continue
+            if deadline < nxt:
+                nxt = deadline
+            if rf[p, r, RF_SCHED] < 0.0:
+                break
+        skip[kept] = r
+        kept += 1
+        k += 1
+    # the kept requests of the scanned part close up behind the part not scanned
+    for j in range(kept):
+        wq[p, (head + k - kept + j) & mask] = skip[j]
+    pi[p, P_WHEAD] = (head + k - kept) & mask
+    pi[p, P_WN] = wn - (k - kept)
+    pi[p, P_FREE_BLOCKS] = free
+    pi[p, P_FREE_ROWS] = nf
+    pi[p, P_TIMED_OUT] += gone
+    pf[p, P_DEADLINE] = nxt
+    if gone > 0:
+        pf[p, P_LAST_END_T] = t  # a request left the pod (as the request-level kernel's timeout drops)
 
 
 @_compiled()
@@ -298,14 +434,20 @@ def _start_iter(
     run: np.ndarray,
     wq: np.ndarray,
     sched: np.ndarray,
+    frow: np.ndarray,
     skip: np.ndarray,
     ci: np.ndarray,
     cf: np.ndarray,
     gi: np.ndarray,
     gf: np.ndarray,
     hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
 ) -> None:
-    """The scheduler's decision at ``t`` (docs/llm.md, One pod) and the iteration's duration."""
+    """The client timeouts due, then the scheduler's decision at ``t`` (docs/llm.md, One pod) and the
+    iteration's duration."""
+    if t >= pf[p, P_DEADLINE]:
+        _expire(p, t, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
     bs = ci[C_BLOCK]
     budget = ci[C_MNBT]
     thr = ci[C_THRESHOLD]
@@ -418,9 +560,12 @@ def _start_iter(
     if nrun > pi[p, HW_BATCH]:
         pi[p, HW_BATCH] = nrun
     if ns == 0:
+        # idle: the pod's next event is the next client deadline (docs/llm.md, Client timeout)
         pi[p, P_BUSY] = 0
         pi[p, P_NSCHED] = 0
-        pf[p, NEXT_T] = math.inf
+        if nrun + pi[p, P_WN] == 0:
+            pf[p, P_DEADLINE] = math.inf
+        pf[p, NEXT_T] = pf[p, P_DEADLINE]
         return
     d = pf[p, P_SPEED] * (
         cf[CF_BETA0] + cf[CF_BETA_PREFILL] * n_prefill + cf[CF_BETA_DECODE] * n_decode + cf[CF_BETA_KV] * ctx
@@ -554,6 +699,7 @@ def _flush(
     run: np.ndarray,
     wq: np.ndarray,
     sched: np.ndarray,
+    frow: np.ndarray,
     skip: np.ndarray,
     pend: np.ndarray,
     ph: np.ndarray,
@@ -562,6 +708,8 @@ def _flush(
     gi: np.ndarray,
     gf: np.ndarray,
     hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
 ) -> None:
     """Start the iterations of the pending pods at ``t`` (every event at ``t`` has been handled)."""
     for k in range(gi[LG_NPEND]):
@@ -570,7 +718,7 @@ def _flush(
             continue
         pi[p, P_PENDING] = 0
         if pi[p, P_BUSY] == 0 and pi[p, P_NRUN] + pi[p, P_WN] > 0:
-            _start_iter(p, t, pi, pf, ri, rf, run, wq, sched, skip, ci, cf, gi, gf, hists)
+            _start_iter(p, t, pi, pf, ri, rf, run, wq, sched, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
             _heap_fix(ph, pf, p)
     gi[LG_NPEND] = 0
 
@@ -590,21 +738,27 @@ def _drain_router(
     frow: np.ndarray,
     pend: np.ndarray,
     ci: np.ndarray,
+    cf: np.ndarray,
     gi: np.ndarray,
     gf: np.ndarray,
+    hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
 ) -> None:
-    """Hand the router queue out at ``t`` in FIFO order, each request by the routing rule."""
+    """Hand the router queue out at ``t`` in FIFO order, each request by the routing rule; one whose
+    client deadline has come is timed out instead (pod -1)."""
     cap = rq_f.shape[0]
     while n_acc > 0 and gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
         _rq_touch(t, gi, gf)
         j = gi[K.G_RQ_HEAD] % cap
         gi[K.G_RQ_HEAD] += 1
+        if t >= rq_f[j] + cf[CF_TIMEOUT]:
+            _timed_out(rq_i[j, RQ_SEQ], rq_f[j], t, -1, 0, cf, gi, gf, hists, rec_i, rec_f)
+            continue
         p = _choose_pod(pi, acc, n_acc)
         _admit(
             p, t, rq_i[j, RQ_SEQ], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O],
-            pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f,
+            pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f,
         )  # fmt: skip
 
 
@@ -642,6 +796,9 @@ def advance(
 ) -> None:
     """Advance the token-level data plane over [t0, t1).
 
+    A pod's event time (``NEXT_T``, the key of the pod-event heap) is the end of its iteration in
+    progress, or, while it idles with requests, its next client deadline (``P_DEADLINE``).
+
     ``acc[:n_acc]``: pods accepting traffic, ascending slot order; ``act[:n_act]``: every pod with a
     data plane (accepting or draining), ascending. An iteration in progress at ``t1`` stays in
     progress. Pods made pending at ``t1`` itself (by :func:`advance` with ``t0 == t1``, a hand-out)
@@ -649,36 +806,64 @@ def advance(
     """
     K._ph_build(ph, pf, act, n_act)
     if gi[LG_NPEND] > 0 and t0 > gf[LF_PEND_T]:
-        _flush(gf[LF_PEND_T], pi, pf, ri, rf, run, wq, sched, skip, pend, ph, ci, cf, gi, gf, hists)
+        _flush(
+            gf[LF_PEND_T], pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
+            rec_i, rec_f,
+        )  # fmt: skip
     if gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
-        _drain_router(t0, acc, n_acc, rq_f, rq_i, pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f)
+        _drain_router(
+            t0, acc, n_acc, rq_f, rq_i, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, hists, rec_i, rec_f
+        )
     ai = 0
     n_arr = arr_t.shape[0]
     max_len = ci[C_MAX_LEN]
     rq_cap = ci[C_RQ_CAP]
     rq_n = rq_f.shape[0]
+    timeout = cf[CF_TIMEOUT]
     while True:
         t_arr = arr_t[ai] if ai < n_arr else math.inf
+        # the next pod event: an iteration's end, or a client deadline in an idle pod
         p_ev = -1
         t_end = math.inf
         if ph[0] > 0:
             p_ev = ph[1]
             t_end = pf[p_ev, NEXT_T]
-        t_next = min(t_arr, t_end)
+        # the oldest router-queue request's client gives up at its deadline
+        t_rqx = math.inf
+        if gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
+            t_rqx = rq_f[gi[K.G_RQ_HEAD] % rq_n] + timeout
+        t_next = min(t_arr, t_end, t_rqx)
         if gi[LG_NPEND] > 0:
             t_pend = gf[LF_PEND_T]
             # every event at t_pend is handled once the next one (or the horizon) lies beyond it
             if min(t_next, t1) > t_pend:
-                _flush(t_pend, pi, pf, ri, rf, run, wq, sched, skip, pend, ph, ci, cf, gi, gf, hists)
+                _flush(
+                    t_pend, pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
+                    rec_i, rec_f,
+                )  # fmt: skip
                 continue
         if t_next >= t1:
             break
         gi[K.G_EVENTS] += 1
-        if t_end <= t_arr:
-            _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f)
-            K._ph_fix(ph, pf, p_ev)
-            if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
-                _set_pending(p_ev, t_end, pi, pend, gi, gf)
+        if t_end <= t_arr and t_end <= t_rqx:
+            if pi[p_ev, P_BUSY] != 0:
+                _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f)
+                K._ph_fix(ph, pf, p_ev)
+                if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
+                    _set_pending(p_ev, t_end, pi, pend, gi, gf)
+            else:
+                # a client deadline in an idle pod: aborted at once; the pod stays idle
+                _expire(p_ev, t_end, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
+                if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] == 0:
+                    pf[p_ev, P_DEADLINE] = math.inf
+                pf[p_ev, NEXT_T] = pf[p_ev, P_DEADLINE]
+                K._ph_fix(ph, pf, p_ev)
+            continue
+        if t_rqx <= t_arr:
+            _rq_touch(t_rqx, gi, gf)
+            j = gi[K.G_RQ_HEAD] % rq_n
+            gi[K.G_RQ_HEAD] += 1
+            _timed_out(rq_i[j, RQ_SEQ], rq_f[j], t_rqx, -1, 0, cf, gi, gf, hists, rec_i, rec_f)
             continue
         # -- an arrival
         t = t_arr
@@ -691,7 +876,7 @@ def advance(
             _reject(seq, t, t, -1, gi, gf, rec_i, rec_f)
         elif n_acc > 0:
             p = _choose_pod(pi, acc, n_acc)
-            _admit(p, t, seq, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, gi, gf, rec_i, rec_f)
+            _admit(p, t, seq, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f)
         elif gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD] < rq_cap:
             _rq_touch(t, gi, gf)
             j = gi[K.G_RQ_TAIL] % rq_n
@@ -768,6 +953,7 @@ def evict(
                 w += 1
         gi[LG_NPEND] = w
     pf[p, NEXT_T] = math.inf
+    pf[p, P_DEADLINE] = math.inf
     return int(nrun + wn)
 
 

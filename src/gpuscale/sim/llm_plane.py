@@ -42,9 +42,10 @@ def _pow2_at_least(n: int) -> int:
 class LlmRecords:
     """Per-request rows, in the order requests ended (only when recording was asked for).
 
-    ``outcome``: 0 completed, 2 rejected, 3 dropped (evicted). ``latency_s``: end-to-end latency (time
-    in the pod until dropped for a dropped request, 0 for a rejected one). ``ttft_s``: NaN when no
-    token was emitted.
+    ``outcome``: 0 completed, 1 timed out (no first token within ``timeout_s``), 2 rejected, 3 dropped
+    (evicted). ``latency_s``: end-to-end latency (time in the system until the abort for a timed-out
+    request, until dropped for a dropped one; 0 for a rejected one). ``ttft_s``: NaN when no token was
+    emitted.
     """
 
     seq: np.ndarray
@@ -101,9 +102,11 @@ class LlmDataPlane:
         self.cf[L.CF_PARAMS] = params.params
         self.cf[L.CF_PEAK_FLOPS] = params.peak_flops
         self.cf[L.CF_HBM] = params.hbm_bytes_per_s
+        self.cf[L.CF_TIMEOUT] = params.timeout_s
         self.pi = np.zeros((max_slots, L.N_PI), dtype=np.int64)
         self.pf = np.zeros((max_slots, L.N_PF), dtype=np.float64)
         self.pf[:, L.NEXT_T] = np.inf
+        self.pf[:, L.P_DEADLINE] = np.inf
         self.pf[:, L.P_SPEED] = 1.0
         self.ri = np.zeros((max_slots, pool, L.N_RI), dtype=np.int64)
         self.rf = np.zeros((max_slots, pool, L.N_RF), dtype=np.float64)
@@ -153,6 +156,7 @@ class LlmDataPlane:
         self.pi[p, L.P_FREE_BLOCKS] = self.params.num_blocks
         self.frow[p, :] = np.arange(self.pool - 1, -1, -1, dtype=np.int64)
         self.pf[p, L.NEXT_T] = np.inf
+        self.pf[p, L.P_DEADLINE] = np.inf
         self.pf[p, L.P_SPEED] = speed
         self.pf[p, L.P_LAST_T] = t
         self.pf[p, L.P_LAST_END_T] = t
@@ -194,7 +198,8 @@ class LlmDataPlane:
         return int(self.pi[p, L.P_NRUN] + self.pi[p, L.P_WN])
 
     def last_end_t(self, p: int) -> float:
-        """End of pod ``p``'s last iteration (its opening time before the first)."""
+        """End of pod ``p``'s last iteration, or its last client-timeout abort when that came later (its
+        opening time before either)."""
         return float(self.pf[p, L.P_LAST_END_T])
 
     @property
@@ -363,14 +368,15 @@ def bench_llm_plane(
     rate_per_s: float = 420.0,
     chunk_s: float = 1.0,
     seed: int = 1,
+    timeout_s: float = math.inf,
 ) -> dict[str, float]:
     """Generated tokens per wall second for ``pods`` pods of an 8B model near saturation.
 
     Poisson arrivals, prompts ~ lognormal around 1,000 tokens, outputs around 250; advanced in
     ``chunk_s`` steps as the engine would. The first call compiles the kernel (excluded: a warm-up run
-    of one chunk comes first).
+    of one chunk comes first). ``timeout_s``: the client timeout (none by default).
     """
-    params = LlmParams(num_blocks=25_000, max_model_len=8192)
+    params = LlmParams(num_blocks=25_000, max_model_len=8192, timeout_s=timeout_s)
     rng = np.random.default_rng(seed)
     n = int(rate_per_s * duration_s * 1.2) + 16
     times = np.cumsum(rng.exponential(1.0 / rate_per_s, n))
@@ -406,6 +412,7 @@ def bench_llm_plane(
         "simulated_s": duration_s,
         "arrived": float(dp.counter(K.G_ARRIVED)),
         "completed": float(dp.counter(K.G_COMPLETED)),
+        "timed_out": float(dp.counter(K.G_TIMED_OUT)),
         "in_flight": float(dp.in_flight),
         "generated_tokens": float(dp.generated_tokens),
         "tokens_per_wall_s": dp.generated_tokens / wall if wall > 0 else math.inf,

@@ -12,14 +12,17 @@ at ``t``. The rest follows the request-level engine (``docs/simulator.md``: pod 
 lowest slot first). SimPy orders the events of one instant by ``(priority, scheduling order)``, and
 every event of this model is scheduled with an explicit *rank* as that priority::
 
-    rank = 2 + slot                 the end of an iteration of pod ``slot``
+    rank = 2 + slot                 the end of an iteration of pod ``slot``, or a client deadline of a
+                                    request in pod ``slot``
     rank = 2 + n_pods + slot        pod ``slot`` starts accepting (and takes the router queue)
-    rank = 2 + 2 * n_pods           an arrival
-    rank = 3 + 2 * n_pods + slot    the start of an iteration of pod ``slot``
+    rank = 2 + 2 * n_pods           a client deadline of a request in the router queue
+    rank = 3 + 2 * n_pods           an arrival
+    rank = 4 + 2 * n_pods + slot    the start of an iteration of pod ``slot``
 
 So at one instant every iteration that ends there ends first (its finished requests leave before the
-router counts outstanding requests), then pods open, then arrivals are routed, and only then do
-iterations start, seeing every request that arrived at that instant. Ranks start at 2 so that SimPy's
+router counts outstanding requests), idle pods abort the requests whose deadline it is, then pods
+open, then router-queue requests whose deadline it is give up, then arrivals are routed, and only then
+do iterations start, seeing every request that arrived at that instant. Ranks start at 2 so that SimPy's
 own bookkeeping (``URGENT`` = 0, ``NORMAL`` = 1) never reorders the model's events; ``run(until=t_end)``
 stops at ``URGENT`` priority, so nothing at exactly ``t_end`` is processed.
 
@@ -47,6 +50,11 @@ Where the text leaves a choice, this model reads it so:
   what it schedules).
 * The inter-token interval that spans a preemption is ``e − (time of the previous token)``, like any
   other.
+
+Client timeouts (docs/llm.md, Client timeout) are modelled by one event per request at its deadline
+``arrival + timeout_s``: in the router queue it gives up there and then; in a pod it is aborted there
+and then only if the pod is idle (no iteration running and none due at this instant), and otherwise
+left to the check that opens the pod's next iteration.
 """
 
 from __future__ import annotations
@@ -66,7 +74,7 @@ from gpuscale.sim.llm_serving import LlmParams
 
 __all__ = ["LlmPodState", "LlmReferenceResult", "LlmRequestResult", "simulate_llm_reference"]
 
-Outcome = Literal["completed", "rejected", "in_flight"]
+Outcome = Literal["completed", "timed_out", "rejected", "in_flight"]
 
 _FIRST_RANK = 2
 
@@ -92,8 +100,10 @@ class LlmRequestResult:
     """Time its first token was emitted."""
     completion_s: float
     """Time its last token was emitted."""
+    timed_out_s: float
+    """Time its client's abort took effect (the request left the router queue or its pod)."""
     e2e_s: float
-    """``completion_s − arrival_s``; 0 if rejected."""
+    """``completion_s − arrival_s``; ``timed_out_s − arrival_s`` if timed out; 0 if rejected."""
     ttft_s: float
     """``first_token_s − arrival_s``."""
     preemptions: int
@@ -129,6 +139,7 @@ class LlmReferenceResult:
     """Tokens computed as prefill (recomputation included), counted when their iteration ends."""
     preemptions: int
     slo_met: int
+    timed_out: int
     pods: tuple[LlmPodState, ...]
 
     def by_outcome(self, outcome: Outcome) -> list[LlmRequestResult]:
@@ -172,6 +183,7 @@ class _Request:
         self.first_token = math.nan
         self.last_token = math.nan
         self.completion = math.nan
+        self.timed_out = math.nan
         self.preemptions = 0
         self.itl: list[float] = []
 
@@ -196,13 +208,25 @@ class _Totals:
         self.generated_tokens = 0
         self.prompt_tokens = 0
         self.preemptions = 0
+        self.timed_out = 0
+
+    def time_out(self, req: _Request, now: float) -> None:
+        """Its client gives up: the request ends, timed out, at ``now``."""
+        req.outcome = "timed_out"
+        req.timed_out = now
+        self.timed_out += 1
 
 
 class _Router:
     """Least outstanding routing over the accepting pods; the router queue while none accepts."""
 
-    def __init__(self, params: LlmParams) -> None:
+    def __init__(
+        self, env: simpy.Environment, params: LlmParams, totals: _Totals, deadline_rank: int
+    ) -> None:
+        self.env = env
         self.params = params
+        self.totals = totals
+        self.deadline_rank = deadline_rank
         self.pods: list[_Pod] = []
         self.queue: deque[_Request] = deque()
 
@@ -222,15 +246,29 @@ class _Router:
             pod.admit(req)
         elif len(self.queue) < self.params.router_queue_capacity:
             self.queue.append(req)
+            if math.isfinite(self.params.timeout_s):
+                deadline = _signal_at(self.env, req.arrival + self.params.timeout_s, self.deadline_rank)
+                deadline.callbacks.append(lambda _: self._deadline(req))
         else:
             req.outcome = "rejected"
 
+    def _deadline(self, req: _Request) -> None:
+        """The client of a request still in the router queue gives up at its deadline."""
+        if req.outcome == "in_flight" and req.pod == -1:
+            self.queue.remove(req)
+            self.totals.time_out(req, self.env.now)
+
     def hand_out(self) -> None:
-        """A pod started accepting: every request of the router queue is routed, in FIFO order."""
+        """A pod started accepting: every request of the router queue is routed, in FIFO order (one
+        whose deadline is now is timed out instead)."""
         while self.queue:
+            req = self.queue.popleft()
+            if self.env.now >= req.arrival + self.params.timeout_s:
+                self.totals.time_out(req, self.env.now)
+                continue
             pod = self._choose()
             assert pod is not None  # called only when a pod has just started accepting
-            pod.admit(self.queue.popleft())
+            pod.admit(req)
 
 
 class _Pod:
@@ -257,7 +295,7 @@ class _Pod:
         self.iterations = 0
         self.end_rank = _FIRST_RANK + slot
         self.open_rank = _FIRST_RANK + n_pods + slot
-        self.start_rank = _FIRST_RANK + 2 * n_pods + 1 + slot
+        self.start_rank = _FIRST_RANK + 2 * n_pods + 2 + slot
         self._busy = False
         self._wake = _Signal(env)
         self._wake_pending = False
@@ -277,7 +315,40 @@ class _Pod:
             req.outcome = "rejected"
             return
         self.waiting.append(req)
+        if math.isfinite(self.p.timeout_s):
+            deadline = _signal_at(self.env, req.arrival + self.p.timeout_s, self.end_rank)
+            deadline.callbacks.append(lambda _: self._deadline(req))
         self._request_iteration()
+
+    # -- client timeouts ------------------------------------------------------------------------------
+
+    def _expired(self, req: _Request) -> bool:
+        return req.generated == 0 and self.env.now >= req.arrival + self.p.timeout_s
+
+    def _time_out(self, req: _Request) -> None:
+        self.free_blocks += req.held
+        req.held = 0
+        self.totals.time_out(req, self.env.now)
+
+    def _abort_expired(self) -> None:
+        """At an iteration's start: abort every request without a first token whose deadline has come,
+        running ones in list order, then waiting ones in deque order."""
+        for req in [r for r in self.running if self._expired(r)]:
+            self.running.remove(req)
+            self._time_out(req)
+        for req in [r for r in self.waiting if self._expired(r)]:
+            self.waiting.remove(req)
+            self._time_out(req)
+
+    def _deadline(self, req: _Request) -> None:
+        """A request's deadline: aborted now if it is still here without a token and the pod is idle;
+        a busy pod (or one whose iteration starts at this instant) aborts it when its next iteration
+        starts."""
+        if req.outcome != "in_flight" or req.generated > 0 or self._busy or self._wake_pending:
+            return
+        assert not self.running  # an idle pod has scheduled nothing: nothing runs
+        self.waiting.remove(req)
+        self._time_out(req)
 
     def _request_iteration(self) -> None:
         """Start an iteration at this instant (after its arrivals) unless one runs or is due already."""
@@ -398,6 +469,7 @@ class _Pod:
             yield self._wake
             self._wake = _Signal(env)
             self._wake_pending = False
+            self._abort_expired()
             scheduled = self._schedule()
             if not scheduled:
                 continue
@@ -463,8 +535,8 @@ def simulate_llm_reference(
 
     env = simpy.Environment()
     totals = _Totals()
-    router = _Router(params)
     n_pods = len(pods)
+    router = _Router(env, params, totals, _FIRST_RANK + 2 * n_pods)
     router.pods = [
         _Pod(env, slot, n_pods, params, float(speed), totals) for slot, (_, speed) in enumerate(pods)
     ]
@@ -475,13 +547,14 @@ def simulate_llm_reference(
         for seq, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
         if t < t_end
     ]
-    env.process(_arrivals(env, requests, _FIRST_RANK + 2 * n_pods, router))
+    env.process(_arrivals(env, requests, _FIRST_RANK + 2 * n_pods + 1, router))
     env.run(until=t_end)
 
     results = []
     for r in requests:
         met = _slo_met(r, ttft_slo_s, itl_slo_s, e2e_slo_s)
         rejected = r.outcome == "rejected"
+        e2e = r.timed_out - r.arrival if r.outcome == "timed_out" else r.completion - r.arrival
         results.append(
             LlmRequestResult(
                 seq=r.seq,
@@ -492,7 +565,8 @@ def simulate_llm_reference(
                 pod=r.pod,
                 first_token_s=r.first_token,
                 completion_s=r.completion,
-                e2e_s=0.0 if rejected else r.completion - r.arrival,
+                timed_out_s=r.timed_out,
+                e2e_s=0.0 if rejected else e2e,
                 ttft_s=r.first_token - r.arrival,
                 preemptions=r.preemptions,
                 itl_s=tuple(r.itl),
@@ -506,6 +580,7 @@ def simulate_llm_reference(
         prompt_tokens=totals.prompt_tokens,
         preemptions=totals.preemptions,
         slo_met=sum(r.slo_met for r in results),
+        timed_out=totals.timed_out,
         pods=tuple(
             LlmPodState(pod.slot, pod.used_blocks, len(pod.running), len(pod.waiting), pod.iterations)
             for pod in router.pods

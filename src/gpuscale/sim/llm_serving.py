@@ -6,6 +6,7 @@ take an :class:`LlmParams`; ``docs/llm.md`` states the semantics they implement.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,8 @@ class LlmParams:
     """Dense peak FLOP/s of one pod's GPUs."""
     hbm_bytes_per_s: float = 3.35e12
     """Memory bandwidth of one pod's GPUs, bytes/s."""
+    timeout_s: float = math.inf
+    """Client timeout: a request without its first token this long after its arrival is abandoned."""
 
     def __post_init__(self) -> None:
         if self.num_blocks * self.block_size < self.max_model_len:
@@ -90,4 +93,5 @@ def llm_params(scenario: Scenario) -> LlmParams:
         params=llm.params_b * 1e9,
         peak_flops=model.pod_peak_flops,
         hbm_bytes_per_s=model.pod_hbm_bytes_per_s,
+        timeout_s=scenario.serving.timeout_s,
     )
