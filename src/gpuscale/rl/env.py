@@ -236,7 +236,7 @@ class ScalingEnv(gym.Env[np.ndarray, int]):
         scenario = self._scenarios[index]
         offset_ticks = int(rng.integers(int(cfg.start_offset_max_s // cfg.tick_s) + 1))
         self.scenario_name = cfg.scenarios[index]
-        self.sim = Simulation(scenario, self.policy, seed=int(sim_seed))
+        self.sim = Simulation(scenario, self.policy, seed=int(sim_seed), timeline=False)
         self._box.index = None
         self._frames = ()
         self._recent: tuple[bool, ...] = ()

@@ -24,13 +24,15 @@ import numpy as np
 from gpuscale._core.errors import MISSING, ConfigError
 from gpuscale._core.rng import generator
 from gpuscale.config.scenario import Scenario
-from gpuscale.policies.base import Decision, MetricsSnapshot, Policy
+from gpuscale.policies.base import LLM_METRICS, Decision, MetricsSnapshot, Policy
 from gpuscale.policies.ports import MetricsSource, ScaleTarget
 from gpuscale.policies.registry import check_windows
 from gpuscale.policies.safety import anchored, schedules_of, with_safety
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase, Pod
 from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.llm_plane import LlmDataPlane, Plane
+from gpuscale.sim.llm_serving import llm_params
 from gpuscale.sim.nodes import NodeLayer
 from gpuscale.sim.results import SimResult, Timeline
 from gpuscale.sim.serving import Jitter, Routing, ServingParams, interpolate_batch_latency
@@ -38,7 +40,7 @@ from gpuscale.sim.summary import SummaryBuilder
 from gpuscale.sim.target import SimScaleTarget
 from gpuscale.sim.telemetry import SimMetricsSource
 from gpuscale.sim.timeline import TimelineRecorder
-from gpuscale.sim.workload import LoadEstimate, build_workload, estimate_load
+from gpuscale.sim.workload import LoadEstimate, TokenSource, build_workload, estimate_load, token_source
 
 Progress = Callable[[float], None]
 """Called with the fraction of simulated time done, now and then."""
@@ -95,6 +97,8 @@ _SLOT_BYTES_PER_REQUEST = 28
 """A pod slot's queue: arrival time, stage time, sequence number (8 bytes each) and user (4)."""
 _SLOT_BYTES = (K.N_PI + K.N_PF + 4) * 8
 """A pod slot's own counters and scratch."""
+_LLM_BYTES_PER_REQUEST = 112
+"""A request row of an LLM pod: 11 fields, a free-list and a waiting-queue entry (8 bytes each)."""
 _USER_BYTES = 16
 """A closed-loop user: heap entry, next send time, free-list entry."""
 _ROUTER_BYTES_PER_REQUEST = 20
@@ -145,8 +149,11 @@ class RunEstimate:
 
 
 def _service_s(scenario: Scenario) -> float:
-    """A request's time in a pod at the lightest load: a batch of one, and the CPU stage."""
+    """A request's time in a pod at the lightest load: a batch of one, and the CPU stage (for an LLM
+    pod, one iteration)."""
     m = scenario.model
+    if m.llm is not None:
+        return (m.llm.beta0_ms + m.llm.beta_decode_ms_per_token) / 1000.0
     sizes = [float(b) for b, _ in m.batch_latency_ms]
     ms = [float(v) for _, v in m.batch_latency_ms]
     return float(np.interp(1.0, sizes, ms)) / 1000.0 + m.cpu_ms_per_request / 1000.0
@@ -185,6 +192,10 @@ def estimate_run(
         s.queue_capacity if s.container_concurrency == 0 else min(s.queue_capacity, s.container_concurrency)
     )
     ring = 1 << max(queue - 1, 0).bit_length()  # the data plane rounds a queue up to a power of two
+    slot_bytes = ring * _SLOT_BYTES_PER_REQUEST + _SLOT_BYTES
+    if m.llm is not None:  # the token-level engine: a row per request a pod holds, and the running list
+        ring = m.llm.max_num_seqs + s.queue_capacity
+        slot_bytes = ring * _LLM_BYTES_PER_REQUEST + m.llm.max_num_seqs * 24 + _SLOT_BYTES
     slots_key, slots_value = (
         ("serving.queue_capacity", s.queue_capacity)
         if ring / 1024 > c.max_pods / 256
@@ -201,7 +212,7 @@ def estimate_run(
         MemoryPart(
             slots_key,
             slots_value,
-            c.max_pods * (ring * _SLOT_BYTES_PER_REQUEST + _SLOT_BYTES),
+            c.max_pods * slot_bytes,
             f"{c.max_pods:,} pod slots (control.max_pods) with a {ring:,}-request queue each",
         ),
         MemoryPart(
@@ -308,6 +319,23 @@ def check_run(
     return est
 
 
+def check_llm_signals(scenario: Scenario, policy: Policy[Any], source: str) -> None:
+    """Refuse a policy that reads what only an LLM pod exports (KV-cache usage, TTFT, ...) on a
+    scenario whose model is served at request level: it would never see data."""
+    if scenario.model.llm is not None:
+        return
+    llm = sorted({s.metric.value for s in policy.signals if s.metric in LLM_METRICS})
+    if llm:
+        raise ConfigError(
+            source,
+            "model.llm",
+            MISSING,
+            f"policy {policy.name} reads {', '.join(llm)}, which only an LLM pod served token by token "
+            f"exports; model profile {scenario.model.name} has no llm: block. Allowed: an LLM profile "
+            "(gpuscale profiles list), or a policy on the request-level metrics",
+        )
+
+
 class Simulation:
     """One run of a policy on a scenario, steppable one control tick at a time.
 
@@ -331,9 +359,11 @@ class Simulation:
         base_dir: Path | None = None,
         source: str = "scenario",
         record: bool = False,
+        timeline: bool = True,
     ) -> None:
         """Set the world up at ``t = 0``; ``seed`` defaults to the scenario's, the rest is
-        :func:`simulate`'s."""
+        :func:`simulate`'s. ``timeline=False`` skips the per-tick rows (a caller that steps the run
+        for its own purposes, such as the RL environment; the result's timeline is then empty)."""
         self.scenario = scenario
         self.seed = seed = scenario.seed if seed is None else seed
         if schedules_of(policy) and scenario.start is None:
@@ -349,6 +379,7 @@ class Simulation:
         self.policy = policy = with_safety(anchored(policy, epoch), scenario.safety, epoch)
         check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
         check_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
+        check_llm_signals(scenario, policy, source)
         self.duration_s = duration = scenario.duration_s
         self.workload = build_workload(
             scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
@@ -357,15 +388,32 @@ class Simulation:
         self.tick_s = tick_s = policy.sync_period_s or scenario.control.interval_s
         self.scrape_s = scenario.telemetry.scrape_interval_s
         self.record = record
-        self.dp = dp = DataPlane(
-            serving_params(scenario),
-            max_slots=scenario.control.max_pods,
-            slo_s=scenario.slo.latency_ms / 1000.0,
-            seed=seed,
-            think_s=(closed.think_min_s, closed.think_max_s) if closed is not None else None,
-            max_users=closed.schedule.max_users if closed is not None else 0,
-            record=record,
-        )
+        self.tokens: TokenSource | None = None
+        dp: Plane
+        if scenario.model.llm is not None:
+            # The token-level engine (docs/llm.md): every pod runs vLLM's scheduler, iteration by iteration.
+            self.tokens = token_source(scenario.workload, seed=seed, source=source, base_dir=base_dir)
+            slo = scenario.slo
+            dp = LlmDataPlane(
+                llm_params(scenario),
+                max_slots=scenario.control.max_pods,
+                ttft_slo_s=math.inf if slo.ttft_ms is None else slo.ttft_ms / 1000.0,
+                itl_slo_s=math.inf if slo.itl_ms is None else slo.itl_ms / 1000.0,
+                e2e_slo_s=slo.latency_ms / 1000.0,
+                seed=seed,
+                record=record,
+            )
+        else:
+            dp = DataPlane(
+                serving_params(scenario),
+                max_slots=scenario.control.max_pods,
+                slo_s=scenario.slo.latency_ms / 1000.0,
+                seed=seed,
+                think_s=(closed.think_min_s, closed.think_max_s) if closed is not None else None,
+                max_users=closed.schedule.max_users if closed is not None else 0,
+                record=record,
+            )
+        self.dp = dp
         self.cluster = cluster = Cluster(
             scenario.cluster.pools,
             scenario.startup,
@@ -388,6 +436,7 @@ class Simulation:
         # The timeline reports ground truth (no pipeline delay); with no delay that is the policy's source.
         self.truth = self.source if scenario.telemetry.metrics_delay_s == 0 else self._metrics_source(0.0)
         self.timeline = Timeline()
+        self._keep_timeline = timeline
         self._recorder = TimelineRecorder(dp, target, cluster, self.truth, tick_s)
 
         # A fixed-size deployment is already at its size when the run starts (a static policy is the
@@ -513,7 +562,12 @@ class Simulation:
         """The data plane from now to ``t_next``, and what held over the interval."""
         t, target, open_loop = self.now, self.target, self.workload.open_loop
         arrivals = open_loop.arrivals(t, t_next) if open_loop is not None else self._no_arrivals
-        self.dp.advance(t, t_next, arrivals, self._users)
+        if self.tokens is not None:
+            assert isinstance(self.dp, LlmDataPlane)
+            prompt, output = self.tokens.take(len(arrivals))
+            self.dp.advance(t, t_next, arrivals, self._users, prompt, output)
+        else:
+            self.dp.advance(t, t_next, arrivals, self._users)
         self._totals.elapse(
             t_next - t, target.count(Phase.READY), target.gpus_held, target.count(Phase.PENDING)
         )
@@ -560,7 +614,8 @@ class Simulation:
         target.apply(decision, t)
         reason = decision.reason.value
         self._totals.decided(reason)
-        self.timeline.rows.append(self._recorder.row(t, reason, self._totals.pending_s))
+        if self._keep_timeline:
+            self.timeline.rows.append(self._recorder.row(t, reason, self._totals.pending_s))
         return decision
 
     # -- the result --------------------------------------------------------------------------------

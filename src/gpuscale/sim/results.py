@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gpuscale.sim.dataplane import Records
+from gpuscale.sim.llm_plane import LlmRecords
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,13 @@ class TimelineRow:
     """Pod-seconds spent Pending so far."""
     node_cost_usd: float
     """Node-hours so far x node price."""
+    kv_cache_usage: float | None = None
+    """LLM pods: KV-cache usage (0-1), mean over Ready pods over the tick."""
+    requests_waiting: float | None = None
+    """LLM pods: requests waiting to be scheduled, total over pods, mean over the tick's scrapes."""
+    ttft_p95_ms: float | None = None
+    itl_p95_ms: float | None = None
+    """LLM pods: time to first token and inter-token latency, 95th percentile over the tick."""
 
 
 TIMELINE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(TimelineRow))
@@ -203,7 +211,7 @@ class Timeline:
 class SimResult:
     summary: Summary
     timeline: Timeline
-    records: Records | None = None
+    records: Records | LlmRecords | None = None
     cold_start_phases_s: dict[str, float] = field(default_factory=dict)
     latency_hist: np.ndarray | None = None
     """Counts per latency bucket (``gpuscale.sim.kernel.bucket_values`` gives each bucket's seconds)."""

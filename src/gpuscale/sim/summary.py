@@ -25,7 +25,7 @@ import numpy as np
 from gpuscale.config.scenario import Scenario
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster
-from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.llm_plane import LlmDataPlane, Plane
 from gpuscale.sim.results import Summary
 from gpuscale.sim.target import SimScaleTarget
 from gpuscale.sim.telemetry import hist_quantile
@@ -81,7 +81,7 @@ class SummaryBuilder:
         scenario: Scenario,
         policy_name: str,
         seed: int,
-        dp: DataPlane,
+        dp: Plane,
         target: SimScaleTarget,
         cluster: Cluster,
         nodes: NodeLayer | None,
@@ -92,7 +92,7 @@ class SummaryBuilder:
         )
 
     def _serving(
-        self, scenario: Scenario, policy_name: str, seed: int, dp: DataPlane, target: SimScaleTarget
+        self, scenario: Scenario, policy_name: str, seed: int, dp: Plane, target: SimScaleTarget
     ) -> Summary:
         """Requests, latency, pod GPU-hours and utilization; Little's law as a self-check."""
         duration = scenario.duration_s
@@ -119,7 +119,7 @@ class SummaryBuilder:
             mean_cpu = min(
                 100.0, scenario.model.cpu_idle_pct + 100.0 * cpu / (ready_s * scenario.model.cpu_cores)
             )
-        llm = self._llm_part(scenario, dp) if getattr(scenario.model, "llm", None) is not None else {}
+        llm = self._llm_part(scenario, dp) if scenario.model.llm is not None else {}
         return Summary(
             scenario=scenario.name,
             policy=policy_name,
@@ -156,10 +156,8 @@ class SummaryBuilder:
             **llm,
         )
 
-    def _llm_part(self, scenario: Scenario, dp: DataPlane) -> dict[str, Any]:
+    def _llm_part(self, scenario: Scenario, dp: Plane) -> dict[str, Any]:
         """The token-level engine's figures: TTFT and inter-token quantiles, tokens, preemptions."""
-        from gpuscale.sim.llm_plane import LlmDataPlane
-
         assert isinstance(dp, LlmDataPlane)
         slo = scenario.slo
         return {

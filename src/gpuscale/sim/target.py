@@ -29,7 +29,7 @@ from gpuscale.policies.base import Decision
 from gpuscale.policies.ports import ReplicaCounts
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Device, Node, Phase, Pod
-from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.llm_plane import Plane
 
 if TYPE_CHECKING:  # the node layer drives this target, so it imports this module
     from gpuscale.sim.nodes import NodeLayer
@@ -40,7 +40,7 @@ DRAIN_DEADLINE = 1
 
 class SimScaleTarget:
     def __init__(
-        self, cluster: Cluster, dp: DataPlane, *, grace_s: float, max_pods: int, source: str = "scenario"
+        self, cluster: Cluster, dp: Plane, *, grace_s: float, max_pods: int, source: str = "scenario"
     ) -> None:
         """``max_pods``: the scenario's ``control.max_pods``; ``source`` names the scenario in the
         error a run that outgrows it ends with."""

@@ -50,7 +50,7 @@ from gpuscale.policies.base import (
 from gpuscale.policies.ports import ReplicaCounts, make_snapshot
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Phase, Pod
-from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.llm_plane import LlmDataPlane, Plane
 
 # per-pod sample columns (_MEM: memory used on the device the pod sees; _DEVICE_GB: that device's)
 _BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE, _DEVICE_GB = range(10)
@@ -120,7 +120,7 @@ class SimMetricsSource:
 
     def __init__(
         self,
-        dp: DataPlane,
+        dp: Plane,
         profile: ModelProfile,
         pods: Callable[[], Iterable[Pod]],
         *,
@@ -147,7 +147,8 @@ class SimMetricsSource:
         self._window_cache: tuple[tuple[int, int, bytes], _Window] | None = None
         self._router_cum = 0.0
         self._count = 0
-        self.llm = getattr(profile, "llm", None) is not None
+        self._llm_dp = dp if isinstance(dp, LlmDataPlane) else None
+        self.llm = self._llm_dp is not None
         """The pods are LLM pods (the token-level engine): they report vLLM's metrics."""
 
     # -- scraping -------------------------------------------------------------------------------
@@ -206,8 +207,8 @@ class SimMetricsSource:
             rows[:, _ADMITTED] = raw[:, 3]
             rows[:, _MEM] = mem
             rows[:, _QUEUE] = raw[:, 5]
-            if self.llm:
-                rows[:, _KV] = raw[:, 7] / float(getattr(self.dp, "num_blocks"))
+            if self._llm_dp is not None:
+                rows[:, _KV] = raw[:, 7] / float(self._llm_dp.num_blocks)
                 rows[:, _RUN] = raw[:, 6]
                 rows[:, _PROMPT : _DRAM + 1] = raw[:, 8:14]
             for k, pid in enumerate(ids.tolist()):
@@ -241,8 +242,8 @@ class SimMetricsSource:
                 router_cum=self._router_cum,
                 count=self._count,
                 hist=self.dp.hist.copy(),
-                ttft_hist=getattr(self.dp, "ttft_hist").copy() if self.llm else None,
-                itl_hist=getattr(self.dp, "itl_hist").copy() if self.llm else None,
+                ttft_hist=self._llm_dp.ttft_hist.copy() if self._llm_dp is not None else None,
+                itl_hist=self._llm_dp.itl_hist.copy() if self._llm_dp is not None else None,
             )
         )
 

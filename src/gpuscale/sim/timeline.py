@@ -12,7 +12,7 @@ import numpy as np
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster
-from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.llm_plane import Plane
 from gpuscale.sim.results import TimelineRow
 from gpuscale.sim.summary import node_cost_usd
 from gpuscale.sim.target import SimScaleTarget
@@ -23,7 +23,7 @@ class TimelineRecorder:
     """Takes one :class:`~gpuscale.sim.results.TimelineRow` per control tick."""
 
     def __init__(
-        self, dp: DataPlane, target: SimScaleTarget, cluster: Cluster, truth: SimMetricsSource, tick_s: float
+        self, dp: Plane, target: SimScaleTarget, cluster: Cluster, truth: SimMetricsSource, tick_s: float
     ) -> None:
         """``truth``: a source with no pipeline delay; signals are read over one tick."""
         self.dp = dp
@@ -36,7 +36,11 @@ class TimelineRecorder:
         self._concurrency = SignalSpec(Metric.CONCURRENCY, tick_s, Aggregation.TOTAL)
         self._queue = SignalSpec(Metric.QUEUE_LENGTH, tick_s, Aggregation.TOTAL)
         self._p95 = SignalSpec(Metric.LATENCY_P95_MS, tick_s)
-        self._last_counters = np.zeros(K.N_GI, dtype=np.int64)
+        self._kv = SignalSpec(Metric.KV_CACHE_USAGE, tick_s)
+        self._waiting = SignalSpec(Metric.REQUESTS_WAITING, tick_s, Aggregation.TOTAL)
+        self._ttft = SignalSpec(Metric.TTFT_P95_MS, tick_s)
+        self._itl = SignalSpec(Metric.ITL_P95_MS, tick_s)
+        self._last_counters = np.zeros(len(dp.gi), dtype=np.int64)
         self._last_t = 0.0
 
     def row(self, t: float, reason: str, pending_pod_s: float) -> TimelineRow:
@@ -83,4 +87,14 @@ class TimelineRecorder:
             pending_nodes=counts.pending_nodes,
             pending_pod_s=pending_pod_s,
             node_cost_usd=node_cost_usd(self.cluster, t),
+            **(
+                {
+                    "kv_cache_usage": value(self._kv),
+                    "requests_waiting": value(self._waiting),
+                    "ttft_p95_ms": value(self._ttft),
+                    "itl_p95_ms": value(self._itl),
+                }
+                if self.truth.llm
+                else {}
+            ),
         )
