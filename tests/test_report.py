@@ -458,7 +458,7 @@ def test_the_terminal_table_adds_node_hours_and_dollars_where_a_scenario_has_nod
     import gpuscale.cli as cli
 
     for width in (80, 120):
-        screen = Console(width=width, file=io.StringIO(), force_terminal=False)
+        screen = Console(width=width, file=io.StringIO(), force_terminal=True, color_system=None)
         monkeypatch.setattr(cli, "out", screen)
         tables = cli.compare_tables(node_result)
         headers = {str(t.title).split(" · ")[0]: [str(c.header) for c in t.columns] for t in tables}

@@ -194,7 +194,7 @@ def summary_table(s: Summary) -> Table:
     rows: list[tuple[str, str]] = [
         ("requests", f"{s.requests:,}"),
         ("completed / timed out / rejected / dropped", f"{s.completed:,} / {s.timed_out:,} / {s.rejected:,} / {s.dropped:,}"),
-        (f"SLO attainment (≤ {s.slo_ms:g} ms)", f"{100 * s.slo_attainment:.2f} %"),
+        (f"SLO attainment ({_slo_words(s)})", f"{100 * s.slo_attainment:.2f} %"),
         ("latency p50 / p95 / p99", f"{_fmt(s.latency_p50_ms)} / {_fmt(s.latency_p95_ms)} / {_fmt(s.latency_p99_ms)} ms"),
         ("GPU-hours / cost", f"{s.gpu_hours:,.2f} / ${s.cost_usd:,.2f}"),
         ("replicas mean / max", f"{s.mean_replicas:.2f} / {s.max_replicas}"),
@@ -202,9 +202,26 @@ def summary_table(s: Summary) -> Table:
         ("scale events", str(s.scale_events)),
         ("mean SM / GPU memory / CPU utilization", f"{_fmt(s.mean_sm_util_pct)} / {_fmt(s.mean_gpu_memory_util_pct)} / {_fmt(s.mean_cpu_util_pct)} %"),
     ]  # fmt: skip
+    if s.generated_tokens:
+        rows[4:4] = [
+            ("time to first token p50 / p95 / p99", f"{_fmt(s.ttft_p50_ms)} / {_fmt(s.ttft_p95_ms)} / {_fmt(s.ttft_p99_ms)} ms"),
+            ("inter-token latency p50 / p95 / p99", f"{_fmt(s.itl_p50_ms, 2)} / {_fmt(s.itl_p95_ms, 2)} / {_fmt(s.itl_p99_ms, 2)} ms"),
+            ("tokens generated (per s) / prompt tokens", f"{s.generated_tokens:,} ({s.generated_tokens_per_s:,.0f}) / {s.prompt_tokens:,}"),
+            ("preemptions / mean KV-cache usage", f"{s.preemptions:,} / {_fmt(None if s.mean_kv_cache_usage is None else 100 * s.mean_kv_cache_usage)} %"),
+        ]  # fmt: skip
     for k, v in rows:
         t.add_row(k, v)
     return t
+
+
+def _slo_words(s: Summary) -> str:
+    """The SLO a request must meet: end-to-end, and for LLM serving TTFT and inter-token latency."""
+    parts = [f"≤ {s.slo_ms:g} ms"]
+    if s.ttft_slo_ms is not None:
+        parts.append(f"TTFT ≤ {s.ttft_slo_ms:g} ms")
+    if s.itl_slo_ms is not None:
+        parts.append(f"ITL ≤ {s.itl_slo_ms:g} ms")
+    return ", ".join(parts)
 
 
 @app.command()
@@ -296,12 +313,15 @@ def compare_tables(result: Any) -> list[Table]:
             title_justify="left",
         )
         nodes = result.has_node_layer(scenario)
+        # LLM serving: time to first token and inter-token latency say more than end-to-end latency
+        llm = any(row.estimates["ttft_p95_ms"].mean is not None for row in result.rows_for(scenario))
+        lat = ("ttft_p95_ms", "itl_p95_ms") if llm else ("latency_p95_ms", "latency_p99_ms")
         columns = (
             "",
             "policy",
             "SLO %",
-            "p95 ms",
-            "p99 ms",
+            "TTFT p95" if llm else "p95 ms",
+            "ITL p95" if llm else "p99 ms",
             "rej / t.o.",
             "GPU-h",
             "×orc",
@@ -340,8 +360,8 @@ def compare_tables(result: Any) -> list[Table]:
                 "★" if row.pareto else "",
                 row.policy + (" [red](failed runs)[/]" if row.failed else ""),
                 _ci(e["slo_attainment"], 2, 100.0, wide),
-                _ci(e["latency_p95_ms"], 0, 1.0, wide),
-                _ci(e["latency_p99_ms"], 0, 1.0, wide),
+                _ci(e[lat[0]], 0, 1.0, wide),
+                _ci(e[lat[1]], 1 if llm else 0, 1.0, wide),
                 f"{rej:,.0f} / {tout:,.0f}",
                 _ci(e["gpu_hours"], 2, 1.0, wide),
                 _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
@@ -1293,14 +1313,17 @@ def bench(
         bool, typer.Option(help="A smaller run (1 min of traffic, no 24-h memory run).")
     ] = False,
 ) -> None:
-    """Measure the simulator's speed (requests/s vs the SimPy reference) and memory; prints figures."""
-    from gpuscale.experiments.bench import run_bench
+    """Measure the simulator's speed (requests/s vs the SimPy reference; LLM tokens/s) and memory;
+    prints figures."""
+    from gpuscale.experiments.bench import run_bench, run_llm_bench
 
     if quick:
         figs = run_bench(duration_s=60.0, reference_s=5.0, long_s=None, cold_compile=False)
+        llm = run_llm_bench(duration_s=120.0, memory=False)
     else:
-        with err.status("benchmarking (about two minutes)…"):
+        with err.status("benchmarking (about three minutes)…"):
             figs = run_bench()
+            llm = run_llm_bench()
     t = Table(title="gpuscale bench (one core)", show_header=False, title_justify="left")
     t.add_column(style="bold")
     t.add_column(justify="right")
@@ -1325,6 +1348,19 @@ def bench(
     if figs.peak_rss_mb_24h is not None:
         t.add_row("24-h run: requests / wall time", f"{figs.requests_24h:,} / {figs.wall_s_24h:.1f} s")
         t.add_row("24-h run: peak memory (RSS)", f"{figs.peak_rss_mb_24h:.0f} MB")
+    t.add_row(
+        f"LLM: {llm.duration_s / 60:g} min, {llm.pods} vLLM pods (Llama-3-8B), Azure conversation mix",
+        f"{llm.generated_tokens:,} tokens, {llm.requests:,} requests in {llm.wall_s:.2f} s",
+    )
+    t.add_row("  generated tokens per second", f"{llm.tokens_per_s / 1e6:.1f} M/s")
+    t.add_row("  requests per second", f"{llm.requests_per_s / 1e6:.3f} M/s")
+    kv = "-" if llm.mean_kv_cache_usage is None else f"{100 * llm.mean_kv_cache_usage:.0f} %"
+    t.add_row("  mean KV-cache usage / preemptions", f"{kv} / {llm.preemptions:,}")
+    if llm.peak_rss_mb is not None and llm.peak_rss_mb_quarter is not None:
+        t.add_row(
+            "  peak memory: the hour / its first quarter",
+            f"{llm.peak_rss_mb:.0f} / {llm.peak_rss_mb_quarter:.0f} MB",
+        )
     out.print(t)
 
 

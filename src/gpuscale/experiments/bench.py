@@ -7,6 +7,10 @@
 * The SimPy reference model on a slice of the same scenario, and the ratio between the two.
 * Compilation: the kernel's cold compile (in a fresh process with an empty cache) and the cached load.
 * Peak memory of a 24-hour run at 2,000 requests/s (in a fresh process, ``ru_maxrss``).
+* LLM serving, token by token: generated tokens and requests per wall-clock second for one hour of
+  32 vLLM pods of Llama-3-8B at the Azure conversation trace's token mix, at a rate that keeps the
+  fleet near saturation; peak memory of that hour and of a quarter of it (fresh processes), which
+  should not differ: the engine's memory does not grow with requests.
 """
 
 from __future__ import annotations
@@ -62,6 +66,95 @@ def bench_scenario(
             "telemetry": {"scrape_interval_s": 5},
         },
         "bench",
+    )
+
+
+LLM_RATE_MULTIPLIER = 40.0
+"""The Azure conversation trace (about 5.5 requests/s) at 40 times its rate, about 220 requests/s:
+32 pods of ``llama3-8b-h100-vllm`` near saturation (KV cache and running batch mostly full)."""
+
+
+def llm_bench_scenario(
+    duration_s: float = 3500.0, pods: int = 32, multiplier: float = LLM_RATE_MULTIPLIER
+) -> Scenario:
+    """A fixed fleet of vLLM pods serving the Azure conversation trace with its own token lengths."""
+    return scenario_from_dict(
+        {
+            "name": "bench-llm",
+            "description": "LLM speed benchmark",
+            "duration_s": duration_s,
+            "seed": 7,
+            "slo": {"latency_ms": 60000, "ttft_ms": 2000, "itl_ms": 100},
+            "workload": {
+                "kind": "trace",
+                "path": "builtin:azure-llm-2023-conv",
+                "rate_multiplier": multiplier,
+            },
+            "model": {"profile": "llama3-8b-h100-vllm"},
+            "serving": {"routing": "least-outstanding", "queue_capacity": 256},
+            "cluster": {"pools": [{"gpu": "h100-80gb", "gpus_per_node": 8, "nodes": (pods + 7) // 8}]},
+            "control": {"interval_s": 15, "initial_replicas": pods, "max_pods": pods + 8},
+            "telemetry": {"scrape_interval_s": 5},
+        },
+        "bench-llm",
+    )
+
+
+@dataclass(frozen=True)
+class LlmFigures:
+    duration_s: float
+    pods: int
+    requests: int
+    generated_tokens: int
+    wall_s: float
+    mean_kv_cache_usage: float | None
+    preemptions: int
+    peak_rss_mb: float | None
+    peak_rss_mb_quarter: float | None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.wall_s
+
+
+def llm_run(duration_s: float = 3500.0, pods: int = 32) -> tuple[Any, float]:
+    sc = llm_bench_scenario(duration_s, pods)
+    result, wall = _timed(lambda: simulate(sc, StaticPolicy(pods)))
+    return result.summary, wall
+
+
+_LLM_RSS = """
+import json, resource
+from gpuscale.experiments.bench import llm_run
+llm_run(10.0, 2)
+s, wall = llm_run({duration}, {pods})
+print(json.dumps({{"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_llm_bench(*, duration_s: float = 3500.0, pods: int = 32, memory: bool = True) -> LlmFigures:
+    """The token-level engine's speed (in this process, compile excluded) and peak memory (fresh
+    processes, the whole run and a quarter of it)."""
+    llm_run(10.0, 2)
+    summary, wall = llm_run(duration_s, pods)
+    rss = quarter = None
+    if memory:
+        rss = float(_subprocess_figures(_LLM_RSS.format(duration=duration_s, pods=pods))["rss_mb"])
+        quarter = float(_subprocess_figures(_LLM_RSS.format(duration=duration_s / 4, pods=pods))["rss_mb"])
+    return LlmFigures(
+        duration_s,
+        pods,
+        summary.requests,
+        summary.generated_tokens,
+        wall,
+        summary.mean_kv_cache_usage,
+        summary.preemptions,
+        rss,
+        quarter,
     )
 
 

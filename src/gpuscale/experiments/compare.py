@@ -38,8 +38,12 @@ METRICS: tuple[str, ...] = (
     "node_cost_usd",
     "pending_pod_s",
     "spot_savings_usd",
+    "ttft_p95_ms",
+    "itl_p95_ms",
+    "generated_tokens_per_s",
 )
-"""Summary fields aggregated over seeds (mean and 95 % confidence interval)."""
+"""Summary fields aggregated over seeds (mean and 95 % confidence interval); the last three for LLM
+scenarios only (the token-level engine)."""
 
 BY_POOL: tuple[str, ...] = ("node_hours_by_pool", "node_cost_by_pool_usd")
 """Summary mappings (pool name → figure) aggregated over seeds pool by pool."""

@@ -209,10 +209,83 @@ def _lowest(d: Duration) -> float:
     return float(d)
 
 
+# -- LLM pods (the token-level engine): what a request asks of an iteration ----------------------------
+_MIX_SAMPLES = 4096
+
+
+def _token_mix(scenario: Scenario) -> tuple[FloatArray, FloatArray]:
+    """Prompt and output lengths of the scenario's requests: a sample of its token mix (the probe
+    workload's ``tokens:`` block, see :func:`with_token_mix`)."""
+    from gpuscale.sim.workload import token_source
+
+    src = token_source(scenario.workload, seed=MEASURE_SEED, source=scenario.name)
+    prompt, output = src.take(_MIX_SAMPLES)
+    return prompt.astype(np.float64), output.astype(np.float64)
+
+
+def _llm_request_s(scenario: Scenario, slowdown: float, *, full: bool) -> float:
+    """One long request (99th-percentile prompt and output) alone (``full=False``) or in a full batch
+    of ``max_num_seqs`` requests like it (``full=True``): prefill, then an iteration per output token."""
+    llm = scenario.model.llm
+    assert llm is not None
+    prompt, output = _token_mix(scenario)
+    p, o = float(np.quantile(prompt, 0.99)), float(np.quantile(output, 0.99))
+    batch = llm.max_num_seqs if full else 1
+    prefill = llm.beta0_ms + llm.beta_prefill_ms_per_token * p * batch
+    step = llm.beta0_ms + batch * (
+        llm.beta_decode_ms_per_token + (p + o) * llm.beta_kv_ms_per_1k_tokens / 1000.0
+    )
+    return slowdown * (prefill + o * step) / 1000.0
+
+
+def _llm_max_rps(scenario: Scenario, slowdown: float) -> float:
+    """Requests/s of one saturated LLM pod at the scenario's mix: its token work per request with the
+    iteration's fixed cost shared by a full batch (an upper bound: no KV-cache limit, no preemption)."""
+    llm = scenario.model.llm
+    assert llm is not None
+    prompt, output = _token_mix(scenario)
+    per_request_ms = llm.beta_prefill_ms_per_token * float(prompt.mean()) + float(output.mean()) * (
+        llm.beta_decode_ms_per_token + llm.beta0_ms / llm.max_num_seqs
+    )
+    return 1000.0 / (slowdown * per_request_ms)
+
+
+def with_token_mix(scenario: Scenario, base_dir: Path | None = None, source: str = "scenario") -> Scenario:
+    """``scenario`` with its requests' token lengths as distributions: a trace's token columns become
+    empirical distributions (prompt and output drawn independently), so capacity is measured under the
+    scenario's own token mix with a Poisson stream. Other scenarios come back unchanged."""
+    w = scenario.workload
+    if scenario.model.llm is None or not isinstance(w, TraceWorkload):
+        return scenario
+    tokens = w.tokens
+    if tokens is not None and tokens.prompt is not None and tokens.output is not None:
+        return scenario
+    from gpuscale.config.workload import EmpiricalTokens, TokenDist, TokensConfig
+    from gpuscale.sim.workload import load_trace
+
+    trace = load_trace(w.path, base_dir=base_dir, source=source)
+    parts: dict[str, TokenDist] = {}
+    for which, column in (("prompt", trace.context_tokens), ("output", trace.generated_tokens)):
+        given = getattr(tokens, which) if tokens is not None else None
+        if given is not None:
+            parts[which] = given
+            continue
+        if column is None:
+            return scenario  # the engine refuses it, naming the key, when the run starts
+        values, counts = np.unique(np.asarray(column, dtype=np.int64), return_counts=True)
+        parts[which] = TokenDist(
+            empirical=EmpiricalTokens(values=[int(v) for v in values], weights=[float(c) for c in counts])
+        )
+    mix = TokensConfig(prompt=parts["prompt"], output=parts["output"])
+    return scenario.model_copy(update={"workload": w.model_copy(update={"tokens": mix})})
+
+
 def _max_rps_per_pod(scenario: Scenario, slowdown: float = 1.0) -> float:
     """Throughput of one saturated pod whose batches take ``slowdown`` x the profile's time: its best
     batch rate, or its CPU workers', whichever is lower."""
     m = scenario.model
+    if m.llm is not None:
+        return _llm_max_rps(scenario, slowdown)
     lat = interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size) * slowdown
     sizes = np.arange(1, m.max_batch_size + 1, dtype=np.float64)
     gpu = float(np.max(sizes / lat[1:]))
@@ -222,10 +295,14 @@ def _max_rps_per_pod(scenario: Scenario, slowdown: float = 1.0) -> float:
 
 def _batch_s(scenario: Scenario, size: int) -> float:
     m = scenario.model
+    if m.llm is not None:  # an LLM pod has no batches: a long request, alone or in a full batch
+        return _llm_request_s(scenario, 1.0, full=size > 1)
     return float(interpolate_batch_latency(m.batch_latency_ms, m.max_batch_size)[size])
 
 
 def _longest_batch_s(scenario: Scenario, slowdown: float = 1.0) -> float:
+    if scenario.model.llm is not None:
+        return _llm_request_s(scenario, slowdown, full=True)
     return _batch_s(scenario, scenario.model.max_batch_size) * slowdown
 
 
@@ -239,7 +316,9 @@ def _measure_s(scenario: Scenario, rps: float, slowdown: float = 1.0) -> float:
     requests/s per pod, stops at 6 h (39,000) and 100 batches of 13.8 s are far fewer.
     """
     slo_s = scenario.slo.latency_ms / 1000.0
-    floor = max(MEASURE_MIN_S, 50.0 * slo_s, 100.0 * _longest_batch_s(scenario, slowdown))
+    # An LLM pod's "batch" is a long request in a full batch, minutes at most: ten of them will do.
+    batches = 10.0 if scenario.model.llm is not None else 100.0
+    floor = max(MEASURE_MIN_S, 50.0 * slo_s, batches * _longest_batch_s(scenario, slowdown))
     wanted = MEASURE_REQUESTS / rps if rps > 0 else floor
     return min(MEASURE_MAX_S, max(floor, wanted))
 
@@ -248,6 +327,9 @@ def _drain_s(scenario: Scenario, slowdown: float = 1.0) -> float:
     """Time after the load stops by which every request sent has its outcome: the client timeout, a
     full CPU backlog, and a batch started just before the timeout plus the one that then drops it."""
     m = scenario.model
+    if m.llm is not None:  # no client timeout: a full pod's queue runs to completion, a batch at a time
+        batches = math.ceil(scenario.serving.queue_capacity / m.llm.max_num_seqs) + 1
+        return (batches + 1) * _longest_batch_s(scenario, slowdown) + 1.0
     cpu_backlog = scenario.serving.queue_capacity * (m.cpu_ms_per_request / 1000.0) / m.cpu_workers
     return scenario.serving.timeout_s + cpu_backlog + 2.0 * _longest_batch_s(scenario, slowdown) + 1.0
 
@@ -392,9 +474,12 @@ class _Probe:
                 "users": {"kind": "step", "levels": levels},
                 "think_time_s": list(w.think_time_s),
             }
+        tokens = {}
+        if self.scenario.model.llm is not None and getattr(w, "tokens", None) is not None:
+            tokens = {"tokens": w.tokens.model_dump(mode="json", exclude_none=True)}  # type: ignore[union-attr]
         if isinstance(w, GammaWorkload):
-            return {"kind": "gamma", "cv": w.cv, "rate": {"kind": "step", "levels": levels}}
-        return {"kind": "poisson", "rate": {"kind": "step", "levels": levels}}
+            return {"kind": "gamma", "cv": w.cv, "rate": {"kind": "step", "levels": levels}, **tokens}
+        return {"kind": "poisson", "rate": {"kind": "step", "levels": levels}, **tokens}
 
     def _rps_guess(self, load: float) -> float:
         """Requests/s of ``load``; for users, their most (think + a light-load response per request)."""
@@ -841,6 +926,7 @@ def compute_oracle(
     """
     from gpuscale.experiments.capacity import planner_inputs  # capacity builds on this module
 
+    scenario = with_token_mix(scenario, base_dir, source)
     duration = scenario.duration_s
     workload = build_workload(
         scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
