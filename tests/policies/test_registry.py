@@ -64,7 +64,7 @@ def test_unknown_kind_names_the_key_and_the_allowed_kinds() -> None:
     assert err.value.key == "kind" and err.value.value == "hpa2"
     assert "allowed: " in err.value.allowed and "hpa" in err.value.allowed and "knative" in err.value.allowed
     assert str(err.value).startswith(
-        "policy.yaml: kind = 'hpa2': unknown policy kind; allowed: static, gpu-memory, hpa"
+        "policy.yaml: kind = 'hpa2': unknown policy kind; allowed: static, aibrix-apa, aibrix-kpa, gpu-memory, hpa"
     )
 
 

@@ -134,6 +134,14 @@ def quantity(value: float) -> str:
     return repr(float(value))
 
 
+def keda_number(value: float) -> str:
+    """A KEDA trigger threshold: a plain decimal (``"5"``, ``"0.5"``); KEDA parses it as a float,
+    so a Kubernetes quantity such as ``"500m"`` would be rejected."""
+    if value == int(value):
+        return str(int(value))
+    return repr(float(value))
+
+
 def _window_token(window_s: float) -> str:
     return f"{window_s:g}".replace(".", "p") + "s"
 
@@ -379,8 +387,8 @@ def prometheus_trigger(
     trigger["metadata"] = {
         "serverAddress": PROMETHEUS_ADDRESS,
         "query": promql.query(spec, target.namespace, target.name),
-        "threshold": quantity(threshold),
-        "activationThreshold": quantity(activation),
+        "threshold": keda_number(threshold),
+        "activationThreshold": keda_number(activation),
     }
     return trigger
 
@@ -767,7 +775,10 @@ def _adapter_rule(m: HpaMetric) -> tuple[str, dict[str, Any]]:
     labels = "<<.LabelMatchers>>"
     src = promql.source_of(spec.metric)
     latency = spec.metric in (Metric.LATENCY_P50_MS, Metric.LATENCY_P95_MS, Metric.LATENCY_P99_MS)
-    if latency:
+    if spec.metric in promql.TOKEN_QUANTILES:
+        latency = True
+        latency_query = promql.token_quantile_query(spec.metric, spec.window_s, labels, "<<.GroupBy>>")
+    elif latency:
         quantile = {
             Metric.LATENCY_P50_MS: "0.5",
             Metric.LATENCY_P95_MS: "0.95",

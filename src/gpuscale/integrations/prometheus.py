@@ -6,7 +6,9 @@ deterministic), written by :mod:`gpuscale.integrations.promql` for the configure
 
 * a window becomes ``avg_over_time(series[Ws])`` for a gauge and ``rate(series[Ws])`` for a counter;
 * the pod aggregation becomes ``avg`` (pod_mean), ``sum`` (total) or ``max`` over the per-pod series;
-* a latency quantile becomes ``histogram_quantile(q, sum by (le) (rate(bucket[Ws]))) * 1000``.
+* a latency quantile becomes ``histogram_quantile(q, sum by (le) (rate(bucket[Ws]))) * 1000``;
+* a per-pod mean of vLLM's KV-cache usage or running/waiting requests also carries each pod's own
+  value (``SignalValue.per_pod``, from ``max by (pod) (...)``), which WVA's saturation analysis reads.
 
 Worked example: ``SignalSpec(queue_length, 60 s, total)`` with the ``triton`` preset, namespace
 ``ml`` and pods ``llm-.*`` asks
@@ -54,7 +56,7 @@ from pydantic import Field, field_validator, model_validator
 from gpuscale._core.errors import ConfigError, TemporaryError
 from gpuscale.config.loading import StrictModel
 from gpuscale.integrations import promql
-from gpuscale.policies.base import Metric, MetricsSnapshot, SignalSpec, SignalValue
+from gpuscale.policies.base import Metric, MetricsSnapshot, PodSample, SignalSpec, SignalValue
 from gpuscale.policies.ports import FixedReplicas, ReplicaCounts, ReplicaReader, make_snapshot
 
 log = logging.getLogger("gpuscale.prometheus")
@@ -272,7 +274,26 @@ class PrometheusSource:
             log.debug("%s: %s: %s", spec.key, value_query, exc)
             return SignalValue.missing(f"{spec.key}: {exc} [{value_query}]")
         age_s, reason = self._age(spec, age_query, now)
-        return SignalValue(sample.value, age_s=age_s, reason=reason)
+        return SignalValue(sample.value, age_s=age_s, reason=reason, per_pod=self._per_pod(spec, now))
+
+    def _per_pod(self, spec: SignalSpec, now: float) -> tuple[PodSample, ...]:
+        """Each pod's own value of a per-pod LLM gauge (one more query); empty when the signal has an
+        override, is not one of :data:`~gpuscale.integrations.promql.PER_POD_SAMPLE_METRICS`, or the
+        query fails (the pod mean still stands). Pods are the ones reporting: all counted ready."""
+        if spec.key in self.overrides or spec.metric.value in self.overrides:
+            return ()
+        text = promql.per_pod_query(spec, self.labels, self.presets)
+        if text is None:
+            return ()
+        try:
+            samples = self.client.query(text, now)
+        except QueryFailed as exc:
+            log.debug("%s per pod: %s: %s", spec.key, text, exc)
+            return ()
+        pods = sorted(
+            (s.labels["pod"], s.value) for s in samples if "pod" in s.labels and math.isfinite(s.value)
+        )
+        return tuple(PodSample(name, value, ready=True) for name, value in pods)
 
     def _age(self, spec: SignalSpec, age_query: str | None, now: float) -> tuple[float, str]:
         if age_query is None:

@@ -13,7 +13,30 @@ concurrency          Knative queue-proxy ``queue_average_concurrent_requests`` (
 queue_length         Triton ``nv_inference_pending_request_count`` / vLLM ``vllm:num_requests_waiting``
 request_rate         ``rate()`` of Triton ``nv_inference_request_success`` / vLLM ``vllm:request_success_total``
 latency_pXX_ms       vLLM ``vllm:e2e_request_latency_seconds`` histogram quantile x 1000
+kv_cache_usage       vLLM ``vllm:kv_cache_usage_perc`` (0-1; ``vllm:gpu_cache_usage_perc`` before
+                     v0.10), gauge
+requests_running     vLLM ``vllm:num_requests_running``, gauge
+requests_waiting     vLLM ``vllm:num_requests_waiting``, gauge
+prompt_tokens_rate   ``rate()`` of vLLM ``vllm:prompt_tokens_total``
+generation_tokens_   ``rate()`` of vLLM ``vllm:generation_tokens_total``
+rate
+preemption_rate      ``rate()`` of vLLM ``vllm:num_preemptions_total``
+ttft_pXX_ms          vLLM ``vllm:time_to_first_token_seconds`` histogram quantile x 1000
+itl_pXX_ms           vLLM ``vllm:inter_token_latency_seconds`` (``vllm:time_per_output_token_seconds``
+                     before it) histogram quantile x 1000
+sm_active            ``DCGM_FI_PROF_SM_ACTIVE`` (dcgm-exporter profiling), 0-1, gauge
+sm_occupancy         ``DCGM_FI_PROF_SM_OCCUPANCY``, 0-1, gauge
+dram_active          ``DCGM_FI_PROF_DRAM_ACTIVE``, 0-1, gauge
 ===================  ==========================================================================
+
+**Several names for one metric.** vLLM renamed series across versions, and a scrape through an
+OpenMetrics/OTel pipeline may write the colon as an underscore (``vllm_kv_cache_usage_perc``). A
+source with alternative names reads each one and joins them with ``or``, the preferred name first:
+``(avg_over_time(vllm:kv_cache_usage_perc{...}[60s]) or avg_over_time(vllm:gpu_cache_usage_perc{...}[60s])
+or ...)``. ``avg_over_time``/``rate`` drop the metric name, so a pod exporting two of the names
+yields the first one only (``or`` keeps a right-hand series only for label sets the left lacks);
+a ``{__name__=~"a|b"}`` selector would instead give two series with one label set, which
+Prometheus rejects, and would count such a pod twice in a sum.
 
 A signal is a window and an aggregation over pods: gauges are averaged with ``avg_over_time``,
 counters are ``rate``\\ d, and the pods are combined with ``avg`` (pod_mean), ``sum`` (total) or
@@ -55,11 +78,32 @@ _QUANTILES = {
 
 @dataclass(frozen=True)
 class Source:
-    """Where a metric's samples come from: the series and whether it is a counter."""
+    """Where a metric's samples come from: the series and whether it is a counter.
+
+    ``alternatives`` are other names of the same series (older releases, underscore spellings),
+    read after ``series`` with ``or``.
+    """
 
     series: str
     counter: bool = False
     exporter: str = ""
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name of the series, the preferred one first."""
+        return (self.series, *self.alternatives)
+
+
+def _vllm(*names: str, counter: bool = False) -> Source:
+    """A vLLM series under ``names`` (newest first), then their underscore spellings."""
+    unique = tuple(dict.fromkeys([*names, *(name.replace(":", "_") for name in names)]))
+    return Source(unique[0], counter=counter, exporter="vLLM", alternatives=unique[1:])
+
+
+def either(exprs: list[str]) -> str:
+    """One expression, or several joined with ``or`` in parentheses (the first name wins per pod)."""
+    return exprs[0] if len(exprs) == 1 else "(" + " or ".join(exprs) + ")"
 
 
 SOURCES: dict[Metric, Source] = {
@@ -81,15 +125,52 @@ _RUNTIME_SOURCES: dict[Runtime, dict[Metric, Source]] = {
 }
 _LATENCY_SERIES = "vllm:e2e_request_latency_seconds_bucket"
 
+LLM_SOURCES: dict[Metric, Source] = {
+    Metric.KV_CACHE_USAGE: _vllm("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    Metric.REQUESTS_RUNNING: _vllm("vllm:num_requests_running"),
+    Metric.REQUESTS_WAITING: _vllm("vllm:num_requests_waiting"),
+    Metric.PROMPT_TOKENS_RATE: _vllm("vllm:prompt_tokens_total", counter=True),
+    Metric.GENERATION_TOKENS_RATE: _vllm("vllm:generation_tokens_total", counter=True),
+    Metric.PREEMPTION_RATE: _vllm("vllm:num_preemptions_total", counter=True),
+}
+"""vLLM's LLM-serving series (the ``vllm`` preset)."""
+_TTFT_SOURCE = _vllm("vllm:time_to_first_token_seconds_bucket", counter=True)
+_ITL_SOURCE = _vllm(
+    "vllm:inter_token_latency_seconds_bucket", "vllm:time_per_output_token_seconds_bucket", counter=True
+)
+TOKEN_QUANTILES: dict[Metric, tuple[str, Source]] = {
+    Metric.TTFT_P50_MS: ("0.5", _TTFT_SOURCE),
+    Metric.TTFT_P95_MS: ("0.95", _TTFT_SOURCE),
+    Metric.TTFT_P99_MS: ("0.99", _TTFT_SOURCE),
+    Metric.ITL_P50_MS: ("0.5", _ITL_SOURCE),
+    Metric.ITL_P95_MS: ("0.95", _ITL_SOURCE),
+    Metric.ITL_P99_MS: ("0.99", _ITL_SOURCE),
+}
+"""Token-latency quantiles: the quantile and the histogram's bucket series."""
+DCGM_PROF_SOURCES: dict[Metric, Source] = {
+    Metric.SM_ACTIVE: Source("DCGM_FI_PROF_SM_ACTIVE", exporter="dcgm-exporter"),
+    Metric.SM_OCCUPANCY: Source("DCGM_FI_PROF_SM_OCCUPANCY", exporter="dcgm-exporter"),
+    Metric.DRAM_ACTIVE: Source("DCGM_FI_PROF_DRAM_ACTIVE", exporter="dcgm-exporter"),
+}
+"""dcgm-exporter's profiling gauges (ratios 0-1; the ``dcgm`` preset)."""
+
 
 _LATENCY_SOURCE = Source(_LATENCY_SERIES, counter=True, exporter="vLLM")
 _CPU_SOURCE = SOURCES[Metric.CPU_UTIL]
 
 PRESET_SOURCES: dict[Preset, dict[Metric, Source]] = {
-    "dcgm": {m: SOURCES[m] for m in (Metric.GPU_UTIL, Metric.GPU_MEMORY_UTIL, Metric.GPU_MEMORY_USED_GB)},
+    "dcgm": {
+        **{m: SOURCES[m] for m in (Metric.GPU_UTIL, Metric.GPU_MEMORY_UTIL, Metric.GPU_MEMORY_USED_GB)},
+        **DCGM_PROF_SOURCES,
+    },
     "knative": {Metric.CONCURRENCY: SOURCES[Metric.CONCURRENCY]},
     "triton": dict(_RUNTIME_SOURCES["triton"]),
-    "vllm": {**_RUNTIME_SOURCES["vllm"], **dict.fromkeys(_QUANTILES, _LATENCY_SOURCE)},
+    "vllm": {
+        **_RUNTIME_SOURCES["vllm"],
+        **dict.fromkeys(_QUANTILES, _LATENCY_SOURCE),
+        **LLM_SOURCES,
+        **{m: src for m, (_, src) in TOKEN_QUANTILES.items()},
+    },
 }
 """Which metrics each exporter serves, and from which series."""
 
@@ -189,9 +270,8 @@ def preset_per_pod_expr(
         usage = f'sum by (pod) (rate(container_cpu_usage_seconds_total{{{labels},container!=""}}[{w}]))'
         request = f'sum by (pod) (kube_pod_container_resource_requests{{{labels},resource="cpu"}})'
         return f"100 * {usage} / {request}"
-    if src.counter:
-        return f"rate({src.series}{{{labels}}}[{w}])"
-    return f"avg_over_time({src.series}{{{labels}}}[{w}])"
+    fn = "rate" if src.counter else "avg_over_time"
+    return either([f"{fn}({name}{{{labels}}}[{w}])" for name in src.names])
 
 
 def aggregation_fn(aggregation: Aggregation) -> str:
@@ -210,8 +290,40 @@ def signal_query(spec: SignalSpec, labels: str, presets: tuple[Preset, ...] = AL
             return None
         rate = f"sum by (le) (rate({_LATENCY_SERIES}{{{labels}}}[{window(spec.window_s)}]))"
         return f"histogram_quantile({_QUANTILES[spec.metric]}, {rate}) * 1000"
+    if spec.metric in TOKEN_QUANTILES:
+        if preset_source(spec.metric, presets) is None:
+            return None
+        return token_quantile_query(spec.metric, spec.window_s, labels)
     expr = preset_per_pod_expr(spec.metric, spec.window_s, labels, presets)
     return None if expr is None else f"{_AGG_FN[spec.aggregation]}({expr})"
+
+
+def token_quantile_query(metric: Metric, window_s: float, labels: str, group_by: str = "") -> str:
+    """A TTFT/ITL quantile in ms over the pods ``labels`` select (``group_by``: extra labels kept).
+
+    >>> token_quantile_query(Metric.TTFT_P95_MS, 60, 'namespace="ml"')  # doctest: +NORMALIZE_WHITESPACE
+    'histogram_quantile(0.95, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{namespace="ml"}[60s])
+    or rate(vllm_time_to_first_token_seconds_bucket{namespace="ml"}[60s]))) * 1000'
+    """
+    quantile, src = TOKEN_QUANTILES[metric]
+    w = window(window_s)
+    rates = " or ".join(f"rate({name}{{{labels}}}[{w}])" for name in src.names)
+    by = f"le, {group_by}" if group_by else "le"
+    return f"histogram_quantile({quantile}, sum by ({by}) ({rates})) * 1000"
+
+
+PER_POD_SAMPLE_METRICS = frozenset({Metric.KV_CACHE_USAGE, Metric.REQUESTS_RUNNING, Metric.REQUESTS_WAITING})
+"""Per-pod means whose pods' own values a policy may read (WVA's saturation analysis):
+:func:`per_pod_query` gives one series per pod."""
+
+
+def per_pod_query(spec: SignalSpec, labels: str, presets: tuple[Preset, ...] = ALL_PRESETS) -> str | None:
+    """One series per pod (label ``pod``) for a per-pod mean of :data:`PER_POD_SAMPLE_METRICS`;
+    None for any other signal or when no preset serves it."""
+    if spec.metric not in PER_POD_SAMPLE_METRICS or spec.aggregation is not Aggregation.POD_MEAN:
+        return None
+    expr = preset_per_pod_expr(spec.metric, spec.window_s, labels, presets)
+    return None if expr is None else f"max by (pod) ({expr})"
 
 
 def freshness_query(metric: Metric, labels: str, presets: tuple[Preset, ...] = ALL_PRESETS) -> str | None:
@@ -224,7 +336,8 @@ def freshness_query(metric: Metric, labels: str, presets: tuple[Preset, ...] = A
     if src is None:
         return None
     extra = ',container!=""' if metric == Metric.CPU_UTIL else ""
-    return f"max(timestamp({src.series}{{{labels}{extra}}}))"
+    stamps = " or ".join(f"timestamp({name}{{{labels}{extra}}})" for name in src.names)
+    return f"max({stamps})"
 
 
 def query(spec: SignalSpec, namespace: str, pod_prefix: str, runtime: Runtime = "triton") -> str:
@@ -250,6 +363,12 @@ def parse_window_s(text: str) -> float | None:
 
 def metric_for_series(text: str) -> Metric | None:
     """The gpuscale metric a query or metric name reads, judged by the series it names."""
+    if "histogram_quantile(" in text:
+        q = re.search(r"histogram_quantile\(\s*([0-9.]+)", text)
+        for metric, (quantile, src) in TOKEN_QUANTILES.items():
+            named = any(name.removesuffix("_bucket") in text for name in src.names)
+            if named and q is not None and float(q.group(1)) == float(quantile):
+                return metric
     if "histogram_quantile(" in text and _LATENCY_SERIES.removesuffix("_bucket") in text:
         q = re.search(r"histogram_quantile\(\s*([0-9.]+)", text)
         for metric, quantile in _QUANTILES.items():
@@ -265,6 +384,8 @@ def metric_for_series(text: str) -> Metric | None:
     table: list[tuple[str, Metric]] = [(s.series, m) for m, s in SOURCES.items() if m not in _CPU_MEM]
     for sources in _RUNTIME_SOURCES.values():
         table += [(s.series, m) for m, s in sources.items()]
+    for m, src in {**LLM_SOURCES, **DCGM_PROF_SOURCES}.items():
+        table += [(name, m) for name in src.names]
     for series, metric in table:
         if re.search(rf"(?<![A-Za-z0-9_:]){re.escape(series)}(?![A-Za-z0-9_:])", text):
             return metric

@@ -52,6 +52,7 @@ import numpy as np
 
 from gpuscale.policies.base import (
     LATENCY_METRICS,
+    TOKEN_LATENCY_METRICS,
     Aggregation,
     Decision,
     Metric,
@@ -96,6 +97,21 @@ _RANGES: dict[Metric, tuple[float, float]] = {
     Metric.LATENCY_P50_MS: (5, 800),
     Metric.LATENCY_P95_MS: (10, 1500),
     Metric.LATENCY_P99_MS: (10, 3000),
+    Metric.KV_CACHE_USAGE: (0, 1),
+    Metric.REQUESTS_RUNNING: (0, 256),
+    Metric.REQUESTS_WAITING: (0, 40),
+    Metric.PROMPT_TOKENS_RATE: (0, 20000),
+    Metric.GENERATION_TOKENS_RATE: (0, 5000),
+    Metric.PREEMPTION_RATE: (0, 5),
+    Metric.SM_ACTIVE: (0, 1),
+    Metric.SM_OCCUPANCY: (0, 1),
+    Metric.DRAM_ACTIVE: (0, 1),
+    Metric.TTFT_P50_MS: (20, 2000),
+    Metric.TTFT_P95_MS: (40, 4000),
+    Metric.TTFT_P99_MS: (50, 6000),
+    Metric.ITL_P50_MS: (5, 100),
+    Metric.ITL_P95_MS: (8, 200),
+    Metric.ITL_P99_MS: (10, 300),
 }
 
 
@@ -119,7 +135,7 @@ def signal_value(spec: SignalSpec, rng: random.Random, ready: int, phase: float)
         return SignalValue.missing("scrape gap")
     if (
         spec.aggregation is Aggregation.POD_MEAN
-        and spec.metric not in LATENCY_METRICS
+        and spec.metric not in LATENCY_METRICS | TOKEN_LATENCY_METRICS
         and ready > 0
         and rng.random() < 0.5
     ):
@@ -136,7 +152,7 @@ def signal_value(spec: SignalSpec, rng: random.Random, ready: int, phase: float)
         values = [s.value for s in samples if s.value is not None]
         mean = sum(values) / len(values) if values else None
         return SignalValue(mean, age_s=rng.uniform(0, 5), per_pod=samples)
-    if spec.aggregation is Aggregation.TOTAL and spec.metric not in LATENCY_METRICS:
+    if spec.aggregation is Aggregation.TOTAL and spec.metric not in LATENCY_METRICS | TOKEN_LATENCY_METRICS:
         level *= max(ready, 1)
     return SignalValue(level, age_s=rng.uniform(0, 5))
 
