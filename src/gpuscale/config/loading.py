@@ -337,9 +337,13 @@ def _branch_at(loc: tuple[int | str, ...], data: Any, kind: str) -> tuple[int, A
         elif isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
             node = node[item]
             continue
-        # Not a key of the value: a member label when more follows it, or when the complaint is about
-        # the member's type (a number for a float, a mapping for a model); otherwise a missing key.
-        label = isinstance(item, str) and (i < len(loc) - 1 or kind not in ("missing", "extra_forbidden"))
+        # Not a key of the value: a union member's label -- a model's class name (keys are
+        # snake_case) or a scalar type -- or else a key that is missing or a validator named.
+        label = (
+            isinstance(item, str)
+            and (item in _SCALARS or item[:1].isupper())
+            and (i < len(loc) - 1 or kind not in ("missing", "extra_forbidden"))
+        )
         return (i, node) if label else None
     return None
 
