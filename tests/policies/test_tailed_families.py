@@ -265,3 +265,12 @@ def test_bounds_without_a_maximum() -> None:
     assert (out.replicas, out.reason) == (2, Reason.CLAMPED_TO_MIN)
     with pytest.raises(ValueError):
         Bounds(5, 3)
+
+
+def test_knative_initial_scale_above_max_scale_is_refused() -> None:
+    from gpuscale._core.errors import ConfigError
+    from gpuscale.policies.registry import load_policy
+
+    with pytest.raises(ConfigError) as info:
+        load_policy({"kind": "knative", "initial_scale": 5, "max_scale": 3}, "p.yaml")
+    assert "initial_scale" in str(info.value) and "max_scale (3)" in str(info.value)

@@ -28,6 +28,9 @@ One sync (every 15 s, ``--horizontal-pod-autoscaler-sync-period``) does what
    down window) then bounds then Pods/Percent rate limits; without ``behavior`` (the legacy path),
    the max recommendation over 5 min, bounds, and the ``max(2 x current, 4)`` scale-up cap.
 
+Steps 1 and 4 are :class:`~gpuscale.policies.stages.TailedPolicy`'s (through
+:class:`HpaTailedPolicy`, which KEDA's generated HPA shares); steps 2 and 3 are this module's.
+
 When a signal carries no per-pod samples (``SignalValue.per_pod`` empty: the source only knows the
 aggregate, or the metric is a service-level latency), the aggregate stands for the per-pod average
 and ``snapshot.ready`` for the pod count.
@@ -38,7 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -58,6 +61,7 @@ from gpuscale.policies.base import (
 from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
+    FamilyStateT,
     LegacyScaleUpCap,
     LegacyStabilization,
     Pipeline,
@@ -68,10 +72,11 @@ from gpuscale.policies.stages import (
     ScalingPolicy,
     ScalingRules,
     SelectPolicy,
+    SignalCheck,
     Stabilization,
     Stage,
+    TailedPolicy,
     Tolerance,
-    to_decision,
 )
 
 HPA_SYNC_PERIOD_S = 15.0
@@ -598,15 +603,16 @@ def status_replicas(snapshot: MetricsSnapshot) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# The controller tail shared with KEDA's generated HPA
+# The controller shared with KEDA's generated HPA
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class HpaController:
-    """What one HPA does with its metric proposals: the pre-checks, the max, and the tail.
+    """One HPA's own settings and the tail they make.
 
-    ``behavior`` None is the legacy path. Used by :class:`HpaPolicy` and by KEDA's generated HPA.
+    ``behavior`` None is the legacy path. Used by :class:`HpaPolicy` and by KEDA's generated HPA
+    (through :class:`HpaTailedPolicy`).
     """
 
     min_replicas: int
@@ -637,14 +643,37 @@ class HpaController:
     def initial_state(self) -> PipelineState:
         return self.pipeline.initial_state()
 
-    def decide(
-        self,
-        snapshot: MetricsSnapshot,
-        proposals: Sequence[Proposal],
-        state: PipelineState,
-    ) -> tuple[Decision, PipelineState]:
-        current = snapshot.current_replicas
-        if current == 0 and self.min_replicas > 0:
+
+class HpaTailedPolicy(TailedPolicy[FamilyStateT]):
+    """What one HPA does with its metric proposals, on the shared tail.
+
+    The family supplies :attr:`controller` and :meth:`proposals` (one per metric); the rest is the
+    HPA's: scaling is disabled at 0 replicas, a count outside the bounds goes to the bound before any
+    metric is read (:func:`~gpuscale.policies.stages.rescale_out_of_bounds`), each metric judges its
+    own data (no shared hold), the **max** valid proposal wins, and the controller's tail
+    (stabilization, bounds, rate limits) does the rest.
+    """
+
+    holds_on_missing_signals = False
+    rescales_out_of_bounds = True
+
+    if TYPE_CHECKING:
+
+        @property
+        def controller(self) -> HpaController: ...
+
+    @property
+    def tail(self) -> Pipeline:
+        return self.controller.pipeline
+
+    def proposals(self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT) -> list[Proposal]:
+        """Every metric's proposal this sync (invalid ones have ``replicas`` None)."""
+        raise NotImplementedError
+
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT
+    ) -> tuple[Decision | None, FamilyStateT]:
+        if snapshot.current_replicas == 0 and self.controller.min_replicas > 0:
             return (
                 Decision.hold(
                     Reason.SCALING_DISABLED,
@@ -652,65 +681,54 @@ class HpaController:
                 ),
                 state,
             )
-        if current > self.max_replicas:
-            return self._preset(
-                snapshot, state, self.max_replicas, Reason.TOO_MANY_REPLICAS, "above max_replicas"
-            )
-        if current < self.min_replicas:
-            return self._preset(
-                snapshot, state, self.min_replicas, Reason.TOO_FEW_REPLICAS, "below min_replicas"
-            )
+        return None, state
 
-        valid = [p for p in proposals if p.replicas is not None]
-        invalid = [p for p in proposals if p.replicas is None]
-        if not valid:
-            reason = (
-                Reason.STALE_DATA
-                if any(p.invalid_reason is Reason.STALE_DATA for p in invalid)
-                else Reason.NO_DATA
-            )
-            return Decision.hold(reason, "holding: " + "; ".join(p.message for p in invalid)), state
-        best = valid[0]
-        for p in valid[1:]:
-            if p.replicas is not None and best.replicas is not None and p.replicas > best.replicas:
-                best = p
-        assert best.replicas is not None
-        if invalid and best.replicas < current:
-            return (
-                Decision.hold(
-                    Reason.PARTIAL_DATA,
-                    f"holding {current}: valid metrics propose {best.replicas} but "
-                    + "; ".join(p.message for p in invalid),
-                ),
-                state,
-            )
-        message = "; ".join(p.message for p in valid) if len(valid) > 1 else best.message
-        if len(valid) > 1:
-            message += f" (max: {best.replicas}, {best.label})"
-        if best.fallback:
-            reason = Reason.FALLBACK
-        elif best.replicas > current:
-            reason = Reason.SCALE_UP
-        elif best.replicas < current:
-            reason = Reason.SCALE_DOWN
-        elif all(p.within_tolerance for p in valid if p.replicas == best.replicas):
-            reason = Reason.WITHIN_TOLERANCE
-        else:
-            reason = Reason.DESIRED_WITHIN_RANGE
-        final, state = self.pipeline.run(Recommendation(best.replicas, reason, message), snapshot, state)
-        return to_decision(final), state
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT
+    ) -> tuple[Recommendation | Decision, FamilyStateT]:
+        return max_proposal(snapshot.current_replicas, self.proposals(snapshot, check, state)), state
 
-    def _preset(
-        self, snapshot: MetricsSnapshot, state: PipelineState, replicas: int, reason: Reason, why: str
-    ) -> tuple[Decision, PipelineState]:
-        # Upstream rescales without reading metrics; the scale event still counts for the rate limits.
-        rec = Recommendation(
-            replicas,
-            reason,
-            f"current {snapshot.current_replicas} replicas {why} -> {replicas} (before metrics)",
+
+def max_proposal(current: int, proposals: Sequence[Proposal]) -> Recommendation | Decision:
+    """The max of the valid proposals as the raw recommendation, or the HPA's hold.
+
+    All metrics invalid: hold (``NoData``, or ``StaleData`` when one is stale); some invalid while the
+    valid ones propose a scale-down: hold (``PartialData``).
+    """
+    valid = [p for p in proposals if p.replicas is not None]
+    invalid = [p for p in proposals if p.replicas is None]
+    if not valid:
+        reason = (
+            Reason.STALE_DATA
+            if any(p.invalid_reason is Reason.STALE_DATA for p in invalid)
+            else Reason.NO_DATA
         )
-        state = self.pipeline.settle(rec, snapshot, state)
-        return Decision(rec.replicas, rec.reason, rec.message), state
+        return Decision.hold(reason, "holding: " + "; ".join(p.message for p in invalid))
+    best = valid[0]
+    for p in valid[1:]:
+        if p.replicas is not None and best.replicas is not None and p.replicas > best.replicas:
+            best = p
+    assert best.replicas is not None
+    if invalid and best.replicas < current:
+        return Decision.hold(
+            Reason.PARTIAL_DATA,
+            f"holding {current}: valid metrics propose {best.replicas} but "
+            + "; ".join(p.message for p in invalid),
+        )
+    message = "; ".join(p.message for p in valid) if len(valid) > 1 else best.message
+    if len(valid) > 1:
+        message += f" (max: {best.replicas}, {best.label})"
+    if best.fallback:
+        reason = Reason.FALLBACK
+    elif best.replicas > current:
+        reason = Reason.SCALE_UP
+    elif best.replicas < current:
+        reason = Reason.SCALE_DOWN
+    elif all(p.within_tolerance for p in valid if p.replicas == best.replicas):
+        reason = Reason.WITHIN_TOLERANCE
+    else:
+        reason = Reason.DESIRED_WITHIN_RANGE
+    return Recommendation(best.replicas, reason, message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -734,7 +752,7 @@ def _unit(metric: Metric) -> str:
 
 
 @dataclass(frozen=True)
-class HpaPolicy(ConfigTiming):
+class HpaPolicy(ConfigTiming, HpaTailedPolicy[HpaState]):
     """The HPA as a pure policy: ``decide`` is one sync of ``reconcileAutoscaler``."""
 
     config: HpaConfig
@@ -781,7 +799,7 @@ class HpaPolicy(ConfigTiming):
     def initial_state(self) -> HpaState:
         return HpaState(self.controller.initial_state())
 
-    def proposals(self, snapshot: MetricsSnapshot) -> list[Proposal]:
+    def proposals(self, snapshot: MetricsSnapshot, check: SignalCheck, state: HpaState) -> list[Proposal]:
         """Every metric's proposal this sync (invalid ones have ``replicas`` None)."""
         out: list[Proposal] = []
         current = snapshot.current_replicas
@@ -842,7 +860,3 @@ class HpaPolicy(ConfigTiming):
                     )
                 )
         return out
-
-    def decide(self, snapshot: MetricsSnapshot, state: HpaState) -> tuple[Decision, HpaState]:
-        decision, tail = self.controller.decide(snapshot, self.proposals(snapshot), state.tail)
-        return decision, HpaState(tail)

@@ -48,6 +48,7 @@ from gpuscale.policies.hpa import (
     DEFAULT_SCALE_UP_POLICIES,
     HpaBehavior,
     HpaController,
+    HpaTailedPolicy,
     Proposal,
     average_value_proposal,
     scaling_rules,
@@ -55,7 +56,7 @@ from gpuscale.policies.hpa import (
     value_proposal,
 )
 from gpuscale.policies.kinds import KindConfig, register_kind
-from gpuscale.policies.stages import PipelineState, ScalingRules, Tolerance, check_signals
+from gpuscale.policies.stages import PipelineState, ScalingRules, SignalCheck, Tolerance
 
 _EPS = 1e-9
 
@@ -225,15 +226,21 @@ class KedaState:
     last_hpa_s: float | None = None
     last_active_s: float | None = None
     failures: tuple[int, ...] = ()
-    hpa: PipelineState = ()
+    tail: PipelineState = ()
 
 
 @dataclass(frozen=True)
-class KedaPolicy:
-    """The KEDA operator and its generated HPA as one pure policy."""
+class KedaPolicy(HpaTailedPolicy[KedaState]):
+    """The KEDA operator and its generated HPA as one pure policy.
+
+    KEDA's own part runs before the generated HPA (:meth:`before`): the operator's activation and
+    scale to zero on the polling interval, the failure counts, and the hold at 0 replicas. The HPA
+    part (disabled at 0, rescale to its bounds, the max over the triggers' proposals, its tail) is
+    :class:`~gpuscale.policies.hpa.HpaTailedPolicy`'s.
+    """
 
     config: KedaConfig
-    hpa: HpaController = field(init=False)
+    controller: HpaController = field(init=False)
     tolerance: Tolerance = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,7 +255,7 @@ class KedaPolicy:
         down: ScalingRules = scaling_rules(behavior_cfg.scale_down, 300.0, DEFAULT_SCALE_DOWN_POLICIES)
         object.__setattr__(
             self,
-            "hpa",
+            "controller",
             HpaController(
                 max(cfg.min_replica_count, 1), cfg.max_replica_count, (up, down) if has_behavior else None
             ),
@@ -293,14 +300,14 @@ class KedaPolicy:
         return None
 
     def initial_state(self) -> KedaState:
-        return KedaState(failures=(0,) * len(self.config.triggers), hpa=self.hpa.initial_state())
+        return KedaState(failures=(0,) * len(self.config.triggers), tail=self.controller.initial_state())
 
     # ---------------------------------------------------------------------------------------------
 
-    def _values(self, snapshot: MetricsSnapshot) -> list[_TriggerValue]:
+    def _values(self, snapshot: MetricsSnapshot, check: SignalCheck) -> list[_TriggerValue]:
         """Each trigger's value, or None with why (an erroring trigger): missing and stale as
-        :func:`check_signals` sorts them, reported per trigger as KEDA's scaler errors are."""
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s)
+        :func:`~gpuscale.policies.stages.check_signals` sorted them, reported per trigger as KEDA's
+        scaler errors are."""
         out: list[_TriggerValue] = []
         for t in self.config.triggers:
             if check.usable(t.spec):
@@ -315,11 +322,15 @@ class KedaPolicy:
                 out.append(_TriggerValue(None, why, Reason.NO_DATA))
         return out
 
-    def decide(self, snapshot: MetricsSnapshot, state: KedaState) -> tuple[Decision, KedaState]:
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: KedaState
+    ) -> tuple[Decision | None, KedaState]:
+        """The operator on its polling interval; then, on an HPA sync, the failure counts, the hold
+        at 0 replicas without data, and the generated HPA's own checks."""
         cfg = self.config
         now = snapshot.time_s
         created = now if state.created_s is None else state.created_s
-        values = self._values(snapshot)
+        values = self._values(snapshot, check)
         poll_due = state.last_poll_s is None or now - state.last_poll_s >= cfg.polling_interval_s - _EPS
         hpa_due = state.last_hpa_s is None or now - state.last_hpa_s >= cfg.hpa_sync_period_s - _EPS
         last_active = state.last_active_s
@@ -328,21 +339,33 @@ class KedaPolicy:
         if poll_due:
             decision, last_active = self._operator(snapshot, values, created, last_active)
             if decision is not None:
-                new = KedaState(created, last_poll, state.last_hpa_s, last_active, state.failures, state.hpa)
+                new = KedaState(created, last_poll, state.last_hpa_s, last_active, state.failures, state.tail)
                 return decision, new
 
         if not hpa_due:
-            new = KedaState(created, last_poll, state.last_hpa_s, last_active, state.failures, state.hpa)
+            new = KedaState(created, last_poll, state.last_hpa_s, last_active, state.failures, state.tail)
             return Decision.hold(Reason.DESIRED_WITHIN_RANGE, "waiting for the next poll or HPA sync"), new
 
         failures = tuple(
             0 if v.value is not None else n + 1 for v, n in zip(values, state.failures, strict=True)
         )
-        decision, hpa_state = self._hpa(snapshot, values, failures, state.hpa)
-        return decision, KedaState(created, last_poll, now, last_active, failures, hpa_state)
+        state = KedaState(created, last_poll, now, last_active, failures, state.tail)
+        if snapshot.current_replicas == 0:
+            proposals = self._proposals(snapshot, values, failures)
+            if all(p.replicas is None for p in proposals):
+                # The HPA is disabled at 0 replicas anyway; say that there is no data to wake it either.
+                stale = any(p.invalid_reason is Reason.STALE_DATA for p in proposals)
+                reason = Reason.STALE_DATA if stale else Reason.NO_DATA
+                return Decision.hold(
+                    reason, "holding at 0: " + "; ".join(p.message for p in proposals)
+                ), state
+        return super().before(snapshot, check, state)
+
+    def proposals(self, snapshot: MetricsSnapshot, check: SignalCheck, state: KedaState) -> list[Proposal]:
+        """The generated HPA's External metrics, one per trigger (fallback in place of a failing one)."""
+        return self._proposals(snapshot, self._values(snapshot, check), state.failures)
 
     # ---------------------------------------------------------------------------------------------
-
     def _operator(
         self,
         snapshot: MetricsSnapshot,
@@ -396,13 +419,9 @@ class KedaPolicy:
             return Decision(cfg.min_replica_count, Reason.TOO_FEW_REPLICAS, msg), last_active_s
         return None, last_active_s
 
-    def _hpa(
-        self,
-        snapshot: MetricsSnapshot,
-        values: list[_TriggerValue],
-        failures: tuple[int, ...],
-        hpa_state: PipelineState,
-    ) -> tuple[Decision, PipelineState]:
+    def _proposals(
+        self, snapshot: MetricsSnapshot, values: list[_TriggerValue], failures: tuple[int, ...]
+    ) -> list[Proposal]:
         cfg = self.config
         pods = status_replicas(snapshot)
         proposals: list[Proposal] = []
@@ -444,11 +463,4 @@ class KedaPolicy:
                         tolerance=self.tolerance,
                     )
                 )
-        if snapshot.current_replicas == 0 and all(p.replicas is None for p in proposals):
-            # The HPA is disabled at 0 replicas anyway; say that there is no data to wake it either.
-            stale = any(p.invalid_reason is Reason.STALE_DATA for p in proposals)
-            reason = Reason.STALE_DATA if stale else Reason.NO_DATA
-            return Decision.hold(
-                reason, "holding at 0: " + "; ".join(p.message for p in proposals)
-            ), hpa_state
-        return self.hpa.decide(snapshot, proposals, hpa_state)
+        return proposals

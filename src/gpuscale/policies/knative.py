@@ -49,7 +49,7 @@ scale target is initialized and that case does not arise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from typing import Literal
@@ -68,10 +68,12 @@ from gpuscale.policies.base import (
 from gpuscale.policies.kinds import KindConfig, register_kind
 from gpuscale.policies.stages import (
     Bounds,
+    Pipeline,
+    PipelineState,
     Recommendation,
     ScaleDownDelay,
-    TimedValue,
-    check_signals,
+    SignalCheck,
+    TailedPolicy,
 )
 
 KPA_TICK_S = 2.0
@@ -179,6 +181,12 @@ class KnativeConfig(KindConfig):
             )
         if self.initial_scale == 0 and not self.allow_zero_initial_scale:
             field_error(("initial_scale",), 0, "0 needs allow_zero_initial_scale: true; allowed: >= 1")
+        if self.max_scale and self.initial_scale > self.max_scale:
+            field_error(
+                ("initial_scale",),
+                self.initial_scale,
+                f"must be <= max_scale ({self.max_scale}); 0 = unlimited",
+            )
         if self.stable_window_s != round(self.stable_window_s):
             field_error(("stable_window_s",), self.stable_window_s, "whole seconds in 6 .. 3600")
         return self
@@ -207,8 +215,8 @@ class KnativeState:
     ``panic_since_s`` is upstream's ``panicTime`` (None: not panicking; it moves forward every tick
     still over the threshold), ``max_panic_pods`` the count panic mode holds. ``activity`` and
     ``activity_since_s`` are the PA's Active condition and its last transition; ``initialized``
-    records that the revision once reached its initial scale. ``delay`` is the scale-down-delay
-    window. ``started`` is False before the first decision.
+    records that the revision once reached its initial scale. ``tail`` is the tail's state (the
+    scale-down-delay window). ``started`` is False before the first decision.
     """
 
     started: bool = False
@@ -217,12 +225,22 @@ class KnativeState:
     activity: Activity = Activity.ACTIVATING
     activity_since_s: float = 0.0
     initialized: bool = False
-    delay: tuple[TimedValue, ...] = ()
+    tail: PipelineState = ((), None)
 
 
 @dataclass(frozen=True)
-class KnativePolicy:
-    """The KPA decider plus the scaler's bounds and scale-to-zero logic, as one pure policy."""
+class KnativePolicy(TailedPolicy[KnativeState]):
+    """The KPA decider plus the scaler's bounds and scale-to-zero logic, as one pure policy.
+
+    Knative's own parts: the decider (:meth:`recommend`: stable and panic windows, rate limits,
+    panic mode), the first decision after a (re)start (:meth:`before`), the bounds that
+    initial scale raises (:meth:`tail_for`), and the scaler's scale-to-zero with the PA's Active
+    condition (:meth:`finish`). Both windows are required; a count outside the bounds is not
+    clamped before the decider has data (the scaler does nothing on ``ErrNoData``).
+    """
+
+    require_all_signals = True
+    clamps_out_of_bounds = False
 
     config: KnativeConfig
     target: float = field(init=False)
@@ -281,28 +299,46 @@ class KnativePolicy:
         return None
 
     def initial_state(self) -> KnativeState:
-        return KnativeState()
+        return KnativeState(tail=self.tail.initial_state())
 
     @cached_property
-    def scale_down_delay(self) -> ScaleDownDelay:
-        """The ``scale-down-delay`` stage (its history lives in ``KnativeState.delay``). The bounds
-        are not a fixed stage: ``initial-scale`` raises the minimum until it is first reached."""
-        return ScaleDownDelay(self.config.scale_down_delay_s)
+    def tail(self) -> Pipeline:
+        """``scale-down-delay``, then the scaler's bounds (``max_scale`` 0: no upper bound)."""
+        cfg = self.config
+        return Pipeline(
+            (ScaleDownDelay(cfg.scale_down_delay_s), Bounds(cfg.min_scale, cfg.max_scale or None))
+        )
+
+    @cached_property
+    def _initial_scale_tail(self) -> Pipeline:
+        cfg = self.config
+        bounds = Bounds(max(cfg.min_scale, cfg.initial_scale), cfg.max_scale or None)
+        return Pipeline((ScaleDownDelay(cfg.scale_down_delay_s), bounds))
+
+    def tail_for(self, state: KnativeState) -> Pipeline:
+        """Initial scale raises the minimum until the revision first reached it."""
+        if not state.initialized and self.config.initial_scale > 1:
+            return self._initial_scale_tail
+        return self.tail
 
     # ---------------------------------------------------------------------------------------------
 
-    def decide(self, snapshot: MetricsSnapshot, state: KnativeState) -> tuple[Decision, KnativeState]:
+    def before(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: KnativeState
+    ) -> tuple[Decision | None, KnativeState]:
+        if not state.started:
+            state = self._first(snapshot, state)
+        return None, state
+
+    def recommend(
+        self, snapshot: MetricsSnapshot, check: SignalCheck, state: KnativeState
+    ) -> tuple[Recommendation, KnativeState]:
+        """The decider (``autoscaler.Scale``); on missing data (``ErrNoData``) the shared hold
+        already kept the scaler from acting."""
         cfg = self.config
         now = snapshot.time_s
-        if not state.started:
-            state = self._first(snapshot)
-        check = check_signals(snapshot, self.signals, self.max_signal_age_s, require_all=True)
-        if check.hold is not None:
-            # ErrNoData: the decider returns an invalid result and the scaler does nothing.
-            return check.hold, state
         stable_value = check.values[self.stable_spec]
         panic_value = check.values[self.panic_spec]
-
         ready = float(max(1, snapshot.ready))
         max_up = math.ceil(cfg.max_scale_up_rate * ready)
         max_down = math.floor(ready / cfg.max_scale_down_rate) if cfg.reachable else 0
@@ -358,40 +394,14 @@ class KnativePolicy:
                 note = f"max scale-down rate {cfg.max_scale_down_rate:g}: floor({ready:g} / "
                 note += f"{cfg.max_scale_down_rate:g}) -> {desired}"
         rec = Recommendation(desired, reason, f"{observed}; {note}")
+        return rec, replace(state, panic_since_s=panic_since, max_panic_pods=max_panic)
 
-        delay = state.delay
-        if cfg.scale_down_delay_s > 0:
-            rec, delay = self.scale_down_delay.apply(rec, snapshot, delay)
-
-        # The scaler: bounds (initial scale raises min until first reached), then scale-to-zero.
-        min_scale = cfg.min_scale
-        if not state.initialized and cfg.initial_scale > 1:
-            min_scale = max(min_scale, cfg.initial_scale)
-        max_scale = cfg.max_scale or max(rec.replicas, min_scale)
-        rec, _ = Bounds(min_scale, max_scale).apply(rec, snapshot, None)
-
-        decision, want = self._scale_to_zero(rec, snapshot, state)
-        if cfg.scale_down_delay_s > 0:
-            final = Recommendation(
-                snapshot.current_replicas if decision.desired_replicas is None else decision.desired_replicas,
-                decision.reason,
-            )
-            delay = self.scale_down_delay.settle(final, snapshot, delay)
-        new_state = self._activity(
-            snapshot,
-            state,
-            want,
-            KnativeState(
-                started=True,
-                panic_since_s=panic_since,
-                max_panic_pods=max_panic,
-                activity=state.activity,
-                activity_since_s=state.activity_since_s,
-                initialized=state.initialized,
-                delay=delay,
-            ),
-        )
-        return decision, new_state
+    def finish(
+        self, final: Recommendation, snapshot: MetricsSnapshot, state: KnativeState
+    ) -> tuple[Decision, KnativeState]:
+        """The scaler's scale-to-zero, then the PA's Active condition after this tick's scale."""
+        decision, want = self._scale_to_zero(final, snapshot, state)
+        return decision, self._activity(snapshot, state, want)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -403,14 +413,15 @@ class KnativePolicy:
             return Reason.SCALE_DOWN
         return Reason.DESIRED_WITHIN_RANGE
 
-    def _first(self, snapshot: MetricsSnapshot) -> KnativeState:
+    def _first(self, snapshot: MetricsSnapshot, state: KnativeState) -> KnativeState:
         # newAutoscaler: a new decider over more than one ready pod starts in panic mode, holding the
         # current count until it has a window of data of its own.
         # A run that starts with no pods at all is treated as a revision scaled to zero long ago: it
         # reached its initial scale once (ScaleTargetInitialized), so initial scale no longer applies.
         panic = self.config.restarted and snapshot.ready > 1
         idle = snapshot.current_replicas == 0 and snapshot.ready == 0
-        return KnativeState(
+        return replace(
+            state,
             started=True,
             panic_since_s=snapshot.time_s if panic else None,
             max_panic_pods=snapshot.ready if self.config.restarted else 0,
@@ -453,17 +464,15 @@ class KnativePolicy:
         msg = f"{rec.message}; inactive for {since:g} s of the {wait:g} s grace period"
         return Decision.hold(Reason.SCALE_TO_ZERO_GRACE, msg), 0
 
-    def _activity(
-        self, snapshot: MetricsSnapshot, old: KnativeState, want: int, new: KnativeState
-    ) -> KnativeState:
+    def _activity(self, snapshot: MetricsSnapshot, state: KnativeState, want: int) -> KnativeState:
         """``computeActiveCondition`` after this tick's scale."""
         cfg = self.config
         now = snapshot.time_s
-        initialized = old.initialized
+        initialized = state.initialized
         min_ready = max(cfg.min_scale, 1) if initialized else max(cfg.min_scale, cfg.initial_scale)
         if snapshot.ready >= min_ready and min_ready > 0:
             initialized = True
-        activity = old.activity
+        activity = state.activity
         if want == 0 or min_ready == 0:
             activity = Activity.INACTIVE
         elif snapshot.ready < min_ready:
@@ -471,13 +480,5 @@ class KnativePolicy:
                 activity = Activity.ACTIVATING
         elif want > 0 or activity is not Activity.INACTIVE:
             activity = Activity.ACTIVE
-        since = old.activity_since_s if activity is old.activity else now
-        return KnativeState(
-            started=True,
-            panic_since_s=new.panic_since_s,
-            max_panic_pods=new.max_panic_pods,
-            activity=activity,
-            activity_since_s=since,
-            initialized=initialized,
-            delay=new.delay,
-        )
+        since = state.activity_since_s if activity is state.activity else now
+        return replace(state, activity=activity, activity_since_s=since, initialized=initialized)

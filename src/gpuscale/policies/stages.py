@@ -29,9 +29,12 @@ Every stage is a frozen dataclass holding its configuration, with an explicit im
 
 A :class:`Pipeline` runs stages in order and then lets each one *settle* on the final result: the
 rate limits must count the change that was actually made, after every later stage (bounds) had its
-say, exactly like the HPA records a scale event only after it rescaled. A family that decides outside
-the pipeline (the HPA's "current above max" path) still calls :meth:`Pipeline.settle` so the events
-are counted.
+say, exactly like the HPA records a scale event only after it rescaled. A decision made outside the
+pipeline still settles it (the HPA's "current above max" path, :func:`rescale_out_of_bounds`) so the
+events are counted.
+
+A family runs all this through :class:`TailedPolicy`: it writes its raw recommendation and its own
+stages, and inherits the signal check, the out-of-bounds rule, the tail and the settling.
 
 Order matters and is the family's to choose; the HPA runs
 ``Stabilization -> Bounds -> RateLimit`` (with ``behavior``) or
@@ -55,6 +58,7 @@ __all__ = [
     "Bounds",
     "Cooldown",
     "CooldownState",
+    "HasTail",
     "LegacyScaleUpCap",
     "LegacyStabilization",
     "Pipeline",
@@ -77,8 +81,10 @@ __all__ = [
     "Tolerance",
     "ToleranceStage",
     "check_signals",
+    "clamp_out_of_bounds",
     "direction_reason",
     "record_scale_event",
+    "rescale_out_of_bounds",
     "scale_down_limit",
     "scale_up_limit",
     "to_decision",
@@ -197,6 +203,11 @@ class Pipeline:
         """``apply`` then ``settle`` on the result: the usual way to use a pipeline."""
         final, state = self.apply(rec, snapshot, state)
         return final, self.settle(final, snapshot, state)
+
+    @property
+    def bounds(self) -> Bounds | None:
+        """The first :class:`Bounds` stage (None without one)."""
+        return next((stage for stage in self.stages if isinstance(stage, Bounds)), None)
 
 
 class _Stateless:
@@ -441,19 +452,19 @@ class LegacyStabilization:
 
 @dataclass(frozen=True)
 class Bounds(_Stateless):
-    """Clamp to ``[min_replicas, max_replicas]``.
+    """Clamp to ``[min_replicas, max_replicas]`` (``max_replicas`` None: no upper bound).
 
     The reasons are configurable because families name them differently: the HPA says
     ``TooFewReplicas`` / ``TooManyReplicas``, others ``ClampedToMin`` / ``ClampedToMax``.
     """
 
     min_replicas: int
-    max_replicas: int
+    max_replicas: int | None
     below_min_reason: Reason = Reason.CLAMPED_TO_MIN
     above_max_reason: Reason = Reason.CLAMPED_TO_MAX
 
     def __post_init__(self) -> None:
-        if self.min_replicas < 0 or self.max_replicas < self.min_replicas:
+        if self.min_replicas < 0 or (self.max_replicas is not None and self.max_replicas < self.min_replicas):
             raise ValueError(
                 f"need 0 <= min_replicas <= max_replicas, got {self.min_replicas}, {self.max_replicas}"
             )
@@ -465,7 +476,7 @@ class Bounds(_Stateless):
     def apply(
         self, rec: Recommendation, snapshot: MetricsSnapshot, state: None
     ) -> tuple[Recommendation, None]:
-        if rec.replicas > self.max_replicas:
+        if self.max_replicas is not None and rec.replicas > self.max_replicas:
             note = f"{rec.replicas} is more than the maximum {self.max_replicas} -> {self.max_replicas}"
             return rec.becomes(self.max_replicas, self.above_max_reason, note), None
         if rec.replicas < self.min_replicas:
@@ -857,19 +868,44 @@ def clamp_out_of_bounds(
     return to_decision(final), new_state
 
 
+def rescale_out_of_bounds(
+    tail: Pipeline, snapshot: MetricsSnapshot, state: PipelineState
+) -> tuple[Decision, PipelineState] | None:
+    """The HPA's rule for a replica count outside the tail's :class:`Bounds`: straight to the bound,
+    before any signal is read, with the stage's reasons. None when within the bounds.
+
+    Nothing of the tail runs on it (the stabilization history does not see the count), but every
+    stage settles on it, so the rate limits count the change: upstream rescales and records the scale
+    event. Example: 12 running with ``max_replicas`` 10 -> 10, ``TooManyReplicas``, "current 12
+    replicas above max_replicas -> 10 (before metrics)".
+    """
+    bounds = tail.bounds
+    if bounds is None:
+        raise ValueError("rescaling to the bounds needs a tail with a Bounds stage")
+    current = snapshot.current_replicas
+    if bounds.max_replicas is not None and current > bounds.max_replicas:
+        replicas, reason, why = bounds.max_replicas, bounds.above_max_reason, "above max_replicas"
+    elif current < bounds.min_replicas:
+        replicas, reason, why = bounds.min_replicas, bounds.below_min_reason, "below min_replicas"
+    else:
+        return None
+    rec = Recommendation(replicas, reason, f"current {current} replicas {why} -> {replicas} (before metrics)")
+    return to_decision(rec), tail.settle(rec, snapshot, state)
+
+
 # --------------------------------------------------------------------------------------------------
 # The wrapper: a family writes its raw recommendation, the tail does the rest
 # --------------------------------------------------------------------------------------------------
 
 
-class _HasTail(Protocol):
+class HasTail(Protocol):
     """A family's state: whatever the family remembers, plus the tail's state under ``tail``."""
 
     @property
     def tail(self) -> PipelineState: ...
 
 
-FamilyStateT = TypeVar("FamilyStateT", bound=_HasTail)
+FamilyStateT = TypeVar("FamilyStateT", bound=HasTail)
 
 
 class TailedPolicy(Generic[FamilyStateT]):
@@ -881,17 +917,22 @@ class TailedPolicy(Generic[FamilyStateT]):
 
     1. the signals are sorted into usable / missing / stale (:func:`check_signals`, all of them
        required when :attr:`require_all_signals`);
-    2. :meth:`before` may learn from the snapshot (a forecaster folds in the rate) or decide at once
-       (Ray Serve's first deployment at ``initial_replicas``);
+    2. :meth:`before` may learn from the snapshot (a forecaster folds in the rate, KEDA's operator
+       counts trigger failures) or decide at once (Ray Serve's first deployment at
+       ``initial_replicas``, KEDA's activation, the HPA disabled at 0 replicas);
     3. a count outside ``replica_bounds`` goes to the bound through the tail, before any signal
-       counts (:func:`clamp_out_of_bounds`, the HPA's rule), unless :attr:`clamps_out_of_bounds` is
-       off;
-    4. missing or stale signals hold (``NoData`` / ``StaleData``);
+       counts (:func:`clamp_out_of_bounds`), unless :attr:`clamps_out_of_bounds` is off; with
+       :attr:`rescales_out_of_bounds` it goes straight to the bound of the tail's :class:`Bounds`
+       stage and the tail only settles on it (:func:`rescale_out_of_bounds`, the HPA's rule);
+    4. missing or stale signals hold (``NoData`` / ``StaleData``), unless
+       :attr:`holds_on_missing_signals` is off (the HPA judges every metric itself);
     5. :meth:`recommend` gives the raw recommendation (or a decision made outside the tail: a hold
        of its own, a fast path);
-    6. the tail's stages run and settle on the result (:meth:`Pipeline.run`), and the recommendation
-       becomes the decision, with every stage's note in its message;
-    7. :meth:`after` may attach what the family adds to every decision (a warm-node buffer).
+    6. the tail's stages run (:meth:`tail_for`: the tail may depend on the family's state);
+    7. :meth:`finish` turns the tail's result into the decision, with every stage's note in its
+       message (by default as it is; Knative decides scale-to-zero here), and the tail's stages
+       settle on that decision;
+    8. :meth:`after` may attach what the family adds to every decision (a warm-node buffer).
 
     The family's state is a frozen dataclass with the tail's state in a field named ``tail``.
     """
@@ -899,7 +940,12 @@ class TailedPolicy(Generic[FamilyStateT]):
     require_all_signals: ClassVar[bool] = False
     """Hold unless every declared signal is usable (a forecaster needs its rate; the KPA its two
     windows); otherwise hold only when none is."""
+    holds_on_missing_signals: ClassVar[bool] = True
+    """Step 4: hold on missing or stale signals before :meth:`recommend`. Off, the family's
+    :meth:`recommend` sees every check and returns its own holds."""
     clamps_out_of_bounds: ClassVar[bool] = True
+    rescales_out_of_bounds: ClassVar[bool] = False
+    """Step 3 the HPA's way: to the tail's own bounds, settled on but not run through the tail."""
 
     @property
     def tail(self) -> Pipeline:
@@ -916,6 +962,12 @@ class TailedPolicy(Generic[FamilyStateT]):
         @property
         def replica_bounds(self) -> tuple[int, int | None]: ...
 
+    def tail_for(self, state: FamilyStateT) -> Pipeline:
+        """The tail this tick; by default always :attr:`tail`. A family whose stages depend on what
+        it remembers (Knative's initial scale raises the minimum until first reached) picks among
+        tails with the same stage states."""
+        return self.tail
+
     def before(
         self, snapshot: MetricsSnapshot, check: SignalCheck, state: FamilyStateT
     ) -> tuple[Decision | None, FamilyStateT]:
@@ -927,6 +979,13 @@ class TailedPolicy(Generic[FamilyStateT]):
     ) -> tuple[Recommendation | Decision, FamilyStateT]:
         """The family's raw recommendation from ``check.values`` (every usable signal)."""
         raise NotImplementedError
+
+    def finish(
+        self, final: Recommendation, snapshot: MetricsSnapshot, state: FamilyStateT
+    ) -> tuple[Decision, FamilyStateT]:
+        """The decision the tail's final recommendation becomes, and what the family learns from
+        it; by default the recommendation as it is."""
+        return to_decision(final), state
 
     def after(self, decision: Decision) -> Decision:
         """What the family adds to every decision it makes; by default nothing."""
@@ -940,16 +999,32 @@ class TailedPolicy(Generic[FamilyStateT]):
         if early is not None:
             return self.after(early), state
         if self.clamps_out_of_bounds:
-            lo, hi = self.replica_bounds
-            clamped = clamp_out_of_bounds(
-                self.tail, snapshot, state.tail, lo, hi if hi is not None else snapshot.current_replicas
-            )
+            if self.rescales_out_of_bounds:
+                clamped = rescale_out_of_bounds(self.tail_for(state), snapshot, state.tail)
+            else:
+                lo, hi = self.replica_bounds
+                clamped = clamp_out_of_bounds(
+                    self.tail_for(state),
+                    snapshot,
+                    state.tail,
+                    lo,
+                    hi if hi is not None else snapshot.current_replicas,
+                )
             if clamped is not None:
                 return self.after(clamped[0]), replace(state, tail=clamped[1])  # type: ignore[type-var]
-        if check.hold is not None:
+        if self.holds_on_missing_signals and check.hold is not None:
             return self.after(check.hold), state
         rec, state = self.recommend(snapshot, check, state)
         if isinstance(rec, Decision):
             return self.after(rec), state
-        final, tail = self.tail.run(rec, snapshot, state.tail)
-        return self.after(to_decision(final)), replace(state, tail=tail)  # type: ignore[type-var]
+        tail = self.tail_for(state)
+        final, tail_state = tail.apply(rec, snapshot, state.tail)
+        decision, state = self.finish(final, snapshot, state)
+        if decision.desired_replicas != final.replicas:
+            # The stages learn what was decided: a hold keeps the current count.
+            kept = (
+                snapshot.current_replicas if decision.desired_replicas is None else decision.desired_replicas
+            )
+            final = Recommendation(kept, decision.reason, decision.message)
+        tail_state = tail.settle(final, snapshot, tail_state)
+        return self.after(decision), replace(state, tail=tail_state)  # type: ignore[type-var]
