@@ -131,7 +131,7 @@ def test_min_max_step_and_gpu_budget_bound_what_is_written(plane: ControlPlane, 
         plane, tmp_path, "bounded", [95.0, 0.0], min_replicas=3, max_step=3, gpu_budget=8, gpus_per_pod=2
     )
     up = ctl.tick()
-    assert (up.action, up.replicas, up.safety) == ("scaled", 4, ("ScaleUpLimited", "GpuBudget"))
+    assert (up.action, up.replicas, up.safety) == ("scaled", 4, ("ScaleUpLimit", "GpuBudget"))
     assert plane.deployment_replicas("bounded", NS) == 4
     down = ctl.tick()  # the queue drains: the HPA wants 0, min_replicas keeps 3
     assert (down.action, down.replicas, down.safety) == ("scaled", 3, ("TooFewReplicas",))

@@ -320,7 +320,7 @@ def test_the_simulator_and_the_live_controller_make_the_same_decisions(
 
     assert live == sim
     assert any(t.replicas > t.current for t in live) and any(t.replicas < t.current for t in live)
-    assert {"ScaleUpLimited", "ScaleDownStabilized"} <= {t.reason for t in live}
+    assert {"ScaleUpLimit", "ScaleDownStabilized"} <= {t.reason for t in live}
     # what the writes did on the cluster: the peak's pods were made and bound to GPU nodes
     peak = max(t.replicas for t in live)
     assert len(most_bound) == peak

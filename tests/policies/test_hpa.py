@@ -85,7 +85,7 @@ def test_doc_scale_down_policies_80_72_64_and_the_pods_policy_below_40() -> None
     # kubernetes.io HPA docs: scaleDown policies {Pods 4 per 60 s, Percent 10 per 60 s}, selectPolicy
     # Max, 80 replicas that need to go to 10. Percent allows 8 first (80 -> 72), then 7.2 rounded up
     # to 8 (72 -> 64), ...; at 40 or fewer the 4-pod policy allows as much or more, and below 31 it
-    # dominates. One step per 60-s period; the 15-s syncs in between are ScaleDownLimited.
+    # dominates. One step per 60-s period; the 15-s syncs in between are ScaleDownLimit.
     policy = hpa(
         max_replicas=100,
         behavior={
@@ -121,7 +121,7 @@ def test_doc_scale_down_policies_80_72_64_and_the_pods_policy_below_40() -> None
     assert removed[:6] == [8, 8, 7, 6, 6, 5]  # the Percent policy: 10 % rounded up
     assert all(r == 4 for r in removed[6:-1])  # the Pods policy from 40 down
     between = dict(timeline)[15]
-    assert (between.desired_replicas, between.reason) == (72, Reason.SCALE_DOWN_LIMITED)
+    assert (between.desired_replicas, between.reason) == (72, Reason.SCALE_DOWN_LIMIT)
     assert "Pods 4 pods per 60 s, Percent 10 % per 60 s (select Max)" in between.message
     assert dict(timeline)[780].reason is Reason.SCALE_DOWN
 
@@ -135,7 +135,7 @@ def test_legacy_scale_up_cap_doubles_or_reaches_four_per_sync() -> None:
     assert (second.desired_replicas, second.reason) == (4, Reason.SCALE_UP)
     assert (third.desired_replicas, third.reason) == (8, Reason.SCALE_UP)
     capped = policy.decide(snap(0, 3, {GPU: SignalValue(500.0)}), policy.initial_state())[0]
-    assert (capped.desired_replicas, capped.reason) == (6, Reason.SCALE_UP_LIMITED)
+    assert (capped.desired_replicas, capped.reason) == (6, Reason.SCALE_UP_LIMIT)
     assert "max(2 x 3, 4) = 6" in capped.message
     from_one = policy.decide(snap(0, 1, {GPU: SignalValue(500.0)}), policy.initial_state())[0]
     assert from_one.desired_replicas == 4
@@ -175,7 +175,7 @@ def test_behavior_default_scale_down_window_is_300_s_exclusive() -> None:
 def test_behavior_default_scale_up_is_4_pods_or_100_percent_per_15_s() -> None:
     policy = hpa(behavior={})
     d = policy.decide(snap(0, 3, {GPU: SignalValue(500.0)}), policy.initial_state())[0]
-    assert (d.desired_replicas, d.reason) == (7, Reason.SCALE_UP_LIMITED)  # max(3 + 4, 2 x 3)
+    assert (d.desired_replicas, d.reason) == (7, Reason.SCALE_UP_LIMIT)  # max(3 + 4, 2 x 3)
     d = policy.decide(snap(0, 10, {GPU: SignalValue(500.0)}), policy.initial_state())[0]
     assert d.desired_replicas == 20
 
@@ -207,8 +207,8 @@ def test_seed_001_behavior_four_pods_per_two_minutes_after_one_minute_window() -
         if d.desired_replicas != current:
             steps.append((t, d.desired_replicas, d.reason))
             current = d.desired_replicas or current
-    assert steps[0] == (45, 6, Reason.SCALE_UP_LIMITED)
-    assert steps[1] == (165, 10, Reason.SCALE_UP_LIMITED)
+    assert steps[0] == (45, 6, Reason.SCALE_UP_LIMIT)
+    assert steps[1] == (165, 10, Reason.SCALE_UP_LIMIT)
     assert steps[2][:2] == (285, 12)
 
 
@@ -530,3 +530,11 @@ def test_default_metric_is_cpu_at_80_percent() -> None:
     policy = validate(HpaConfig, {"max_replicas": 5}, "x").build()
     assert policy.signals == (CPU,)
     assert policy.config.metrics[0].target.average_utilization_percent == 80
+
+
+def test_rate_limit_reasons_are_the_hpas_condition_reasons() -> None:
+    """The HPA's ScalingLimited condition says ScaleUpLimit / ScaleDownLimit (pkg/controller/podautoscaler)."""
+    from gpuscale.policies.base import Reason
+
+    assert Reason.SCALE_UP_LIMIT.value == "ScaleUpLimit"
+    assert Reason.SCALE_DOWN_LIMIT.value == "ScaleDownLimit"

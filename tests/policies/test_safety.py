@@ -39,10 +39,10 @@ def written(decision: Decision, snapshot: MetricsSnapshot, **safety: object) -> 
 
 def test_max_step_per_tick() -> None:
     out = written(Decision(10, Reason.SCALE_UP, "raw"), snap(2), max_step=3)
-    assert (out.desired_replicas, out.reason, out.limits) == (5, Reason.SCALE_UP_LIMITED, ("ScaleUpLimited",))
+    assert (out.desired_replicas, out.reason, out.limits) == (5, Reason.SCALE_UP_LIMIT, ("ScaleUpLimit",))
     assert out.message == "raw; safety: at most 3 per tick from 2 -> 5"
     down = written(Decision(1, Reason.SCALE_DOWN, "raw"), snap(9), max_step=3)
-    assert (down.desired_replicas, down.reason) == (6, Reason.SCALE_DOWN_LIMITED)
+    assert (down.desired_replicas, down.reason) == (6, Reason.SCALE_DOWN_LIMIT)
 
 
 def test_gpu_budget_caps_the_active_count() -> None:

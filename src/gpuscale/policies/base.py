@@ -225,8 +225,10 @@ class Reason(StrEnum):
     WITHIN_TOLERANCE = "WithinTolerance"
     SCALE_UP = "ScaleUp"
     SCALE_DOWN = "ScaleDown"
-    SCALE_UP_LIMITED = "ScaleUpLimited"
-    SCALE_DOWN_LIMITED = "ScaleDownLimited"
+    SCALE_UP_LIMIT = "ScaleUpLimit"
+    SCALE_DOWN_LIMIT = "ScaleDownLimit"
+    """A rate limit held the change back (the HPA's ScalingLimited condition reasons; also Knative's
+    max scale-up/down rates and the safety tail's max step)."""
     SCALE_UP_STABILIZED = "ScaleUpStabilized"
     SCALE_DOWN_STABILIZED = "ScaleDownStabilized"
     TOO_FEW_REPLICAS = "TooFewReplicas"
@@ -277,7 +279,7 @@ class Decision:
     placeholder_pods: int | None = None
     limits: tuple[str, ...] = ()
     """The safety stages that changed the policy's count, in order (``NoData``, ``TooManyReplicas``,
-    ``ScaleUpLimited``, ``GpuBudget``, ``Scheduled``); empty when none did."""
+    ``ScaleUpLimit``, ``GpuBudget``, ``Scheduled``); empty when none did."""
 
     def __post_init__(self) -> None:
         if self.desired_replicas is not None and self.desired_replicas < 0:

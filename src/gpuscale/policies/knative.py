@@ -387,10 +387,10 @@ class KnativePolicy(TailedPolicy[KnativeState]):
             reason = self._direction(desired, snapshot.current_replicas)
             note = f"-> {desired}"
             if dspc > max_up:
-                reason = Reason.SCALE_UP_LIMITED
+                reason = Reason.SCALE_UP_LIMIT
                 note = f"max scale-up rate {cfg.max_scale_up_rate:g} x {ready:g} ready -> {desired}"
             elif dspc < max_down:
-                reason = Reason.SCALE_DOWN_LIMITED
+                reason = Reason.SCALE_DOWN_LIMIT
                 note = f"max scale-down rate {cfg.max_scale_down_rate:g}: floor({ready:g} / "
                 note += f"{cfg.max_scale_down_rate:g}) -> {desired}"
         rec = Recommendation(desired, reason, f"{observed}; {note}")

@@ -260,7 +260,7 @@ class MultiSignalPolicy(ConfigTiming, TailedPolicy[MultiSignalState]):
                 # every tick while they load would pile up replicas for one slow minute.
                 return Recommendation(
                     current,
-                    Reason.SCALE_UP_LIMITED,
+                    Reason.SCALE_UP_LIMIT,
                     f"{message}; {waiting} pod(s) still starting, next step once they are ready"
                     f" -> keep {current}",
                 )

@@ -10,8 +10,8 @@ stages run on the policy's decision, in this order (each that changes the count 
 2. **bounds**: ``min_replicas`` / ``max_replicas``, each raised or lowered by the schedule windows
    open now (``TooFewReplicas`` / ``TooManyReplicas``, or ``Scheduled`` when a window's bound is
    the one that applied); a window's maximum wins over any minimum;
-3. **max step** per tick: 2 -> 10 with ``max_step`` 3 writes 5 (``ScaleUpLimited`` /
-   ``ScaleDownLimited``);
+3. **max step** per tick: 2 -> 10 with ``max_step`` 3 writes 5 (``ScaleUpLimit`` /
+   ``ScaleDownLimit``);
 4. **GPU budget**, last, so no step ever asks for more GPUs than the budget: the active count first
    (budget 10 at 4 GPUs per pod caps it at 2 replicas, ``GpuBudget``), then the warm pool and the
    placeholder pods share what is left (budget 12 at 1 GPU per pod with 10 active: a pool of 3 is
@@ -81,7 +81,7 @@ def guard(
     if safety.max_step is not None and abs(n - current) > safety.max_step:
         up = n > current
         stepped = current + safety.max_step if up else current - safety.max_step
-        why = Reason.SCALE_UP_LIMITED if up else Reason.SCALE_DOWN_LIMITED
+        why = Reason.SCALE_UP_LIMIT if up else Reason.SCALE_DOWN_LIMIT
         limit(stepped, why, f"at most {safety.max_step} per tick from {current} -> {stepped}")
     # 4. GPU budget: active first, then the pool, then the placeholders
     standby, placeholders = decision.standby_replicas, decision.placeholder_pods

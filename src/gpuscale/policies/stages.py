@@ -634,12 +634,12 @@ class RateLimit:
             limit = scale_up_limit(current, state, self.up, now)
             if desired > limit:
                 note = self._note("scale-up", self.up, current, desired, limit)
-                return rec.becomes(limit, Reason.SCALE_UP_LIMITED, note), state
+                return rec.becomes(limit, Reason.SCALE_UP_LIMIT, note), state
         elif desired < current:
             limit = scale_down_limit(current, state, self.down, now)
             if desired < limit:
                 note = self._note("scale-down", self.down, current, desired, limit)
-                return rec.becomes(limit, Reason.SCALE_DOWN_LIMITED, note), state
+                return rec.becomes(limit, Reason.SCALE_DOWN_LIMIT, note), state
         return rec, state
 
     @staticmethod
@@ -693,7 +693,7 @@ class LegacyScaleUpCap(_Stateless):
         cap = self.limit(current)
         if rec.replicas > cap:
             note = f"scale-up capped at max({self.factor:g} x {current}, {self.minimum}) = {cap}"
-            return rec.becomes(cap, Reason.SCALE_UP_LIMITED, note), None
+            return rec.becomes(cap, Reason.SCALE_UP_LIMIT, note), None
         return rec, None
 
 
