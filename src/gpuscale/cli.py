@@ -709,6 +709,27 @@ def tune(
             "keyed by scenario, candidate settings, seed and code version); run only the rest.",
         ),
     ] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="Keep the search as an Optuna study in sqlite:///PATH or journal:///PATH (folders "
+            "created): the same command again resumes it (finished trials read back, trials of a "
+            "process that died asked again), and several tune processes on one storage and study "
+            "share its trials.",
+        ),
+    ] = None,
+    study_name: Annotated[
+        str | None,
+        typer.Option(
+            "--study-name",
+            metavar="NAME",
+            help="The study's name in --storage (default: tune-POLICY-DIGEST, a digest of the search: "
+            "policy, scenarios, seeds, params, method, seed, objectives and code version). A study "
+            "made by another search is refused.",
+        ),
+    ] = None,
 ) -> None:
     """Search a policy's parameters on one or more scenarios for the cheapest configuration that meets
     the SLO target on every scenario (mean over seeds); the untuned policy is candidate 0, the baseline.
@@ -742,6 +763,23 @@ def tune(
 
         # every candidate checked before a cluster is joined or a run is kept
         check_tune_input(policy, scenario_specs, specs, method, budget, slo_target, seed)
+        if study_name is not None and storage is None:
+            raise ConfigError(
+                "--study-name", None, study_name, "names a study in --storage: give --storage too"
+            )
+        if study_name is not None and not study_name.strip():
+            raise ConfigError("--study-name", None, study_name, "a non-empty name")
+        if storage is not None:
+            from gpuscale.experiments.study import check_storage, default_study_name
+            from gpuscale.experiments.tune import search_definition
+
+            check_storage(storage)
+            study_name = study_name or default_study_name(
+                search_definition(
+                    policy, scenario_specs, specs, parse_seeds(seeds), method, budget, slo_target, seed,
+                    prune, goals,
+                )
+            )  # fmt: skip
         store = _run_store(out_dir, resume)
 
         def search(pool: Any = None) -> Any:
@@ -760,6 +798,8 @@ def tune(
                 store=store,
                 prune=prune,
                 objectives=goals,
+                storage=storage,
+                study_name=study_name,
             )
 
         try:
@@ -820,6 +860,8 @@ def tune(
         )
     if store.reused:
         out.print(f"{store.reused} finished runs reused from {store.folder}/", highlight=False)
+    if storage is not None:
+        out.print(f"Study {study_name} in {storage}: run the same command to resume it.", highlight=False)
 
 
 _DESCRIPTION_MIN_WIDTH = 40

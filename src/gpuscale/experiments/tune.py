@@ -566,6 +566,50 @@ def pareto_labels(scored: Sequence[Scored], objectives: Sequence[str]) -> list[s
     return [s.candidate.label for s, on in zip(valid, pareto_front(points), strict=True) if on]
 
 
+def search_definition(
+    policy: str,
+    scenarios: Sequence[str],
+    params: Sequence[ParamSpec],
+    seeds: Sequence[int],
+    method: str,
+    budget: int,
+    slo_target: float,
+    seed: int,
+    prune: bool,
+    objectives: Sequence[str],
+) -> dict[str, Any]:
+    """What decides a search's trials, as kept in its study (user attr ``gpuscale:search``): the
+    policy and scenarios (with digests of their files' contents), seeds, params, method and sampler,
+    seed, target, pruning, objectives and the code version. A tpe search leaves its budget out, so the
+    same search with a larger ``--budget`` goes on from the trials it has."""
+    import hashlib
+
+    from gpuscale.experiments.checkpoint import _spec_text, code_version
+
+    def digest(spec: str) -> str:
+        return hashlib.sha256(_spec_text(spec).encode()).hexdigest()[:16]
+
+    sampler = ("nsga2" if objectives else "tpe") if method == "tpe" else method
+    out: dict[str, Any] = {
+        "policy": policy,
+        "policy_digest": digest(policy),
+        "scenarios": list(scenarios),
+        "scenario_digests": [digest(s) for s in scenarios],
+        "seeds": list(seeds),
+        "params": [p.text for p in params],
+        "method": method,
+        "sampler": sampler,
+        "seed": seed,
+        "slo_target": slo_target,
+        "prune": prune and method == "tpe" and not objectives,
+        "objectives": list(objectives),
+        "code_version": code_version(),
+    }
+    if method != "tpe":
+        out["budget"] = budget
+    return out
+
+
 def run_tune(
     policy: str,
     scenarios: Sequence[str],
@@ -582,12 +626,19 @@ def run_tune(
     store: RunStore | None = None,
     prune: bool = True,
     objectives: Sequence[str] = (),
+    storage: str | None = None,
+    study_name: str | None = None,
 ) -> TuneResult:
     """Validate every candidate, run candidate × scenario × seed (on ``pool``, a Ray cluster, if given),
     score and rank; deterministic for the same inputs whatever ``workers`` is or wherever it runs. Bad
     input raises ConfigError before any simulation runs. With a ``store``, finished runs are kept there
     and those already there are not run again (a candidate is its settings, so a resumed search
-    re-runs nothing it finished)."""
+    re-runs nothing it finished).
+
+    With a ``storage`` (``sqlite:///PATH`` or ``journal:///PATH``) the search is an Optuna study kept
+    there under ``study_name`` (default: named by a digest of :func:`search_definition`): running the
+    same search again resumes it, and several processes running it share its trials (see
+    :mod:`gpuscale.experiments.study`)."""
     from gpuscale.experiments.catalog import resolve_scenario
 
     _check_search(params, budget, slo_target)
@@ -600,7 +651,7 @@ def run_tune(
     scenario_names = list(dict.fromkeys(names.values()))
     pruned: dict[str, int] = {}
     trials = 0
-    if method == "tpe":
+    if method == "tpe" or storage is not None:
         from gpuscale.experiments.runner import ProcessPool
         from gpuscale.experiments.study import run_tpe
 
@@ -610,6 +661,10 @@ def run_tune(
             s = _score(c, aggregate(runs, {}, slo_target), scenario_names)
             return s.meets_slo, s.worst_attainment, s.cost_usd, s.gpu_hours
 
+        fixed = None if method == "tpe" else make_candidates(baseline, params, method, budget, seed)
+        definition = search_definition(
+            policy, scenarios, params, seeds, method, budget, slo_target, seed, prune, objectives
+        )
         local = ProcessPool(workers) if pool is None and workers > 1 else None
         try:
             search = run_tpe(
@@ -628,11 +683,16 @@ def run_tune(
                 progress=progress,
                 score=score,
                 objectives=objectives,
+                storage=storage,
+                study_name=study_name,
+                search=definition,
+                fixed=fixed,
             )
         finally:
             if local is not None:
                 local.__exit__()
-        candidates, runs, pruned, trials = search.candidates, search.runs, search.pruned, search.trials
+        candidates, runs, pruned = search.candidates, search.runs, search.pruned
+        trials = search.trials if method == "tpe" else 0
         runs = sorted(runs, key=lambda o: o.key)
     else:
         candidates = make_candidates(baseline, params, method, budget, seed)
