@@ -918,15 +918,24 @@ def scenarios_show(name: Annotated[str, typer.Argument(help="A built-in scenario
 @profiles_app.command("list")
 def profiles_list() -> None:
     """Built-in model profiles, with their sources."""
-    t = Table(title="Model profiles")
-    for col in ("name", "GPU", "max batch", "latency (batch → ms)", "CPU ms/req", "source"):
+    t = Table(title="Model profiles (LLM: served token by token, docs/llm.md)")
+    for col in ("name", "GPU", "max batch", "latency (batch → ms) / LLM iteration", "CPU ms/req", "source"):
         t.add_column(col, overflow="fold", no_wrap=col == "name")
     for p in BUILTIN_PROFILES.values():
-        pts = ", ".join(f"{b}→{ms:g}" for b, ms in p.batch_latency_ms[:4])
-        if len(p.batch_latency_ms) > 4:
-            pts += ", …"
+        llm = p.llm
+        if llm is not None:
+            batch = f"{llm.max_num_seqs} seqs"
+            pts = (
+                f"LLM: {llm.beta0_ms:g} ms + {llm.beta_prefill_ms_per_token:g}/prefill token + "
+                f"{llm.beta_decode_ms_per_token:g}/decode token; {p.kv_cache_blocks():,} KV blocks"
+            )
+        else:
+            batch = str(p.max_batch_size)
+            pts = ", ".join(f"{b}→{ms:g}" for b, ms in p.batch_latency_ms[:4])
+            if len(p.batch_latency_ms) > 4:
+                pts += ", …"
         gpu_name = p.gpu if p.gpus_per_pod == 1 else f"{p.gpus_per_pod}× {p.gpu}"
-        t.add_row(p.name, gpu_name, str(p.max_batch_size), pts, f"{p.cpu_ms_per_request:g}", p.source)
+        t.add_row(p.name, gpu_name, batch, pts, f"{p.cpu_ms_per_request:g}", p.source)
     out.print(t)
     g = Table(title="GPU types")
     for col in ("name", "memory", "$/GPU-hour", "price source"):
