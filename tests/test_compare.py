@@ -107,3 +107,21 @@ def test_pareto_front_keeps_only_undominated_trade_offs() -> None:
     # (GPU-hours, attainment): the second is dominated by the first (dearer and no better).
     flags = pareto_front([(1.0, 0.99), (2.0, 0.99), (0.5, 0.5), (3.0, 1.0), (0.5, 0.4)])
     assert flags == [True, False, True, True, False]
+
+
+def test_static_peak_asks_no_more_pods_than_the_cluster_holds() -> None:
+    import numpy as np
+
+    from gpuscale.experiments.oracle import OracleResult
+    from gpuscale.experiments.suite import policy_spec
+
+    def oracle(max_replicas: int | None) -> OracleResult:
+        return OracleResult(
+            scenario="s", seed=1, capacity_rps_per_replica=10.0, gpu_hours=1.0, cost_usd=1.0,
+            times_s=np.array([0.0, 10.0]), replicas=np.array([3, 7]), method="", max_replicas=max_replicas,
+        )  # fmt: skip
+
+    _, free = policy_spec("static-peak", oracle(None))
+    _, capped = policy_spec("static-peak", oracle(6))
+    assert free["replicas"] > 7
+    assert capped["replicas"] == 6

@@ -909,6 +909,8 @@ class OracleResult:
     planner_inputs: dict[str, Any] | None = None
     """The capacity model and timing a ``kind: planner`` config takes for this scenario's service,
     from the same measurement (:func:`gpuscale.experiments.capacity.planner_inputs`)."""
+    max_replicas: int | None = None
+    """The most pods the scenario's cluster holds at once (its pools at their largest)."""
 
 
 def compute_oracle(
@@ -980,6 +982,7 @@ def compute_oracle(
         replicas=replicas,
         method=method,
         planner_inputs=planner_inputs(scenario, ((k, c.rps) for k, c in table.measured.items()), slo_target),
+        max_replicas=k_max,
     )
 
 

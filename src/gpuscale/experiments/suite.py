@@ -148,6 +148,10 @@ def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:
         # for the worst window of this seed's load, it never scales (at least one spare pod).
         peak = int(max(oracle.replicas)) if oracle is not None and len(oracle.replicas) else 1
         replicas = peak_replicas(float(max(1, peak)), 1.0, STATIC_PEAK_HEADROOM_PCT)
+        if oracle is not None and oracle.max_replicas:
+            # no more pods than the cluster holds: the rest would stay Pending, costing nothing but
+            # telling nothing either
+            replicas = min(replicas, oracle.max_replicas)
         return name, {"kind": "static-peak", "name": STATIC_PEAK, "replicas": replicas}
     try:
         resolved = registry.resolve_policy(name, key=None, source=f"policy {name}")
