@@ -16,7 +16,7 @@ def test_keda_vllm_waiting_renders_production_stacks_scaled_object(keda_schema: 
     validate_keda(so, keda_schema)
     spec = so["spec"]
     assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (15, 360)
-    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 3)
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 24)
     (trigger,) = spec["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     meta = trigger["metadata"]

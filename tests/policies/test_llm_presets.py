@@ -47,7 +47,7 @@ def after(timeline: dict[float, tuple[int, Decision]], t: float) -> int:
 def test_keda_vllm_waiting_preset_has_production_stack_values() -> None:
     cfg: Any = load_preset_config("keda-vllm-waiting")
     assert (cfg.polling_interval_s, cfg.cooldown_period_s) == (15, 360)
-    assert (cfg.min_replica_count, cfg.max_replica_count) == (1, 3)
+    assert (cfg.min_replica_count, cfg.max_replica_count) == (1, 24)  # the LLM scenarios' cluster
     (trigger,) = cfg.triggers
     assert (trigger.metric, trigger.aggregation, trigger.threshold, trigger.metric_type) == (
         Metric.REQUESTS_WAITING,
@@ -58,8 +58,7 @@ def test_keda_vllm_waiting_preset_has_production_stack_values() -> None:
 
 
 def test_keda_vllm_waiting_timeline() -> None:
-    """12 waiting requests on one pod -> ceil(12 / 5) = 3 replicas (the maximum) at the first HPA
-    sync; the queue drains at t = 60 s, and the generated HPA's 300-s scale-down stabilization (not
+    """12 waiting requests on one pod -> ceil(12 / 5) = 3 replicas at the first HPA sync; the queue drains at t = 60 s, and the generated HPA's 300-s scale-down stabilization (not
     the 360-s cooldown, which only guards the way to zero) holds 3 until t = 360 s; one pod stays."""
     p = load_preset("keda-vllm-waiting")
     spec = SignalSpec(Metric.REQUESTS_WAITING, 15, Aggregation.TOTAL)

@@ -148,7 +148,8 @@ class SummaryBuilder:
             mean_cold_start_s=target.cold_start_total_s / target.cold_starts if target.cold_starts else None,
             scale_events=target.scale_events,
             mean_gpu_memory_util_pct=self._mem_sum / self._mem_n if self._mem_n else None,
-            mean_sm_util_pct=100.0 * busy / ready_s if ready_s > 0 else None,
+            # busy time includes draining pods' last requests (not Ready): capped at 100 %
+            mean_sm_util_pct=min(100.0, 100.0 * busy / ready_s) if ready_s > 0 else None,
             mean_cpu_util_pct=mean_cpu,
             littles_law_l=dp.system_integral / duration,
             littles_law_lambda_w=arrived / duration * mean_sys,
