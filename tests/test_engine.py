@@ -304,8 +304,8 @@ def test_the_scenarios_max_step_limits_each_ticks_change() -> None:
     desired = [int(d) for d in result.timeline.column("desired")]
     assert desired == [2, 3, 4, 4, 4, 3, 2, 1, 1]
     reasons = list(result.timeline.column("reason"))
-    assert reasons[:2] == [Reason.SCALE_UP_LIMITED.value] * 2
-    assert reasons[5:7] == [Reason.SCALE_DOWN_LIMITED.value] * 2
+    assert reasons[:2] == [Reason.SCALE_UP_LIMIT.value] * 2
+    assert reasons[5:7] == [Reason.SCALE_DOWN_LIMIT.value] * 2
     assert reasons[2] == reasons[7] == Reason.STATIC.value  # the last step of each fits the limit
 
 

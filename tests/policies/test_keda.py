@@ -89,7 +89,7 @@ def test_generated_hpa_divides_the_total_by_the_threshold() -> None:
     # 45 queued requests at a threshold of 10 per pod -> 5 pods; without a behavior the generated HPA
     # takes the legacy path, so from 1 pod it is capped at max(2 x 1, 4) = 4 first.
     timeline = run(keda(), lambda t: 45.0, start=1, until_s=30)
-    assert timeline[0][1].desired_replicas == 4 and timeline[0][1].reason is Reason.SCALE_UP_LIMITED
+    assert timeline[0][1].desired_replicas == 4 and timeline[0][1].reason is Reason.SCALE_UP_LIMIT
     assert timeline[15][1].desired_replicas == 5
     assert "45 / 10 per pod -> 5 pods" in timeline[15][1].message
     assert timeline[30][1].reason is Reason.WITHIN_TOLERANCE  # 45 / (10 x 5) = 0.9
@@ -104,7 +104,7 @@ def test_behavior_passes_through_to_the_hpa() -> None:
         }
     )
     d, _ = policy.decide(snap(0, 2, 100.0), policy.initial_state())
-    assert (d.desired_replicas, d.reason) == (3, Reason.SCALE_UP_LIMITED)
+    assert (d.desired_replicas, d.reason) == (3, Reason.SCALE_UP_LIMIT)
 
 
 def test_hpa_minimum_is_one_and_maximum_is_max_replica_count() -> None:
@@ -191,7 +191,7 @@ def test_fallback_after_failure_threshold_and_never_zero_while_erroring() -> Non
     assert timeline[30][1].reason is Reason.NO_DATA and "failure 1 in a row" in timeline[30][1].message
     assert timeline[60][1].is_hold  # 3 failures: not above the threshold yet
     fell_back = timeline[75][1]
-    assert (fell_back.desired_replicas, fell_back.reason) == (4, Reason.SCALE_UP_LIMITED)  # cap 2 x 2
+    assert (fell_back.desired_replicas, fell_back.reason) == (4, Reason.SCALE_UP_LIMIT)  # cap 2 x 2
     assert "failing 4x > 3: fallback 6" in fell_back.message
     assert (timeline[90][1].desired_replicas, timeline[90][1].reason) == (6, Reason.FALLBACK)
     assert all(replicas_at(timeline, t) >= 2 for t in timeline)

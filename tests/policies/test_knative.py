@@ -147,7 +147,7 @@ def test_max_scale_down_rate_halves_per_tick() -> None:
     timeline = run(policy, lambda t: 0.0, start=10, until_s=10)
     steps = [timeline[t] for t in (0, 2, 4, 6)]
     assert [d.desired_replicas for d in steps] == [5, 2, 1, 1]
-    assert steps[0].reason is Reason.SCALE_DOWN_LIMITED
+    assert steps[0].reason is Reason.SCALE_DOWN_LIMIT
     assert "floor(10 / 2) -> 5" in steps[0].message
 
 

@@ -192,7 +192,7 @@ def test_a_latency_step_waits_for_starting_pods() -> None:
     d, _ = p.decide(snap(p, 0, 4, {**CALM, "latency_p99_ms": 900.0}, starting=1), p.initial_state())
     assert d == Decision(
         4,
-        Reason.SCALE_UP_LIMITED,
+        Reason.SCALE_UP_LIMIT,
         "latency_p99_ms 900 ms > 500: 4 + 1 = 5;"
         " 1 pod(s) still starting, next step once they are ready -> keep 4",
     )

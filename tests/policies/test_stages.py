@@ -236,7 +236,7 @@ def test_rate_limit_stage_records_the_final_change_in_settle() -> None:
     state = stage.initial_state()
     s0 = snap(0, 3)
     out, state = stage.apply(rec(20), s0, state)
-    assert (out.replicas, out.reason) == (7, Reason.SCALE_UP_LIMITED)
+    assert (out.replicas, out.reason) == (7, Reason.SCALE_UP_LIMIT)
     assert "Pods 4 pods per 15 s" in out.message
     state = stage.settle(out.becomes(6, Reason.CLAMPED_TO_MAX, "later stage"), s0, state)
     assert state.up == (ScaleEvent(0, 3),)  # what was finally decided, not what the stage proposed
@@ -261,7 +261,7 @@ def test_legacy_cap_is_twice_current_or_four() -> None:
     cap = LegacyScaleUpCap()
     for current, limit in [(0, 4), (1, 4), (2, 4), (3, 6), (10, 20)]:
         out, _ = cap.apply(rec(1000), snap(0, current), None)
-        assert (out.replicas, out.reason) == (limit, Reason.SCALE_UP_LIMITED)
+        assert (out.replicas, out.reason) == (limit, Reason.SCALE_UP_LIMIT)
     out, _ = cap.apply(rec(5), snap(0, 3), None)
     assert out.replicas == 5
 
@@ -327,10 +327,10 @@ def test_pipeline_runs_stages_in_order_and_explains_itself() -> None:
     out, state = tail.run(
         Recommendation(30, Reason.SCALE_UP, "3 pods x 85 % / 10 % -> 30"), snap(0, 3), state
     )
-    assert (out.replicas, out.reason) == (6, Reason.SCALE_UP_LIMITED)
+    assert (out.replicas, out.reason) == (6, Reason.SCALE_UP_LIMIT)
     assert out.message.startswith("3 pods x 85 % / 10 % -> 30; 30 is more than the maximum 10 -> 10; ")
     decision = to_decision(out)
-    assert (decision.desired_replicas, decision.reason) == (6, Reason.SCALE_UP_LIMITED)
+    assert (decision.desired_replicas, decision.reason) == (6, Reason.SCALE_UP_LIMIT)
 
 
 def test_pipeline_settle_feeds_final_result_to_every_stage() -> None:
