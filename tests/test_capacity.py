@@ -128,3 +128,17 @@ def test_the_bar_is_computed_from_the_compare_rows() -> None:
         assert line.cheapest_upstream is None
     assert bar.within_aim == int(line.x_oracle <= 1.15)
     assert bar.met == (line.as_cheap and line.x_oracle <= 1.15)
+
+
+def test_a_capacity_table_of_another_service_is_refused() -> None:
+    import pytest
+
+    from gpuscale._core.errors import ConfigError
+    from gpuscale.experiments.catalog import builtin_scenario
+    from gpuscale.policies.registry import load_preset
+    from gpuscale.sim.engine import simulate
+
+    planner = load_preset("planner")  # its table is resnet50-a100-triton's
+    with pytest.raises(ConfigError) as info:
+        simulate(builtin_scenario("flash-crowd"), planner)
+    assert info.value.key == "model.profile" and "resnet50-a100-triton" in str(info.value)

@@ -319,6 +319,28 @@ def check_run(
     return est
 
 
+def check_capacity_profile(scenario: Scenario, policy: Policy[Any], source: str) -> None:
+    """Refuse a planner whose capacity table was measured for another service than the scenario's: it
+    would size the fleet with another model's numbers."""
+    from gpuscale.policies.base import Delegating
+    from gpuscale.policies.planner import PlannerPolicy
+
+    inner: Any = policy
+    while isinstance(inner, Delegating):
+        inner = inner.inner
+    if not isinstance(inner, PlannerPolicy):
+        return
+    measured = inner.config.capacity.profile
+    if measured != scenario.model.name:
+        raise ConfigError(
+            source,
+            "model.profile",
+            scenario.model.name,
+            f"policy {policy.name}'s capacity table was measured for profile {measured!r}; measure this "
+            f"scenario's service with `gpuscale capacity` and use that table (allowed: profile {measured!r})",
+        )
+
+
 def check_llm_signals(scenario: Scenario, policy: Policy[Any], source: str) -> None:
     """Refuse a policy that reads what only an LLM pod exports (KV-cache usage, TTFT, ...) on a
     scenario whose model is served at request level: it would never see data."""
@@ -380,6 +402,7 @@ class Simulation:
         check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
         check_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
         check_llm_signals(scenario, policy, source)
+        check_capacity_profile(scenario, policy, source)
         self.duration_s = duration = scenario.duration_s
         self.workload = build_workload(
             scenario.workload, seed=seed, duration_s=duration, source=source, base_dir=base_dir
