@@ -76,3 +76,13 @@ def test_a_rayjob_needs_a_valid_suite(tmp_path: Path) -> None:
     bad.write_text("seeds: [1, 1]\n")
     result = runner.invoke(app, ["manifests", "rayjob", "--config", str(bad)])
     assert result.exit_code == 2 and "seeds" in result.output
+
+
+def test_a_rayjob_needs_an_image_with_ray(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("scenarios: [kis-s-ramp]\npolicies: [gpu-util]\nseeds: [1]\n")
+    result = runner.invoke(
+        app, ["manifests", "rayjob", "--config", str(suite), "--out", str(tmp_path / "r.yaml")]
+    )
+    assert result.exit_code == 2 and "--image" in result.output and "ray[default]" in result.output
+    assert not (tmp_path / "r.yaml").exists()

@@ -1133,7 +1133,12 @@ def manifests(
         Path | None, typer.Option("--config", "-c", help="`controller`: the controller's config YAML.")
     ] = None,
     image: Annotated[
-        str | None, typer.Option(help="`controller`: the container image (default gpuscale:VERSION).")
+        str | None,
+        typer.Option(
+            help="The container image: for `controller`, default localhost/gpuscale:VERSION (built by "
+            "scripts/build-image.sh, docs/image.md); for `rayjob`, required: an image with gpuscale and "
+            "ray[default]."
+        ),
     ] = None,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the YAML here (default stdout).", callback=_out_file)
@@ -1166,12 +1171,20 @@ def manifests(
             if config is None:
                 raise ConfigError("manifests rayjob", "--config", MISSING, "required: the compare suite YAML")
             load_suite(config)  # a bad suite is refused here, not in the cluster
+            if image is None:
+                raise ConfigError(
+                    "manifests rayjob",
+                    "--image",
+                    MISSING,
+                    "required: an image with gpuscale and ray[default] (the controller's image, "
+                    "localhost/gpuscale, has no Ray)",
+                )
             objects = render_rayjob(
                 config,
                 config.read_text(encoding="utf-8"),
                 name="gpuscale-compare",
                 namespace=namespace or "default",
-                image=image or _default_image(),
+                image=image,
                 workers=ray_workers,
                 cpus_per_worker=2,
             )

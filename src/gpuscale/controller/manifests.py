@@ -55,12 +55,18 @@ CONFIG_FILE = "controller.yaml"
 DEFAULT_PORT = 8080
 
 
+IMAGE_NAME = "localhost/gpuscale"
+"""The name ``scripts/build-image.sh`` gives the image it builds (docs/image.md): a local name, which a
+node never pulls from a public registry; push the image to your registry and pass ``--image``."""
+
+
 def default_image() -> str:
-    """``gpuscale:<installed version>``; pass ``--image`` for your registry's copy."""
+    """``localhost/gpuscale:<installed version>``, the image ``scripts/build-image.sh`` builds; pass
+    ``--image`` for your registry's copy."""
     try:
-        return f"gpuscale:{version('gpuscale')}"
+        return f"{IMAGE_NAME}:{version('gpuscale')}"
     except PackageNotFoundError:
-        return "gpuscale:latest"
+        return f"{IMAGE_NAME}:latest"
 
 
 def _dump(obj: Any) -> str:
