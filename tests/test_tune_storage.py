@@ -17,7 +17,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gpuscale._core.clock import SystemClock
 from gpuscale.cli import app
 from gpuscale.experiments.study import ABANDONED_ATTR, OWNER_ATTR, POINT_ATTR, RUNS_ATTR, open_storage
 from tests.conftest import busy_scenario
@@ -61,8 +60,51 @@ def tune_args(scenario: str, out: Path, *extra: str, budget: int = 12, seeds: st
     ]
 
 
-def spawn(args: list[str]) -> subprocess.Popen[bytes]:
+_KILLS_ITSELF = """
+import os, signal, sys
+import optuna
+from gpuscale.cli import app
+
+told = [0]
+tell = optuna.study.Study.tell
+
+def tell_then_die(self, *args, **kwargs):
+    out = tell(self, *args, **kwargs)
+    told[0] += 1
+    if told[0] >= {n}:  # SIGKILL: no clean-up, as a lost machine or the OOM killer leaves a run
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+optuna.study.Study.tell = tell_then_die
+app(sys.argv[1:], prog_name="gpuscale")
+"""
+
+
+_STARTS_TOGETHER = """
+import pathlib, sys, time
+from gpuscale.cli import app
+
+mine, others = pathlib.Path({mine!r}), [pathlib.Path(p) for p in {others!r}]
+mine.touch()
+deadline = time.monotonic() + 60.0
+while not all(p.exists() for p in others) and time.monotonic() < deadline:
+    time.sleep(0.02)  # bounded: the workers start asking together, imports done
+app(sys.argv[1:], prog_name="gpuscale")
+"""
+
+
+def spawn(
+    args: list[str], kill_after_told: int | None = None, barrier: tuple[Path, list[Path]] | None = None
+) -> subprocess.Popen[bytes]:
+    """A ``gpuscale`` process; with ``kill_after_told``, one that kills itself (SIGKILL) right after
+    telling the study that many trials: a real interruption at a deterministic point; with
+    ``barrier`` (its own file, the others'), one that starts its command once every process of the
+    group has started, so none is done before another begins."""
     code = "import sys; from gpuscale.cli import app; app(sys.argv[1:], prog_name='gpuscale')"
+    if kill_after_told is not None:
+        code = _KILLS_ITSELF.format(n=kill_after_told)
+    if barrier is not None:
+        code = _STARTS_TOGETHER.format(mine=str(barrier[0]), others=[str(p) for p in barrier[1]])
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
@@ -103,18 +145,12 @@ def test_a_killed_tune_resumes_from_its_study_to_the_bytes_of_an_unstopped_one(
 
     url = f"sqlite:///{tmp_path / 'deep' / 'er' / 'study.db'}"  # folders created
     args = tune_args(scenario, tmp_path / "part", "--storage", url, "--study-name", "s")
-    proc = spawn(args)
-    clock = SystemClock()
-    deadline = clock.monotonic() + WAIT_S
+    proc = spawn(args, kill_after_told=finished)
     try:
-        while clock.monotonic() < deadline:
-            done = [t for t in trials(url, "s") if t.state.is_finished()]
-            if len(done) >= finished or proc.poll() is not None:
-                break
-            clock.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=WAIT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read() if proc.stdout else ""
     before = {t.number: t for t in trials(url, "s") if t.state.is_finished()}
     assert finished <= len(before) < 12, "killed part-way through"
 
@@ -145,9 +181,13 @@ def test_two_processes_on_one_journal_share_the_budget_without_running_a_candida
     scenario: str, tmp_path: Path
 ) -> None:
     url = f"journal:///{tmp_path / 'study.log'}"
+    ready = [tmp_path / "ready-1", tmp_path / "ready-2"]
     procs = [
         spawn(
-            tune_args(scenario, tmp_path / f"w{i}", "--storage", url, "--study-name", "shared", seeds="1,2,3")
+            tune_args(
+                scenario, tmp_path / f"w{i}", "--storage", url, "--study-name", "shared", seeds="1,2,3"
+            ),
+            barrier=(ready[i - 1], [ready[2 - i]]),
         )
         for i in (1, 2)
     ]
