@@ -448,7 +448,7 @@ def test_an_llm_profile_needs_token_lengths(tmp_path: Path) -> None:
     _refused(info, "workload.tokens", "required with an LLM profile")
     with pytest.raises(ConfigError) as info:
         _llm_scenario(workload={"kind": "closed-loop", "users": 5, "think_time_s": [1, 2]})
-    _refused(info, "workload.kind = 'closed-loop'", "open-loop")
+    _refused(info, "workload.tokens", "required with an LLM profile", "closed-loop users")
     # A trace without token columns: refused when its lengths are asked for.
     (tmp_path / "bare.csv").write_text("time_s\n0\n1\n2\n")
     sc = _llm_scenario(workload={"kind": "trace", "path": "bare.csv"})
@@ -459,6 +459,27 @@ def test_an_llm_profile_needs_token_lengths(tmp_path: Path) -> None:
     sc = _llm_scenario(workload={"kind": "trace", "path": "bare.csv", "tokens": {"prompt": 9, "output": 2}})
     p, o = token_source(sc.workload, seed=1, source="s", base_dir=tmp_path).take(3)
     assert p.tolist() == [9, 9, 9] and o.tolist() == [2, 2, 2]
+
+
+def test_a_closed_loop_llm_scenario_loads_and_takes_its_lengths_in_send_order() -> None:
+    tokens = {"prompt": {"uniform": [100, 200]}, "output": {"fixed": 7}}
+    sc = _llm_scenario(workload={"kind": "closed-loop", "users": 5, "think_time_s": [1, 2], "tokens": tokens})
+    assert sc.workload.kind == "closed-loop" and sc.workload.tokens is not None
+    p, o = token_source(sc.workload, seed=1, source="s").take(1000)
+    assert p.min() >= 100 and p.max() <= 200 and set(o.tolist()) == {7}
+    # the same lengths, in the same order, as an open-loop workload with the same tokens: block
+    open_loop = _llm_scenario(workload={"kind": "poisson", "rate_rps": 5, "tokens": tokens})
+    p2, _ = token_source(open_loop.workload, seed=1, source="s").take(1000)
+    assert p.tolist() == p2.tolist()
+    # a request-level profile refuses the block, as for open-loop kinds
+    with pytest.raises(ConfigError) as info:
+        make_scenario(workload={"kind": "closed-loop", "users": 5, "think_time_s": [1, 2], "tokens": tokens})
+    _refused(info, "workload.tokens", "only for an LLM profile")
+    with pytest.raises(ConfigError) as info:
+        _llm_scenario(
+            workload={"kind": "closed-loop", "users": 5, "think_time_s": [1, 2], "tokens": {"prompt": 5}}
+        )
+    _refused(info, "tokens.output is missing")
 
 
 def test_zero_or_negative_lengths_in_a_trace_are_refused(tmp_path: Path) -> None:

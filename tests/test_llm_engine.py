@@ -14,6 +14,7 @@ from gpuscale.config.scenario import Scenario, scenario_from_dict
 from gpuscale.policies.base import Aggregation, Metric, SignalSpec, StaticPolicy
 from gpuscale.policies.registry import load_policy
 from gpuscale.sim.engine import Simulation, simulate
+from gpuscale.sim.llm_plane import LlmRecords
 from gpuscale.sim.results import result_files
 
 BASE: dict[str, Any] = {
@@ -198,10 +199,10 @@ def test_an_llm_signal_on_a_request_level_scenario_is_refused() -> None:
 def test_records_carry_ttft_and_preemptions() -> None:
     result = simulate(_scenario(duration_s=120), StaticPolicy(2), record=True)
     rec = result.records
-    assert rec is not None
+    assert isinstance(rec, LlmRecords)
     done = rec.outcome == 0
     assert done.sum() == result.summary.completed
-    ttft = getattr(rec, "ttft_s")[done]
+    ttft = rec.ttft_s[done]
     assert np.all(ttft > 0) and np.all(ttft <= rec.latency_s[done] + 1e-12)
     assert math.isfinite(float(np.median(ttft)))
 
@@ -211,3 +212,48 @@ def test_an_llm_block_override_changes_only_the_keys_it_names() -> None:
     assert sc.model.llm is not None
     assert sc.model.llm.max_num_batched_tokens == 2048
     assert sc.model.llm.num_layers == 32 and sc.model.llm.max_model_len == 8192
+
+
+CHAT: dict[str, Any] = {
+    "kind": "closed-loop",
+    "users": 60,
+    "think_time_s": [2, 8],
+    "tokens": BASE["workload"]["tokens"],
+}
+
+
+def test_closed_loop_chat_users() -> None:
+    """Chat users served token by token (docs/llm.md, Closed-loop users): requests are conserved,
+    Little's law holds, the same seed gives the same bytes, and more users bring more load."""
+    few = simulate(_scenario(duration_s=600, workload=CHAT), StaticPolicy(2))
+    s = few.summary
+    assert s.requests == s.completed + s.rejected + s.timed_out + s.dropped + s.in_flight
+    assert s.completed > 1000
+    assert s.in_flight <= 60  # one request per user at most
+    assert s.littles_law_l == pytest.approx(s.littles_law_lambda_w, rel=0.02)
+    # each user cycles through one request and one think time (mean 5 s): L + rate x 5 s = 60
+    rate = s.requests / 600
+    assert s.littles_law_l + rate * 5.0 == pytest.approx(60, rel=0.05)
+    assert s.ttft_p50_ms is not None and s.generated_tokens > 150 * s.completed
+    again = simulate(_scenario(duration_s=600, workload=CHAT), StaticPolicy(2))
+    assert result_files(again) == result_files(few)
+    other = simulate(_scenario(duration_s=600, workload=CHAT, seed=4), StaticPolicy(2))
+    assert result_files(other)["summary.json"] != result_files(few)["summary.json"]
+    many = simulate(_scenario(duration_s=600, workload={**CHAT, "users": 240}), StaticPolicy(2)).summary
+    assert many.requests > 2 * s.requests and many.generated_tokens > 2 * s.generated_tokens  # 4x the users
+    assert many.mean_kv_cache_usage is not None and s.mean_kv_cache_usage is not None
+    assert many.mean_kv_cache_usage > 2 * s.mean_kv_cache_usage
+
+
+def test_closed_loop_users_follow_their_schedule() -> None:
+    """A users shape changes the count as for the request-level engine: a step from 20 to 120 users at
+    300 s and back to 20 at 600 s."""
+    users = {"kind": "piecewise-linear", "points": [[0, 20], [300, 20], [300, 120], [600, 120], [600, 20]]}
+    sc = _scenario(duration_s=900, workload={**CHAT, "users": users})
+    result = simulate(sc, StaticPolicy(2), record=True)
+    rec = result.records
+    assert isinstance(rec, LlmRecords)
+    arrival = rec.arrival_s
+    per_window = [int(((arrival >= a) & (arrival < a + 250)).sum()) for a in (40.0, 340.0, 640.0)]
+    assert per_window[1] > 4 * per_window[0]
+    assert per_window[2] == pytest.approx(per_window[0], rel=0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 from gpuscale.sim import kernel as K
 from gpuscale.sim import llm_kernel as L
 from gpuscale.sim.dataplane import SCRAPE_COLUMNS
-from gpuscale.sim.llm_plane import LLM_SCRAPE_COLUMNS, LlmDataPlane, bench_llm_plane
+from gpuscale.sim.llm_plane import LLM_SCRAPE_COLUMNS, LlmDataPlane, UserDraws, bench_llm_plane
 from gpuscale.sim.llm_serving import LlmParams
 
 COL = {name: k for k, name in enumerate(LLM_SCRAPE_COLUMNS)}
@@ -538,3 +539,141 @@ def test_a_draining_pod_emptied_by_timeouts_ends_at_its_last_abort() -> None:
     dp.stop_accepting(0)
     dp.advance(1.0, 5.0, np.zeros(0))
     assert dp.outstanding(0) == 0 and dp.last_end_t(0) == 3.0
+
+
+# ---- closed-loop users (docs/llm.md, Closed-loop users) -------------------------------------------
+class FixedTokens:
+    """Every request has ``prompt`` and ``output`` tokens; counts what was taken."""
+
+    def __init__(self, prompt: int, output: int) -> None:
+        self.prompt, self.output, self.taken = prompt, output, 0
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        self.taken += n
+        return np.full(n, self.prompt, dtype=np.int32), np.full(n, self.output, dtype=np.int32)
+
+
+def users_plane(seed: int = 5, max_users: int = 4, think: tuple[float, float] = (2.0, 3.0)) -> LlmDataPlane:
+    """One pod of 1-s iterations; requests of 4 + 2 tokens: each one lasts exactly 2 s (prefill, decode)."""
+    dp = LlmDataPlane(
+        unit(),
+        max_slots=2,
+        seed=seed,
+        record=True,
+        think_s=think,
+        max_users=max_users,
+        tokens=FixedTokens(4, 2),
+    )
+    dp.open_slot(0.0)
+    return dp
+
+
+def sends(dp: LlmDataPlane) -> list[float]:
+    return sorted(by_seq(dp)[k]["arr"] for k in by_seq(dp))
+
+
+def test_one_user_sends_its_think_time_after_each_outcome() -> None:
+    dp = users_plane()
+    none = np.zeros(0)
+    for t0, t1 in ((0.0, 3.3), (3.3, 3.3), (3.3, 11.0), (11.0, 30.0)):  # cut anywhere, even empty
+        dp.advance(t0, t1, none, users_target=1)
+    draws = UserDraws(5, (2.0, 3.0))
+    think = draws.think(20)
+    t = 0.0 + float(draws.start(1)[0])  # the first user starts within one (maximum) think time
+    expected = []
+    while t < 30.0:
+        expected.append(t)
+        t = (t + 1.0) + 1.0  # prefill, then the one decode: the outcome two iterations later
+        t += float(think[len(expected) - 1])
+    rec = by_seq(dp)
+    assert [rec[k]["arr"] for k in sorted(rec)] == expected[: len(rec)]  # exact: the same sums
+    assert len(rec) == len(expected) - (1 if dp.in_flight else 0)
+    assert all(r["outcome"] == K.OUT_COMPLETED and r["lat"] == pytest.approx(2.0) for r in rec.values())
+    assert dp.counter(K.G_ARRIVED) == len(expected)
+    assert all(2.0 <= b - a - 2.0 <= 3.0 for a, b in pairwise(expected))
+
+
+def test_users_target_adds_users_with_start_offsets_and_retires_them_as_they_become_free() -> None:
+    dp = users_plane(max_users=3)
+    none = np.zeros(0)
+    schedule = ((0.0, 1), (10.0, 3), (20.0, 1), (20.5, 2), (21.0, 1))
+    edges = [0.0, 10.0, 20.0, 20.5, 21.0, 60.0]
+    for (t0, n), t1 in zip(schedule, edges[1:], strict=True):
+        dp.advance(t0, t1, none, users_target=n)
+    start = UserDraws(5, (2.0, 3.0)).start(3)
+    arr = sends(dp)
+    # the two users added at 10 s (ids 1 and 2) send first at 10 + their start offsets
+    assert 10.0 + float(start[1]) in arr and 10.0 + float(start[2]) in arr
+    assert all(t < 10.0 for t in arr if t < 10.0 + min(float(start[1]), float(start[2])))
+    # 20 s: back to one user (two retire as they next become free); 20.5 s: two (one retirement is
+    # cancelled, nobody new starts: the start stream is not drawn); 21 s: one again
+    assert dp.gi[K.G_USERS_ACTIVE] == 1
+    assert dp.draws.start(1)[0] == UserDraws(5, (2.0, 3.0)).start(4)[3]
+    # once the retiring users' last requests are over, one user is left: sends 4 to 5 s apart
+    late = [t for t in arr if t > 26.0]
+    assert len(late) >= 6
+    assert all(4.0 <= b - a <= 5.0 for a, b in pairwise(late))
+    busy = [t for t in arr if 12.0 < t < 20.0]
+    assert len(busy) >= 3 * 8 / 5 - 1  # three users, one request every 4-5 s each
+    # conservation: every user is free, waiting to send, or has its one request in the system
+    assert dp.gi[K.G_FREE_N] + dp.gi[K.G_HEAP_N] + dp.in_flight == 3
+    assert dp.gi[K.G_RETIRE] == 0
+
+
+def test_closed_loop_lengths_do_not_depend_on_how_the_run_is_cut() -> None:
+    def run(edges: list[float]) -> dict[int, dict[str, float]]:
+        dp = LlmDataPlane(
+            unit(beta0_s=0.05, beta_prefill_s=0.001, beta_decode_s=0.002), max_slots=2, seed=9, record=True,
+            think_s=(0.5, 1.5), max_users=8, tokens=_Seq(),
+        )  # fmt: skip
+        dp.open_slot(0.0)
+        for t0, t1 in pairwise(edges):
+            dp.advance(t0, t1, np.zeros(0), users_target=8 if t0 < 30.0 else 3)
+        return by_seq(dp)
+
+    one = run([0.0, 30.0, 60.0])
+    cuts = np.concatenate([np.arange(0.0, 30.0, 0.7), [30.0], np.arange(30.0, 60.0, 2.9), [60.0]])
+    many = run([float(t) for t in cuts])
+    assert len(one) > 100 and one == many
+
+
+class _Seq:
+    """Lengths 1, 2, 3, ... (prompt) and 1..5 (output), in order: which request got which is visible."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = np.arange(self.taken, self.taken + n)
+        self.taken += n
+        return (k % 40 + 1).astype(np.int32), (k % 5 + 1).astype(np.int32)
+
+
+def test_more_sends_than_the_buffer_bound_carry_on_exactly() -> None:
+    """Think times under 1 ms and requests rejected at once (too long): far more sends than the bound
+    the buffer is sized by; the plane refills and goes on from the send that found it empty."""
+
+    def run(edges: list[float]) -> tuple[int, list[float]]:
+        dp = LlmDataPlane(
+            unit(max_model_len=8), max_slots=1, seed=2, record=True, think_s=(1e-5, 1e-4), max_users=2,
+            tokens=FixedTokens(8, 4),
+        )  # fmt: skip
+        dp.open_slot(0.0)
+        for t0, t1 in pairwise(edges):
+            dp.advance(t0, t1, np.zeros(0), users_target=2)
+        rec = by_seq(dp)
+        assert all(r["outcome"] == K.OUT_REJECTED for r in rec.values())
+        return dp.counter(K.G_REJECTED), [rec[k]["arr"] for k in sorted(rec)]
+
+    rejected, sent = run([0.0, 1.0])
+    assert rejected > 20_000 and len(sent) == rejected
+    assert run([0.0, 0.25, 0.5, 1.0]) == (rejected, sent)
+
+
+def test_users_need_a_closed_loop_plane_and_a_token_source() -> None:
+    with pytest.raises(ValueError, match="closed-loop users"):
+        plane(unit()).advance(0.0, 1.0, np.zeros(0), users_target=3)
+    with pytest.raises(ValueError, match="token source"):
+        LlmDataPlane(unit(), max_slots=1, seed=0, think_s=(1.0, 2.0), max_users=2)
+    with pytest.raises(ValueError, match="max_users"):
+        users_plane(max_users=2).advance(0.0, 1.0, np.zeros(0), users_target=3)

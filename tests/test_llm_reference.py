@@ -8,7 +8,9 @@ The second part runs the compiled engine (:class:`gpuscale.sim.llm_plane.LlmData
 runs it, in chunks with pods opened between two ``advance`` calls, on small deterministic scenarios,
 and holds it to the reference request for request: outcome, pod, TTFT, completion time, preemptions,
 and the totals. Each scenario states what it must exercise (preemptions, rejections, the router
-queue), so that one that stopped exercising its mechanism fails instead of agreeing vacuously.
+queue), so that one that stopped exercising its mechanism fails instead of agreeing vacuously. The
+third part does the same with closed-loop users: both sides get the same token sequence, think times
+and start offsets (``UserDraws``), and the kernel gets each change of the user count at a chunk start.
 """
 
 from __future__ import annotations
@@ -828,3 +830,187 @@ def test_reference_scenarios_are_deterministic() -> None:
     assert repr(one) == repr(two)  # repr: nan (times that have not happened) is not equal to itself
     assert not math.isnan(one.requests[0].ttft_s)
     assert any(math.isnan(r.completion_s) for r in one.requests)
+
+
+# -- closed-loop users, against the compiled kernel ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsersScenario:
+    params: LlmParams
+    pods: tuple[tuple[float, float], ...]
+    users: tuple[tuple[float, int], ...]
+    """(time, user count from then on), sorted; the kernel gets each count at the chunk starting then."""
+    think_s: tuple[float, float]
+    prompt: tuple[int, int] = (8, 600)
+    output: tuple[int, int] = (1, 100)
+    t_end: float = 15.0
+    chunk_s: float = 0.37
+    must_reject: bool = False
+    must_time_out: bool = False
+    must_tie: bool = False
+    """Some users send at one instant (a constant think time after outcomes of one iteration)."""
+    slo: tuple[float, float, float] = (0.5, 0.05, 4.0)
+
+
+USERS_SCENARIOS: dict[str, UsersScenario] = {
+    # Users come and go (30, then 60, then 20 of them), enough to exhaust the small KV caches.
+    "users-chunked-prefill-preemption": UsersScenario(
+        SMALL_KV, THREE_PODS, ((0.0, 30), (5.05, 60), (9.3, 20)), (0.2, 1.0)
+    ),
+    # No pod until 1.5 s, client timeouts, small queues and over-long requests: users are freed by
+    # rejections and timeouts (in the router queue and in pods) as well as completions.
+    "users-timeouts-router-queue-rejections": UsersScenario(
+        replace(
+            SMALL_KV,
+            max_num_seqs=8,
+            queue_capacity=6,
+            router_queue_capacity=12,
+            max_model_len=900,
+            timeout_s=1.0,
+        ),
+        ((1.5001, 1.0), (4.1003, 1.0), (9.6007, 1.0)),
+        ((0.0, 25), (3.0, 45), (8.2, 10), (11.1, 30)),
+        (0.1, 0.6),
+        prompt=(8, 700),
+        output=(1, 300),
+        must_reject=True,
+        must_time_out=True,
+    ),
+    # A constant think time: users whose requests end in one iteration send again at one instant, in
+    # user-id order.
+    "users-constant-think": UsersScenario(
+        replace(SMALL_KV, max_num_batched_tokens=256),
+        THREE_PODS,
+        ((0.0, 40), (6.5, 15)),
+        (0.5, 0.5),
+        prompt=(8, 200),
+        output=(1, 60),
+        must_tie=True,
+    ),
+}
+
+
+class _Tokens:
+    """A fixed token sequence handed out in order (a TokenSource's ``take``)."""
+
+    def __init__(self, prompt: np.ndarray, output: np.ndarray) -> None:
+        self.prompt, self.output, self.taken = prompt, output, 0
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.taken, self.taken + n
+        if b > len(self.prompt):
+            raise AssertionError("the test's token sequence is too short")
+        self.taken = b
+        return self.prompt[a:b], self.output[a:b]
+
+
+def users_inputs(s: UsersScenario, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The token sequence, and the think times and start offsets the plane draws for ``seed``."""
+    from gpuscale.sim.llm_plane import UserDraws
+
+    rng = np.random.default_rng(seed)
+    n = 40_000
+    prompt = rng.integers(s.prompt[0], s.prompt[1] + 1, n).astype(np.int64)
+    output = rng.integers(s.output[0], s.output[1] + 1, n).astype(np.int64)
+    draws = UserDraws(seed, s.think_s)
+    added = sum(max(0, b[1] - a[1]) for a, b in pairwise(((0.0, 0), *s.users)))
+    return prompt, output, draws.think(n), draws.start(added)
+
+
+def run_users_engine(s: UsersScenario, seed: int, prompt: np.ndarray, output: np.ndarray) -> EngineRun:
+    llm_plane = pytest.importorskip("gpuscale.sim.llm_plane")
+    from gpuscale.sim import kernel as K
+
+    ttft, itl, e2e = s.slo
+    dp = llm_plane.LlmDataPlane(
+        s.params, max_slots=len(s.pods), ttft_slo_s=ttft, itl_slo_s=itl, e2e_slo_s=e2e, seed=seed,
+        record=True, think_s=s.think_s, max_users=max(n for _, n in s.users), tokens=_Tokens(prompt, output),
+    )  # fmt: skip
+    opens = [t for t, _ in s.pods]
+    changes = [t for t, _ in s.users]
+    edges = sorted({0.0, s.t_end, *opens, *changes, *np.arange(s.chunk_s, s.t_end, s.chunk_s).tolist()})
+    opened = 0
+    none = np.zeros(0, dtype=np.float64)
+    for t0, t1 in pairwise(edges):
+        while opened < len(s.pods) and s.pods[opened][0] <= t0:
+            assert dp.open_slot(t0, speed=s.pods[opened][1]) == opened
+            opened += 1
+            if dp.router_queue_len:
+                dp.hand_out(t0)
+        target = [n for t, n in s.users if t <= t0][-1]
+        dp.advance(t0, t1, none, users_target=target)
+    rec = dp.records()
+    rows = {
+        int(rec.seq[i]): (
+            int(rec.outcome[i]),
+            int(rec.pod[i]),
+            float(rec.latency_s[i]),
+            float(rec.ttft_s[i]),
+            int(rec.preemptions[i]),
+            float(rec.arrival_s[i]),
+        )
+        for i in range(len(rec.seq))
+    }
+    assert len(rows) == len(rec.seq), "a request ended twice"
+    counters = {
+        name: int(dp.counter(getattr(K, name)))
+        for name in ("G_ARRIVED", "G_COMPLETED", "G_TIMED_OUT", "G_REJECTED", "G_DROPPED", "G_SLO_MET")
+    }
+    pods = [
+        (len(dp.running_rows(k)), len(dp.waiting_rows(k)), int(dp.kv_used_blocks(k)))
+        for k in range(len(s.pods))
+    ]
+    return EngineRun(
+        rows, counters, int(dp.generated_tokens), int(dp.prompt_tokens), int(dp.preemptions),
+        int(dp.in_flight), pods,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("name", list(USERS_SCENARIOS))
+def test_closed_loop_users_agree_with_the_reference_request_for_request(name: str, seed: int) -> None:
+    s = USERS_SCENARIOS[name]
+    prompt, output, think, start = users_inputs(s, seed)
+    ttft, itl, e2e = s.slo
+    ref = simulate_llm_reference(
+        s.params, [], prompt.tolist(), output.tolist(), pods=list(s.pods), t_end=s.t_end,
+        ttft_slo_s=ttft, itl_slo_s=itl, e2e_slo_s=e2e,
+        users=list(s.users), think=think.tolist(), start=start.tolist(),
+    )  # fmt: skip
+
+    # The scenario exercises what it is there for.
+    completed = ref.by_outcome("completed")
+    assert len(completed) > 50
+    assert ref.preemptions > 0
+    assert ref.by_outcome("in_flight")
+    if s.must_reject:
+        assert ref.by_outcome("rejected")
+    if s.must_time_out:
+        timed_out = ref.by_outcome("timed_out")
+        assert any(r.pod == -1 for r in timed_out) and any(r.pod >= 0 for r in timed_out)
+    sends = [r.arrival_s for r in ref.requests]
+    if s.must_tie:
+        assert len(sends) - len(set(sends)) > 10
+    # Users send in every period of the schedule; at most one request per user is left in flight.
+    for (t0, _), (t1, _) in pairwise((*s.users, (s.t_end, 0))):
+        assert any(t0 <= t < t1 for t in sends)
+    assert len(ref.by_outcome("in_flight")) <= s.users[-1][1]
+
+    eng = run_users_engine(s, seed, prompt, output)
+    assert first_disagreement(eng, ref) == "none"
+    assert eng.counters == {
+        "G_ARRIVED": len(ref.requests),
+        "G_COMPLETED": len(completed),
+        "G_TIMED_OUT": len(ref.by_outcome("timed_out")),
+        "G_REJECTED": len(ref.by_outcome("rejected")),
+        "G_DROPPED": 0,
+        "G_SLO_MET": ref.slo_met,
+    }
+    assert (eng.generated_tokens, eng.prompt_tokens, eng.preemptions) == (
+        ref.generated_tokens,
+        ref.prompt_tokens,
+        ref.preemptions,
+    )
+    assert eng.in_flight == len(ref.by_outcome("in_flight"))
+    assert eng.pods == [(pod.running, pod.waiting, pod.used_blocks) for pod in ref.pods]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gpuscale._core.errors import MISSING, ConfigError
+from gpuscale._core.errors import MISSING, ConfigError, shown
 from gpuscale.config.instances import INSTANCE_TYPES
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.profiles import BUILTIN_PROFILES, GPU_TYPES, ModelProfile
@@ -210,7 +210,7 @@ class NodePool(StrictModel):
     @classmethod
     def _known_instance(cls, v: str | None) -> str | None:
         if v is not None and v not in INSTANCE_TYPES:
-            raise ValueError(f"unknown instance type {v!r}; allowed: {', '.join(INSTANCE_TYPES)}")
+            raise ValueError(f"unknown instance type {shown(v)}; allowed: {', '.join(INSTANCE_TYPES)}")
         return v
 
     @field_validator("capacity_shortages_s")
@@ -225,7 +225,7 @@ class NodePool(StrictModel):
     @classmethod
     def _known_gpu(cls, v: str) -> str:
         if v not in GPU_TYPES:
-            raise ValueError(f"unknown GPU type {v!r}; allowed: {', '.join(GPU_TYPES)}")
+            raise ValueError(f"unknown GPU type {shown(v)}; allowed: {', '.join(GPU_TYPES)}")
         return v
 
     @model_validator(mode="after")
@@ -478,7 +478,7 @@ class ClusterConfig(StrictModel):
             isinstance(p.gpu_sharing, MigLayout) and self.mig_profile in p.gpu_sharing.layout
             for p in self.pools
         ):
-            raise ValueError(f"mig_profile {self.mig_profile!r} is in no pool's MIG layout")
+            raise ValueError(f"mig_profile {shown(self.mig_profile)} is in no pool's MIG layout")
         return self
 
     @property
@@ -745,7 +745,7 @@ def _check_llm(scenario: Scenario, source: str) -> None:
                     source,
                     f"slo.{key}",
                     value,
-                    f"only for an LLM profile (one with an llm: block); {model.name!r} is served request "
+                    f"only for an LLM profile (one with an llm: block); {shown(model.name)} is served request "
                     "by request and has no tokens; allowed: leave it out, or use a profile with model.llm "
                     "(e.g. llama3-8b-h100-vllm)",
                 )
@@ -754,26 +754,20 @@ def _check_llm(scenario: Scenario, source: str) -> None:
                 source,
                 "workload.tokens",
                 tokens.model_dump(exclude_none=True),
-                f"only for an LLM profile (one with an llm: block); {model.name!r} is served request by "
+                f"only for an LLM profile (one with an llm: block); {shown(model.name)} is served request by "
                 "request and would ignore the lengths; allowed: leave it out, or use a profile with "
                 "model.llm (e.g. llama3-8b-h100-vllm)",
             )
         return
-    if isinstance(w, ClosedLoopWorkload):
-        raise ConfigError(
-            source,
-            "workload.kind",
-            w.kind,
-            "an LLM profile (model.llm) is served from an open-loop workload; allowed: poisson, gamma, "
-            "mmpp or trace",
-        )
     if tokens is None and not isinstance(w, TraceWorkload):
+        closed = isinstance(w, ClosedLoopWorkload)
+        users = " (closed-loop users send requests of these lengths)" if closed else ""
         raise ConfigError(
             source,
             "workload.tokens",
             MISSING,
             "required with an LLM profile (model.llm): tokens: {prompt: DIST, output: DIST}, each DIST "
-            f"one of {_DIST_FORMS}",
+            f"one of {_DIST_FORMS}{users}",
         )
     if tokens is not None and tokens.prompt is not None and tokens.output is not None:
         shortest = _shortest(tokens.prompt) + _shortest(tokens.output)

@@ -259,7 +259,7 @@ class UsersConstant(_Model):
     """One user count forever."""
 
     kind: Literal["constant"] = Field(description="shape selector (nested kind)")
-    users: int = Field(ge=0, description="number of users")
+    users: int = Field(ge=0, le=2**53, description="number of users")
 
 
 class UsersStep(_Model):
@@ -635,10 +635,11 @@ class MmppWorkload(_TokensChoice):
         return self
 
 
-class ClosedLoopWorkload(_Model):
+class ClosedLoopWorkload(_TokensChoice):
     """Locust-like closed-loop users: send, wait for the outcome, think, repeat.
 
-    ``think_time_s: [1, 2]`` is Locust's ``wait_time = between(1, 2)``.
+    ``think_time_s: [1, 2]`` is Locust's ``wait_time = between(1, 2)``. With an LLM profile, ``tokens:``
+    gives the prompt and output lengths of the requests, in send order (docs/llm.md, Closed-loop users).
     """
 
     kind: Literal["closed-loop"] = Field(description="workload kind selector")
@@ -657,13 +658,9 @@ class ClosedLoopWorkload(_Model):
         # clear error instead of one per union member.
         if isinstance(v, Mapping):
             return v
-        if (
-            isinstance(v, (int, float))
-            and not isinstance(v, bool)
-            and math.isfinite(v)
-            and v >= 0
-            and v == int(v)
-        ):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:  # math.isfinite(10**400) overflows
+            return {"kind": "constant", "users": v}
+        if isinstance(v, float) and math.isfinite(v) and v >= 0 and v == int(v):
             return {"kind": "constant", "users": int(v)}
         raise PydanticCustomError("users", "must be a whole number ≥ 0 or a shape mapping")
 

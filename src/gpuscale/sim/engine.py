@@ -425,6 +425,10 @@ class Simulation:
                 e2e_slo_s=slo.latency_ms / 1000.0,
                 seed=seed,
                 record=record,
+                # closed-loop chat users: the plane draws their lengths from the token source itself
+                think_s=(closed.think_min_s, closed.think_max_s) if closed is not None else None,
+                max_users=closed.schedule.max_users if closed is not None else 0,
+                tokens=self.tokens if closed is not None else None,
             )
         else:
             dp = DataPlane(
@@ -585,7 +589,7 @@ class Simulation:
         """The data plane from now to ``t_next``, and what held over the interval."""
         t, target, open_loop = self.now, self.target, self.workload.open_loop
         arrivals = open_loop.arrivals(t, t_next) if open_loop is not None else self._no_arrivals
-        if self.tokens is not None:
+        if self.tokens is not None and open_loop is not None:
             assert isinstance(self.dp, LlmDataPlane)
             prompt, output = self.tokens.take(len(arrivals))
             self.dp.advance(t, t_next, arrivals, self._users, prompt, output)

@@ -13,11 +13,12 @@ Per pod ``p`` (a *slot*), requests live in rows of a pool of ``pod_capacity`` ro
 * ``sched[p, :pi[p, P_NSCHED], 0/1]``: the iteration in progress (row, tokens), in schedule order.
 
 Events at one instant ``t`` are taken in this order: pod events (iteration ends and their effects,
-client deadlines in idle pods), then client deadlines in the router queue, then arrivals (routing),
-then iteration starts (each opening with the client deadlines due in its pod). A pod whose iteration
-ended at ``t``, or which received a request while idle, is put on a *pending* list and starts its next
-iteration once every event at ``t`` has been handled, so an arrival at ``t`` is routed before any
-iteration that starts at ``t``.
+client deadlines in idle pods), then client deadlines in the router queue, then arrivals (routing;
+open-loop arrivals, then closed-loop users' sends in user-id order), then iteration starts (each
+opening with the client deadlines due in its pod). A pod whose iteration ended at ``t``, or which
+received a request while idle, is put on a *pending* list and starts its next iteration once every
+event at ``t`` has been handled (pending pods in slot order), so an arrival at ``t`` is routed before
+any iteration that starts at ``t``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ R_COMP = 3
 R_GEN = 4
 R_HELD = 5
 R_PRE = 6
-N_RI = 7
+R_USER = 7
+"""Closed-loop user who sent it (-1 for an open-loop arrival)."""
+N_RI = 8
 
 # ---- per-request float fields (RF) ---------------------------------------------------------------
 RF_ARR = 0
@@ -100,7 +103,13 @@ LG_GEN_TOK = K.N_GI
 LG_PROMPT_TOK = K.N_GI + 1
 LG_PREEMPT = K.N_GI + 2
 LG_NPEND = K.N_GI + 3
-N_LGI = K.N_GI + 4
+LG_TB_HEAD = K.N_GI + 4
+"""Next unused entry of the closed-loop token buffer."""
+LG_TB_N = K.N_GI + 5
+"""Entries filled in the closed-loop token buffer."""
+LG_TB_SHORT = K.N_GI + 6
+"""Set when a user was due to send and the token buffer was empty (the advance stopped there)."""
+N_LGI = K.N_GI + 7
 
 LF_PEND_T = K.N_GF
 N_LGF = K.N_GF + 1
@@ -153,7 +162,16 @@ N_RECF = 3
 RQ_SEQ = 0
 RQ_P = 1
 RQ_O = 2
-N_RQI = 3
+RQ_USER = 3
+N_RQI = 4
+
+# ---- closed-loop users -------------------------------------------------------------------------------
+# ``uq[0, :gi[G_HEAP_N]]``: a binary min-heap of waiting users keyed by (wake time, user id);
+# ``uq[1, :gi[G_FREE_N]]``: the free user ids (a stack); ``uf[0, u]``: user ``u``'s wake time;
+# ``uf[1, u]``: the think time that follows the request ``u`` has in flight. The gi counters
+# G_USERS_ACTIVE, G_HEAP_N, G_RETIRE and G_FREE_N are the request-level kernel's.
+# The token buffer ``tb_i[k] = (prompt, output)``, ``tb_f[k]`` = think time: one entry per send, in
+# send order, from ``gi[LG_TB_HEAD]`` up to ``gi[LG_TB_N]``.
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
@@ -202,6 +220,7 @@ def _record(
 @_compiled(inline=True)
 def _reject(
     seq: int,
+    user: int,
     arr: float,
     t: float,
     pod: int,
@@ -209,15 +228,19 @@ def _reject(
     gf: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     gi[K.G_REJECTED] += 1
     gf[K.F_SYS_SUM] += t - arr
     _record(gi, rec_i, rec_f, seq, K.OUT_REJECTED, pod, 0, 0.0, math.nan, arr)
+    _user_free(user, t, uq, uf, gi)
 
 
 @_compiled(inline=True)
 def _timed_out(
     seq: int,
+    user: int,
     arr: float,
     t: float,
     pod: int,
@@ -228,6 +251,8 @@ def _timed_out(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     """Request ``seq`` is abandoned by its client at ``t`` (as the request-level kernel counts it: its
     time in the system as latency, capped at the timeout for the histogram and the maximum)."""
@@ -240,6 +265,7 @@ def _timed_out(
     if seen > gf[K.F_LAT_MAX]:
         gf[K.F_LAT_MAX] = seen
     _record(gi, rec_i, rec_f, seq, K.OUT_TIMED_OUT, pod, pre, lat, math.nan, arr)
+    _user_free(user, t, uq, uf, gi)
 
 
 @_compiled(inline=True)
@@ -249,6 +275,21 @@ def _set_pending(p: int, t: float, pi: np.ndarray, pend: np.ndarray, gi: np.ndar
         pend[gi[LG_NPEND]] = p
         gi[LG_NPEND] += 1
         gf[LF_PEND_T] = t
+
+
+@_compiled(inline=True)
+def _user_free(user: int, t: float, uq: np.ndarray, uf: np.ndarray, gi: np.ndarray) -> None:
+    """The outcome of ``user``'s request was decided at ``t``: it retires if the population is shrinking,
+    else it thinks and sends again at ``t + think`` (docs/llm.md, Closed-loop users)."""
+    if user < 0:
+        return
+    if gi[K.G_RETIRE] > 0:
+        gi[K.G_RETIRE] -= 1
+        uq[1, gi[K.G_FREE_N]] = user
+        gi[K.G_FREE_N] += 1
+    else:
+        uf[0, user] = t + uf[1, user]
+        K._heap_push(uq[0], uf[0], gi, user)
 
 
 @_compiled(inline=True)
@@ -277,6 +318,7 @@ def _admit(
     p: int,
     t: float,
     seq: int,
+    user: int,
     arr: float,
     prompt: int,
     output: int,
@@ -293,12 +335,14 @@ def _admit(
     gf: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
-    """Request ``seq`` reaches pod ``p`` at ``t``: it joins the back of the waiting deque (or is
-    rejected when the pod is full)."""
+    """Request ``seq`` (of ``user``, -1 for none) reaches pod ``p`` at ``t``: it joins the back of the
+    waiting deque (or is rejected when the pod is full)."""
     if pi[p, P_NRUN] + pi[p, P_WN] >= ci[C_POD_CAP]:
         pi[p, P_REJECTED] += 1
-        _reject(seq, arr, t, p, gi, gf, rec_i, rec_f)
+        _reject(seq, user, arr, t, p, gi, gf, rec_i, rec_f, uq, uf)
         return
     _touch(p, t, pi, pf)
     nf = pi[p, P_FREE_ROWS] - 1
@@ -311,6 +355,7 @@ def _admit(
     ri[p, r, R_GEN] = 0
     ri[p, r, R_HELD] = 0
     ri[p, r, R_PRE] = 0
+    ri[p, r, R_USER] = user
     rf[p, r, RF_ARR] = arr
     rf[p, r, RF_FIRST] = math.nan
     rf[p, r, RF_LAST] = math.nan
@@ -345,6 +390,8 @@ def _expire(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     """Client timeouts on pod ``p`` at ``t`` (docs/llm.md, Client timeout): every request without a first
     token whose deadline ``arrival + timeout`` is at most ``t`` is aborted, running requests in list
@@ -371,8 +418,9 @@ def _expire(
                 free += ri[p, r, R_HELD]
                 ri[p, r, R_HELD] = 0
                 _timed_out(
-                    ri[p, r, R_SEQ], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf, hists, rec_i, rec_f
-                )
+                    ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
+                    hists, rec_i, rec_f, uq, uf,
+                )  # fmt: skip
                 frow[p, nf] = r
                 nf += 1
                 gone += 1
@@ -396,8 +444,9 @@ def _expire(
                 free += ri[p, r, R_HELD]
                 ri[p, r, R_HELD] = 0
                 _timed_out(
-                    ri[p, r, R_SEQ], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf, hists, rec_i, rec_f
-                )
+                    ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
+                    hists, rec_i, rec_f, uq, uf,
+                )  # fmt: skip
                 frow[p, nf] = r
                 nf += 1
                 gone += 1
@@ -443,11 +492,13 @@ def _start_iter(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     """The client timeouts due, then the scheduler's decision at ``t`` (docs/llm.md, One pod) and the
     iteration's duration."""
     if t >= pf[p, P_DEADLINE]:
-        _expire(p, t, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
+        _expire(p, t, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
     bs = ci[C_BLOCK]
     budget = ci[C_MNBT]
     thr = ci[C_THRESHOLD]
@@ -609,6 +660,8 @@ def _end_iter(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     """The iteration in progress on pod ``p`` ends: tokens, TTFT and ITL samples, finishes."""
     e = pf[p, P_ITER_END]
@@ -661,6 +714,7 @@ def _end_iter(
             if ttft <= ttft_slo and lat <= e2e_slo and (gen == 1 or (lat - ttft) / (gen - 1) <= itl_slo):
                 gi[K.G_SLO_MET] += 1
             _record(gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_COMPLETED, p, ri[p, r, R_PRE], lat, ttft, arr)
+            _user_free(ri[p, r, R_USER], e, uq, uf, gi)
             frow[p, nf] = r
             nf += 1
             finished += 1
@@ -710,15 +764,28 @@ def _flush(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
-    """Start the iterations of the pending pods at ``t`` (every event at ``t`` has been handled)."""
-    for k in range(gi[LG_NPEND]):
+    """Start the iterations of the pending pods at ``t`` (every event at ``t`` has been handled), in
+    slot order."""
+    npend = gi[LG_NPEND]
+    for k in range(1, npend):  # insertion sort: a handful of pods at one instant
+        v = pend[k]
+        j = k - 1
+        while j >= 0 and pend[j] > v:
+            pend[j + 1] = pend[j]
+            j -= 1
+        pend[j + 1] = v
+    for k in range(npend):
         p = pend[k]
         if pi[p, P_PENDING] == 0:
             continue
         pi[p, P_PENDING] = 0
         if pi[p, P_BUSY] == 0 and pi[p, P_NRUN] + pi[p, P_WN] > 0:
-            _start_iter(p, t, pi, pf, ri, rf, run, wq, sched, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
+            _start_iter(
+                p, t, pi, pf, ri, rf, run, wq, sched, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf
+            )
             _heap_fix(ph, pf, p)
     gi[LG_NPEND] = 0
 
@@ -744,6 +811,8 @@ def _drain_router(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> None:
     """Hand the router queue out at ``t`` in FIFO order, each request by the routing rule; one whose
     client deadline has come is timed out instead (pod -1)."""
@@ -753,12 +822,14 @@ def _drain_router(
         j = gi[K.G_RQ_HEAD] % cap
         gi[K.G_RQ_HEAD] += 1
         if t >= rq_f[j] + cf[CF_TIMEOUT]:
-            _timed_out(rq_i[j, RQ_SEQ], rq_f[j], t, -1, 0, cf, gi, gf, hists, rec_i, rec_f)
+            _timed_out(
+                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t, -1, 0, cf, gi, gf, hists, rec_i, rec_f, uq, uf
+            )
             continue
         p = _choose_pod(pi, acc, n_acc)
         _admit(
-            p, t, rq_i[j, RQ_SEQ], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O],
-            pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f,
+            p, t, rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O],
+            pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f, uq, uf,
         )  # fmt: skip
 
 
@@ -793,6 +864,10 @@ def advance(
     hists: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
+    tb_i: np.ndarray,
+    tb_f: np.ndarray,
 ) -> None:
     """Advance the token-level data plane over [t0, t1).
 
@@ -803,25 +878,37 @@ def advance(
     data plane (accepting or draining), ascending. An iteration in progress at ``t1`` stays in
     progress. Pods made pending at ``t1`` itself (by :func:`advance` with ``t0 == t1``, a hand-out)
     start at the next call, after the arrivals at that instant are routed.
+
+    Closed-loop users (``uq``, ``uf``; the caller changes their number between calls) send when they
+    wake, as arrivals, each taking the next entry of the token buffer ``tb_i``/``tb_f``; should it be
+    empty, ``gi[LG_TB_SHORT]`` is set and the call returns at once (the caller sizes the buffer).
     """
     K._ph_build(ph, pf, act, n_act)
     if gi[LG_NPEND] > 0 and t0 > gf[LF_PEND_T]:
         _flush(
             gf[LF_PEND_T], pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
-            rec_i, rec_f,
+            rec_i, rec_f, uq, uf,
         )  # fmt: skip
     if gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
         _drain_router(
-            t0, acc, n_acc, rq_f, rq_i, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, hists, rec_i, rec_f
-        )
+            t0, acc, n_acc, rq_f, rq_i, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, hists, rec_i, rec_f,
+            uq, uf,
+        )  # fmt: skip
     ai = 0
     n_arr = arr_t.shape[0]
     max_len = ci[C_MAX_LEN]
     rq_cap = ci[C_RQ_CAP]
     rq_n = rq_f.shape[0]
     timeout = cf[CF_TIMEOUT]
+    user_heap = uq[0]
+    user_t = uf[0]
     while True:
         t_arr = arr_t[ai] if ai < n_arr else math.inf
+        # the earliest waking user sends after the open-loop arrivals of the same instant
+        from_user = False
+        if gi[K.G_HEAP_N] > 0 and user_t[user_heap[0]] < t_arr:
+            t_arr = user_t[user_heap[0]]
+            from_user = True
         # the next pod event: an iteration's end, or a client deadline in an idle pod
         p_ev = -1
         t_end = math.inf
@@ -839,7 +926,7 @@ def advance(
             if min(t_next, t1) > t_pend:
                 _flush(
                     t_pend, pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
-                    rec_i, rec_f,
+                    rec_i, rec_f, uq, uf,
                 )  # fmt: skip
                 continue
         if t_next >= t1:
@@ -847,13 +934,16 @@ def advance(
         gi[K.G_EVENTS] += 1
         if t_end <= t_arr and t_end <= t_rqx:
             if pi[p_ev, P_BUSY] != 0:
-                _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f)
+                _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
                 K._ph_fix(ph, pf, p_ev)
                 if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
                     _set_pending(p_ev, t_end, pi, pend, gi, gf)
             else:
                 # a client deadline in an idle pod: aborted at once; the pod stays idle
-                _expire(p_ev, t_end, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f)
+                _expire(
+                    p_ev, t_end, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f,
+                    uq, uf,
+                )  # fmt: skip
                 if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] == 0:
                     pf[p_ev, P_DEADLINE] = math.inf
                 pf[p_ev, NEXT_T] = pf[p_ev, P_DEADLINE]
@@ -863,20 +953,44 @@ def advance(
             _rq_touch(t_rqx, gi, gf)
             j = gi[K.G_RQ_HEAD] % rq_n
             gi[K.G_RQ_HEAD] += 1
-            _timed_out(rq_i[j, RQ_SEQ], rq_f[j], t_rqx, -1, 0, cf, gi, gf, hists, rec_i, rec_f)
+            _timed_out(
+                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t_rqx, -1, 0, cf, gi, gf, hists, rec_i, rec_f,
+                uq, uf,
+            )  # fmt: skip
             continue
-        # -- an arrival
+        # -- an arrival: open-loop, or a user's send
         t = t_arr
-        prompt = arr_p[ai]
-        output = arr_o[ai]
-        ai += 1
+        if from_user:
+            user = K._heap_pop(user_heap, user_t, gi)
+            if gi[K.G_RETIRE] > 0:  # the population shrank: the first user to become free leaves
+                gi[K.G_RETIRE] -= 1
+                uq[1, gi[K.G_FREE_N]] = user
+                gi[K.G_FREE_N] += 1
+                continue
+            h = gi[LG_TB_HEAD]
+            if h >= gi[LG_TB_N]:
+                K._heap_push(user_heap, user_t, gi, user)
+                gi[LG_TB_SHORT] = 1
+                return
+            gi[LG_TB_HEAD] = h + 1
+            prompt = tb_i[h, 0]
+            output = tb_i[h, 1]
+            uf[1, user] = tb_f[h]
+        else:
+            user = -1
+            prompt = arr_p[ai]
+            output = arr_o[ai]
+            ai += 1
         seq = gi[K.G_ARRIVED]
         gi[K.G_ARRIVED] = seq + 1
         if prompt + output > max_len:
-            _reject(seq, t, t, -1, gi, gf, rec_i, rec_f)
+            _reject(seq, user, t, t, -1, gi, gf, rec_i, rec_f, uq, uf)
         elif n_acc > 0:
             p = _choose_pod(pi, acc, n_acc)
-            _admit(p, t, seq, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f)
+            _admit(
+                p, t, seq, user, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f,
+                uq, uf,
+            )  # fmt: skip
         elif gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD] < rq_cap:
             _rq_touch(t, gi, gf)
             j = gi[K.G_RQ_TAIL] % rq_n
@@ -884,9 +998,10 @@ def advance(
             rq_i[j, RQ_SEQ] = seq
             rq_i[j, RQ_P] = prompt
             rq_i[j, RQ_O] = output
+            rq_i[j, RQ_USER] = user
             gi[K.G_RQ_TAIL] += 1
         else:
-            _reject(seq, t, t, -1, gi, gf, rec_i, rec_f)
+            _reject(seq, user, t, t, -1, gi, gf, rec_i, rec_f, uq, uf)
     for k in range(n_act):
         _touch(act[k], t1, pi, pf)
     _rq_touch(t1, gi, gf)
@@ -909,6 +1024,8 @@ def evict(
     gf: np.ndarray,
     rec_i: np.ndarray,
     rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
 ) -> int:
     """Kill pod ``p`` at ``t``: every request in it (running, then waiting) is dropped; the iteration
     in progress is cut short at ``t``."""
@@ -937,6 +1054,7 @@ def evict(
         ri[p, r, R_HELD] = 0
         frow[p, nf] = r
         nf += 1
+        _user_free(ri[p, r, R_USER], t, uq, uf, gi)
     pi[p, P_FREE_ROWS] = nf
     pi[p, P_FREE_BLOCKS] = ci[C_NUM_BLOCKS]
     pi[p, P_DROPPED] += nrun + wn

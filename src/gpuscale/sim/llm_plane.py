@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import time as _time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from gpuscale._core.rng import generator
 from gpuscale.sim import kernel as K
 from gpuscale.sim import llm_kernel as L
 from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane
@@ -36,6 +38,38 @@ def _pow2_at_least(n: int) -> int:
     while size < n:
         size <<= 1
     return size
+
+
+class TokenTaker(Protocol):
+    """What the plane takes closed-loop token lengths from (a :class:`~gpuscale.sim.workload.TokenSource`):
+    ``take(n)`` gives the next ``n`` (prompt, output) lengths of the run, in order."""
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class UserDraws:
+    """The random numbers of closed-loop users (docs/llm.md, Closed-loop users), drawn ahead of use from
+    two seeded streams, each consumed strictly in order: the think time that follows the ``k``-th
+    request sent (``llm-users/think``: ``min + (max - min) × U``) and the start offset of the ``j``-th
+    user added (``llm-users/start``: ``max × U``), ``U`` uniform in [0, 1). The kernel and the
+    reference model take the same sequences, so they agree whatever the order of events at one instant.
+    """
+
+    def __init__(self, seed: int, think_s: tuple[float, float]) -> None:
+        self.think_s = (float(think_s[0]), float(think_s[1]))
+        self._think = generator(seed, "llm-users/think")
+        self._start = generator(seed, "llm-users/start")
+
+    def think(self, n: int) -> np.ndarray:
+        """The next ``n`` think times (s)."""
+        lo, hi = self.think_s
+        out: np.ndarray = lo + (hi - lo) * self._think.random(n)
+        return out
+
+    def start(self, n: int) -> np.ndarray:
+        """The next ``n`` start offsets (s) of users added."""
+        out: np.ndarray = self.think_s[1] * self._start.random(n)
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,11 +104,22 @@ class LlmDataPlane:
         e2e_slo_s: float = math.inf,
         seed: int,
         record: bool = False,
+        think_s: tuple[float, float] | None = None,
+        max_users: int = 0,
+        tokens: TokenTaker | None = None,
     ) -> None:
         self.params = params
         self.max_slots = max_slots
         self.seed = seed
-        """Kept for the interface: the token-level plane draws no random numbers."""
+        """Seeds the closed-loop users' think times and start offsets (:class:`UserDraws`)."""
+        self.closed_loop = think_s is not None
+        """Closed-loop users (``think_s`` given): ``advance`` takes ``users_target`` and the lengths
+        of their requests come from ``tokens``."""
+        if self.closed_loop and tokens is None:
+            raise ValueError("closed-loop users need a token source (tokens=)")
+        self.tokens = tokens
+        self.draws = UserDraws(seed, think_s if think_s is not None else (0.0, 0.0))
+        self.max_users = max_users
         pool = params.pod_capacity
         ring = _pow2_at_least(pool)
         self.pool = pool
@@ -133,6 +178,17 @@ class LlmDataPlane:
         self._rec_cap = 1024 if record else 1
         self.rec_i = np.zeros((self._rec_cap, L.N_RECI), dtype=np.int64)
         self.rec_f = np.zeros((self._rec_cap, L.N_RECF), dtype=np.float64)
+        n_users = max(max_users, 1)
+        self.uq = np.zeros((2, n_users), dtype=np.int64)
+        """Users: row 0 the wake-time heap, row 1 the free ids (a stack, user 0 on top)."""
+        self.uq[1] = np.arange(n_users - 1, -1, -1, dtype=np.int64)
+        self.gi[K.G_FREE_N] = max_users
+        self.uf = np.zeros((2, n_users), dtype=np.float64)
+        """Users: row 0 the wake time, row 1 the think time after the request in flight."""
+        self.tb_i = np.zeros((16, 2), dtype=np.int64)
+        """Pre-drawn (prompt, output) of the next sends, ``gi[LG_TB_HEAD]`` to ``gi[LG_TB_N]``."""
+        self.tb_f = np.zeros(16, dtype=np.float64)
+        """The think time after each of those sends."""
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._accepting: set[int] = set()
         self._active: set[int] = set()
@@ -254,9 +310,14 @@ class LlmDataPlane:
         output: np.ndarray | None = None,
     ) -> None:
         """Advance over ``[t0, t1)``; ``arrivals`` (sorted times in it) carry ``prompt`` and ``output``
-        token counts. Open-loop only: ``users_target`` must be -1."""
+        token counts. ``users_target``: closed-loop users wanted from ``t0`` on (-1: no change)."""
+        users = 0
         if users_target >= 0:
-            raise ValueError("the token-level data plane serves open-loop workloads only")
+            if not self.closed_loop:
+                raise ValueError("users_target needs closed-loop users (think_s=) on this data plane")
+            self._set_users(t0, users_target)
+        if self.closed_loop:
+            users = self._refill(t0, t1)
         n = len(arrivals)
         arr_t = np.ascontiguousarray(arrivals, dtype=np.float64)
         if n:
@@ -270,16 +331,85 @@ class LlmDataPlane:
                 raise ValueError("prompt and output lengths must be >= 1")
         else:
             arr_p = arr_o = self._no_ints
-        if self.gi[K.G_RECORD]:
-            self._ensure_records(n + self.in_flight + 16)
-        L.advance(
-            t0, t1, arr_t, arr_p, arr_o, self._acc, len(self._acc), self._act, len(self._act),
-            self.pi, self.pf, self.ri, self.rf, self.run, self.wq, self.sched, self.frow, self.skip,
-            self.pend, self.pod_heap, self.rq_f, self.rq_i, self.ci, self.cf, self.gi, self.gf,
-            self.hists, self.rec_i, self.rec_f,
-        )  # fmt: skip
+        while True:
+            if self.gi[K.G_RECORD]:
+                self._ensure_records(n + self.in_flight + users + 16)
+            L.advance(
+                t0, t1, arr_t, arr_p, arr_o, self._acc, len(self._acc), self._act, len(self._act),
+                self.pi, self.pf, self.ri, self.rf, self.run, self.wq, self.sched, self.frow, self.skip,
+                self.pend, self.pod_heap, self.rq_f, self.rq_i, self.ci, self.cf, self.gi, self.gf,
+                self.hists, self.rec_i, self.rec_f, self.uq, self.uf, self.tb_i, self.tb_f,
+            )  # fmt: skip
+            if not self.gi[L.LG_TB_SHORT]:
+                break
+            # More sends than the bound (think times under 1 ms): the kernel stopped at the send that
+            # found the buffer empty, every event before it handled; go on from there with more entries.
+            if n:
+                raise RuntimeError("closed-loop token buffer ran out with open-loop arrivals in the call")
+            self.gi[L.LG_TB_SHORT] = 0
+            t0 = float(self.uf[0, self.uq[0, 0]])
+            users = self._refill(t0, t1, at_least=2 * len(self.tb_f))
         if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:
             raise RuntimeError("per-request record buffer overflowed")
+
+    def _set_users(self, t0: float, target: int) -> None:
+        """The user count becomes ``target`` at ``t0`` (docs/llm.md, Closed-loop users): retirements
+        still pending are cancelled first, then new users (the lowest free ids) start at ``t0`` plus a
+        start offset; a smaller count retires users as they next become free."""
+        if target > self.max_users:
+            raise ValueError(f"users_target {target} exceeds max_users {self.max_users}")
+        gi = self.gi
+        active = int(gi[K.G_USERS_ACTIVE])
+        if target > active:
+            add = target - active
+            cancel = min(add, int(gi[K.G_RETIRE]))
+            gi[K.G_RETIRE] -= cancel
+            add -= cancel
+            offsets = self.draws.start(add)
+            for k in range(add):
+                gi[K.G_FREE_N] -= 1
+                u = int(self.uq[1, gi[K.G_FREE_N]])
+                self.uf[0, u] = t0 + float(offsets[k])
+                K._heap_push(self.uq[0], self.uf[0], gi, u)
+        elif target < active:
+            gi[K.G_RETIRE] += active - target
+        gi[K.G_USERS_ACTIVE] = target
+
+    def _refill(self, t0: float, t1: float, at_least: int = 0) -> int:
+        """Top the token buffer up to the most sends ``[t0, t1)`` can hold: every user present sends at
+        most once per think time, plus one (as the request-level plane bounds its record buffer).
+        Unused entries carry over, so the k-th send of the run gets the k-th lengths and think time
+        however the run is cut into intervals. Returns the entries now in the buffer (``at_least`` or
+        more)."""
+        gi = self.gi
+        present = int(gi[K.G_USERS_ACTIVE] + gi[K.G_RETIRE])
+        think_min = max(self.draws.think_s[0], 1e-3)
+        need = max(present * (int((t1 - t0) / think_min) + 2), at_least)
+        head, filled = int(gi[L.LG_TB_HEAD]), int(gi[L.LG_TB_N])
+        left = filled - head
+        if left >= need:
+            return need
+        if need > len(self.tb_f):
+            cap = _pow2_at_least(need)
+            tb_i = np.zeros((cap, 2), dtype=np.int64)
+            tb_f = np.zeros(cap, dtype=np.float64)
+        else:
+            tb_i, tb_f = self.tb_i, self.tb_f
+        tb_i[:left] = self.tb_i[head:filled]
+        tb_f[:left] = self.tb_f[head:filled]
+        assert self.tokens is not None
+        prompt, output = self.tokens.take(need - left)
+        prompt = np.asarray(prompt, dtype=np.int64)
+        output = np.asarray(output, dtype=np.int64)
+        if len(prompt) and (int(prompt.min()) < 1 or int(output.min()) < 1):
+            raise ValueError("prompt and output lengths must be >= 1")
+        tb_i[left:need, 0] = prompt
+        tb_i[left:need, 1] = output
+        tb_f[left:need] = self.draws.think(need - left)
+        self.tb_i, self.tb_f = tb_i, tb_f
+        gi[L.LG_TB_HEAD] = 0
+        gi[L.LG_TB_N] = need
+        return need
 
     def hand_out(self, t: float) -> None:
         """Serve the router queue at ``t`` (a pod just became Ready), advancing no time. The pods that
@@ -306,6 +436,8 @@ class LlmDataPlane:
                 self.gf,
                 self.rec_i,
                 self.rec_f,
+                self.uq,
+                self.uf,
             )
         )
 

@@ -12,14 +12,16 @@ at ``t``. The rest follows the request-level engine (``docs/simulator.md``: pod 
 lowest slot first). SimPy orders the events of one instant by ``(priority, scheduling order)``, and
 every event of this model is scheduled with an explicit *rank* as that priority::
 
-    rank = 2 + slot                 the end of an iteration of pod ``slot``, or a client deadline of a
+    rank = 2                        the closed-loop user count changes
+    rank = 3 + slot                 the end of an iteration of pod ``slot``, or a client deadline of a
                                     request in pod ``slot``
-    rank = 2 + n_pods + slot        pod ``slot`` starts accepting (and takes the router queue)
-    rank = 2 + 2 * n_pods           a client deadline of a request in the router queue
-    rank = 3 + 2 * n_pods           an arrival
-    rank = 4 + 2 * n_pods + slot    the start of an iteration of pod ``slot``
+    rank = 3 + n_pods + slot        pod ``slot`` starts accepting (and takes the router queue)
+    rank = 3 + 2 * n_pods           a client deadline of a request in the router queue
+    rank = 4 + 2 * n_pods           an arrival (open-loop, or a closed-loop user's send)
+    rank = 5 + 2 * n_pods + slot    the start of an iteration of pod ``slot``
 
-So at one instant every iteration that ends there ends first (its finished requests leave before the
+So at one instant the user count changes first (as the engine changes it at the start of an
+interval), every iteration that ends there ends first (its finished requests leave before the
 router counts outstanding requests), idle pods abort the requests whose deadline it is, then pods
 open, then router-queue requests whose deadline it is give up, then arrivals are routed, and only then
 do iterations start, seeing every request that arrived at that instant. Ranks start at 2 so that SimPy's
@@ -55,6 +57,12 @@ Client timeouts (docs/llm.md, Client timeout) are modelled by one event per requ
 ``arrival + timeout_s``: in the router queue it gives up there and then; in a pod it is aborted there
 and then only if the pod is idle (no iteration running and none due at this instant), and otherwise
 left to the check that opens the pod's next iteration.
+
+Closed-loop users (docs/llm.md, Closed-loop users) are one heap of (wake time, user id), as in the
+kernel: the earliest user sends at its wake time, taking the next prompt and output lengths of the run
+and the think time that will follow its outcome; the think times and the start offsets of users added
+are given, in order, by the caller (the same sequences the kernel gets from
+:class:`~gpuscale.sim.llm_plane.UserDraws`).
 """
 
 from __future__ import annotations
@@ -76,7 +84,8 @@ __all__ = ["LlmPodState", "LlmReferenceResult", "LlmRequestResult", "simulate_ll
 
 Outcome = Literal["completed", "timed_out", "rejected", "in_flight"]
 
-_FIRST_RANK = 2
+_USERS_RANK = 2
+_FIRST_RANK = 3
 
 _ProcessGen = Generator[Any, Any, None]
 
@@ -186,6 +195,10 @@ class _Request:
         self.timed_out = math.nan
         self.preemptions = 0
         self.itl: list[float] = []
+        self.user = -1
+        """The closed-loop user who sent it (-1: an open-loop arrival)."""
+        self.think = 0.0
+        """Its user's think time after its outcome."""
 
     @property
     def num_tokens(self) -> int:
@@ -209,12 +222,19 @@ class _Totals:
         self.prompt_tokens = 0
         self.preemptions = 0
         self.timed_out = 0
+        self.users: _Users | None = None
+
+    def ended(self, req: _Request) -> None:
+        """``req``'s outcome was decided now: its user (if any) becomes free."""
+        if self.users is not None and req.user >= 0:
+            self.users.free_user(req)
 
     def time_out(self, req: _Request, now: float) -> None:
         """Its client gives up: the request ends, timed out, at ``now``."""
         req.outcome = "timed_out"
         req.timed_out = now
         self.timed_out += 1
+        self.ended(req)
 
 
 class _Router:
@@ -240,6 +260,7 @@ class _Router:
     def arrive(self, req: _Request) -> None:
         if req.prompt + req.output > self.params.max_model_len:
             req.outcome = "rejected"  # vLLM refuses it before any routing
+            self.totals.ended(req)
             return
         pod = self._choose()
         if pod is not None:
@@ -251,6 +272,7 @@ class _Router:
                 deadline.callbacks.append(lambda _: self._deadline(req))
         else:
             req.outcome = "rejected"
+            self.totals.ended(req)
 
     def _deadline(self, req: _Request) -> None:
         """The client of a request still in the router queue gives up at its deadline."""
@@ -313,6 +335,7 @@ class _Pod:
         req.pod = self.slot
         if self.outstanding >= self.p.pod_capacity:
             req.outcome = "rejected"
+            self.totals.ended(req)
             return
         self.waiting.append(req)
         if math.isfinite(self.p.timeout_s):
@@ -461,6 +484,7 @@ class _Pod:
                 self.free_blocks += r.held
                 r.held = 0
                 self.running.remove(r)
+                self.totals.ended(r)
 
     def _loop(self) -> _ProcessGen:
         """Iterate while there is work; when nothing can be scheduled, idle until the next arrival."""
@@ -485,6 +509,106 @@ class _Pod:
         yield _signal_at(self.env, when, self.open_rank)
         self.accepting = True
         router.hand_out()
+
+
+class _Users:
+    """Closed-loop users: a heap of (wake time, user id), the free ids (a stack), pending retirements."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        router: _Router,
+        rank: int,
+        prompts: list[int],
+        outputs: list[int],
+        think: list[float],
+        start: list[float],
+        max_users: int,
+    ) -> None:
+        self.env = env
+        self.router = router
+        self.rank = rank
+        self.prompts = prompts
+        self.outputs = outputs
+        self.think = think
+        self.start = start
+        self.n_started = 0
+        self.heap: list[tuple[float, int]] = []
+        self.free = list(range(max_users - 1, -1, -1))
+        self.active = 0
+        self.retire = 0
+        self.sent: list[_Request] = []
+        self._armed = math.inf
+        self._generation = 0
+
+    def set_count(self, target: int) -> None:
+        """The user count becomes ``target`` now: pending retirements are cancelled first, then new users
+        (lowest free id first) start at now + the next start offset; fewer users retire as they next
+        become free."""
+        now = self.env.now
+        if target > self.active:
+            add = target - self.active
+            cancel = min(add, self.retire)
+            self.retire -= cancel
+            for _ in range(add - cancel):
+                if self.n_started >= len(self.start):
+                    raise ValueError("the start offsets ran out: give one per user added")
+                user = self.free.pop()
+                offset = self.start[self.n_started]
+                self.n_started += 1
+                self._push(now + offset, user)
+        elif target < self.active:
+            self.retire += self.active - target
+        self.active = target
+
+    def free_user(self, req: _Request) -> None:
+        """The outcome of ``req`` was decided now: its user retires, or thinks and sends again."""
+        if self.retire > 0:
+            self.retire -= 1
+            self.free.append(req.user)
+        else:
+            self._push(self.env.now + req.think, req.user)
+
+    def _push(self, when: float, user: int) -> None:
+        heapq.heappush(self.heap, (when, user))
+        self._arm()
+
+    def _arm(self) -> None:
+        """Keep one live signal at the earliest wake time (an earlier one makes the old one stale)."""
+        if self.heap and self.heap[0][0] < self._armed:
+            self._armed = self.heap[0][0]
+            self._generation += 1
+            generation = self._generation
+            signal = _signal_at(self.env, self._armed, self.rank)
+            signal.callbacks.append(lambda _: self._wake(generation))
+
+    def _wake(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._armed = math.inf
+        _, user = heapq.heappop(self.heap)
+        if self.retire > 0:  # the first user to become free leaves
+            self.retire -= 1
+            self.free.append(user)
+        else:
+            self._send(user)
+        self._arm()
+
+    def _send(self, user: int) -> None:
+        seq = len(self.sent)
+        if seq >= len(self.prompts) or seq >= len(self.think):
+            raise ValueError("the token sequence ran out: give more prompt, output and think values")
+        req = _Request(seq, self.env.now, self.prompts[seq], self.outputs[seq])
+        req.user = user
+        req.think = self.think[seq]
+        self.sent.append(req)
+        self.router.arrive(req)
+
+
+def _user_schedule(env: simpy.Environment, users: _Users, schedule: list[tuple[float, int]]) -> _ProcessGen:
+    for when, count in schedule:
+        yield _signal_at(env, when, _USERS_RANK)
+        users.set_count(count)
 
 
 def _arrivals(env: simpy.Environment, requests: list[_Request], rank: int, router: _Router) -> _ProcessGen:
@@ -513,6 +637,9 @@ def simulate_llm_reference(
     ttft_slo_s: float = math.inf,
     itl_slo_s: float = math.inf,
     e2e_slo_s: float = math.inf,
+    users: Sequence[tuple[float, int]] = (),
+    think: Sequence[float] = (),
+    start: Sequence[float] = (),
 ) -> LlmReferenceResult:
     """Run the SimPy reference model of the token-level engine over ``[0, t_end)``.
 
@@ -520,11 +647,16 @@ def simulate_llm_reference(
     tokens. ``pods[k] = (opens_at, speed)``: slot ``k`` starts accepting at ``opens_at`` and never
     stops; ``speed`` multiplies its iteration times. Arrivals at or after ``t_end`` never happen and
     nothing scheduled at exactly ``t_end`` is processed.
+
+    Closed-loop users instead (``arrivals`` empty): ``users = [(time, count), ...]`` (sorted) sets the
+    user count from each time on; the ``k``-th request sent has ``prompt[k]``, ``output[k]``, and is
+    followed by a think time of ``think[k]``; the ``j``-th user added starts at the time it is added
+    plus ``start[j]``.
     """
     times = [float(t) for t in arrivals]
     prompts = [int(p) for p in prompt]
     outputs = [int(o) for o in output]
-    if not len(times) == len(prompts) == len(outputs):
+    if len(prompts) != len(outputs) or (not users and len(times) != len(prompts)):
         raise ValueError("arrivals, prompt and output must have the same length")
     if any(b < a for a, b in pairwise(times)) or (times and times[0] < 0.0):
         raise ValueError("arrival times must be sorted and >= 0")
@@ -532,6 +664,11 @@ def simulate_llm_reference(
         raise ValueError("prompt and output lengths must be >= 1")
     if not t_end > 0.0:
         raise ValueError(f"t_end must be > 0, got {t_end}")
+    schedule = [(float(t), int(n)) for t, n in users]
+    if schedule and times:
+        raise ValueError("give open-loop arrivals or closed-loop users, not both")
+    if any(b[0] < a[0] for a, b in pairwise(schedule)) or any(n < 0 for _, n in schedule):
+        raise ValueError("the users schedule must be sorted by time, with counts >= 0")
 
     env = simpy.Environment()
     totals = _Totals()
@@ -542,13 +679,27 @@ def simulate_llm_reference(
     ]
     for pod, (opens_at, _) in zip(router.pods, pods, strict=True):
         env.process(pod.open_at(float(opens_at), router))
-    requests = [
-        _Request(seq, t, p, o)
-        for seq, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
-        if t < t_end
-    ]
-    env.process(_arrivals(env, requests, _FIRST_RANK + 2 * n_pods + 1, router))
+    arrival_rank = _FIRST_RANK + 2 * n_pods + 1
+    closed: _Users | None = None
+    if schedule:
+        max_users = max(n for _, n in schedule)
+        closed = _Users(
+            env, router, arrival_rank, prompts, outputs, [float(x) for x in think],
+            [float(x) for x in start], max_users,
+        )  # fmt: skip
+        totals.users = closed
+        env.process(_user_schedule(env, closed, schedule))
+        requests: list[_Request] = []
+    else:
+        requests = [
+            _Request(seq, t, p, o)
+            for seq, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
+            if t < t_end
+        ]
+        env.process(_arrivals(env, requests, arrival_rank, router))
     env.run(until=t_end)
+    if closed is not None:
+        requests = closed.sent
 
     results = []
     for r in requests:

@@ -879,8 +879,14 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return p
 
 
+MAX_TRACE_BYTES = 256 * 2**20
+"""The largest trace or points CSV file read (about 7 million rows of the Azure format; parsing one
+takes about eight times its size in memory)."""
+
+
 def _read_text(path: Path) -> str:
-    return read_text(path, encoding="utf-8-sig")  # a CSV from a spreadsheet may start with a BOM
+    # a CSV from a spreadsheet may start with a BOM
+    return read_text(path, encoding="utf-8-sig", limit=MAX_TRACE_BYTES)
 
 
 @lru_cache(maxsize=8)
@@ -1219,20 +1225,13 @@ def _trace_column(trace: Trace, which: str) -> IntArray | None:
 
 
 def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path | None = None) -> TokenSource:
-    """The :class:`TokenSource` of an open-loop workload served by an LLM profile.
+    """The :class:`TokenSource` of a workload served by an LLM profile.
 
     Its ``tokens:`` block gives the distributions; a trace uses its own token columns for what the
-    block leaves out. ``source`` (the scenario file) and ``base_dir`` are as for :func:`build_workload`.
+    block leaves out. Closed-loop users take the lengths in send order (the k-th request sent gets the
+    k-th lengths). ``source`` (the scenario file) and ``base_dir`` are as for :func:`build_workload`.
     Raises :class:`ConfigError` where the lengths are missing or not whole numbers ≥ 1.
     """
-    if isinstance(cfg, ClosedLoopWorkload):
-        raise ConfigError(
-            source,
-            "workload.kind",
-            cfg.kind,
-            "an LLM profile is served token by token from an open-loop workload; allowed: poisson, "
-            "gamma, mmpp or trace, with a tokens: block (a trace may use its own token columns)",
-        )
     tokens = cfg.tokens
     dists = {
         "prompt": tokens.prompt if tokens is not None else None,
