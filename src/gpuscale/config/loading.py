@@ -14,6 +14,7 @@ of values).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors, shown
+from gpuscale._core.errors import MISSING, SHOWN_CHARS, ConfigError, ConfigErrors, shown
 
 M = TypeVar("M")
 
@@ -31,6 +32,28 @@ MAX_DEPTH = 64
 MAX_ALIAS_VALUES = 10_000
 """How many values the aliases (``*name``) of one YAML file may repeat in all, nested ones counted."""
 
+MAX_REPORTED_ERRORS = 20
+"""The most problems one message lists; the rest are counted (a list of 10,000 bad items would
+otherwise make a message of 10,000 lines)."""
+
+
+def is_file(path: Any) -> bool:
+    """``path.is_file()``, false where the name cannot be a file at all (longer than the system
+    allows, a NUL byte): a name the user typed decides between a file and a built-in name."""
+    try:
+        return bool(path.is_file())
+    except (OSError, ValueError):
+        return False
+
+
+def exists(path: Any) -> bool:
+    """``path.exists()`` (a file, a folder, a device...), false where the name cannot exist at all
+    (see :func:`is_file`)."""
+    try:
+        return bool(path.exists())
+    except (OSError, ValueError):
+        return False
+
 
 class StrictModel(BaseModel):
     """Base for every config model: frozen, unknown keys rejected, defaults validated too."""
@@ -38,17 +61,30 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
-def read_text(path: str | Path, encoding: str = "utf-8") -> str:
-    """A text file's contents; a missing or unreadable file becomes a ConfigError naming it."""
+MAX_YAML_BYTES = 16 * 2**20
+"""The largest YAML file gpuscale reads (a config file is a few kB; reading past this would also read
+a device such as /dev/zero or a pipe that never ends)."""
+
+
+def read_text(path: str | Path, encoding: str = "utf-8", *, limit: int = MAX_YAML_BYTES) -> str:
+    """A text file's contents; a missing, unreadable or too large file (over ``limit`` bytes; a
+    device or pipe is read at most that far) becomes a ConfigError naming it."""
     p = Path(path)
+    too_large = f"is larger than {limit / 2**20:g} MiB, the most gpuscale reads from such a file"
     try:
-        return p.read_text(encoding=encoding)
+        with p.open(encoding=encoding) as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                raise ConfigError(str(p), None, MISSING, too_large)
+            text = f.read(limit + 1)
     except FileNotFoundError:
         raise ConfigError(str(p), None, MISSING, "file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             str(p), None, MISSING, f"cannot be read as UTF-8 text ({exc.__class__.__name__})"
         ) from None
+    if len(text) > limit:
+        raise ConfigError(str(p), None, MISSING, too_large)
+    return text
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -147,8 +183,9 @@ class _Loader(yaml.SafeLoader):
 
 def parse_yaml(text: str, source: str) -> Any:
     """Parse one YAML document of ``source``; anything wrong becomes a ConfigError naming the line."""
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters here, before any parsing
         return loader.get_single_data()
     except _Refused as exc:
         raise ConfigError(source, exc.key, MISSING, exc.allowed, line=exc.line) from None
@@ -164,7 +201,8 @@ def parse_yaml(text: str, source: str) -> Any:
             source, None, MISSING, f"cannot be read as YAML ({exc.__class__.__name__})"
         ) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def _key_path(loc: tuple[int | str, ...], prefix: str) -> str:
@@ -175,8 +213,9 @@ def _key_path(loc: tuple[int | str, ...], prefix: str) -> str:
                 parts[-1] = f"{parts[-1]}[{item}]"
             else:
                 parts.append(f"[{item}]")
-        else:
-            parts.append(str(item))
+        else:  # a key the user wrote may be of any length: cut like a value (the message stays bounded)
+            key = str(item)
+            parts.append(key if len(key) <= SHOWN_CHARS else key[: SHOWN_CHARS - 3] + "...")
     return ".".join(parts)
 
 
@@ -298,7 +337,8 @@ def validation_errors(
     """One located ConfigError per problem pydantic found; with the model's core ``schema``, an unknown
     key's message lists the allowed ones."""
     errors: list[ConfigError] = []
-    for err in _one_union_branch(exc.errors(include_url=False), data, schema):
+    found = _one_union_branch(exc.errors(include_url=False), data, schema)
+    for err in found[:MAX_REPORTED_ERRORS]:
         loc = tuple(err.get("loc", ()))
         keys = None
         if err.get("type") == "extra_forbidden" and schema is not None:
@@ -313,6 +353,13 @@ def validation_errors(
         if isinstance(value, Mapping) and err.get("type") not in ("missing",):
             value = MISSING if err.get("type") in ("extra_forbidden",) else value
         errors.append(ConfigError(source, key or None, value, _allowed(err, keys)))
+    if len(found) > len(errors):
+        more = len(found) - len(errors)
+        errors.append(
+            ConfigError(
+                source, None, MISSING, f"and {more:,} more problems (the first {len(errors)} are listed)"
+            )
+        )
     return ConfigErrors(errors)
 
 

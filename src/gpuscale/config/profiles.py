@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gpuscale._core.errors import shown
 from gpuscale.config.loading import StrictModel
 
 
@@ -299,7 +300,7 @@ class ModelProfile(StrictModel):
     @classmethod
     def _known_gpu(cls, v: str) -> str:
         if v not in GPU_TYPES:
-            raise ValueError(f"unknown GPU type {v!r}; allowed: {', '.join(GPU_TYPES)}")
+            raise ValueError(f"unknown GPU type {shown(v)}; allowed: {', '.join(GPU_TYPES)}")
         return v
 
     @field_validator("llm")
@@ -429,7 +430,7 @@ class ModelProfile(StrictModel):
 
     def _need_llm(self) -> LlmEngineConfig:
         if self.llm is None:
-            raise ValueError(f"profile {self.name!r} has no llm: block")
+            raise ValueError(f"profile {shown(self.name)} has no llm: block")
         return self.llm
 
 

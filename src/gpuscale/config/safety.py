@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from gpuscale._core.errors import shown
 from gpuscale.config.loading import StrictModel
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -43,7 +44,9 @@ def minute_of_day(text: str) -> int:
     """``"08:30"`` -> 510. Raises ValueError for anything but ``HH:MM`` on a 24-hour clock."""
     m = _CLOCK.match(text)
     if m is None:
-        raise ValueError(f"{text!r} is not a time of day; allowed: HH:MM on a 24-hour clock, 00:00 to 23:59")
+        raise ValueError(
+            f"{shown(text)} is not a time of day; allowed: HH:MM on a 24-hour clock, 00:00 to 23:59"
+        )
     return int(m.group(1)) * 60 + int(m.group(2))
 
 
@@ -76,9 +79,9 @@ class ScheduleWindow(StrictModel):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
             raise _rule(
-                f"unknown time zone {value!r}; allowed: an IANA name such as UTC or Europe/Amsterdam"
+                f"unknown time zone {shown(value)}; allowed: an IANA name such as UTC or Europe/Amsterdam"
             ) from None
         return value
 

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from gpuscale._core.errors import shown
 from gpuscale.config.loading import StrictModel
 
 
@@ -110,7 +111,7 @@ def check_layout(gpu: str, layout: list[str]) -> str | None:
         return f"{gpu} does not support MIG; MIG GPUs: {', '.join(MIG_PROFILES)}"
     unknown = [p for p in layout if p not in table]
     if unknown:
-        return f"unknown MIG profile {unknown[0]!r} for {gpu}; allowed: {', '.join(table)}"
+        return f"unknown MIG profile {shown(unknown[0])} for {gpu}; allowed: {', '.join(table)}"
     compute = sum(table[p].compute_slices for p in layout)
     memory = sum(table[p].memory_slices for p in layout)
     if compute > 7 or memory > 8:

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gpuscale._core.errors import MISSING, ConfigError
+from gpuscale._core.errors import MISSING, ConfigError, shown
 from gpuscale.config.loading import StrictModel, load_yaml, validate
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.integrations.manifests import headroom_name
@@ -81,7 +81,7 @@ def selector_problem(text: str) -> str | None:
         key = m.group("absent") or m.group("key")
         k = _KEY.fullmatch(key)
         if k is None or len(k.group("prefix") or "") > 253:
-            return f"{key!r} is not a label key"
+            return f"{shown(key)} is not a label key"
         values = [m.group("value")] if m.group("op") else []
         if m.group("setop"):
             values = [v.strip() for v in m.group("values").split(",")]
@@ -89,7 +89,7 @@ def selector_problem(text: str) -> str | None:
                 return f"{m.group('setop')} needs at least one value"
         for value in values:
             if _VALUE.fullmatch(value) is None:
-                return f"{value!r} is not a label value"
+                return f"{shown(value)} is not a label value"
         pos = m.end()
         if pos == len(text):
             return None
@@ -222,7 +222,7 @@ class WarmPoolLabels(StrictModel):
     @model_validator(mode="after")
     def _distinct(self) -> WarmPoolLabels:
         if self.active == self.standby:
-            raise ValueError(f"active and standby must differ (both are {self.active!r})")
+            raise ValueError(f"active and standby must differ (both are {shown(self.active)})")
         return self
 
 

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from gpuscale._core.errors import ConfigError
-from gpuscale.config.loading import parse_yaml
+from gpuscale.config.loading import exists, is_file, parse_yaml
 from gpuscale.config.scenario import Scenario, load_scenario, scenario_from_dict
 
 DEFAULT_SCENARIO = "thesis-variable"
@@ -32,7 +32,7 @@ def scenario_names() -> list[str]:
 
 def builtin_scenario(name: str) -> Scenario:
     entry = _catalog_dir().joinpath(f"{name}.yaml")
-    if not entry.is_file():
+    if not is_file(entry):
         raise ConfigError(
             "scenario", None, name, f"unknown built-in scenario; allowed: {', '.join(scenario_names())}"
         )
@@ -43,6 +43,6 @@ def builtin_scenario(name: str) -> Scenario:
 def resolve_scenario(spec: str) -> ScenarioRef:
     """A built-in name (``thesis-constant``) or a path to a scenario YAML file."""
     path = Path(spec)
-    if spec.endswith((".yaml", ".yml")) or path.exists():
+    if spec.endswith((".yaml", ".yml")) or exists(path):
         return ScenarioRef(load_scenario(path), str(path), path.parent)
     return ScenarioRef(builtin_scenario(spec), f"builtin:{spec}", None)

@@ -419,6 +419,10 @@ class PredictivePolicy(ConfigTiming, TailedPolicy[PredictiveState]):
         return replace(decision, placeholder_pods=self.config.headroom_replicas)
 
 
+MAX_SEASON_BUCKETS = 1_000_000
+"""History buckets one season may have (the history keeps a few seasons of them: a few MB)."""
+
+
 @register_kind
 class PredictiveConfig(KindConfig):
     """Forecast the request rate and add capacity ahead of it; a reactive floor; scale-in reactive only."""
@@ -522,6 +526,13 @@ class PredictiveConfig(KindConfig):
                 ("min_replicas",), self.min_replicas, f"must be <= max_replicas ({self.max_replicas})"
             )
         buckets = self.season_s / self.history_resolution_s
+        if not math.isfinite(buckets) or buckets > MAX_SEASON_BUCKETS:
+            field_error(
+                ("season_s",),
+                self.season_s,
+                f"at most {MAX_SEASON_BUCKETS:,} history buckets of history_resolution_s "
+                f"({self.history_resolution_s:g} s) per season: a finite season, a coarser resolution",
+            )
         if abs(buckets - round(buckets)) > 1e-9 or round(buckets) < 2:
             field_error(
                 ("season_s",),

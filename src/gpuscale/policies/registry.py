@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, Field, TypeAdapter
 
 from gpuscale._core.errors import MISSING, ConfigError, ConfigErrors
-from gpuscale.config.loading import load_yaml, parse_yaml, validate
+from gpuscale.config.loading import is_file, load_yaml, parse_yaml, validate
 from gpuscale.config.reference import ParamInfo, describe_model
 from gpuscale.config.safety import SafetyConfig
 from gpuscale.policies.base import Policy, StaticPolicy
@@ -258,7 +258,7 @@ def resolve_policy(
     if isinstance(spec, Mapping):
         return PolicySpec(spec, source, key or "policy", key or "")
     path = Path(spec) if base is None or Path(spec).is_absolute() else base / spec
-    if spec.endswith((".yaml", ".yml")) or path.is_file():
+    if spec.endswith((".yaml", ".yml")) or is_file(path):
         return PolicySpec(load_yaml(path), str(path), path.stem)
     if spec in preset_names():
         label = f"preset {spec}"
