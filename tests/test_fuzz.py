@@ -642,8 +642,8 @@ def cli_holds(args: list[str], root: Path, out: Path) -> Any:
     event(f"{args[0]} exit {result.exit_code}")
     assert "Traceback" not in result.output, shown
     if result.exit_code == 2:
-        if result.stderr.startswith("Usage:"):  # typer's own usage error (an unknown flag, a bad int)
-            assert "Error" in result.stderr, shown
+        if result.stderr.startswith(("Usage:", "╭─ Error")):  # typer's own usage error (an unknown
+            assert "Error" in result.stderr, shown  # flag, a bad int, an option without its value)
         else:  # gpuscale's refusal: exactly one message
             assert result.stderr.startswith("error:"), f"not one error: message: {shown}"
             assert result.stderr.count("\nerror:") == 0, f"more than one error: message: {shown}"
