@@ -483,8 +483,9 @@ def compare(
         ),
     ] = False,
 ) -> None:
-    """The main job: every policy on every scenario over several seeds, ranked on SLO attainment against
-    GPU-hours and dollars, next to a clairvoyant oracle; writes report.html, summary.csv, summary.json."""
+    """The main job: policies on scenarios over several seeds (by default the built-in suite), ranked on
+    SLO attainment against GPU-hours and dollars, next to a clairvoyant oracle; writes report.html,
+    summary.csv, summary.json."""
     from gpuscale.experiments.compare import run_compare
     from gpuscale.experiments.report import report_files
     from gpuscale.experiments.runner import default_workers
