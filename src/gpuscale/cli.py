@@ -1127,9 +1127,12 @@ def manifests(
         str,
         typer.Option(
             "--format",
-            help="hpa, keda, knative, adapter (prometheus-adapter rules), headroom (the warm-node buffer's placeholder pods) or all.",
+            help="native (default: the policy's own autoscaler -- an HPA with its prometheus-adapter rules, "
+            "a KEDA ScaledObject, or Knative's settings -- and its warm-node buffer), hpa, keda, knative, "
+            "adapter (prometheus-adapter rules), headroom (the warm-node buffer's placeholder pods), or all "
+            "(every form, for review: alternatives, apply one).",
         ),
-    ] = "all",
+    ] = "native",
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="`controller`: the controller's config YAML.")
     ] = None,

@@ -26,8 +26,8 @@ CONFIGS = all_policy_configs()
 def test_every_rendered_manifest_validates(label: str, config: Any, keda_schema: dict[str, Any]) -> None:
     for manifest in M.render(config, TARGET, "all"):
         body = manifest.body
-        if not body:  # no native form: a comment that says so
-            assert manifest.notes and "gpuscale" in manifest.notes[0]
+        if not body:  # no native form: a comment that says so (or the alternatives' warning)
+            assert manifest.header == M.ALTERNATIVES or (manifest.notes and "gpuscale" in manifest.notes[0])
             continue
         if body["kind"] in ("HorizontalPodAutoscaler", "ConfigMap"):
             validate_kubernetes(body)
@@ -196,7 +196,17 @@ def test_cli_manifests(tmp_path: Any) -> None:
     )
     assert result.exit_code == 0, result.output
     kinds = [d["kind"] for d in yaml.safe_load_all(out.read_text()) if d]
-    assert kinds == ["HorizontalPodAutoscaler", "ScaledObject", "ConfigMap"]
+    assert kinds == ["ScaledObject"]  # the default: the policy's own autoscaler, alone
+    result = runner.invoke(
+        app, ["manifests", "-p", "keda-queue-depth", "--target", "Deployment/triton", "--format", "all"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [d["kind"] for d in M.objects(result.output)] == [
+        "HorizontalPodAutoscaler",
+        "ScaledObject",
+        "ConfigMap",
+    ]
+    assert result.output.index("ALTERNATIVES") < result.output.index("kind: HorizontalPodAutoscaler")
 
 
 @pytest.mark.parametrize(
@@ -245,3 +255,17 @@ def test_headroom_renders_a_preemptible_placeholder_deployment() -> None:
         app, ["manifests", "--policy", "warm-pool", "--target", "Deployment/x", "--format", "headroom"]
     )
     assert result.exit_code == 2 and "headroom_replicas" in result.output
+
+
+_AUTOSCALERS = {"HorizontalPodAutoscaler", "ScaledObject", "Service", "InferenceService"}
+
+
+@pytest.mark.parametrize(("label", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_the_default_renders_one_autoscaler_and_all_warns_of_alternatives(label: str, config: Any) -> None:
+    """Applied together, an HPA and a ScaledObject on one Deployment fight: the default (native) form
+    is one autoscaler; ``all`` says first that its forms are alternatives."""
+    native = [m.body.get("kind") for m in M.render(config, TARGET) if m.body]
+    assert sum(kind in _AUTOSCALERS for kind in native) == 1, native
+    every = M.render(config, TARGET, "all")
+    assert every[0].header == M.ALTERNATIVES and not every[0].body
+    assert M.ALTERNATIVES in M.render_yaml(every, label)

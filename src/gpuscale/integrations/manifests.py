@@ -45,8 +45,13 @@ from gpuscale.policies.hpa import HpaBehavior, HpaConfig, HpaMetric, HpaScalingR
 from gpuscale.policies.keda import KedaConfig, KedaTrigger
 from gpuscale.policies.knative import KnativeConfig
 
-Format = Literal["hpa", "keda", "knative", "adapter", "headroom", "all"]
-FORMATS: tuple[str, ...] = ("hpa", "keda", "knative", "adapter", "headroom", "all")
+Format = Literal["native", "hpa", "keda", "knative", "adapter", "headroom", "all"]
+FORMATS: tuple[str, ...] = ("native", "hpa", "keda", "knative", "adapter", "headroom", "all")
+ALTERNATIVES = (
+    "ALTERNATIVES, for review: the HPA, the KEDA ScaledObject and the Knative settings below each scale "
+    "the same workload; apply ONE of them (with the HPA, its prometheus-adapter rules), never two: they "
+    "would fight over the replica count. --format native gives the policy's own form alone."
+)
 PLACEHOLDER_PRIORITY = -10
 """The placeholders' priority: below every serving pod's (default 0), so the scheduler preempts them."""
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
@@ -953,13 +958,32 @@ def render_headroom(config: BaseModel | Any, target: Target) -> list[Manifest]:
 _RENDERERS = {"hpa": render_hpa, "keda": render_keda, "knative": render_knative, "adapter": render_adapter}
 
 
-def render(config: BaseModel | Any, target: Target, fmt: str = "all") -> list[Manifest]:
-    """The manifests of ``fmt`` for a policy config; ``all`` gives every format in order."""
+def native_formats(config: BaseModel | Any) -> list[str]:
+    """The one autoscaler a policy is, natively: an HPA (with the prometheus-adapter rules its custom
+    metrics need), a KEDA ScaledObject, Knative's KPA settings; any other kind runs behind a KEDA
+    ScaledObject on gpuscale's external scaler."""
+    if isinstance(config, HpaConfig):
+        return ["hpa", "adapter"]
+    if isinstance(config, KnativeConfig):
+        return ["knative"]
+    return ["keda"]
+
+
+def render(config: BaseModel | Any, target: Target, fmt: str = "native") -> list[Manifest]:
+    """The manifests of ``fmt`` for a policy config: ``native`` the policy's own autoscaler (and its
+    warm-node buffer); ``all`` every format in order, for review (alternatives: apply one)."""
     if fmt not in FORMATS:
         raise ConfigError("--format", None, fmt, f"allowed: {', '.join(FORMATS)}")
-    names = ["hpa", "keda", "knative", "adapter"] if fmt == "all" else [fmt]
+    if fmt == "all":
+        names = ["hpa", "keda", "knative", "adapter"]
+    elif fmt == "native":
+        names = native_formats(config)
+    else:
+        names = [fmt]
     out = [_RENDERERS[n](config, target) for n in names if n != "headroom"]
-    if fmt in ("all", "headroom"):
+    if fmt == "all":
+        out.insert(0, Manifest({}, (), ALTERNATIVES))
+    if fmt in ("all", "native", "headroom"):
         headroom = render_headroom(config, target)
         if fmt == "headroom" and not headroom:
             raise ConfigError(
