@@ -371,6 +371,36 @@ def _admit(
     _set_pending(p, t, pi, pend, gi, gf)
 
 
+@_compiled(inline=True)
+def _abort(
+    p: int,
+    r: int,
+    t: float,
+    ri: np.ndarray,
+    rf: np.ndarray,
+    frow: np.ndarray,
+    nf: int,
+    cf: np.ndarray,
+    gi: np.ndarray,
+    gf: np.ndarray,
+    hists: np.ndarray,
+    rec_i: np.ndarray,
+    rec_f: np.ndarray,
+    uq: np.ndarray,
+    uf: np.ndarray,
+) -> int:
+    """Row ``r`` of pod ``p`` times out at ``t``: recorded as such, its row put on the free list at
+    ``nf``; returns the KV blocks it held (now free)."""
+    held = ri[p, r, R_HELD]
+    ri[p, r, R_HELD] = 0
+    _timed_out(
+        ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
+        hists, rec_i, rec_f, uq, uf,
+    )  # fmt: skip
+    frow[p, nf] = r
+    return int(held)
+
+
 @_compiled()
 def _expire(
     p: int,
@@ -415,13 +445,7 @@ def _expire(
         if ri[p, r, R_GEN] == 0:
             deadline = rf[p, r, RF_ARR] + timeout
             if t >= deadline:
-                free += ri[p, r, R_HELD]
-                ri[p, r, R_HELD] = 0
-                _timed_out(
-                    ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
-                    hists, rec_i, rec_f, uq, uf,
-                )  # fmt: skip
-                frow[p, nf] = r
+                free += _abort(p, r, t, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
                 nf += 1
                 gone += 1
                 continue
@@ -441,13 +465,7 @@ def _expire(
         if ri[p, r, R_GEN] == 0:
             deadline = rf[p, r, RF_ARR] + timeout
             if t >= deadline:
-                free += ri[p, r, R_HELD]
-                ri[p, r, R_HELD] = 0
-                _timed_out(
-                    ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
-                    hists, rec_i, rec_f, uq, uf,
-                )  # fmt: skip
-                frow[p, nf] = r
+                free += _abort(p, r, t, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
                 nf += 1
                 gone += 1
                 k += 1
