@@ -41,7 +41,48 @@ class Records:
     pod: np.ndarray
 
 
-class DataPlane:
+class SlotBook:
+    """Which pod slots are free, which serve (active) and which of those take new requests
+    (accepting, not draining), with both as sorted arrays for the kernels; shared by both data planes."""
+
+    def _init_slots(self, max_slots: int) -> None:
+        self._free_slots = list(range(max_slots - 1, -1, -1))
+        self._accepting: set[int] = set()
+        self._active: set[int] = set()
+        self._acc = np.zeros(0, dtype=np.int64)
+        self._act = np.zeros(0, dtype=np.int64)
+
+    def _take_slot(self) -> int:
+        """A free slot, now active and accepting (its arrays are the caller's to reset)."""
+        if not self._free_slots:
+            raise RuntimeError("no free pod slot: max_slots is too small for this scenario")
+        p = self._free_slots.pop()
+        self._active.add(p)
+        self._accepting.add(p)
+        self._reindex()
+        return p
+
+    def stop_accepting(self, p: int) -> None:
+        """Pod ``p`` takes no more requests; it keeps serving what it holds (draining)."""
+        self._accepting.discard(p)
+        self._reindex()
+
+    def _release_slot(self, p: int) -> None:
+        self._active.discard(p)
+        self._accepting.discard(p)
+        self._free_slots.append(p)
+        self._reindex()
+
+    def _reindex(self) -> None:
+        self._acc = np.array(sorted(self._accepting), dtype=np.int64)
+        self._act = np.array(sorted(self._active), dtype=np.int64)
+
+    @property
+    def active_slots(self) -> np.ndarray:
+        return self._act
+
+
+class DataPlane(SlotBook):
     """Arrays and calls of the compiled kernel for one simulation run."""
 
     def __init__(
@@ -115,11 +156,7 @@ class DataPlane:
         self.rec_out = np.zeros(self._rec_cap, dtype=np.int8)
         self.rec_lat = np.zeros(self._rec_cap, dtype=np.float64)
         self.rec_pod = np.zeros(self._rec_cap, dtype=np.int32)
-        self._free_slots = list(range(max_slots - 1, -1, -1))
-        self._accepting: set[int] = set()
-        self._active: set[int] = set()
-        self._acc = np.zeros(0, dtype=np.int64)
-        self._act = np.zeros(0, dtype=np.int64)
+        self._init_slots(max_slots)
         self.retired_inflight_int = 0.0
         """In-flight integral of pods whose slots were handed back (for Little's law)."""
         self.retired_busy_s = 0.0
@@ -128,9 +165,7 @@ class DataPlane:
     # -- slots ------------------------------------------------------------------------------------
     def open_slot(self, t: float, speed: float = 1.0) -> int:
         """A fresh slot for a pod that starts serving at ``t`` (accepting traffic)."""
-        if not self._free_slots:
-            raise RuntimeError("no free pod slot: max_slots is too small for this scenario")
-        p = self._free_slots.pop()
+        p = self._take_slot()
         self.pi[p, :] = 0
         self.pf[p, :] = 0.0
         self.pf[p, K.NEXT_T] = np.inf
@@ -139,18 +174,11 @@ class DataPlane:
         self.pf[p, K.SPEED] = speed
         self.pf[p, K.LAST_T] = t
         self.pf[p, K.LAST_END_T] = t
-        self._active.add(p)
-        self._accepting.add(p)
-        self._reindex()
         return p
 
     def set_speed(self, p: int, speed: float) -> None:
         """Batch-time multiplier of pod ``p`` from its next batch on (a batch running keeps its end)."""
         self.pf[p, K.SPEED] = speed
-
-    def stop_accepting(self, p: int) -> None:
-        self._accepting.discard(p)
-        self._reindex()
 
     def close_slot(self, p: int) -> None:
         """Hand back an empty slot (after draining or eviction)."""
@@ -159,18 +187,7 @@ class DataPlane:
         self.retired_inflight_int += float(self.pf[p, K.INFLIGHT_INT])
         self.retired_busy_s += float(self.pf[p, K.BUSY_S])
         self.retired_cpu_s += float(self.pf[p, K.CPU_BUSY_S])
-        self._active.discard(p)
-        self._accepting.discard(p)
-        self._free_slots.append(p)
-        self._reindex()
-
-    def _reindex(self) -> None:
-        self._acc = np.array(sorted(self._accepting), dtype=np.int64)
-        self._act = np.array(sorted(self._active), dtype=np.int64)
-
-    @property
-    def active_slots(self) -> np.ndarray:
-        return self._act
+        self._release_slot(p)
 
     def outstanding(self, p: int) -> int:
         return int(self.pi[p, K.TAIL] - self.pi[p, K.HEAD])

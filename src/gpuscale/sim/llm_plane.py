@@ -16,7 +16,7 @@ import numpy as np
 from gpuscale._core.rng import generator
 from gpuscale.sim import kernel as K
 from gpuscale.sim import llm_kernel as L
-from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane
+from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane, SlotBook
 from gpuscale.sim.llm_serving import LlmParams
 
 LLM_SCRAPE_COLUMNS = (
@@ -91,7 +91,7 @@ class LlmRecords:
     arrival_s: np.ndarray
 
 
-class LlmDataPlane:
+class LlmDataPlane(SlotBook):
     """Arrays and calls of the token-level kernel for one simulation run."""
 
     def __init__(
@@ -189,11 +189,7 @@ class LlmDataPlane:
         """Pre-drawn (prompt, output) of the next sends, ``gi[LG_TB_HEAD]`` to ``gi[LG_TB_N]``."""
         self.tb_f = np.zeros(16, dtype=np.float64)
         """The think time after each of those sends."""
-        self._free_slots = list(range(max_slots - 1, -1, -1))
-        self._accepting: set[int] = set()
-        self._active: set[int] = set()
-        self._acc = np.zeros(0, dtype=np.int64)
-        self._act = np.zeros(0, dtype=np.int64)
+        self._init_slots(max_slots)
         self._no_ints = np.zeros(0, dtype=np.int64)
         self.retired_inflight_int = 0.0
         """In-flight integral of pods whose slots were handed back (for Little's law)."""
@@ -203,9 +199,7 @@ class LlmDataPlane:
     # -- slots ------------------------------------------------------------------------------------
     def open_slot(self, t: float, speed: float = 1.0) -> int:
         """A fresh slot for a pod that starts serving at ``t`` (accepting traffic)."""
-        if not self._free_slots:
-            raise RuntimeError("no free pod slot: max_slots is too small for this scenario")
-        p = self._free_slots.pop()
+        p = self._take_slot()
         self.pi[p, :] = 0
         self.pf[p, :] = 0.0
         self.pi[p, L.P_FREE_ROWS] = self.pool
@@ -216,19 +210,11 @@ class LlmDataPlane:
         self.pf[p, L.P_SPEED] = speed
         self.pf[p, L.P_LAST_T] = t
         self.pf[p, L.P_LAST_END_T] = t
-        self._active.add(p)
-        self._accepting.add(p)
-        self._reindex()
         return p
 
     def set_speed(self, p: int, speed: float) -> None:
         """Iteration-time multiplier of pod ``p`` from its next iteration on."""
         self.pf[p, L.P_SPEED] = speed
-
-    def stop_accepting(self, p: int) -> None:
-        """Pod ``p`` takes no more requests; it keeps iterating until it is empty (draining)."""
-        self._accepting.discard(p)
-        self._reindex()
 
     def close_slot(self, p: int) -> None:
         """Hand back an empty slot (after draining or eviction)."""
@@ -236,18 +222,7 @@ class LlmDataPlane:
             raise RuntimeError("closing a slot that still holds requests")
         self.retired_inflight_int += float(self.pf[p, L.P_INFLIGHT_INT])
         self.retired_busy_s += float(self.pf[p, L.P_BUSY_S])
-        self._active.discard(p)
-        self._accepting.discard(p)
-        self._free_slots.append(p)
-        self._reindex()
-
-    def _reindex(self) -> None:
-        self._acc = np.array(sorted(self._accepting), dtype=np.int64)
-        self._act = np.array(sorted(self._active), dtype=np.int64)
-
-    @property
-    def active_slots(self) -> np.ndarray:
-        return self._act
+        self._release_slot(p)
 
     def outstanding(self, p: int) -> int:
         """Requests in pod ``p``: running + waiting."""
