@@ -183,6 +183,16 @@ def labelled(
     return wait_until(check, f"{active} active + {standby} standby Ready pods of {name}", WAIT_S)
 
 
+def pods_made(cluster: GpuCluster, name: str, ns: str, count: int) -> None:
+    """Wait until the ReplicaSet has made ``count`` live pods of ``name``: a tick labels only the
+    pods it lists, so one that relabels new pods must come after they exist."""
+
+    def check() -> bool:
+        return sum(len(v) for v in by_role(cluster, name, ns).values()) == count
+
+    wait_until(check, f"{count} live pods of {name}", WAIT_S)
+
+
 def annotation(cluster: GpuCluster, name: str, ns: str) -> str | None:
     annotations = cluster.plane.deployment(name, ns)["metadata"].get("annotations") or {}
     value = annotations.get(STANDBY_ANNOTATION)
@@ -552,6 +562,7 @@ def test_the_rendered_role_is_what_a_warm_pool_with_a_buffer_needs_and_each_gran
     in_force(without("patch", "pods", None), ("patch", "", "pods", None))
     queue.value = 25.0  # asks for 3: a promotion, which is a pod's label
     fails(f"may not patch pods in namespace {ns}")
+    pods_made(cluster, name, ns, 5)  # the pool's size was written before the labels were refused
     in_force(role["rules"], None)
     tick(ctl)
     labelled(cluster, name, ns, active=3, standby=2)
@@ -573,6 +584,7 @@ def test_the_rendered_role_is_what_a_warm_pool_with_a_buffer_needs_and_each_gran
         ("patch", "apps", "deployments/scale", placeholders),
     )
     assert placeholders in fails(f"may not patch deployments/scale in namespace {ns}")
+    pods_made(cluster, name, ns, 6)
     in_force(role["rules"], None)
     tick(ctl)
     assert cluster.deployment_replicas(placeholders, ns) == 1
