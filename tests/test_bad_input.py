@@ -203,6 +203,41 @@ def test_a_bad_out_is_refused_up_front(
     assert _tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", FOLDER_COMMANDS + FILE_COMMANDS)
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(
+    command: str, empty: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_work(monkeypatch)
+    args = _command(command, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    result = runner.invoke(app, [*args, "--out", empty])
+    assert result.exit_code == 2, result.output
+    assert "--out" in result.output and "is empty" in result.output
+    assert "Traceback" not in result.output
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["simulate", "{fifo}", "-p", "gpu-util"],
+        ["compare", "--suite", "{fifo}"],
+        ["import", "{fifo}"],
+        ["manifests", "rayjob", "--config", "{fifo}", "--image", "localhost/x:1"],
+    ],
+)
+def test_a_named_pipe_nobody_writes_is_read_as_empty_not_waited_on(args: list[str], tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    # in a child process: a regression would block on open() for ever, which a timeout turns into a failure
+    cmd = [str(Path(sys.executable).with_name("gpuscale")), *(a.format(fifo=fifo) for a in args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(fifo) in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_good_out_still_works(tmp_path: Path) -> None:
     manifest = tmp_path / "hpa.yaml"
     manifest.write_text(HPA, encoding="utf-8")

@@ -275,6 +275,26 @@ OVERSIZED: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         },
         ("workload.users", "changes of the user count", f"{MAX_STEPS:,}"),
     ),
+    "a-user-ramp-to-1e30": (  # a float count past int64 once wrapped to a negative one
+        {
+            "workload": {
+                "kind": "closed-loop",
+                "users": {"kind": "ramp", "from_users": 1, "to_users": 1e30, "end_s": 60},
+                "think_time_s": [1, 2],
+            }
+        },
+        ("workload.users.to_users", "less than or equal to 9007199254740992"),
+    ),
+    "user-points-to-1e30": (
+        {
+            "workload": {
+                "kind": "closed-loop",
+                "users": {"kind": "piecewise-linear", "points": [[0, 1], [60, 1e30]]},
+                "think_time_s": [1, 2],
+            }
+        },
+        ("workload.users = 4611686018427387904", "closed-loop users at once", f"at most {MAX_USERS:,}"),
+    ),
     "a-huge-queue": (
         {"serving": {"queue_capacity": 1_000_000_000}},
         ("serving.queue_capacity", "GiB of memory", "1,073,741,824-request queue", "GiB"),

@@ -107,6 +107,15 @@ def _check_out(path: Path, *, folder: bool, option: str = "--out") -> None:
             refuse(f"cannot be written: creating anything in {where} fails ({exc.strerror or exc})")
 
 
+def _out_path(text: str | Path) -> Path:
+    """``--out``'s parser: an empty value would be the current folder (``Path('')`` is ``.``)."""
+    if isinstance(text, Path):  # a default
+        return text
+    if not text.strip():
+        raise typer.BadParameter("is empty; expected a path")
+    return Path(text)
+
+
 def _out_folder(value: Path | None) -> Path | None:
     """The ``--out`` callback of commands that write a folder of results."""
     if value is not None:
@@ -244,7 +253,10 @@ def simulate(
     out_dir: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Folder for summary.json, summary.csv and timeline.csv.", callback=_out_folder
+            "--out",
+            help="Folder for summary.json, summary.csv and timeline.csv.",
+            callback=_out_folder,
+            parser=_out_path,
         ),
     ] = None,
 ) -> None:
@@ -461,7 +473,10 @@ def compare(
     out_dir: Annotated[
         Path,
         typer.Option(
-            "--out", help="Folder for report.html, summary.csv, summary.json.", callback=_out_folder
+            "--out",
+            help="Folder for report.html, summary.csv, summary.json.",
+            callback=_out_folder,
+            parser=_out_path,
         ),
     ] = Path("out/compare"),
     ray: Annotated[
@@ -691,6 +706,7 @@ def tune(
             "--out",
             help="Folder for tuned-policy.yaml, candidates.csv and candidates.json.",
             callback=_out_folder,
+            parser=_out_path,
         ),
     ] = Path("out/tune"),
     ray: Annotated[
@@ -1043,7 +1059,10 @@ def schema(
         bool, typer.Option("--markdown", help="The reference page (every key) instead of the JSON Schema.")
     ] = False,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write to this file instead of printing.", callback=_out_file)
+        Path | None,
+        typer.Option(
+            "--out", help="Write to this file instead of printing.", callback=_out_file, parser=_out_path
+        ),
     ] = None,
 ) -> None:
     """Print a file kind's JSON Schema (for editors and validators) or its reference page."""
@@ -1067,7 +1086,10 @@ def capacity(
     out_file: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write the planner policy file here (default: print it).", callback=_out_file
+            "--out",
+            help="Write the planner policy file here (default: print it).",
+            callback=_out_file,
+            parser=_out_path,
         ),
     ] = None,
     seed: Annotated[
@@ -1145,7 +1167,10 @@ def manifests(
         ),
     ] = None,
     out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write the YAML here (default stdout).", callback=_out_file)
+        Path | None,
+        typer.Option(
+            "--out", help="Write the YAML here (default stdout).", callback=_out_file, parser=_out_path
+        ),
     ] = None,
     ray_workers: Annotated[
         int, typer.Option("--ray-workers", min=1, max=1000, help="`rayjob`: Ray worker pods (2 CPUs each).")
@@ -1169,12 +1194,14 @@ def manifests(
             objects = render_controller(cfg, config, namespace=namespace, image=image)
             text = render_controller_yaml(objects, cfg, str(config))
         elif what == "rayjob":
+            from gpuscale.config.loading import read_text
             from gpuscale.experiments.rayjob import render_rayjob, render_rayjob_yaml
             from gpuscale.experiments.suite import load_suite
 
             if config is None:
                 raise ConfigError("manifests rayjob", "--config", MISSING, "required: the compare suite YAML")
-            load_suite(config)  # a bad suite is refused here, not in the cluster
+            suite_text = read_text(config)
+            load_suite(config, suite_text)  # a bad suite is refused here, not in the cluster
             if image is None:
                 raise ConfigError(
                     "manifests rayjob",
@@ -1185,7 +1212,7 @@ def manifests(
                 )
             objects = render_rayjob(
                 config,
-                config.read_text(encoding="utf-8"),
+                suite_text,
                 name="gpuscale-compare",
                 namespace=namespace or "default",
                 image=image,
@@ -1223,16 +1250,19 @@ def import_(
     ],
     out_file: Annotated[
         Path | None,
-        typer.Option("--out", help="Write the policy YAML here (default stdout).", callback=_out_file),
+        typer.Option(
+            "--out", help="Write the policy YAML here (default stdout).", callback=_out_file, parser=_out_path
+        ),
     ] = None,
 ) -> None:
     """Turn an existing autoscaler manifest into a gpuscale policy YAML (for simulate / compare)."""
-    from gpuscale.config.loading import load_yaml
+    from gpuscale.config.loading import parse_yaml, read_text
     from gpuscale.integrations.importer import import_manifest, policy_yaml
 
     with user_errors():
-        load_yaml(file)  # a missing file or bad YAML: one located error
-        config = import_manifest(file.read_text(encoding="utf-8"), str(file))
+        text = read_text(file)
+        parse_yaml(text, str(file))  # bad YAML: one located error
+        config = import_manifest(text, str(file))
         text = policy_yaml(config, f"imported by gpuscale from {file.name}")
         if out_file is not None:
             _write_atomically(out_file, text)
@@ -1462,11 +1492,19 @@ def train(
         float, typer.Option(min=0, help="The agent takes over at a random tick within this many seconds.")
     ] = 300.0,
     checkpoints: Annotated[
-        Path | None, typer.Option(help="Folder for a model file at every evaluation.", callback=_out_folder)
+        Path | None,
+        typer.Option(
+            help="Folder for a model file at every evaluation.", callback=_out_folder, parser=_out_path
+        ),
     ] = None,
     out_file: Annotated[
         Path,
-        typer.Option("--out", help="The exported model file (.npz) for kind: learned.", callback=_out_file),
+        typer.Option(
+            "--out",
+            help="The exported model file (.npz) for kind: learned.",
+            callback=_out_file,
+            parser=_out_path,
+        ),
     ] = Path("out/learned.npz"),
 ) -> None:
     """Train an autoscaling agent in the simulator (Stable-Baselines3) and export it for `kind: learned`."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,7 +73,13 @@ def read_text(path: str | Path, encoding: str = "utf-8", *, limit: int = MAX_YAM
     p = Path(path)
     too_large = f"is larger than {limit / 2**20:g} MiB, the most gpuscale reads from such a file"
     try:
-        with p.open(encoding=encoding) as f:
+        # Non-blocking open: a named pipe nobody writes would otherwise block here for ever; once
+        # open, a pipe is read blocking (a writer sends its text; with none, it reads as empty).
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        os.set_blocking(fd, True)
+        with open(fd, encoding=encoding) as f:
+            if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(str(p), None, MISSING, "is a folder; expected a file")
             if os.fstat(f.fileno()).st_size > limit:
                 raise ConfigError(str(p), None, MISSING, too_large)
             text = f.read(limit + 1)

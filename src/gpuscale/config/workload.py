@@ -65,6 +65,11 @@ class _Model(StrictModel):
 NonNegative = Annotated[float, Field(ge=0)]
 Point = tuple[NonNegative, NonNegative]
 
+MAX_SHAPE_USERS = 2**53
+"""The most users a closed-loop shape may name (the largest whole number a float holds exactly); a
+run's load is refused long before this by the up-front estimate."""
+UserPoint = tuple[NonNegative, Annotated[float, Field(ge=0, le=MAX_SHAPE_USERS)]]
+
 
 def _check_levels(levels: list[Point]) -> list[Point]:
     if levels[0][0] != 0:
@@ -259,14 +264,14 @@ class UsersConstant(_Model):
     """One user count forever."""
 
     kind: Literal["constant"] = Field(description="shape selector (nested kind)")
-    users: int = Field(ge=0, le=2**53, description="number of users")
+    users: int = Field(ge=0, le=MAX_SHAPE_USERS, description="number of users")
 
 
 class UsersStep(_Model):
     """User levels that each hold until the next level's time."""
 
     kind: Literal["step"] = Field(description="shape selector (nested kind)")
-    levels: Annotated[list[Point], AfterValidator(_check_levels)] = Field(
+    levels: Annotated[list[UserPoint], AfterValidator(_check_levels)] = Field(
         min_length=1, description="[[time_s, users], ...]; the first at 0 s, times strictly increasing"
     )
 
@@ -275,8 +280,8 @@ class UsersRamp(_Model):
     """Linear (or, with ``steps``, staircase) change of the user count; KIS-S ramp: 1→100 in 20 steps."""
 
     kind: Literal["ramp"] = Field(description="shape selector (nested kind)")
-    from_users: float = Field(ge=0, description="users before and at start_s")
-    to_users: float = Field(ge=0, description="users at and after end_s")
+    from_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="users before and at start_s")
+    to_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="users at and after end_s")
     start_s: float = Field(default=0.0, ge=0, description="when the ramp begins")
     end_s: float = Field(gt=0, description="when the ramp reaches to_users; must be > start_s")
     steps: int | None = Field(
@@ -299,8 +304,10 @@ class UsersSinusoid(_Model):
     """``mean + amplitude·sin(2π(t − phase_s)/period_s)`` users, optionally held in steps."""
 
     kind: Literal["sinusoid"] = Field(description="shape selector (nested kind)")
-    mean_users: float = Field(ge=0, description="mean user count")
-    amplitude_users: float = Field(ge=0, description="peak deviation from the mean; at most mean_users")
+    mean_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="mean user count")
+    amplitude_users: float = Field(
+        ge=0, le=MAX_SHAPE_USERS, description="peak deviation from the mean; at most mean_users"
+    )
     period_s: float = Field(gt=0, description="length of one cycle")
     phase_s: float = Field(default=0.0, description="time at which the count crosses the mean going up")
     steps_per_period: int | None = Field(
@@ -325,8 +332,10 @@ class UsersDiurnal(_Model):
     """A daily cosine of the user count between a trough and a peak."""
 
     kind: Literal["diurnal"] = Field(description="shape selector (nested kind)")
-    trough_users: float = Field(ge=0, description="fewest users of the day")
-    peak_users: float = Field(ge=0, description="most users of the day; at least trough_users")
+    trough_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="fewest users of the day")
+    peak_users: float = Field(
+        ge=0, le=MAX_SHAPE_USERS, description="most users of the day; at least trough_users"
+    )
     peak_hour: float = Field(ge=0, lt=24, description="clock hour of the peak (the trough is 12 h later)")
     start_hour: float = Field(default=0.0, ge=0, lt=24, description="clock hour at simulated time 0")
     period_s: float = Field(
@@ -346,8 +355,8 @@ class UsersSpike(_Model):
     """A flash crowd of users; KIS-S spike: 10 → 100 → 10 with start_s 270, hold_s 360 over 15 min."""
 
     kind: Literal["spike"] = Field(description="shape selector (nested kind)")
-    base_users: float = Field(ge=0, description="users outside the spike")
-    peak_users: float = Field(ge=0, description="users while the spike holds")
+    base_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="users outside the spike")
+    peak_users: float = Field(ge=0, le=MAX_SHAPE_USERS, description="users while the spike holds")
     start_s: float = Field(ge=0, description="when the rise begins")
     rise_s: float = Field(default=0.0, ge=0, description="duration of the linear rise (0 = a jump)")
     hold_s: float = Field(ge=0, description="how long the peak holds")
@@ -364,8 +373,8 @@ class UsersRandomLevels(_Model):
     """A fresh uniform integer user count every ``interval_s`` seconds, from the workload's seeded stream."""
 
     kind: Literal["random-levels"] = Field(description="shape selector (nested kind)")
-    min_users: int = Field(ge=0, description="fewest users (inclusive)")
-    max_users: int = Field(ge=0, description="most users (inclusive); at least min_users")
+    min_users: int = Field(ge=0, le=MAX_SHAPE_USERS, description="fewest users (inclusive)")
+    max_users: int = Field(ge=0, le=MAX_SHAPE_USERS, description="most users (inclusive); at least min_users")
     interval_s: float = Field(gt=0, description="how long each level holds")
 
     @field_validator("max_users")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from gpuscale._core.errors import ConfigError
-from gpuscale.config.loading import StrictModel, load_yaml, validate
+from gpuscale.config.loading import StrictModel, load_yaml, parse_yaml, validate
 from gpuscale.experiments.oracle import OracleResult
 from gpuscale.policies.static_peak import peak_replicas
 
@@ -106,8 +106,9 @@ class SuiteConfig(StrictModel):
         return v
 
 
-def load_suite(path: str | Path) -> SuiteConfig:
-    data = load_yaml(path)
+def load_suite(path: str | Path, text: str | None = None) -> SuiteConfig:
+    """The suite file at ``path`` (its ``text`` when already read: a pipe reads only once)."""
+    data = load_yaml(path) if text is None else parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(str(path), None, data, "expected a mapping with scenarios, policies, seeds")
     return validate(SuiteConfig, data, str(path))

@@ -410,7 +410,8 @@ def _half_crossings(lo: float, hi: float) -> FloatArray:
 def _round_users(v: FloatArray) -> IntArray:
     # Halves round up (2.5 users → 3), so a count changes exactly where the curve crosses k + ½; the tiny
     # epsilon keeps float noise (55 + 45·sin(π/6) = 77.49999999999999) from turning a half down.
-    return np.floor(np.asarray(v) + 0.5 + 1e-9).astype(np.int64)
+    # Clipped first: a count from a CSV file past 2**63 would otherwise wrap to a negative one.
+    return np.floor(np.minimum(np.asarray(v), 2.0**62) + 0.5 + 1e-9).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
