@@ -19,3 +19,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
     touch "$stamp"
 fi
+# Compile the simulator's kernels into Numba's cache now, each kernel once and side by side, instead
+# of in every worker process of the first command (about 2 s when the cache is already warm).
+.venv/bin/python -m gpuscale.sim.warmup

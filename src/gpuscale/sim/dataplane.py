@@ -24,6 +24,16 @@ _JITTER = {Jitter.NONE: K.JIT_NONE, Jitter.LOGNORMAL: K.JIT_LOGNORMAL, Jitter.EX
 SCRAPE_COLUMNS = ("gpu_busy_s", "cpu_busy_s", "inflight_int", "admitted", "outstanding", "waiting", "batch")
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` as a read-only array (a view where it is writable). Numba compiles a kernel once per
+    argument type, and read-only is part of the type: workloads hand out both kinds (a trace's cached
+    times are read-only, generated ones are not), which cost a second 20-s compile of the kernel."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _pow2_at_least(n: int) -> int:
     size = 1
     while size < n:
@@ -219,6 +229,7 @@ class DataPlane(SlotBook):
             self._rec_cap = cap
 
     def advance(self, t0: float, t1: float, arrivals: np.ndarray, users_target: int = -1) -> None:
+        arrivals = readonly(arrivals)
         if self.gi[K.G_RECORD]:
             inside = int((self.pi[:, K.TAIL] - self.pi[:, K.HEAD]).sum()) + self.router_queue_len
             users = 0

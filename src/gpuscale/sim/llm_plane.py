@@ -16,7 +16,7 @@ import numpy as np
 from gpuscale._core.rng import generator
 from gpuscale.sim import kernel as K
 from gpuscale.sim import llm_kernel as L
-from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane, SlotBook
+from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane, SlotBook, readonly
 from gpuscale.sim.llm_serving import LlmParams
 
 LLM_SCRAPE_COLUMNS = (
@@ -190,7 +190,7 @@ class LlmDataPlane(SlotBook):
         self.tb_f = np.zeros(16, dtype=np.float64)
         """The think time after each of those sends."""
         self._init_slots(max_slots)
-        self._no_ints = np.zeros(0, dtype=np.int64)
+        self._no_ints = readonly(np.zeros(0, dtype=np.int64))
         self.retired_inflight_int = 0.0
         """In-flight integral of pods whose slots were handed back (for Little's law)."""
         self.retired_busy_s = 0.0
@@ -294,12 +294,12 @@ class LlmDataPlane(SlotBook):
         if self.closed_loop:
             users = self._refill(t0, t1)
         n = len(arrivals)
-        arr_t = np.ascontiguousarray(arrivals, dtype=np.float64)
+        arr_t = readonly(np.ascontiguousarray(arrivals, dtype=np.float64))
         if n:
             if prompt is None or output is None:
                 raise ValueError("arrivals need their prompt and output token counts")
-            arr_p = np.ascontiguousarray(prompt, dtype=np.int64)
-            arr_o = np.ascontiguousarray(output, dtype=np.int64)
+            arr_p = readonly(np.ascontiguousarray(prompt, dtype=np.int64))
+            arr_o = readonly(np.ascontiguousarray(output, dtype=np.int64))
             if arr_p.shape != (n,) or arr_o.shape != (n,):
                 raise ValueError("prompt and output must be parallel to arrivals")
             if int(arr_p.min()) < 1 or int(arr_o.min()) < 1:
