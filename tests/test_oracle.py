@@ -138,6 +138,8 @@ def test_timeline_adds_pods_just_in_time_and_keeps_one_through_a_short_dip() -> 
     np.testing.assert_array_equal(oracle.times_s, np.arange(0.0, 300.0, 10.0))
     expected = [1] * 10 + [2] * 5 + [1] + [2] * 4 + [1] * 10
     assert oracle.replicas.tolist() == expected
+    assert oracle.covering is not None and oracle.covering.tolist() == expected  # nothing to spare
+    assert oracle.over_windows == 0
     # Pod 1 holds all 300 s. Pod 2 serves 50 + 40 s, starts 12 s before t = 100, and stays through the
     # 10-s dip (shorter than a 12-s restart): 112 s.
     assert oracle.gpu_hours == pytest.approx((300 + 50 + 40 + 12 + 10) / 3600)

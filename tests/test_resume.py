@@ -99,7 +99,8 @@ def test_the_cli_resumes_into_the_same_out_folder_and_says_so(scenario: Path, tm
     before = (tmp_path / "out" / "summary.json").read_bytes()
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
-    assert "2 finished oracles and runs reused" in again.output
+    # the oracle, static-peak's run and the feasible reference's (a compare's default reference)
+    assert "3 finished oracles and runs reused" in again.output
     assert (tmp_path / "out" / "summary.json").read_bytes() == before
     fresh = runner.invoke(app, args)  # without --resume, everything runs again
     assert fresh.exit_code == 0, fresh.output

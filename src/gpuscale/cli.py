@@ -385,8 +385,48 @@ def compare_tables(result: Any) -> list[Table]:
                 _fmt(e["mean_sm_util_pct"].mean, 0),
             )
             t.add_row(*(cells[i] for i in keep))
+        _reference_rows(t, result, scenario, keep, wide)
         tables.append(t)
     return tables
+
+
+def _reference_rows(t: Table, result: Any, scenario: str, keep: list[int], wide: bool) -> None:
+    """The simulator-only references under the ranked policies (dim, unranked), and the bound's note
+    as the table's caption (:func:`gpuscale.experiments.report.bound_note`)."""
+    from gpuscale.experiments.report import bound_note, reference_rows
+
+    rows = reference_rows(result, scenario)
+    if rows:
+        t.add_section()
+    for row in rows:
+        e = row.estimates
+        name = f"[dim italic]{row.policy} (reference)[/]"
+        if e["slo_attainment"].n == 0:
+            t.add_row("ref", name, f"[red]failed: {row.errors[0] if row.errors else ''}[/]")
+            continue
+        rej, tout = e["rejected"].mean or 0.0, e["timed_out"].mean or 0.0
+        llm = e["ttft_p95_ms"].mean is not None
+        cells = (
+            "ref",
+            name,
+            _ci(e["slo_attainment"], 2, 100.0, wide),
+            _ci(e["ttft_p95_ms" if llm else "latency_p95_ms"], 0, 1.0, wide),
+            _ci(e["itl_p95_ms" if llm else "latency_p99_ms"], 1 if llm else 0, 1.0, wide),
+            f"{rej:,.0f} / {tout:,.0f}",
+            _ci(e["gpu_hours"], 2, 1.0, wide),
+            _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
+            _ci(e["node_hours"], 2, 1.0, wide),
+            _ci(e["cost_usd"], 2, 1.0, wide),
+            _fmt(e["cold_starts"].mean, 0),
+            _fmt(e["scale_events"].mean, 0),
+            _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
+            _fmt(e["mean_sm_util_pct"].mean, 0),
+        )
+        t.add_row(*(cells[i] for i in keep))
+    note = bound_note(result, scenario)
+    if note:
+        t.caption = note
+        t.caption_justify = "left"
 
 
 class _RateColumn(ProgressColumn):
@@ -497,6 +537,14 @@ def compare(
             "OUT/.runs, keyed by scenario, policy, seed and code version); run only the rest.",
         ),
     ] = False,
+    references: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated simulator-only references beside the oracle: feasible (the oracle's "
+            "schedule asked for one real cold start and node provisioning ahead), receding-horizon (the "
+            "ceiling of planning; slow), or none. Default: the suite's, else feasible.",
+        ),
+    ] = None,
 ) -> None:
     """The main job: policies on scenarios over several seeds (by default the built-in suite), ranked on
     SLO attainment against GPU-hours and dollars, next to a clairvoyant oracle; writes report.html,
@@ -504,7 +552,13 @@ def compare(
     from gpuscale.experiments.compare import run_compare
     from gpuscale.experiments.report import report_files
     from gpuscale.experiments.runner import default_workers
-    from gpuscale.experiments.suite import SuiteConfig, load_suite, parse_seeds, split_list
+    from gpuscale.experiments.suite import (
+        SuiteConfig,
+        load_suite,
+        parse_references,
+        parse_seeds,
+        split_list,
+    )
 
     with user_errors():
         cfg = load_suite(suite) if suite is not None else SuiteConfig()
@@ -515,6 +569,8 @@ def compare(
             updates["policies"] = split_list(policies, "--policies")
         if seeds is not None:
             updates["seeds"] = parse_seeds(seeds)
+        if references is not None:
+            updates["references"] = parse_references(references)
         cfg = cfg.model_copy(update=updates)
         _check_compare_policies(
             cfg.policies, "--policies" if policies is not None or suite is None else str(suite)
@@ -527,7 +583,8 @@ def compare(
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task("oracles" if phase == "oracle" else "simulations", total=total)
+                label = {"oracle": "oracles", "reference": "references"}.get(phase, "simulations")
+                tasks[phase] = bar.add_task(label, total=total)
             bar.update(tasks[phase], completed=done)
 
         address = ray if ray is not None else (cfg.ray_address if cfg.runner == "ray" else None)

@@ -2,7 +2,9 @@
 
 Oracles come first (one per scenario and seed), then the policy grid as simulation jobs
 (:mod:`gpuscale.experiments.runner`); runs are aggregated over seeds per (scenario, policy), with a
-95 % confidence interval, Pareto flags over GPU-hours and SLO attainment, and a ranking.
+95 % confidence interval, Pareto flags over GPU-hours and SLO attainment, and a ranking. Last, the
+simulator-only references beside the oracle (:mod:`gpuscale.experiments.references`), aggregated the
+same way into rows of their own that take no part in the ranking.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from gpuscale.experiments.catalog import resolve_scenario
 from gpuscale.experiments.checkpoint import RunStore, job_digest
 from gpuscale.experiments.oracle import OracleResult, compute_oracle
+from gpuscale.experiments.references import References, compare_references
 from gpuscale.experiments.runner import Job, RunKey, RunOutcome, TaskPool, run_grid
 from gpuscale.experiments.suite import SuiteConfig, policy_spec
 from gpuscale.sim.results import Summary
@@ -89,6 +92,9 @@ class CompareResult:
     """Scenarios whose nodes change during a run (a node autoscaler, or spot reclamation)."""
     spot: dict[str, bool] = field(default_factory=dict)
     """Scenarios with a spot pool."""
+    references: References = field(default_factory=References)
+    """The simulator-only references beside the oracle (feasible clairvoyant, receding horizon): rows
+    apart from the ranked policies (:mod:`gpuscale.experiments.references`)."""
 
     def has_node_layer(self, scenario: str) -> bool:
         """Whether ``scenario`` has a node layer; without the flag, whether a run billed nodes or
@@ -323,6 +329,13 @@ def run_compare(
 
     runs = run_grid(jobs, workers, tick, pool, store)
     rows = aggregate(runs, oracles, suite.slo_target)
+    references = compare_references(
+        suite.references, refs, names, suite.seeds, suite.slo_target, oracles, workers, progress, pool, store
+    )
+    references = replace(
+        references,
+        rows=[replace(r, pareto=False) for r in aggregate(references.runs, oracles, suite.slo_target)],
+    )
     return CompareResult(
         scenarios=[names[s] for s in suite.scenarios],
         policies=labels,
@@ -338,4 +351,5 @@ def run_compare(
             ref.scenario.name: any(p.capacity_type == "spot" for p in ref.scenario.cluster.pools)
             for ref in refs.values()
         },
+        references=references,
     )

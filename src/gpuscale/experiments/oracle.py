@@ -911,6 +911,13 @@ class OracleResult:
     from the same measurement (:func:`gpuscale.experiments.capacity.planner_inputs`)."""
     max_replicas: int | None = None
     """The most pods the scenario's cluster holds at once (its pools at their largest)."""
+    covering: np.ndarray | None = None
+    """Per window, the fewest pods whose capacity carries its load (capped at the cluster), before the
+    miss budget is spent (step 3): the schedule that meets the target in every window. The feasible
+    reference (:mod:`gpuscale.experiments.references`) follows it; None in results stored before it."""
+    over_windows: int = 0
+    """Windows whose load exceeds what the cluster's largest fleet carries within the SLO: there the
+    bound holds every pod and still misses (:func:`gpuscale.experiments.references.feasibility`)."""
 
 
 def compute_oracle(
@@ -983,6 +990,8 @@ def compute_oracle(
         method=method,
         planner_inputs=planner_inputs(scenario, ((k, c.rps) for k, c in table.measured.items()), slo_target),
         max_replicas=k_max,
+        covering=per_window,
+        over_windows=over,
     )
 
 

@@ -42,10 +42,11 @@ from matplotlib.typing import RcKeyType
 
 from gpuscale.experiments.compare import METRICS, CompareResult, Estimate, PolicyRow
 from gpuscale.experiments.oracle import OracleResult
+from gpuscale.experiments.references import LABELS, TITLES, Feasibility
 from gpuscale.experiments.runner import RunOutcome
 from gpuscale.sim.kernel import bucket_values
 
-__all__ = ["report_files", "verdict"]
+__all__ = ["bound_note", "report_files", "verdict"]
 
 # -- number formatting --------------------------------------------------------------------------------
 _SIG_DIGITS = 9
@@ -344,6 +345,83 @@ def verdict(result: CompareResult, scenario: str) -> str:
     return " ".join(sentences)
 
 
+# -- the references beside the bound ------------------------------------------------------------------
+_REFERENCE_TITLES = {label: TITLES[name] for name, label in LABELS.items()}
+
+
+def reference_rows(result: CompareResult, scenario: str) -> list[PolicyRow]:
+    """The references' rows of ``scenario`` (feasible first), apart from the ranked policies."""
+    order = list(LABELS.values())
+    rows = [r for r in result.references.rows if r.scenario == scenario]
+    return sorted(rows, key=lambda r: order.index(r.policy) if r.policy in order else len(order))
+
+
+def _feasibilities(result: CompareResult, scenario: str) -> list[Feasibility]:
+    found = result.references.feasibility
+    return [found[(scenario, s)] for s in result.seeds if (scenario, s) in found]
+
+
+def _reference_phrase(row: PolicyRow, target: float) -> str:
+    title = _REFERENCE_TITLES.get(row.policy, row.policy)
+    att, x = _mean(row, "slo_attainment"), row.gpu_hours_x_oracle.mean
+    if att is None:
+        error = f": {_shorten(row.errors[0])}" if row.errors else ""
+        return f"the {title} reference failed{error}"
+    cost = f" at {x:.2f}× the bound's GPU-hours" if x is not None else ""
+    verb = "reaches" if att >= target else "reaches only"
+    return f"the {title} reference {verb} {_pct(att)}{cost}"
+
+
+def bound_note(result: CompareResult, scenario: str) -> str:
+    """A plain account of the oracle's bound on ``scenario``: whether any policy could reach it (the
+    cluster's size, the cold start, new nodes: :func:`~gpuscale.experiments.references.feasibility`)
+    and what the simulator-only references measured (empty when there is neither)."""
+    checks = _feasibilities(result, scenario)
+    rows = reference_rows(result, scenario)
+    if not checks and not rows:
+        return ""
+    target = result.slo_target
+    sentences: list[str] = []
+    short = [f for f in checks if not f.reachable]
+    if short:
+        first = short[0]
+        seeds = (
+            f"seed {first.seed}"
+            if len(checks) == 1
+            else f"seed {first.seed}; {len(short)} of {len(checks)} seeds fall short"
+        )
+        sentences.append(f"The oracle's lower bound cannot be reached here ({seeds}): {first.reason}.")
+    elif checks:
+        sentences.append(
+            "Every pod the oracle's bound holds can be Ready in time on this cluster (from the pods "
+            "Ready at the start, the fastest cold start and, where nodes are added, the fastest node)."
+        )
+    if rows:
+        phrases = [_reference_phrase(r, target) for r in rows]
+        joined = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        lead = next(iter(checks), None)
+        how = ""
+        if lead is not None and any(r.policy == LABELS["feasible"] for r in rows):
+            timing = f"{lead.leads.pod_s:,.0f} s for a pod"
+            if lead.leads.node_layer:
+                timing += f", {lead.leads.node_s:,.0f} s more for a new node"
+            how = f" (the oracle's schedule, each pod asked for one real lead time ahead: {timing})"
+        sentence = joined[0].upper() + joined[1:]
+        if how:
+            sentence = sentence.replace("reference", "reference" + how, 1)
+        feasible = [r for r in rows if r.policy == LABELS["feasible"]]
+        att = _mean(feasible[0], "slo_attainment") if feasible else None
+        if att is not None and att < target:
+            start = lead.initial_ready if lead is not None else None
+            sentence += (
+                f"; knowing the future load is not enough to meet {_target(target)} on this cluster from "
+                "the scenario's start"
+                + (f" ({start} Ready pod{'s' if start != 1 else ''})" if start is not None else "")
+            )
+        sentences.append(sentence + ".")
+    return " ".join(sentences)
+
+
 # -- summary.json and summary.csv ---------------------------------------------------------------------
 def _estimate_dict(est: Estimate) -> dict[str, Any]:
     return {"mean": est.mean, "half_width": est.half_width, "n": est.n}
@@ -355,6 +433,21 @@ def _oracle_dict(oracle: OracleResult) -> dict[str, Any]:
         "gpu_hours": oracle.gpu_hours,
         "cost_usd": oracle.cost_usd,
         "method": oracle.method,
+    }
+
+
+def _feasibility_dict(f: Feasibility) -> dict[str, Any]:
+    return {
+        "reachable": f.reachable,
+        "short_at_s": f.short_at_s,
+        "need": f.need,
+        "possible": f.possible,
+        "short_windows": f.short_windows,
+        "over_windows": f.over_windows,
+        "max_replicas": f.max_replicas,
+        "pod_lead_s": f.leads.pod_s,
+        "node_lead_s": f.leads.node_s,
+        "reason": f.reason,
     }
 
 
@@ -403,6 +496,33 @@ def _summary_json(result: CompareResult) -> str:
             "policies": policies,
             "verdict": verdict(result, scenario),
         }
+        refs = {
+            row.policy: {
+                "estimates": {m: _estimate_dict(row.estimates[m]) for m in METRICS if m in row.estimates},
+                "gpu_hours_x_oracle": _estimate_dict(row.gpu_hours_x_oracle),
+                "meets_slo": row.meets_slo,
+                "failed": row.failed,
+                "errors": list(row.errors),
+                "runs": {
+                    str(r.key.seed): {
+                        "summary": r.summary.to_dict() if r.summary is not None else None,
+                        "error": r.error,
+                    }
+                    for r in result.references.runs
+                    if r.key.scenario == scenario and r.key.policy == row.policy
+                },
+            }
+            for row in reference_rows(result, scenario)
+        }
+        if refs:
+            scenarios[scenario]["references"] = refs
+        checks = _feasibilities(result, scenario)
+        if checks:
+            scenarios[scenario]["bound"] = {
+                "reachable": all(f.reachable for f in checks),
+                "note": bound_note(result, scenario),
+                "seeds": {str(f.seed): _feasibility_dict(f) for f in checks},
+            }
     doc = {
         "scenarios": scenarios,
         "policies": list(result.policies),
@@ -793,6 +913,19 @@ def _pareto_png(result: CompareResult, scenario: str, styles: dict[str, _Style])
     if len(front) > 1:
         xs, ys = zip(*front, strict=True)
         ax.plot(xs, ys, color="#999999", lw=1.2, zorder=2, label="Pareto frontier")
+    for r, marker in zip(reference_rows(result, scenario), ("D", "P", "X"), strict=False):
+        # the references: hollow black markers, apart from the policies (never on the frontier)
+        ref_gpu, ref_att = _mean(r, "gpu_hours"), _mean(r, "slo_attainment")
+        if ref_gpu is None or ref_att is None:
+            continue
+        y = _clip_attainment(ref_att)
+        span.append(y)
+        title = _REFERENCE_TITLES.get(r.policy, r.policy)
+        ax.plot(
+            [ref_gpu], [y], marker=marker, ms=9, ls="none", mfc="none", mec=_REFERENCE, mew=1.6, zorder=3,
+            label=f"{title} (reference)",
+        )  # fmt: skip
+        points.append((ref_gpu, y, f"{title} (ref)", _REFERENCE))
     oracle_hours = [
         result.oracles[(scenario, s)].gpu_hours for s in result.seeds if (scenario, s) in result.oracles
     ]
@@ -983,6 +1116,9 @@ tr.meets td.name{border-left:4px solid #2da44e}
 tr.misses td.name{border-left:4px solid #d4a72c}
 tr.failed td{color:#a40e26;text-align:left;white-space:normal}
 tr.failed td.name{border-left:4px solid #cf222e}
+tr.reference td{background:#f6f8fa;color:#3b434b;font-style:italic}
+tr.reference td.name{border-left:4px dashed #8c959f}
+.bound{background:#f6f8fa;border-left:4px dashed #8c959f;padding:8px 12px;font-size:14px}
 .err{display:block;color:#a40e26;font-size:12px;white-space:normal;max-width:600px}
 .star{color:#bf8700}
 .ci{display:block;color:#6e7781;font-size:11px;line-height:1.2}
@@ -1040,6 +1176,19 @@ def _table_html(result: CompareResult, scenario: str) -> str:
         lines.append(
             f'<tr class="{css}"><td class="rank">{rank}</td><td class="name">{name}</td>{cells}</tr>'
         )
+    for row in reference_rows(result, scenario):
+        title = f"{_e(_REFERENCE_TITLES.get(row.policy, row.policy))} (reference)"
+        if row.estimates["slo_attainment"].n == 0:
+            errors = "; ".join(row.errors) or "no error recorded"
+            lines.append(
+                f'<tr class="reference"><td class="rank">ref</td><td class="name">{title}</td>'
+                f'<td colspan="{len(columns)}"><strong>failed</strong>: {_e(errors)}</td></tr>'
+            )
+            continue
+        cells = "".join(_cell(_format_estimate(_row_estimate(row, c.metric), c.kind)) for c in columns)
+        lines.append(
+            f'<tr class="reference"><td class="rank">ref</td><td class="name">{title}</td>{cells}</tr>'
+        )
     lines.append("</tbody></table></div>")
     return "\n".join(lines)
 
@@ -1074,6 +1223,31 @@ def _oracle_methods_html(result: CompareResult, scenario: str) -> str:
         label = f"The oracle on seed{'s' if len(rest) > 1 else ''} {_e(seeds)}"
         text += f"<details><summary>{label}</summary>{items}</details>"
     return text
+
+
+def _bound_html(result: CompareResult, scenario: str) -> str:
+    note = bound_note(result, scenario)
+    return f'<p class="bound">{_e(note)}</p>' if note else ""
+
+
+def _references_intro(result: CompareResult) -> str:
+    """What the reference rows are, where a compare ran any."""
+    if not result.references.names and not result.references.feasibility:
+        return ""
+    return (
+        "<p>Beside the lower bound, each scenario says whether any policy could reach it: every pod the "
+        "bound holds must be Ready in time from the pods Ready at the start, the fastest cold start and, "
+        "where a node autoscaler adds nodes, the fastest new node; and the load must fit the cluster. "
+        "Rows marked <em>ref</em> under the ranked policies are simulator-only references, never "
+        "ranked, never on the Pareto front and never in the verdict; their × oracle is relative to the "
+        "lower bound like every row's. <em>feasible clairvoyant</em>: the oracle's per-window schedule "
+        "(every window carried, no miss budget spent), each pod asked for one real lead time ahead (the "
+        "slowest start of every phase, and the slowest new node where one is needed, bridged by "
+        "placeholder pods), capped at the cluster, played through the simulator: what knowing the "
+        "future reaches on this cluster. <em>receding horizon (perfect model)</em>: at every control "
+        "tick, copies of the simulation roll candidate fleet sizes forward over one lead time and a "
+        "margin, and the smallest that meets the SLO there is applied: the ceiling of planning.</p>"
+    )
 
 
 def _figure_html(png: str | None, alt: str, caption: str) -> str:
@@ -1137,6 +1311,7 @@ def _report_html(result: CompareResult) -> str:
         )
     else:
         parts.append('<p class="muted">No oracle was computed.</p>')
+    parts.append(_references_intro(result))
     used: set[str] = set()
     slugs = {s: _slug(s, used) for s in result.scenarios}
     parts.append(
@@ -1155,6 +1330,7 @@ def _report_html(result: CompareResult) -> str:
                 f'<p class="muted">{_e(slo_text)} · target: {_e(target)} of requests within it</p>',
                 _oracle_line(result, scenario),
                 "" if len(methods) <= 1 else _oracle_methods_html(result, scenario),
+                _bound_html(result, scenario),
                 _table_html(result, scenario),
                 '<p class="muted">Left bar: green meets the SLO target, amber misses it, red failed.</p>',
                 f'<p class="verdict">{_e(verdict(result, scenario))}</p>',
@@ -1176,7 +1352,13 @@ def _report_html(result: CompareResult) -> str:
                     "the grey line joins the Pareto-optimal policies (★). Dashed: the oracle's GPU-hours, "
                     "a lower bound no policy can beat; dotted: the SLO target. The attainment axis is a "
                     "logit scale, so each step up adds a nine (90 %, 99 %, 99.9 %); 100 % is drawn at its "
-                    "top edge.",
+                    "top edge."
+                    + (
+                        " Hollow black markers: the simulator-only references (not ranked, never on the "
+                        "frontier)."
+                        if reference_rows(result, scenario)
+                        else ""
+                    ),
                 ),
                 "<h3>Latency distribution</h3>",
                 _figure_html(

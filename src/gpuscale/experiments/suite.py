@@ -6,6 +6,7 @@ A suite file is YAML::
     policies: [knative, gpu-util, my-policy.yaml]     # presets, policy files, or `static-peak`
     seeds: [1, 2, 3]
     slo_target: 0.99                                   # share of requests within the SLO that counts as met
+    references: [feasible]                             # beside the oracle: feasible, receding-horizon
     workers: 2
     runner: ray                                        # optional: local (default) or ray
     ray_address: auto                                  # with runner: ray; local, auto or HOST:PORT
@@ -71,12 +72,30 @@ CAPACITY_MODEL_KINDS = ("planner",)
 what ``gpuscale capacity`` measures for the scenario's service (the oracle's measurement)."""
 
 
+Reference = Literal["feasible", "receding-horizon"]
+"""A simulator-only reference a compare can run beside the oracle (:mod:`gpuscale.experiments.references`)."""
+
+
+def _default_references() -> list[Reference]:
+    # the feasible reference is one simulation per scenario and seed (about 12 % of the default
+    # compare's time); the receding horizon about four times the whole compare: asked for by name
+    return ["feasible"]
+
+
 class SuiteConfig(StrictModel):
     scenarios: list[str] = Field(default_factory=lambda: list(DEFAULT_SCENARIOS), min_length=1)
     policies: list[str] = Field(default_factory=lambda: list(DEFAULT_POLICIES), min_length=1)
     seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), min_length=1)
     slo_target: float = Field(
         default=0.99, gt=0, le=1, description="Attainment that counts as meeting the SLO."
+    )
+    references: list[Reference] = Field(
+        default_factory=_default_references,
+        description="Simulator-only references run beside the oracle's lower bound and shown apart from "
+        "the ranked policies: feasible (the oracle's schedule asked for one real cold start and node "
+        "provisioning ahead, one simulation per scenario and seed) and receding-horizon (the ceiling of "
+        "planning: candidate fleets rolled forward in copies of the simulation every tick; 30-180 times a "
+        "run's own time). Default [feasible]; [] for none.",
     )
     workers: int | None = Field(default=None, ge=1, description="Worker processes (default: the cores).")
     runner: Literal["local", "ray"] = Field(
@@ -97,6 +116,13 @@ class SuiteConfig(StrictModel):
             return check_address(v)
         except ConfigError as exc:
             raise ValueError(exc.allowed) from None
+
+    @field_validator("references")
+    @classmethod
+    def _references(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each reference once: feasible, receding-horizon")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -129,6 +155,24 @@ def parse_seeds(value: str) -> list[int]:
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise ConfigError("--seeds", None, value, "seeds must be distinct integers >= 0")
     return seeds
+
+
+def parse_references(value: str) -> list[str]:
+    """``--references``: a comma-separated list of references, or ``none``."""
+    from gpuscale.experiments.references import REFERENCES
+
+    if value.strip() == "none":
+        return []
+    items = split_list(value, "--references")
+    bad = [v for v in items if v not in REFERENCES]
+    if bad or len(set(items)) != len(items):
+        raise ConfigError(
+            "--references",
+            None,
+            value,
+            f"expected distinct names from {', '.join(REFERENCES)}, or none",
+        )
+    return items
 
 
 def policy_spec(name: str, oracle: OracleResult | None) -> tuple[str, Any]:

@@ -268,6 +268,10 @@ def resolve_policy(
             if kind in kind_names() and "name" in config_class(kind).model_fields:
                 data = {**data, "name": spec}
         return PolicySpec(data, label, spec)
+    from gpuscale.policies.clairvoyant import SIMULATOR_ONLY
+
+    if spec in SIMULATOR_ONLY:
+        raise ConfigError(source, key, spec, SIMULATOR_ONLY[spec])
     raise ConfigError(
         source, key, spec, f"not a policy file or a preset; presets: {', '.join(preset_names())}"
     )
