@@ -124,7 +124,7 @@ pip_in_root --require-hashes -r /tmp/install/requirements.txt
 pip_in_root "/tmp/install/$(basename "$APP_WHEEL")"
 rm -rf "$RFS/tmp/install"
 # the libraries' own test suites are not needed at run time
-for d in numpy numba llvmlite; do
+for d in numpy; do
     find "$RFS/opt/gpuscale/lib/python3.11/site-packages/$d" -type d -name tests -prune -exec rm -rf {} +
 done
 echo 'nonroot:x:65532:65532:nonroot:/home/nonroot:/usr/sbin/nologin' >> "$RFS/etc/passwd"
@@ -136,15 +136,12 @@ umoci repack --history.created_by "venv /opt/gpuscale: gpuscale $VERSION + scrip
     --image "$OUT:$VERSION" "$W/bundle"
 size_mb="$(du -sm "$RFS" | cut -f1)"
 
-# NUMBA_DISABLE_JIT: the CLI imports the simulator's Numba kernels, whose on-disk cache needs a
-# writable folder; the controller and the scaler never run them, and the root is read-only.
 umoci config --image "$OUT:$VERSION" --no-history \
     --config.user 65532:65532 --config.workingdir /home/nonroot \
     --config.entrypoint gpuscale --config.cmd --help \
     --config.env PATH=/opt/gpuscale/bin:/usr/local/bin:/usr/bin:/bin \
     --config.env HOME=/home/nonroot --config.env LANG=C.UTF-8 \
     --config.env PYTHONUNBUFFERED=1 --config.env PYTHONDONTWRITEBYTECODE=1 \
-    --config.env NUMBA_DISABLE_JIT=1 \
     --config.exposedports 8080/tcp --config.exposedports 9090/tcp \
     --config.label "org.opencontainers.image.title=gpuscale" \
     --config.label "org.opencontainers.image.version=$VERSION" \

@@ -555,3 +555,20 @@ def test_a_key_missing_in_a_tagged_union_member_is_named() -> None:
     with pytest.raises(ConfigError) as info:
         load_policy({"kind": "hpa", "metrics": []}, "policy.yaml")
     assert "max_replicas" in str(info.value) and "required" in str(info.value)
+
+
+def test_a_command_whose_package_is_not_installed_says_so_without_a_traceback(tmp_path: Path) -> None:
+    # the controller's image leaves out Numba: `simulate` there must be one message, exit 2
+    shim = tmp_path / "shim" / "numba"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        'raise ModuleNotFoundError("No module named \'numba\'", name="numba")\n', encoding="utf-8"
+    )
+    env = {**os.environ, "PYTHONPATH": str(shim.parent)}
+    cmd = [str(Path(sys.executable).with_name("gpuscale")), "simulate", "thesis-constant", "-p", "gpu-util"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "has no numba" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shim"]  # nothing written

@@ -1669,9 +1669,37 @@ def train(
     )
 
 
+_PARTS = {
+    "numba": "the simulator",
+    "llvmlite": "the simulator",
+    "matplotlib": "the reports' plots",
+    "simpy": "the reference simulator",
+    "ray": "Ray",
+    "optuna": "tuning",
+    "torch": "training",
+    "gymnasium": "the learning environment",
+    "stable_baselines3": "training",
+}
+"""Packages the controller's container image leaves out, and what needs them."""
+
+
 def main() -> None:
     """Entry point of the ``gpuscale`` command."""
-    app(prog_name="gpuscale")
+    try:
+        app(prog_name="gpuscale")
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in _PARTS:
+            raise
+        # the container image carries `run` and `keda-scaler` only: a command that needs more says so
+        try:
+            fail(
+                f"this installation of gpuscale has no {top} ({_PARTS[top]} needs it); the container "
+                "image runs `gpuscale run` and `gpuscale keda-scaler` only: run the other commands where "
+                "scripts/setup.sh installed gpuscale"
+            )
+        except typer.Exit as done:
+            sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

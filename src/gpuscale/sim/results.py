@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuscale.sim.dataplane import Records
-from gpuscale.sim.llm_plane import LlmRecords
+if TYPE_CHECKING:  # the data planes load Numba: not needed to write or read results
+    from gpuscale.sim.dataplane import Records
+    from gpuscale.sim.llm_plane import LlmRecords
 
 
 @dataclass(frozen=True, slots=True)
