@@ -80,7 +80,12 @@ def test_default_reward_is_highest_for_the_cheapest_fleet_that_meets_the_slo() -
     meets 99 %; every fleet that misses scores lower, and past the best each extra replica only
     costs (measured: 1-4 replicas meet 29-94 %, 5 meets 99.3 % but not in every tick, 6 is best)."""
     env = ScalingEnv(
-        EnvConfig(scenarios=("kis-s-spike",), seeds=(1,), actions=ActionSpec("target", low=1, high=10))
+        EnvConfig(
+            scenarios=("kis-s-spike",),
+            seeds=(1,),
+            actions=ActionSpec("target", low=1, high=10),
+            keep_summary=True,
+        )
     )
     returns, attained = {}, {}
     for n in range(1, 11):

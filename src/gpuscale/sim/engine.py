@@ -382,10 +382,18 @@ class Simulation:
         source: str = "scenario",
         record: bool = False,
         timeline: bool = True,
+        summary: bool = True,
+        pod_samples: bool = True,
     ) -> None:
         """Set the world up at ``t = 0``; ``seed`` defaults to the scenario's, the rest is
-        :func:`simulate`'s. ``timeline=False`` skips the per-tick rows (a caller that steps the run
-        for its own purposes, such as the RL environment; the result's timeline is then empty)."""
+        :func:`simulate`'s. A caller that steps the run for its own purposes (the RL environment)
+        can leave out what only reports need; the run itself stays the same:
+        ``timeline=False`` skips the per-tick rows (the result's timeline is then empty),
+        ``summary=False`` also the running totals (there is then no :meth:`result`), and
+        ``pod_samples=False`` the per-pod samples in the policy's snapshots (``SignalValue.per_pod``
+        empty, the values the same: for a policy that reads none, such as the RL agent)."""
+        if timeline and not summary:
+            raise ValueError("a timeline needs the running totals: timeline=False with summary=False")
         self.scenario = scenario
         self.seed = seed = scenario.seed if seed is None else seed
         if schedules_of(policy) and scenario.start is None:
@@ -459,9 +467,12 @@ class Simulation:
             NodeLayer(scenario.cluster, cluster, target, seed) if scenario.cluster.node_layer else None
         )
         target.node_layer = self.nodes
+        self._pod_samples = pod_samples
         self.source = self._metrics_source(scenario.telemetry.metrics_delay_s)
-        # The timeline reports ground truth (no pipeline delay); with no delay that is the policy's source.
-        self.truth = self.source if scenario.telemetry.metrics_delay_s == 0 else self._metrics_source(0.0)
+        # The timeline reports ground truth (no pipeline delay); with no delay that is the policy's
+        # source, and with no timeline nothing reads it.
+        delayed = scenario.telemetry.metrics_delay_s != 0 and timeline
+        self.truth = self._metrics_source(0.0) if delayed else self.source
         self.timeline = Timeline()
         self._keep_timeline = timeline
         self._recorder = TimelineRecorder(dp, target, cluster, self.truth, tick_s)
@@ -472,6 +483,7 @@ class Simulation:
         target.start_warm(scenario.control.initial_replicas if initial is None else initial, 0.0)
         self.state = policy.initial_state()
         self._totals = SummaryBuilder(target.count(Phase.READY), len(cluster.nodes))
+        self._keep_totals = summary
         self.now = 0.0
         self.done = False
         self._users = closed.schedule.users_at(0.0) if closed is not None else -1
@@ -497,6 +509,7 @@ class Simulation:
             metrics_delay_s=delay_s,
             max_window_s=max(windows),
             held_gb=held_gb,
+            pod_samples=self._pod_samples,
         )
 
     # -- stepping ----------------------------------------------------------------------------------
@@ -595,9 +608,10 @@ class Simulation:
             self.dp.advance(t, t_next, arrivals, self._users, prompt, output)
         else:
             self.dp.advance(t, t_next, arrivals, self._users)
-        self._totals.elapse(
-            t_next - t, target.count(Phase.READY), target.gpus_held, target.count(Phase.PENDING)
-        )
+        if self._keep_totals:
+            self._totals.elapse(
+                t_next - t, target.count(Phase.READY), target.gpus_held, target.count(Phase.PENDING)
+            )
         self.now = t_next
 
     def _lifecycle(self, t: float) -> None:
@@ -612,13 +626,16 @@ class Simulation:
             target.handle_event(kind, pod_id, t)
         if self.cluster.shared:
             target.check_memory(t, self.scenario.model)
-        self._totals.observe(target.count(Phase.READY), len(self.cluster.nodes))
+        if self._keep_totals:
+            self._totals.observe(target.count(Phase.READY), len(self.cluster.nodes))
 
     def _scrape(self, t: float) -> None:
         self._n_scrape += 1
         self.source.scrape(t)
         if self.truth is not self.source:
             self.truth.scrape(t)
+        if not self._keep_totals:
+            return
         ready = self.target.pods_in(Phase.READY)
         if ready:
             # As the exporter reported it: against the device each pod sees (its MIG slice).
@@ -640,7 +657,8 @@ class Simulation:
         target: ScaleTarget = self.target
         target.apply(decision, t)
         reason = decision.reason.value
-        self._totals.decided(reason)
+        if self._keep_totals:
+            self._totals.decided(reason)
         if self._keep_timeline:
             self.timeline.rows.append(self._recorder.row(t, reason, self._totals.pending_s))
         return decision
@@ -652,6 +670,8 @@ class Simulation:
             raise RuntimeError(
                 f"the run is at t = {self.now:g} s of {self.duration_s:g} s; step it to the end first"
             )
+        if not self._keep_totals:
+            raise RuntimeError("the run keeps no running totals (summary=False): it has no result")
         target = self.target
         summary = self._totals.build(
             self.scenario, self.policy.name, self.seed, self.dp, target, self.cluster, self.nodes

@@ -111,7 +111,10 @@ C_SLO_S = 3
 C_JITTER_CV = 4
 C_THINK_MIN_S = 5
 C_THINK_MAX_S = 6
-N_CF = 7
+C_JITTER_SIGMA2 = 7
+"""ln(1 + cv^2): the lognormal jitter's log-variance (set from C_JITTER_CV by :func:`advance`)."""
+C_JITTER_SIGMA = 8
+N_CF = 9
 
 K_MAX_BATCH = 0
 K_THRESHOLD = 1
@@ -218,9 +221,8 @@ def _jitter(cf: np.ndarray, ci: np.ndarray, rng: np.ndarray, gf: np.ndarray) -> 
     if kind == JIT_EXPONENTIAL:
         u = _uniform(rng)
         return -math.log(1.0 - u)
-    cv = cf[C_JITTER_CV]
-    sigma2 = math.log(1.0 + cv * cv)
-    return math.exp(math.sqrt(sigma2) * _std_normal(rng, gf) - 0.5 * sigma2)
+    sigma2 = cf[C_JITTER_SIGMA2]
+    return math.exp(cf[C_JITTER_SIGMA] * _std_normal(rng, gf) - 0.5 * sigma2)
 
 
 # ---- closed-loop users: a binary min-heap of (wake time, user id) -------------------------------
@@ -795,6 +797,10 @@ def advance(
     on; the caller sizes them (``gi[G_N_REC]`` counts rows, also past the end, so overflow is visible).
     """
     mask = ci[K_RING_MASK]
+    # the lognormal jitter's parameters, once per call rather than once per batch
+    cv = cf[C_JITTER_CV]
+    cf[C_JITTER_SIGMA2] = math.log(1.0 + cv * cv)
+    cf[C_JITTER_SIGMA] = math.sqrt(cf[C_JITTER_SIGMA2])
     # -- closed-loop population changes take effect at t0
     if users_target >= 0:
         active = gi[G_USERS_ACTIVE]

@@ -37,6 +37,11 @@ if TYPE_CHECKING:  # the node layer drives this target, so it imports this modul
 READY_EVENT = 0
 DRAIN_DEADLINE = 1
 
+_ACTIVE = (Phase.PENDING, Phase.STARTING, Phase.READY)
+"""Phases of the pods that make up the spec (besides standby and leaving pods)."""
+_WARMING = (Phase.PENDING, Phase.STARTING, Phase.STANDBY)
+"""Phases of the pods that make up the standby target."""
+
 
 class SimScaleTarget:
     def __init__(
@@ -101,13 +106,20 @@ class SimScaleTarget:
 
     def counts(self, now: float) -> ReplicaCounts:
         """The replica counts a policy sees at ``now``; ``pending_nodes`` is 0 without a node layer."""
+        active = [0] * len(Phase)  # active (not standby) pods by phase, in one pass
+        standby = 0
+        for p in self.pods.values():
+            if not p.standby:
+                active[p.phase] += 1
+            elif p.phase == Phase.STANDBY:
+                standby += 1
         return ReplicaCounts(
             current_replicas=self.spec,
-            ready=self.count(Phase.READY),
-            starting=self.count(Phase.STARTING),
-            pending=self.count(Phase.PENDING),
-            draining=self.count(Phase.DRAINING),
-            standby=self.count(Phase.STANDBY, standby=True),
+            ready=active[Phase.READY],
+            starting=active[Phase.STARTING],
+            pending=active[Phase.PENDING],
+            draining=active[Phase.DRAINING],
+            standby=standby,
             standby_target=self.standby_target,
             pending_nodes=self.node_layer.pending_nodes(now) if self.node_layer is not None else 0,
         )
@@ -269,8 +281,8 @@ class SimScaleTarget:
     def reap_drained(self, t: float) -> bool:
         """Draining pods that have emptied are gone (at the moment their last request ended)."""
         freed = False
-        for pod in list(self.pods.values()):
-            if pod.phase == Phase.DRAINING and self.dp.outstanding(pod.slot) == 0:
+        for pod in [p for p in self.pods.values() if p.phase == Phase.DRAINING]:
+            if self.dp.outstanding(pod.slot) == 0:
                 self._end(pod, max(self.dp.last_end_t(pod.slot), pod.drain_started_t))
                 freed = True
         if freed:
@@ -386,11 +398,7 @@ class SimScaleTarget:
 
     def reconcile(self, t: float) -> None:
         # Pods leaving a node being consolidated are already replaced (they go once it is Ready).
-        active = [
-            p
-            for p in self.pods_in(Phase.PENDING, Phase.STARTING, Phase.READY, standby=False)
-            if not p.leaving
-        ]
+        active = [p for p in self.pods.values() if p.phase in _ACTIVE and not p.standby and not p.leaving]
         if self.spec > len(active):
             need = self.spec - len(active)
             ready_standby = sorted(self.pods_in(Phase.STANDBY, standby=True), key=lambda p: p.ready_t)
@@ -407,11 +415,7 @@ class SimScaleTarget:
         elif self.spec < len(active):
             for pod in self._removal_order(active)[: len(active) - self.spec]:
                 self._remove(pod, t)
-        standby = [
-            p
-            for p in self.pods_in(Phase.PENDING, Phase.STARTING, Phase.STANDBY, standby=True)
-            if not p.leaving
-        ]
+        standby = [p for p in self.pods.values() if p.phase in _WARMING and p.standby and not p.leaving]
         if self.standby_target > len(standby):
             self._make_room(self.standby_target - len(standby), t)
             for _ in range(self.standby_target - len(standby)):

@@ -29,9 +29,11 @@ Memory is bounded: only the samples the longest declared window needs are kept.
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -50,6 +52,7 @@ from gpuscale.policies.base import (
 from gpuscale.policies.ports import ReplicaCounts, make_snapshot
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Phase, Pod
+from gpuscale.sim.kernel import _compiled
 from gpuscale.sim.llm_plane import LlmDataPlane, Plane
 
 # per-pod sample columns (_MEM: memory used on the device the pod sees; _DEVICE_GB: that device's)
@@ -57,6 +60,8 @@ _BUSY, _CPU, _INFLIGHT, _ADMITTED, _MEM_CUM, _QUEUE_CUM, _COUNT, _MEM, _QUEUE, _
 # LLM pods only (zero elsewhere): gauges and their running sums, counters, time integrals
 _KV, _KV_CUM, _RUN, _RUN_CUM, _PROMPT, _GEN, _PREEMPT, _SM_ACTIVE, _SM_OCC, _DRAM = range(10, 20)
 _N_COLS = 20
+_CUMS = [_MEM_CUM, _QUEUE_CUM, _COUNT, _KV_CUM, _RUN_CUM]
+"""The running sums a pod's sample carries: memory, queue, samples, KV-cache usage, running requests."""
 _QUANTILE = {
     Metric.LATENCY_P50_MS: 0.50,
     Metric.LATENCY_P95_MS: 0.95,
@@ -90,12 +95,37 @@ _BUCKET_VALUES_S = K.bucket_values()
 
 def hist_quantile(counts: np.ndarray, q: float) -> float | None:
     """The q-quantile (seconds) of a latency histogram, within its 0.78 % relative error; None if empty."""
-    total = int(counts.sum())
+    cum = np.cumsum(counts)
+    total = int(cum[-1]) if len(cum) else 0
     if total <= 0:
         return None
     rank = q * total
-    idx = int(np.searchsorted(np.cumsum(counts), rank, side="left"))
+    idx = int(np.searchsorted(cum, rank, side="left"))
     return float(_BUCKET_VALUES_S[min(idx, len(_BUCKET_VALUES_S) - 1)])
+
+
+def _window_quantile(new: np.ndarray, old: np.ndarray, q: float) -> float | None:
+    """:func:`hist_quantile` of ``new - old`` (the latency histogram over a window), in one pass."""
+    idx = _diff_quantile_index(new, old, q)
+    return None if idx < 0 else float(_BUCKET_VALUES_S[idx])
+
+
+@_compiled()
+def _diff_quantile_index(new: np.ndarray, old: np.ndarray, q: float) -> int:
+    """The bucket :func:`hist_quantile` finds in ``new - old`` (-1 when it is empty): the first whose
+    cumulative count reaches ``q`` x the total, else the last."""
+    total = 0
+    for i in range(new.shape[0]):
+        total += new[i] - old[i]
+    if total <= 0:
+        return -1
+    rank = q * total
+    cum = 0
+    for i in range(new.shape[0]):
+        cum += new[i] - old[i]
+        if cum >= rank:
+            return i
+    return int(new.shape[0]) - 1
 
 
 @dataclass
@@ -128,11 +158,14 @@ class SimMetricsSource:
         metrics_delay_s: float,
         max_window_s: float,
         held_gb: Callable[[Pod, float], float] | None = None,
+        pod_samples: bool = True,
     ) -> None:
         """``pods()``: the target's pods now, standby pods included (what service discovery finds:
         a scrape reads every pod that serves, a snapshot the active ones).
         ``held_gb(pod, t)``: GPU memory a pod that is not serving holds at ``t`` (one loading its
-        weights, or a loaded standby pod); it counts on a time-sliced GPU it shares. None: nothing."""
+        weights, or a loaded standby pod); it counts on a time-sliced GPU it shares. None: nothing.
+        ``pod_samples=False``: snapshots carry no per-pod samples (``SignalValue.per_pod`` empty, the
+        values the same), for a caller whose policy reads none (the RL environment)."""
         self.dp = dp
         self.pods = pods
         self.profile = profile
@@ -140,10 +173,17 @@ class SimMetricsSource:
         self.scrape_interval_s = scrape_interval_s
         self.metrics_delay_s = metrics_delay_s
         keep = math.ceil((max_window_s + metrics_delay_s) / scrape_interval_s) + 3
+        self.pod_samples = pod_samples
         self._samples: deque[_Sample] = deque(maxlen=keep)
-        self._cum: dict[int, tuple[float, float, int, float, float]] = {}
-        self._first_seen: dict[int, int] = {}
-        """Absolute scrape number of each serving pod's first sample."""
+        # Per serving pod, indexed by pod id: its running sums (the _CUMS columns' values), the
+        # absolute scrape number of its first sample, that sample's row and time; ``_known`` marks
+        # the pods that have them (after a scrape: exactly the pods in it).
+        self._cum = np.zeros((0, len(_CUMS)), dtype=np.float64)
+        self._first_seen = np.zeros(0, dtype=np.int64)
+        self._first_rows = np.zeros((0, _N_COLS), dtype=np.float64)
+        self._first_t = np.zeros(0, dtype=np.float64)
+        self._known = np.zeros(0, dtype=bool)
+        self._n_known = 0
         self._window_cache: tuple[tuple[int, int, bytes], _Window] | None = None
         self._router_cum = 0.0
         self._count = 0
@@ -176,6 +216,8 @@ class SimMetricsSource:
         """Memory used on each serving pod's device, as DCGM reports it (module docstring): its own on
         whole GPUs and MIG slices, that of every pod on a time-sliced GPU."""
         used = own.copy()
+        if all(pod.device is None or len(pod.device.pods) < 2 for pod in serving):
+            return used
         by_id = {p.id: float(m) for p, m in zip(serving, own.tolist(), strict=True)}
         for k, pod in enumerate(serving):
             device = pod.device
@@ -192,44 +234,32 @@ class SimMetricsSource:
 
     def scrape(self, t: float) -> None:
         """Record what the exporters report at ``t`` for every pod that serves."""
-        serving = sorted((p for p in self.pods() if p.slot >= 0), key=lambda p: p.id)
+        serving = sorted((p for p in self.pods() if p.slot >= 0), key=_by_id)
         ids = np.array([p.id for p in serving], dtype=np.int64)
         slots = np.array([p.slot for p in serving], dtype=np.int64)
         raw = self.dp.scrape(slots, t)
         rows = np.zeros((len(serving), _N_COLS), dtype=np.float64)
         if len(serving):
-            device_gb = self.device_gb(serving)
-            mem = self._device_used_gb(t, serving, self.memory_gb(slots, raw[:, 6], device_gb))
-            rows[:, _DEVICE_GB] = device_gb
-            rows[:, _BUSY] = raw[:, 0]
-            rows[:, _CPU] = raw[:, 1]
-            rows[:, _INFLIGHT] = raw[:, 2]
-            rows[:, _ADMITTED] = raw[:, 3]
+            if any(p.device is not None for p in serving):
+                device_gb = self.device_gb(serving)
+                mem = self._device_used_gb(t, serving, self.memory_gb(slots, raw[:, 6], device_gb))
+                rows[:, _DEVICE_GB] = device_gb
+            else:  # whole GPUs: each pod sees its own GPUs and its own memory on them
+                mem = self.memory_gb(slots, raw[:, 6])
+                rows[:, _DEVICE_GB] = self.profile.device_memory_gb
+            rows[:, _BUSY : _ADMITTED + 1] = raw[:, 0:4]
             rows[:, _MEM] = mem
             rows[:, _QUEUE] = raw[:, 5]
             if self._llm_dp is not None:
                 rows[:, _KV] = raw[:, 7] / float(self._llm_dp.num_blocks)
                 rows[:, _RUN] = raw[:, 6]
                 rows[:, _PROMPT : _DRAM + 1] = raw[:, 8:14]
-            for k, pid in enumerate(ids.tolist()):
-                m, q, n, kv, run = self._cum.get(pid, (0.0, 0.0, 0, 0.0, 0.0))
-                m += float(mem[k])
-                q += float(raw[k, 5])
-                n += 1
-                kv += float(rows[k, _KV])
-                run += float(rows[k, _RUN])
-                self._cum[pid] = (m, q, n, kv, run)
-                self._first_seen.setdefault(pid, self._count)
-                rows[k, _MEM_CUM] = m
-                rows[k, _QUEUE_CUM] = q
-                rows[k, _COUNT] = n
-                rows[k, _KV_CUM] = kv
-                rows[k, _RUN_CUM] = run
+            self._add_to_sums(ids, rows, t)
         # Pods that stopped reporting are gone for good (slots are never reused by the same pod).
-        if len(self._cum) > len(serving):
-            keep = set(ids.tolist())
-            self._cum = {k: v for k, v in self._cum.items() if k in keep}
-            self._first_seen = {k: v for k, v in self._first_seen.items() if k in keep}
+        if self._n_known > len(serving):
+            self._known[:] = False
+            self._known[ids] = True
+            self._n_known = len(serving)
         self._router_cum += self.dp.router_queue_len
         self._count += 1
         self._samples.append(
@@ -245,6 +275,29 @@ class SimMetricsSource:
                 ttft_hist=self._llm_dp.ttft_hist.copy() if self._llm_dp is not None else None,
                 itl_hist=self._llm_dp.itl_hist.copy() if self._llm_dp is not None else None,
             )
+        )
+
+    def _add_to_sums(self, ids: np.ndarray, rows: np.ndarray, t: float) -> None:
+        """Add the scrape at ``t`` to the running sums of the pods ``ids`` (sorted, unique) and copy
+        the sums into their ``rows``; a pod seen for the first time starts from zero at this scrape."""
+        top = int(ids[-1]) + 1
+        if top > len(self._known):
+            grow = max(top, 2 * len(self._known), 16) - len(self._known)
+            self._cum = np.concatenate([self._cum, np.zeros((grow, len(_CUMS)))])
+            self._first_seen = np.concatenate([self._first_seen, np.zeros(grow, dtype=np.int64)])
+            self._first_rows = np.concatenate([self._first_rows, np.zeros((grow, _N_COLS))])
+            self._first_t = np.concatenate([self._first_t, np.zeros(grow)])
+            self._known = np.concatenate([self._known, np.zeros(grow, dtype=bool)])
+        self._n_known += _add_to_sums(
+            ids,
+            rows,
+            t,
+            self._cum,
+            self._known,
+            self._first_seen,
+            self._first_rows,
+            self._first_t,
+            self._count,
         )
 
     def memory_util_pct(self, pods: Sequence[Pod]) -> np.ndarray:
@@ -295,12 +348,17 @@ class SimMetricsSource:
     def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
         """The snapshot a policy sees at ``now``: ``counts`` plus every spec it declared, read over the
         active pods (Pending, Starting and Ready; standby pods are outside the Service)."""
-        active = [
-            p
-            for p in self.pods()
-            if not p.standby and p.phase in (Phase.PENDING, Phase.STARTING, Phase.READY)
-        ]
-        return make_snapshot(now, counts, {spec: self.fulfil(now, spec, active) for spec in specs})
+        active = _PodSet(
+            [
+                p
+                for p in self.pods()
+                if not p.standby and p.phase in (Phase.PENDING, Phase.STARTING, Phase.READY)
+            ]
+        )
+        new, with_pods = self._newest(now), self.pod_samples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            signals = {spec: self._fulfil(now, spec, active, with_pods, new) for spec in specs}
+        return make_snapshot(now, counts, signals)
 
     def unavailable(self) -> None:
         """Never: the simulated metrics backend always answers (a missing signal is still missing)."""
@@ -310,7 +368,14 @@ class SimMetricsSource:
         self, t: float, spec: SignalSpec, pods: Sequence[Pod], *, with_pods: bool = True
     ) -> SignalValue:
         """The value of ``spec`` at ``t``; ``with_pods=False`` skips the per-pod samples."""
-        new = self._newest(t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._fulfil(t, spec, _PodSet(pods), with_pods, self._newest(t))
+
+    def _fulfil(
+        self, t: float, spec: SignalSpec, pods: _PodSet, with_pods: bool, new: int | None
+    ) -> SignalValue:
+        """:meth:`fulfil` with the newest sample at ``t`` found (``new``), under the caller's
+        ``np.errstate`` (a pod with no rate divides by NaN, one with no gauge sample by zero)."""
         if new is None:
             return SignalValue.missing("no scrape yet")
         s_new = self._samples[new]
@@ -320,21 +385,19 @@ class SimMetricsSource:
         if spec.metric in LATENCY_METRICS:
             if old == new:
                 return SignalValue.missing("one scrape in the window", age)
-            q = hist_quantile(s_new.hist - s_old.hist, _QUANTILE[spec.metric])
+            q = _window_quantile(s_new.hist, s_old.hist, _QUANTILE[spec.metric])
             if q is None:
                 return SignalValue.missing(f"no request completed in the last {spec.window_s:g} s", age)
             return SignalValue(q * 1000.0, age)
         if spec.metric in TOKEN_LATENCY_METRICS:
             return self._token_latency(spec, s_new, s_old, age)
-        if with_pods:
-            per_pod = self._per_pod(spec.metric, new, old, pods)
-            values = [s.value for s in per_pod if s.value is not None and s.ready]
-        else:
-            per_pod = []
-            arr = self._values(spec.metric, self._window(new, old, pods))
-            ready = np.array([p.phase == Phase.READY for p in pods], dtype=bool)
-            values = [float(v) for v in arr[ready & ~np.isnan(arr)]] if len(pods) else []
         service = self._service_part(spec.metric, s_new, s_old)
+        if service is not None and spec.metric == Metric.REQUEST_RATE and not with_pods:
+            return SignalValue(service, age)  # measured at the ingress: no pod's rate needed
+        arr = self._values(spec.metric, self._window(new, old, pods))
+        per_pod = self._per_pod(s_new.t, arr, pods) if with_pods else []
+        # The Ready pods' values, in pod order (as floats: summed in that order below).
+        values: list[float] = arr[pods.ready & ~np.isnan(arr)].tolist()
         if spec.aggregation == Aggregation.TOTAL:
             if service is not None:
                 total = service if spec.metric == Metric.REQUEST_RATE else sum(values) + service
@@ -355,7 +418,7 @@ class SimMetricsSource:
             return SignalValue.missing(f"{spec.metric.value} is exported by LLM pods only")
         if s_new is s_old:
             return SignalValue.missing("one scrape in the window", age)
-        q = hist_quantile(h_new - h_old, _QUANTILE[spec.metric])
+        q = _window_quantile(h_new, h_old, _QUANTILE[spec.metric])
         if q is None:
             what = "first token" if ttft else "token after a first"
             return SignalValue.missing(f"no {what} in the last {spec.window_s:g} s", age)
@@ -374,93 +437,222 @@ class SimMetricsSource:
             return (s_new.router_cum - s_old.router_cum) / n if n > 0 else float(self.dp.router_queue_len)
         return None
 
-    def _window(self, new: int, old: int, pods: Sequence[Pod]) -> _Window:
-        """Each pod's newest sample and its oldest sample inside the window (vectorised, cached)."""
+    def _window(self, new: int, old: int, pods: _PodSet) -> _Window:
+        """Each pod's newest sample and its oldest sample inside the window (:func:`_window_rows`;
+        cached: the signals of a snapshot share their windows)."""
         base = self._count - len(self._samples)
-        ids = np.array([p.id for p in pods], dtype=np.int64)
-        key = (base + new, base + old, ids.tobytes())
+        key = (base + new, base + old, pods.key)
         if self._window_cache is not None and self._window_cache[0] == key:
             return self._window_cache[1]
-        s_new = self._samples[new]
-        n = len(ids)
-        k_new = np.searchsorted(s_new.pod_ids, ids) if len(s_new.pod_ids) else np.zeros(n, dtype=np.int64)
-        present = np.zeros(n, dtype=bool)
-        if len(s_new.pod_ids):
-            inside = k_new < len(s_new.pod_ids)
-            present[inside] = s_new.pod_ids[k_new[inside]] == ids[inside]
+        s_new, s_old = self._samples[new], self._samples[old]
+        n = len(pods)
         rows_new = np.full((n, _N_COLS), np.nan)
         rows_old = np.full((n, _N_COLS), np.nan)
-        t_old = np.full(n, np.nan)
+        dt = np.full(n, np.nan)
         young = np.zeros(n, dtype=bool)
-        if present.any():
-            rows_new[present] = s_new.rows[k_new[present]]
-            # A pod is scraped from its first scrape on, so its oldest sample in the window is at
-            # max(window start, first scrape).
-            first = np.array([self._first_seen.get(int(i), base + new) for i in ids], dtype=np.int64) - base
-            i_old = np.maximum(first, old)
-            young[:] = (i_old != old) | (i_old == new)
-            for i in np.unique(i_old[present]):
-                sel = present & (i_old == i)
-                sample = self._samples[int(i)]
-                rows_old[sel] = sample.rows[np.searchsorted(sample.pod_ids, ids[sel])]
-                t_old[sel] = sample.t
-        view = _Window(present, rows_new, rows_old, s_new.t - t_old, young)
+        _window_rows(
+            pods.ids, new, old, base, s_new.pod_ids, s_new.rows, s_new.t, s_old.pod_ids, s_old.rows, s_old.t,
+            self._known, self._first_seen, self._first_rows, self._first_t, rows_new, rows_old, dt, young,
+        )  # fmt: skip
+        with np.errstate(invalid="ignore"):
+            rate_dt = np.where(dt > 0, dt, np.nan)
+        view = _Window(young, rows_new, rows_old, dt, rate_dt)
         self._window_cache = (key, view)
         return view
 
     def _values(self, metric: Metric, w: _Window) -> np.ndarray:
-        """Per-pod values of ``metric`` over the window (NaN where a pod has none)."""
+        """Per-pod values of ``metric`` over the window (NaN where a pod has none); under the
+        caller's ``np.errstate``."""
         new, old = w.rows_new, w.rows_old
         if not self.llm and metric in LLM_METRICS:
             return np.full(len(new), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if metric in _GAUGES:
-                col, cum = _GAUGES[metric]
-                # mean of the samples in (old, new]; a pod younger than the window counts its first sample
-                n = new[:, _COUNT] - old[:, _COUNT]
-                total = new[:, cum] - old[:, cum]
-                mean = np.where(w.young, (total + old[:, col]) / (n + 1), total / n)
-                if metric == Metric.GPU_MEMORY_UTIL:
-                    return np.asarray(100.0 * mean / new[:, _DEVICE_GB])
-                return np.asarray(mean)
-            dt = np.where(w.dt > 0, w.dt, np.nan)
-            if metric == Metric.GPU_UTIL:
-                return np.asarray(np.minimum(100.0, 100.0 * (new[:, _BUSY] - old[:, _BUSY]) / dt))
-            if metric == Metric.CPU_UTIL:
-                busy = (new[:, _CPU] - old[:, _CPU]) / dt
-                return np.asarray(
-                    np.minimum(100.0, self.profile.cpu_idle_pct + 100.0 * busy / self.profile.cpu_cores)
-                )
-            if metric in _RATES:
-                col = _RATES[metric]
-                return np.asarray((new[:, col] - old[:, col]) / dt)
-            if metric in _FRACTIONS:
-                col = _FRACTIONS[metric]
-                return np.asarray(np.minimum(1.0, (new[:, col] - old[:, col]) / dt))
+        if metric in _GAUGES:
+            col, cum = _GAUGES[metric]
+            # mean of the samples in (old, new]; a pod younger than the window counts its first sample
+            n = new[:, _COUNT] - old[:, _COUNT]
+            total = new[:, cum] - old[:, cum]
+            mean = np.where(w.young, (total + old[:, col]) / (n + 1), total / n)
+            if metric == Metric.GPU_MEMORY_UTIL:
+                return np.asarray(100.0 * mean / new[:, _DEVICE_GB])
+            return np.asarray(mean)
+        dt = w.rate_dt
+        if metric == Metric.GPU_UTIL:
+            return np.asarray(np.minimum(100.0, 100.0 * (new[:, _BUSY] - old[:, _BUSY]) / dt))
+        if metric == Metric.CPU_UTIL:
+            busy = (new[:, _CPU] - old[:, _CPU]) / dt
+            return np.asarray(
+                np.minimum(100.0, self.profile.cpu_idle_pct + 100.0 * busy / self.profile.cpu_cores)
+            )
+        if metric in _RATES:
+            col = _RATES[metric]
+            return np.asarray((new[:, col] - old[:, col]) / dt)
+        if metric in _FRACTIONS:
+            col = _FRACTIONS[metric]
+            return np.asarray(np.minimum(1.0, (new[:, col] - old[:, col]) / dt))
         raise ValueError(f"metric {metric} is not a per-pod metric")
 
-    def _per_pod(self, metric: Metric, new: int, old: int, pods: Sequence[Pod]) -> list[PodSample]:
-        t_new = self._samples[new].t
-        values = self._values(metric, self._window(new, old, pods))
-        out: list[PodSample] = []
-        for pod, v in zip(pods, values.tolist(), strict=True):
-            ready = pod.phase == Phase.READY
-            out.append(
-                PodSample(
-                    pod.name,
-                    None if v != v else float(v),
-                    ready,
-                    pod.phase != Phase.PENDING,
-                    max(0.0, t_new - pod.ready_t) if ready else 0.0,
-                )
+    @staticmethod
+    def _per_pod(t_new: float, values: np.ndarray, pods: _PodSet) -> list[PodSample]:
+        """Each pod's sample of the values read at the newest scrape (``t_new``)."""
+        return [
+            PodSample(
+                name,
+                None if v != v else v,
+                ready,
+                running,
+                max(0.0, t_new - ready_t) if ready else 0.0,
             )
-        return out
+            for name, v, ready, running, ready_t in zip(
+                pods.names, values.tolist(), pods.ready_list, pods.running, pods.ready_t, strict=True
+            )
+        ]
+
+
+@_compiled()
+def _add_to_sums(
+    ids: np.ndarray,
+    rows: np.ndarray,
+    t: float,
+    cum: np.ndarray,
+    known: np.ndarray,
+    first_seen: np.ndarray,
+    first_rows: np.ndarray,
+    first_t: np.ndarray,
+    count: int,
+) -> int:
+    """:meth:`SimMetricsSource._add_to_sums` over arrays: the pods' running sums (``cum``, by pod id,
+    columns as :data:`_CUMS`) plus this scrape's ``rows``, written back to both; returns how many
+    pods were seen for the first time (their sums start at zero, their first scrape is ``count`` at
+    ``t``, and their row of it is kept in ``first_rows``)."""
+    fresh = 0
+    for k in range(ids.shape[0]):
+        pid = ids[k]
+        first = not known[pid]
+        if first:
+            known[pid] = True
+            first_seen[pid] = count
+            for c in range(cum.shape[1]):
+                cum[pid, c] = 0.0
+            fresh += 1
+        cum[pid, 0] += rows[k, _MEM]
+        cum[pid, 1] += rows[k, _QUEUE]
+        cum[pid, 2] += 1.0
+        cum[pid, 3] += rows[k, _KV]
+        cum[pid, 4] += rows[k, _RUN]
+        rows[k, _MEM_CUM] = cum[pid, 0]
+        rows[k, _QUEUE_CUM] = cum[pid, 1]
+        rows[k, _COUNT] = cum[pid, 2]
+        rows[k, _KV_CUM] = cum[pid, 3]
+        rows[k, _RUN_CUM] = cum[pid, 4]
+        if first:
+            for c in range(rows.shape[1]):
+                first_rows[pid, c] = rows[k, c]
+            first_t[pid] = t
+    return fresh
+
+
+@_compiled()
+def _window_rows(
+    ids: np.ndarray,
+    new: int,
+    old: int,
+    base: int,
+    new_ids: np.ndarray,
+    new_rows: np.ndarray,
+    new_t: float,
+    old_ids: np.ndarray,
+    old_rows: np.ndarray,
+    old_t: float,
+    known: np.ndarray,
+    first_seen: np.ndarray,
+    first_rows: np.ndarray,
+    first_t: np.ndarray,
+    rows_new: np.ndarray,
+    rows_old: np.ndarray,
+    dt: np.ndarray,
+    young: np.ndarray,
+) -> None:
+    """:meth:`SimMetricsSource._window` over arrays: for each pod of ``ids`` its row in the newest
+    sample (number ``new`` in the deque) and in its oldest sample inside the window, the time between
+    them and whether it is younger than the window (``rows_new``, ``rows_old`` and ``dt`` start as NaN
+    and stay so for a pod not in the newest sample). ``base`` is the absolute number of the deque's
+    first sample.
+
+    A pod is scraped from its first scrape on (a pod that misses one is new again), so its oldest
+    sample in the window is sample max(window start, its first): the window's first sample
+    (``old_*``), the newest, or in between, its own first sample, whose row it keeps."""
+    n_new = new_ids.shape[0]
+    n_old = old_ids.shape[0]
+    any_present = False
+    for j in range(ids.shape[0]):
+        pid = ids[j]
+        young[j] = True
+        k = np.searchsorted(new_ids, pid)
+        if k >= n_new or new_ids[k] != pid:
+            continue
+        any_present = True
+        for c in range(new_rows.shape[1]):
+            rows_new[j, c] = new_rows[k, c]
+        first = new
+        if pid < known.shape[0] and known[pid]:
+            first = first_seen[pid] - base
+        i = max(first, old)
+        young[j] = i != old or i == new
+        if i == old:
+            ko = np.searchsorted(old_ids, pid)
+            if ko < n_old:
+                for c in range(old_rows.shape[1]):
+                    rows_old[j, c] = old_rows[ko, c]
+                dt[j] = new_t - old_t
+        elif i == new:
+            for c in range(new_rows.shape[1]):
+                rows_old[j, c] = new_rows[k, c]
+            dt[j] = new_t - new_t
+        else:
+            for c in range(first_rows.shape[1]):
+                rows_old[j, c] = first_rows[pid, c]
+            dt[j] = new_t - first_t[pid]
+    if not any_present:
+        for j in range(ids.shape[0]):
+            young[j] = False
+
+
+_by_id = operator.attrgetter("id")
+
+
+class _PodSet:
+    """The pods a snapshot reads (or one signal, through :meth:`SimMetricsSource.fulfil`), with what
+    every signal needs of them, made once per snapshot."""
+
+    def __init__(self, pods: Sequence[Pod]) -> None:
+        self.pods = pods
+        self.ids = np.array([p.id for p in pods], dtype=np.int64)
+        self.key = self.ids.tobytes()
+        self.ready_list = [p.phase == Phase.READY for p in pods]
+        self.ready = np.array(self.ready_list, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.pods)
+
+    @cached_property
+    def names(self) -> list[str]:
+        return [p.name for p in self.pods]
+
+    @cached_property
+    def running(self) -> list[bool]:
+        return [p.phase != Phase.PENDING for p in self.pods]
+
+    @cached_property
+    def ready_t(self) -> list[float]:
+        return [p.ready_t for p in self.pods]
 
 
 @dataclass(frozen=True)
 class _Window:
-    present: np.ndarray
+    young: np.ndarray
+    """Pods younger than the window (their oldest sample in it is their first)."""
     rows_new: np.ndarray
     rows_old: np.ndarray
     dt: np.ndarray
-    young: np.ndarray
+    rate_dt: np.ndarray
+    """``dt`` where positive, else NaN: what a rate divides by."""
