@@ -371,6 +371,13 @@ class SimMetricsSource:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self._fulfil(t, spec, _PodSet(pods), with_pods, self._newest(t))
 
+    def values_at(self, t: float, specs: Sequence[SignalSpec], pods: Sequence[Pod]) -> list[float | None]:
+        """The values of ``specs`` at ``t`` (None where missing), without per-pod samples: what
+        :meth:`fulfil` gives one by one, with the pods and the newest sample looked up once."""
+        at, new = _PodSet(pods), self._newest(t)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return [self._fulfil(t, spec, at, False, new).value for spec in specs]
+
     def _fulfil(
         self, t: float, spec: SignalSpec, pods: _PodSet, with_pods: bool, new: int | None
     ) -> SignalValue:

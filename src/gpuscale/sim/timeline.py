@@ -40,6 +40,8 @@ class TimelineRecorder:
         self._waiting = SignalSpec(Metric.REQUESTS_WAITING, tick_s, Aggregation.TOTAL)
         self._ttft = SignalSpec(Metric.TTFT_P95_MS, tick_s)
         self._itl = SignalSpec(Metric.ITL_P95_MS, tick_s)
+        self._specs = (self._gpu, self._memory, self._cpu, self._concurrency, self._queue, self._p95)
+        self._llm_specs = (*self._specs, self._kv, self._waiting, self._ttft, self._itl)
         self._last_counters = np.zeros(len(dp.gi), dtype=np.int64)
         self._last_t = 0.0
 
@@ -56,8 +58,9 @@ class TimelineRecorder:
         counts = target.counts(t)
         gpu_hours_s, cost = target.gpu_seconds(t)
 
-        def value(spec: SignalSpec) -> float | None:
-            return self.truth.fulfil(t, spec, pods, with_pods=False).value
+        llm = self.truth.llm
+        specs = self._llm_specs if llm else self._specs
+        gpu, memory, cpu, concurrency, queue, p95, *tokens = self.truth.values_at(t, specs, pods)
 
         return TimelineRow(
             time_s=round(t, 9),
@@ -74,12 +77,12 @@ class TimelineRecorder:
             draining=counts.draining,
             standby=counts.standby,
             gpus_held=target.gpus_held,
-            gpu_util_pct=value(self._gpu),
-            gpu_memory_util_pct=value(self._memory),
-            cpu_util_pct=value(self._cpu),
-            concurrency=value(self._concurrency),
-            queue_length=value(self._queue),
-            p95_ms=value(self._p95),
+            gpu_util_pct=gpu,
+            gpu_memory_util_pct=memory,
+            cpu_util_pct=cpu,
+            concurrency=concurrency,
+            queue_length=queue,
+            p95_ms=p95,
             gpu_hours=gpu_hours_s / 3600.0,
             cost_usd=cost,
             reason=reason,
@@ -88,13 +91,14 @@ class TimelineRecorder:
             pending_pod_s=pending_pod_s,
             node_cost_usd=node_cost_usd(self.cluster, t),
             **(
-                {
-                    "kv_cache_usage": value(self._kv),
-                    "requests_waiting": value(self._waiting),
-                    "ttft_p95_ms": value(self._ttft),
-                    "itl_p95_ms": value(self._itl),
-                }
-                if self.truth.llm
+                dict(
+                    zip(
+                        ("kv_cache_usage", "requests_waiting", "ttft_p95_ms", "itl_p95_ms"),
+                        tokens,
+                        strict=True,
+                    )
+                )
+                if llm
                 else {}
             ),
         )
