@@ -251,13 +251,32 @@ def test_the_references_are_refused_wherever_a_policy_is_named(name: str, tmp_pa
 
 
 def test_the_suite_names_its_references() -> None:
-    assert SuiteConfig().references == ["feasible"]
+    assert SuiteConfig().references == ["auto"]
     assert parse_references("none") == []
     assert parse_references("feasible,receding-horizon") == ["feasible", "receding-horizon"]
-    with pytest.raises(ConfigError, match="feasible, receding-horizon"):
+    assert parse_references("auto") == ["auto"]
+    with pytest.raises(ConfigError, match="auto, feasible, receding-horizon"):
         parse_references("oracle")
+    with pytest.raises(ConfigError, match="not both"):
+        parse_references("auto,feasible")
     with pytest.raises(ValueError, match="each reference once"):
         SuiteConfig(references=["feasible", "feasible"])
+    with pytest.raises(ValueError, match="not both"):
+        SuiteConfig(references=["auto", "feasible"])
+
+
+def test_by_default_the_feasible_reference_runs_only_where_the_bound_is_out_of_reach() -> None:
+    suite = SuiteConfig(
+        scenarios=["gpu-node-cold-start", "kis-s-spike"], policies=["gpu-util"], seeds=[1], workers=1
+    )
+    result = run_compare(suite, workers=1)
+    reach = {name: f.reachable for (name, _), f in result.references.feasibility.items()}
+    assert reach == {"gpu-node-cold-start": False, "kis-s-spike": True}
+    assert [(r.key.scenario, r.key.policy) for r in result.references.runs] == [
+        ("gpu-node-cold-start", LABELS["feasible"])
+    ]
+    assert "cannot be reached" in bound_note(result, "gpu-node-cold-start")
+    assert bound_note(result, "kis-s-spike").startswith("Every pod the oracle's bound holds can be Ready")
 
 
 def test_a_fork_of_a_static_fleet_is_cheap_to_make_and_exact() -> None:

@@ -93,13 +93,13 @@ def test_a_stopped_tune_resumes_without_rerunning_finished_candidates(scenario: 
 
 def test_the_cli_resumes_into_the_same_out_folder_and_says_so(scenario: Path, tmp_path: Path) -> None:
     args = ["compare", "--scenarios", str(scenario), "--policies", "static-peak", "--seeds", "1",
-            "--workers", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+            "--workers", "1", "--references", "feasible", "--out", str(tmp_path / "out")]  # fmt: skip
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     before = (tmp_path / "out" / "summary.json").read_bytes()
     again = runner.invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
-    # the oracle, static-peak's run and the feasible reference's (a compare's default reference)
+    # the oracle, static-peak's run and the feasible reference's
     assert "3 finished oracles and runs reused" in again.output
     assert (tmp_path / "out" / "summary.json").read_bytes() == before
     fresh = runner.invoke(app, args)  # without --resume, everything runs again

@@ -541,8 +541,9 @@ def compare(
         str | None,
         typer.Option(
             help="Comma-separated simulator-only references beside the oracle: feasible (the oracle's "
-            "schedule asked for one real cold start and node provisioning ahead), receding-horizon (the "
-            "ceiling of planning; slow), or none. Default: the suite's, else feasible.",
+            "schedule asked for one real cold start and node provisioning ahead), auto (feasible where "
+            "the bound cannot be reached), receding-horizon (the ceiling of planning; slow), or none. "
+            "Default: the suite's, else auto.",
         ),
     ] = None,
 ) -> None:

@@ -66,7 +66,9 @@ if TYPE_CHECKING:  # compare aggregates the references' runs, so it imports this
 
 FEASIBLE = "feasible"
 RECEDING_HORIZON = "receding-horizon"
-REFERENCES: tuple[str, ...] = (FEASIBLE, RECEDING_HORIZON)
+AUTO = "auto"
+"""The feasible reference only where the oracle's bound cannot be reached (:func:`feasibility`)."""
+REFERENCES: tuple[str, ...] = (AUTO, FEASIBLE, RECEDING_HORIZON)
 """The references a compare can run (suite key ``references``, ``--references``)."""
 
 LABELS = {FEASIBLE: "clairvoyant-feasible", RECEDING_HORIZON: "receding-horizon"}
@@ -601,15 +603,23 @@ def reference_jobs(
     seeds: Sequence[int],
     slo_target: float,
     oracles: dict[tuple[str, int], OracleResult],
+    unreachable: set[tuple[str, int]] | None = None,
 ) -> list[ReferenceJob]:
-    """Every reference on every scenario and seed that has an oracle, in a fixed order."""
-    return [
-        ReferenceJob(reference, spec, names[spec], seed, slo_target, oracles[(names[spec], seed)])
-        for spec in specs
-        for seed in seeds
-        for reference in references
-        if (names[spec], seed) in oracles
-    ]
+    """Every reference on every scenario and seed that has an oracle, in a fixed order; ``auto`` is
+    the feasible reference on the (scenario name, seed) pairs in ``unreachable`` only."""
+    out = []
+    for spec in specs:
+        for seed in seeds:
+            key = (names[spec], seed)
+            if key not in oracles:
+                continue
+            for reference in references:
+                if reference == AUTO:
+                    if unreachable is None or key not in unreachable:
+                        continue
+                    reference = FEASIBLE
+                out.append(ReferenceJob(reference, spec, names[spec], seed, slo_target, oracles[key]))
+    return out
 
 
 def run_references(
@@ -666,7 +676,8 @@ def compare_references(
         for seed in seeds
         if (names[spec], seed) in oracles
     }
-    jobs = reference_jobs(references, list(refs), names, seeds, slo_target, oracles)
+    short = {key for key, f in feasible.items() if not f.reachable}
+    jobs = reference_jobs(references, list(refs), names, seeds, slo_target, oracles, short)
     files = {
         job.key: job_digest("reference", job.scenario, job.scenario_spec, job.reference, job.seed, slo_target)
         for job in jobs
@@ -706,6 +717,7 @@ class References:
 
 
 __all__ = [
+    "AUTO",
     "FEASIBLE",
     "LABELS",
     "RECEDING_HORIZON",
