@@ -1,10 +1,8 @@
 """compare and tune on a real two-node Ray cluster on 127.0.0.1: the same bytes as local worker
 processes, a worker killed mid-task retried with no row lost or doubled, and bad addresses refused.
 
-The cluster is Ray's own multi-node test harness (``ray.cluster_utils.Cluster``): a head and a second
-node, each a real raylet with its own worker processes, both bound to 127.0.0.1. (``ray start
---address`` on one machine turns 127.0.0.1 into the machine's network address when it joins a
-second node, so it cannot keep a test on the loopback interface.)
+The cluster is Ray's own multi-node test harness, a head and a second node on 127.0.0.1
+(:mod:`tests.ray_cluster`).
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from gpuscale.experiments.ray_runner import RayPool, check_address
 from gpuscale.experiments.report import report_files
 from gpuscale.experiments.suite import SuiteConfig
 from tests.conftest import busy_scenario
+from tests.ray_cluster import local_cluster, ray_home
 
 runner = CliRunner()
 
@@ -40,37 +39,10 @@ TUNE_FILES = ("tuned-policy.yaml", "candidates.csv", "candidates.json")
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A head and a second node (one CPU each) on 127.0.0.1; HOME (Ray's auth token) and Ray's
-    session files under the test's temporary folder; everything stopped after the module."""
-    base = tmp_path_factory.mktemp("ray")
-    home = base / "home"
-    home.mkdir()
-    # Ray's session sockets live under its temp dir, and a Unix socket path may not exceed 107 bytes:
-    # pytest's folders (pytest-of-root/pytest-152/popen-gw1/...) are too deep for that.
-    sessions = Path(tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp"))
-    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    os.environ["HOME"] = str(home)
-    # bind every node to 127.0.0.1; read once, when Ray is first imported (so not before this)
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "temp_dir": str(sessions)},
-    )
-    try:
-        cluster.add_node(num_cpus=1)
-        assert cluster.address.startswith("127.0.0.1:")
-        yield cluster.address
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(sessions, ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def ray_cluster() -> Iterator[str]:
+    """A head and a second node (one CPU each) on 127.0.0.1 for the module (:mod:`tests.ray_cluster`)."""
+    with local_cluster() as cluster:
+        yield str(cluster.address)
 
 
 @pytest.fixture(scope="module")
@@ -142,20 +114,85 @@ def test_compare_and_tune_on_the_cluster_write_the_same_bytes_as_local_workers(
     assert _read(tmp_path / "tune-ray", TUNE_FILES) == _read(tmp_path / "tune-local", TUNE_FILES)
 
 
-def _running_tasks(name: str) -> list[int]:
-    """Worker processes of this machine's Ray nodes running a task of function ``name`` right now
-    (Ray titles a busy worker ``ray::NAME``)."""
-    pids = []
+def test_train_evaluates_on_the_cluster_with_the_same_model_and_figures(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    from tests.rl.test_train import TOY
+
+    toy = tmp_path / "toy.yaml"
+    toy.write_text(yaml.safe_dump(TOY), encoding="utf-8")
+    args = ["train", "--scenarios", str(toy), "--seeds", "1,2", "--timesteps", "512", "--eval-every", "256",
+            "--eval-seeds", "11,12,13", "--max-replicas", "4", "--actions", "target", "--stack", "1"]  # fmt: skip
+    local = runner.invoke(app, [*args, "--out", str(tmp_path / "local.npz")])
+    assert local.exit_code == 0, local.output
+    on_ray = runner.invoke(app, [*args, "--ray", ray_cluster, "--out", str(tmp_path / "ray.npz")])
+    assert on_ray.exit_code == 0, on_ray.output
+    assert f"running on the Ray cluster at {ray_cluster}" in on_ray.output
+    assert (tmp_path / "ray.npz").read_bytes() == (tmp_path / "local.npz").read_bytes()
+
+    def table(output: str) -> list[str]:  # the held-out evaluations: steps, SLO, runs, GPU-hours, cost
+        return [line for line in output.splitlines() if line.lstrip("│ ")[:3] in ("256", "512")]
+
+    assert len(table(local.output)) == 2
+    assert table(on_ray.output) == table(local.output)
+    assert "/3" in table(local.output)[-1]  # runs meeting the SLO out of three held-out runs
+
+
+def test_evaluate_on_a_pool_sums_the_runs_in_order(ray_cluster: str, tmp_path: Path) -> None:
+    from gpuscale.experiments.train import TrainConfig, evaluate, train
+    from gpuscale.policies.learned import ActionSpec
+    from gpuscale.rl import EnvConfig
+    from tests.rl.test_train import TOY
+
+    toy = tmp_path / "toy.yaml"
+    toy.write_text(yaml.safe_dump(TOY), encoding="utf-8")
+    env = EnvConfig(
+        scenarios=(str(toy),),
+        seeds=(1,),
+        actions=ActionSpec("target", low=1, high=4),
+        max_replicas=4,
+        stack=1,
+    )
+    network = train(TrainConfig(env=env, timesteps=256, hyper={"n_steps": 128, "batch_size": 64})).network
+    seeds = (11, 12, 13, 14, 15)
+    here = evaluate(network, env, (str(toy),), seeds)
+    with RayPool(ray_cluster) as pool:
+        there = evaluate(network, env, (str(toy),), seeds, pool=pool)
+    assert there == here  # every figure, to the last bit
+    assert here.runs == 5
+
+
+def _niceness(_: int) -> int:
+    return os.nice(0)
+
+
+def test_tasks_run_at_the_priority_of_local_workers_not_rays_niceness_15(ray_cluster: str) -> None:
+    with RayPool(ray_cluster) as pool:
+        assert {nice for _, nice in pool.imap_unordered(_niceness, range(4))} == {os.nice(0)}
+
+
+def _running_tasks(name: str, address: str) -> list[int]:
+    """Worker processes of the cluster at ``address`` running a task of function ``name`` right now
+    (Ray titles a busy worker ``ray::NAME``; its parent is its node's raylet, which names the
+    cluster's GCS address). Only this cluster's: other Ray clusters may run on the machine."""
+    cmdlines: dict[int, list[bytes]] = {}
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if cmdline.split(b"\0")[0].strip() == f"ray::{name}".encode():
-            pids.append(int(entry.name))
-    return pids
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    flag = f"--gcs-address={address}".encode()
+    raylets = {pid for pid, cmd in cmdlines.items() if cmd[0].endswith(b"/raylet") and flag in cmd}
+    return [
+        pid
+        for pid, cmd in cmdlines.items()
+        if cmd[0].strip() == f"ray::{name}".encode() and parents.get(pid) in raylets
+    ]
 
 
 def test_a_worker_killed_mid_compare_is_retried_and_every_row_is_there_once(
@@ -174,7 +211,7 @@ def test_a_worker_killed_mid_compare_is_retried_and_every_row_is_there_once(
         for _ in range(1200):
             if stop.wait(0.05):
                 return
-            pids = _running_tasks("run_job")
+            pids = _running_tasks("run_job", ray_cluster)
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
@@ -237,8 +274,7 @@ def test_ray_local_starts_ray_on_loopback_for_the_run_and_stops_it(
 ) -> None:
     import ray
 
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # Ray's auth token goes under HOME
-    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(ray_home()))  # Ray's auth token goes under HOME
     # Ray's session files: a short path, as its sockets' paths must fit in 107 bytes
     short = Path(tempfile.mkdtemp(prefix="gs-ray-", dir="/tmp"))
     monkeypatch.setenv("RAY_TMPDIR", str(short))

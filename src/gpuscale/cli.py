@@ -1564,6 +1564,15 @@ def train(
             parser=_out_path,
         ),
     ] = Path("out/learned.npz"),
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the held-out evaluations on Ray, one task per scenario and seed: local, auto or a "
+            "head's HOST:PORT (training stays here; the weights and figures are the same).",
+        ),
+    ] = None,
 ) -> None:
     """Train an autoscaling agent in the simulator (Stable-Baselines3) and export it for `kind: learned`."""
     from gpuscale.experiments.suite import load_suite, parse_seeds, split_list
@@ -1621,6 +1630,10 @@ def train(
         ScalingEnv(env_cfg)  # every scenario resolves before any work
         for name in held_out:
             resolve_scenario(name)
+        if ray is not None:
+            from gpuscale.experiments.ray_runner import check_address
+
+            check_address(ray)  # a bad address fails before any training
         bar = Progress(
             TextColumn("training {task.fields[algo]}"),
             BarColumn(),
@@ -1641,8 +1654,14 @@ def train(
                 last[0] = f"held-out: SLO {100 * e.slo_attainment:.2f} %, {e.gpu_hours:.2f} GPU-h"
             bar.update(task, completed=p.timesteps, eval=last[0])
 
-        with bar:
-            result = run_train(cfg, progress)
+        if ray is None:
+            with bar:
+                result = run_train(cfg, progress)
+        else:
+            with _ray_pool(ray, None) as pool:
+                _say_ray(pool)
+                with bar:
+                    result = run_train(cfg, progress, pool=pool)
         out_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".npz", dir=out_file.parent)
         os.close(fd)

@@ -9,6 +9,13 @@ written then. The result is one model file (:mod:`gpuscale.policies.learned`).
 Same inputs and seed, same weights: torch runs on one thread with deterministic algorithms, the
 environment is seeded from the seed, and a single environment runs in process.
 
+The held-out evaluations can run elsewhere (``gpuscale train --ray ADDRESS``): each (scenario, seed)
+of an evaluation is one task of a :class:`~gpuscale.experiments.runner.TaskPool`, carrying the
+exported network and the resolved scenario as data, and the figures are summed in the runs' order,
+so they are the same numbers as in process. Training itself stays in this process: spreading its
+rollouts over several environments would change the trajectory the agent learns from, so the
+weights would no longer be the ones a local run with the same seed gives.
+
 Torch and SB3 are imported only when a run starts (``gpuscale compare`` never needs them).
 """
 
@@ -23,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from gpuscale._core.errors import ConfigError
+from gpuscale.config.scenario import Scenario
+from gpuscale.experiments.runner import TaskPool
 from gpuscale.policies.learned import ALGORITHMS, LearnedConfig, LearnedPolicy, Network
 from gpuscale.rl.env import EnvConfig, ScalingEnv
 from gpuscale.sim.engine import simulate
+from gpuscale.sim.results import Summary
 
 DEFAULT_HYPER: dict[str, dict[str, Any]] = {
     "ppo": {"n_steps": 1024, "batch_size": 64, "gamma": 0.9, "learning_rate": 1e-3, "ent_coef": 0.01},
@@ -150,6 +160,23 @@ def learned_policy(network: Network, env: EnvConfig, folder: Path) -> LearnedPol
     return config.build()
 
 
+@dataclass(frozen=True)
+class EvalRun:
+    """One held-out simulation, as data: it runs wherever a task pool sends it."""
+
+    network: Network
+    env: EnvConfig
+    scenario: Scenario
+    seed: int
+
+
+def run_eval(run: EvalRun) -> Summary:
+    """The exported network as ``kind: learned`` (through its model file) on one scenario and seed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = learned_policy(run.network, run.env, Path(tmp))
+        return simulate(run.scenario, policy, seed=run.seed).summary
+
+
 def evaluate(
     network: Network,
     env: EnvConfig,
@@ -158,26 +185,36 @@ def evaluate(
     *,
     slo_target: float | None = None,
     timesteps: int = 0,
+    pool: TaskPool | None = None,
 ) -> Evaluation:
-    """Run the exported network as ``kind: learned`` in the simulator on every scenario x seed."""
+    """Run the exported network as ``kind: learned`` in the simulator on every scenario x seed, here
+    or on ``pool`` (the same figures either way: they are summed in the runs' order)."""
     target = env.reward.slo_target if slo_target is None else slo_target
     prep = ScalingEnv(replace(env, scenarios=tuple(scenarios)))
+    runs = [EvalRun(network, env, scenario, seed) for scenario in prep._scenarios for seed in seeds]
+    summaries: dict[int, Summary] = {}
+    if pool is None:
+        summaries.update(enumerate(map(run_eval, runs)))
+    else:
+        summaries.update(pool.imap_unordered(run_eval, runs))
     attain: list[float] = []
     gpu_h = cost = 0.0
-    with tempfile.TemporaryDirectory() as tmp:
-        policy = learned_policy(network, env, Path(tmp))
-        for scenario in prep._scenarios:
-            for seed in seeds:
-                s = simulate(scenario, policy, seed=seed).summary
-                attain.append(s.slo_attainment)
-                gpu_h += s.gpu_hours
-                cost += s.cost_usd
+    for i in range(len(runs)):
+        s = summaries[i]
+        attain.append(s.slo_attainment)
+        gpu_h += s.gpu_hours
+        cost += s.cost_usd
     met = sum(1 for a in attain if a >= target - 1e-12)
     return Evaluation(timesteps, float(np.mean(attain)), met, len(attain), gpu_h, cost)
 
 
-def train(config: TrainConfig, progress: Callable[[Progress], None] | None = None) -> TrainResult:
-    """Train, evaluating and checkpointing as configured; the exported network."""
+def train(
+    config: TrainConfig,
+    progress: Callable[[Progress], None] | None = None,
+    pool: TaskPool | None = None,
+) -> TrainResult:
+    """Train, evaluating and checkpointing as configured; the exported network. The held-out
+    evaluations run on ``pool`` when one is given (a Ray cluster), with the same figures."""
     import time as _time
 
     from stable_baselines3.common.callbacks import BaseCallback
@@ -212,7 +249,7 @@ def train(config: TrainConfig, progress: Callable[[Progress], None] | None = Non
 
     def checkpoint(steps: int) -> None:
         network = export(model, config, {**meta, "timesteps_done": steps})
-        ev = evaluate(network, config.env, eval_scenarios, config.eval_seeds, timesteps=steps)
+        ev = evaluate(network, config.env, eval_scenarios, config.eval_seeds, timesteps=steps, pool=pool)
         evaluations.append(ev)
         if config.checkpoint_dir is not None:
             config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
