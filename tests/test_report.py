@@ -259,6 +259,13 @@ def test_the_same_result_gives_the_same_bytes(base_run: SimResult, files: dict[s
         assert again[name].encode() == text.encode(), name
 
 
+def test_plots_drawn_in_worker_processes_are_the_same_bytes(
+    result: CompareResult, files: dict[str, str]
+) -> None:
+    assert len(result.scenarios) > 1  # so the figures really are spread over the workers
+    assert report_files(result, workers=2) == files
+
+
 # -- the verdict ------------------------------------------------------------------------------------
 def _sentences(text: str) -> int:
     return len(re.findall(r"[.!?](?:\s|$)", text))

@@ -607,7 +607,8 @@ def compare(
             _say_kept(store, out_dir)
             raise
         wall = time.perf_counter() - start
-        write_files_atomically(out_dir, report_files(result))
+        # the plots are drawn in forked worker processes, which a process that ran Ray should not fork
+        write_files_atomically(out_dir, report_files(result, n_workers if address is None else 1))
     for table in compare_tables(result):
         _print_unwrapped(table)
     ok = [r for r in result.runs if r.summary is not None]

@@ -1069,7 +1069,7 @@ def _pool_table_html(result: CompareResult, scenario: str) -> str:
     return "\n".join(lines)
 
 
-def _nodes_html(result: CompareResult, scenario: str, styles: dict[str, _Style]) -> list[str]:
+def _nodes_html(result: CompareResult, scenario: str, nodes_png: str | None) -> list[str]:
     """The node section of a scenario with a node layer (nothing for fixed pools)."""
     if not result.has_node_layer(scenario):
         return []
@@ -1086,7 +1086,7 @@ def _nodes_html(result: CompareResult, scenario: str, styles: dict[str, _Style])
         f"starting nodes included. Means over seeds.{spot}</p>",
         _pool_table_html(result, scenario),
         _figure_html(
-            _nodes_png(result, scenario, styles),
+            nodes_png,
             f"Nodes of {scenario}",
             f"Seed {seed0}. Top: GPU nodes that exist (billed from launch), per policy. Bottom: nodes "
             "launched whose GPUs are not yet allocatable (provisioning, driver, device plugin).",
@@ -1271,8 +1271,49 @@ def _cost_note(result: CompareResult) -> str:
     )
 
 
-def _report_html(result: CompareResult) -> str:
+_Figures = tuple[str | None, str | None, str | None, str | None]
+"""A scenario's plots as base64 PNGs: timeline, nodes (None without a node layer), Pareto, CDF."""
+
+_SHARED: CompareResult | None = None
+"""The result whose figures forked worker processes draw (:func:`_figures_of`): inherited, not sent."""
+
+
+def _scenario_figures(result: CompareResult, scenario: str) -> _Figures:
     styles = _styles(result)
+    with style_context("default"), mpl.rc_context(_RC):
+        return (
+            _timeline_png(result, scenario, styles),
+            _nodes_png(result, scenario, styles) if result.has_node_layer(scenario) else None,
+            _pareto_png(result, scenario, styles),
+            _cdf_png(result, scenario, styles),
+        )
+
+
+def _figures_of(scenario: str) -> _Figures:
+    assert _SHARED is not None
+    return _scenario_figures(_SHARED, scenario)
+
+
+def _all_figures(result: CompareResult, workers: int) -> dict[str, _Figures]:
+    """Every scenario's plots; with ``workers`` > 1 drawn in that many forked processes (each figure
+    is drawn by the same code either way, so the bytes are the same)."""
+    global _SHARED
+    if workers <= 1 or len(result.scenarios) <= 1:
+        return {s: _scenario_figures(result, s) for s in result.scenarios}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    _SHARED = result
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(result.scenarios)), mp_context=ctx) as pool:
+            return dict(zip(result.scenarios, pool.map(_figures_of, result.scenarios), strict=True))
+    finally:
+        _SHARED = None
+
+
+def _report_html(result: CompareResult, workers: int = 1) -> str:
+    figures = _all_figures(result, workers)
     n_runs = len(result.runs)
     n_failed = sum(1 for r in result.runs if not r.ok)
     seeds = ", ".join(str(s) for s in result.seeds)
@@ -1319,57 +1360,57 @@ def _report_html(result: CompareResult) -> str:
         + "".join(f'<li><a href="#{slugs[s]}">{_e(s)}</a></li>' for s in result.scenarios)
         + "</ul></nav>"
     )
-    with style_context("default"), mpl.rc_context(_RC):
-        for scenario in result.scenarios:
-            slo = result.slo_ms.get(scenario)
-            slo_text = f"SLO: {_plain(slo)} ms" if slo is not None else "SLO: not given"
-            seed0 = result.seeds[0] if result.seeds else "–"
-            parts += [
-                f'<section id="{slugs[scenario]}"><h2>{_e(scenario)}</h2>',
-                f"<p>{_e(result.descriptions.get(scenario, ''))}</p>",
-                f'<p class="muted">{_e(slo_text)} · target: {_e(target)} of requests within it</p>',
-                _oracle_line(result, scenario),
-                "" if len(methods) <= 1 else _oracle_methods_html(result, scenario),
-                _bound_html(result, scenario),
-                _table_html(result, scenario),
-                '<p class="muted">Left bar: green meets the SLO target, amber misses it, red failed.</p>',
-                f'<p class="verdict">{_e(verdict(result, scenario))}</p>',
-                "<h3>Timeline</h3>",
-                _figure_html(
-                    _timeline_png(result, scenario, styles),
-                    f"Timeline of {scenario}",
-                    f"Seed {seed0}. Top: requests per second arriving. Middle: Ready replicas per policy and "
-                    "the oracle's schedule (the fewest replicas that meet the SLO, knowing the future load "
-                    "and the cold-start time). Bottom: p95 latency over each control tick; gaps are ticks "
-                    "with no completed request.",
+    for scenario in result.scenarios:
+        timeline_png, nodes_png, pareto_png, cdf_png = figures[scenario]
+        slo = result.slo_ms.get(scenario)
+        slo_text = f"SLO: {_plain(slo)} ms" if slo is not None else "SLO: not given"
+        seed0 = result.seeds[0] if result.seeds else "–"
+        parts += [
+            f'<section id="{slugs[scenario]}"><h2>{_e(scenario)}</h2>',
+            f"<p>{_e(result.descriptions.get(scenario, ''))}</p>",
+            f'<p class="muted">{_e(slo_text)} · target: {_e(target)} of requests within it</p>',
+            _oracle_line(result, scenario),
+            "" if len(methods) <= 1 else _oracle_methods_html(result, scenario),
+            _bound_html(result, scenario),
+            _table_html(result, scenario),
+            '<p class="muted">Left bar: green meets the SLO target, amber misses it, red failed.</p>',
+            f'<p class="verdict">{_e(verdict(result, scenario))}</p>',
+            "<h3>Timeline</h3>",
+            _figure_html(
+                timeline_png,
+                f"Timeline of {scenario}",
+                f"Seed {seed0}. Top: requests per second arriving. Middle: Ready replicas per policy and "
+                "the oracle's schedule (the fewest replicas that meet the SLO, knowing the future load "
+                "and the cold-start time). Bottom: p95 latency over each control tick; gaps are ticks "
+                "with no completed request.",
+            ),
+            *_nodes_html(result, scenario, nodes_png),
+            "<h3>Cost against SLO attainment</h3>",
+            _figure_html(
+                pareto_png,
+                f"Pareto scatter of {scenario}",
+                "Each policy's mean GPU-hours and SLO attainment over seeds with 95 % confidence bars; "
+                "the grey line joins the Pareto-optimal policies (★). Dashed: the oracle's GPU-hours, "
+                "a lower bound no policy can beat; dotted: the SLO target. The attainment axis is a "
+                "logit scale, so each step up adds a nine (90 %, 99 %, 99.9 %); 100 % is drawn at its "
+                "top edge."
+                + (
+                    " Hollow black markers: the simulator-only references (not ranked, never on the "
+                    "frontier)."
+                    if reference_rows(result, scenario)
+                    else ""
                 ),
-                *_nodes_html(result, scenario, styles),
-                "<h3>Cost against SLO attainment</h3>",
-                _figure_html(
-                    _pareto_png(result, scenario, styles),
-                    f"Pareto scatter of {scenario}",
-                    "Each policy's mean GPU-hours and SLO attainment over seeds with 95 % confidence bars; "
-                    "the grey line joins the Pareto-optimal policies (★). Dashed: the oracle's GPU-hours, "
-                    "a lower bound no policy can beat; dotted: the SLO target. The attainment axis is a "
-                    "logit scale, so each step up adds a nine (90 %, 99 %, 99.9 %); 100 % is drawn at its "
-                    "top edge."
-                    + (
-                        " Hollow black markers: the simulator-only references (not ranked, never on the "
-                        "frontier)."
-                        if reference_rows(result, scenario)
-                        else ""
-                    ),
-                ),
-                "<h3>Latency distribution</h3>",
-                _figure_html(
-                    _cdf_png(result, scenario, styles),
-                    f"Latency CDFs of {scenario}",
-                    "Latency histograms summed over seeds. Completed requests count at their latency and "
-                    "timed-out requests at the timeout; rejected requests are not in the histogram. "
-                    "Dotted: the SLO.",
-                ),
-                "</section>",
-            ]
+            ),
+            "<h3>Latency distribution</h3>",
+            _figure_html(
+                cdf_png,
+                f"Latency CDFs of {scenario}",
+                "Latency histograms summed over seeds. Completed requests count at their latency and "
+                "timed-out requests at the timeout; rejected requests are not in the histogram. "
+                "Dotted: the SLO.",
+            ),
+            "</section>",
+        ]
     parts.append(
         '<p class="muted">Generated by gpuscale from the compare results; summary.csv and summary.json '
         "hold the same numbers.</p></body></html>"
@@ -1377,13 +1418,14 @@ def _report_html(result: CompareResult) -> str:
     return "\n".join(parts) + "\n"
 
 
-def report_files(result: CompareResult) -> dict[str, str]:
+def report_files(result: CompareResult, workers: int = 1) -> dict[str, str]:
     """The three report files by name: ``report.html``, ``summary.csv`` and ``summary.json``.
 
-    The same ``result`` always gives the same text in each (no timestamps, wall times or paths).
+    The same ``result`` always gives the same text in each (no timestamps, wall times or paths), with
+    its plots drawn here or, ``workers`` > 1, in that many processes.
     """
     return {
-        "report.html": _report_html(result),
+        "report.html": _report_html(result, workers),
         "summary.csv": _summary_csv(result),
         "summary.json": _summary_json(result),
     }
