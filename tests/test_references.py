@@ -23,7 +23,6 @@ from gpuscale.experiments.references import (
     LABELS,
     clairvoyant_policy,
     feasibility,
-    fork,
     leads,
     run_feasible,
     run_receding_horizon,
@@ -77,7 +76,7 @@ def test_a_fork_continues_as_the_original_would_and_leaves_it_alone(step: Scenar
     for _ in range(40):  # to t = 200 s: the step has hit, pods are starting
         sim.step_to_next_tick()
     at, rows = sim.now, len(sim.timeline.rows)
-    twin = fork(sim)
+    twin = sim.fork()
     twin_result = twin.run()
     assert sim.now == at and not sim.done and len(sim.timeline.rows) == rows  # untouched by the copy
     assert twin_result.timeline.rows == []  # a copy keeps no timeline rows
@@ -283,4 +282,4 @@ def test_a_fork_of_a_static_fleet_is_cheap_to_make_and_exact() -> None:
     sc = make_scenario(duration_s=60)
     sim = Simulation(sc, StaticPolicy(2), seed=3)
     sim.step_to_next_tick()
-    assert fork(sim).run().summary == simulate(sc, StaticPolicy(2), seed=3).summary
+    assert sim.fork().run().summary == simulate(sc, StaticPolicy(2), seed=3).summary

@@ -15,8 +15,9 @@ simulator with the scenario and seed the policies get, say what can be reached:
   reference*; :func:`feasibility` says, from the schedule and the cluster alone, where and why the
   bound cannot be reached at all.
 * **receding-horizon** (:func:`run_receding_horizon`, label ``receding-horizon``): the ceiling of
-  planning with a perfect model. At every planning tick it copies the simulation (:func:`fork`),
-  rolls each candidate fleet size forward, held over one lead time plus a margin, and keeps the
+  planning with a perfect model. At every planning tick it copies the simulation
+  (:meth:`~gpuscale.sim.engine.Simulation.fork`), rolls each candidate fleet size forward, held
+  over one lead time plus a margin, and keeps the
   smallest fleet whose requests in that horizon meet the SLO target; it applies that size for the
   tick and plans again at the next. The copy sees the very arrivals the run will get, so this is
   what a planner with an exact model of the service, the cluster and the load would do.
@@ -33,7 +34,6 @@ horizon's copies continue the run's own random streams (a copy never draws from 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +59,7 @@ from gpuscale.policies.base import Decision, MetricsSnapshot, Reason, SignalSpec
 from gpuscale.policies.clairvoyant import ClairvoyantPolicy
 from gpuscale.sim import kernel as K
 from gpuscale.sim.engine import Simulation
-from gpuscale.sim.results import SimResult, Timeline
+from gpuscale.sim.results import SimResult
 
 if TYPE_CHECKING:  # compare aggregates the references' runs, so it imports this module
     from gpuscale.experiments.compare import PolicyRow
@@ -293,41 +293,6 @@ def run_feasible(
     return Simulation(scenario, policy, seed=seed, base_dir=base_dir, source=source).run()
 
 
-# -- copying a simulation -----------------------------------------------------------------------------
-def fork(sim: Simulation, memo: dict[int, Any] | None = None) -> Simulation:
-    """An independent copy of ``sim`` at its present instant, that keeps no timeline rows.
-
-    A deep copy: the data plane's arrays, the pods, the nodes, the scraped samples and every random
-    stream (numpy generators and the kernel's state) are copied, so the copy continues exactly as the
-    original would under the same decisions, and stepping it never changes the original. The scenario
-    (a frozen config) is shared, the original's timeline rows are not copied. The metrics sources hold
-    two closures over the target (its pods, the memory a pod holds), which a deep copy would leave
-    pointing at the original; they are bound to the copy's target again. ``memo`` (a deepcopy memo)
-    lets the caller find the copies of objects it holds (``memo[id(obj)]``).
-
-    This belongs on :class:`~gpuscale.sim.engine.Simulation` as ``fork()``; it lives here while the
-    engine is being reworked, and touches only what the engine's constructor sets up.
-    """
-    memo = {} if memo is None else memo
-    memo[id(sim.scenario)] = sim.scenario
-    memo[id(sim.timeline)] = Timeline()
-    twin = copy.deepcopy(sim, memo)
-    twin._keep_timeline = False
-    target, model = twin.target, twin.scenario.model
-
-    def pods() -> Any:
-        return target.pods.values()
-
-    def held_gb(pod: Any, t: float) -> float:
-        return target.memory_need_gb(pod, model, t)
-
-    for src in (twin.source, twin.truth):
-        src.pods = pods
-        if src.held_gb is not None:
-            src.held_gb = held_gb
-    return twin
-
-
 # -- the receding horizon -----------------------------------------------------------------------------
 class _Command:
     """The fleet size the planner chose for the tick being decided (None: hold)."""
@@ -419,7 +384,7 @@ def _rollout(sim: Simulation, command: _Command, replicas: int, until_s: float) 
     end beyond those at the start: an overloaded fleet's queue, counted as misses; a steady fleet's
     in-flight count does not grow)."""
     memo: dict[int, Any] = {}
-    twin = fork(sim, memo)
+    twin = sim.fork(memo)
     twin_command: _Command = memo[id(command)]
     twin_command.replicas = replicas
     dp = twin.dp
@@ -729,7 +694,6 @@ __all__ = [
     "clairvoyant_policy",
     "compare_references",
     "feasibility",
-    "fork",
     "leads",
     "run_feasible",
     "run_receding_horizon",

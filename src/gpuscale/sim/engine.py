@@ -12,6 +12,7 @@ the timeline's rows :mod:`gpuscale.sim.timeline`'s.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections.abc import Callable
@@ -511,6 +512,36 @@ class Simulation:
             held_gb=held_gb,
             pod_samples=self._pod_samples,
         )
+
+    def fork(self, memo: dict[int, Any] | None = None) -> Simulation:
+        """An independent copy of the run at its present instant, that keeps no timeline rows.
+
+        A deep copy: the data plane's arrays, the pods, the nodes, the scraped samples and every random
+        stream (numpy generators and the kernel's state) are copied, so the copy continues exactly as
+        this run would under the same decisions, and stepping it never changes this one. The scenario
+        (a frozen config) is shared; the timeline rows are not copied. The metrics sources hold two
+        closures over the target (its pods, the memory a pod holds), which a deep copy would leave
+        pointing at this run's target: they are bound to the copy's. ``memo`` (a deepcopy memo) lets
+        the caller find the copies of objects it holds (``memo[id(obj)]``). The receding-horizon
+        reference rolls candidate plans forward in such copies."""
+        memo = {} if memo is None else memo
+        memo[id(self.scenario)] = self.scenario
+        memo[id(self.timeline)] = Timeline()
+        twin = copy.deepcopy(self, memo)
+        twin._keep_timeline = False
+        target, model = twin.target, twin.scenario.model
+
+        def pods() -> Any:
+            return target.pods.values()
+
+        def held_gb(pod: Pod, t: float) -> float:
+            return target.memory_need_gb(pod, model, t)
+
+        for source in (twin.source, twin.truth):
+            source.pods = pods
+            if source.held_gb is not None:
+                source.held_gb = held_gb
+        return twin
 
     # -- stepping ----------------------------------------------------------------------------------
     def step_to_next_tick(self) -> Decision | None:
