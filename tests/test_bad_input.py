@@ -204,6 +204,21 @@ def test_a_bad_out_is_refused_up_front(
 
 
 @pytest.mark.parametrize("command", FOLDER_COMMANDS + FILE_COMMANDS)
+def test_an_out_with_a_nul_byte_is_refused(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_work(monkeypatch)
+    args = _command(command, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    result = runner.invoke(app, [*args, "--out", "out\x00x"])
+    assert result.exit_code == 2, result.output
+    assert "NUL byte" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", FOLDER_COMMANDS + FILE_COMMANDS)
 @pytest.mark.parametrize("empty", ["", " "])
 def test_an_empty_out_is_refused_not_read_as_the_current_folder(
     command: str, empty: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -768,7 +768,7 @@ def _run_cli_case(case: tuple[list[str], Any, str | None, Any, str | None, str |
     if trace is not None:
         (root / "trace.csv").write_text(trace, encoding="utf-8")
     out_index = args.index("--out") + 1 if "--out" in args[:-1] else None
-    out = root / args[out_index] if out_index is not None else root / "out"  # --out '' is the CWD
+    out = root / args[out_index] if out_index is not None else root / "out"  # --out '' is refused
     if "\x00" in str(out):
         out = root / "out"
     return cli_holds(args, root, out)

@@ -92,8 +92,8 @@ def _check_out(path: Path, *, folder: bool, option: str = "--out") -> None:
         if exists and not folder and path.is_dir():
             refuse("is a folder")
         existing = path if exists else next((p for p in path.parents if p.exists()), None)
-    except OSError as exc:
-        refuse(f"cannot be checked ({exc.strerror or exc})")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        refuse(f"cannot be checked ({getattr(exc, 'strerror', None) or exc})")
     if existing is None:
         refuse("cannot be created: none of the folders above it exists")
     if not exists and not existing.is_dir():
@@ -113,6 +113,8 @@ def _out_path(text: str | Path) -> Path:
         return text
     if not text.strip():
         raise typer.BadParameter("is empty; expected a path")
+    if "\x00" in text:
+        raise typer.BadParameter("contains a NUL byte, which no path can hold")
     return Path(text)
 
 
