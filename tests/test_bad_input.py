@@ -253,6 +253,15 @@ def test_a_named_pipe_nobody_writes_is_read_as_empty_not_waited_on(args: list[st
     assert str(fifo) in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("args", [["compare", "--suite", "{path}"], ["import", "{path}"]])
+def test_a_folder_given_as_a_file_is_named_as_one(args: list[str], tmp_path: Path) -> None:
+    folder = tmp_path / "suite.yaml"
+    folder.mkdir()
+    result = runner.invoke(app, [a.format(path=folder) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"{folder}: is a folder; expected a file" in " ".join(result.output.split())
+
+
 def test_a_good_out_still_works(tmp_path: Path) -> None:
     manifest = tmp_path / "hpa.yaml"
     manifest.write_text(HPA, encoding="utf-8")

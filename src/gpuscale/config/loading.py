@@ -76,12 +76,17 @@ def read_text(path: str | Path, encoding: str = "utf-8", *, limit: int = MAX_YAM
         # Non-blocking open: a named pipe nobody writes would otherwise block here for ever; once
         # open, a pipe is read blocking (a writer sends its text; with none, it reads as empty).
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
-        os.set_blocking(fd, True)
-        with open(fd, encoding=encoding) as f:
-            if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
                 raise ConfigError(str(p), None, MISSING, "is a folder; expected a file")
-            if os.fstat(f.fileno()).st_size > limit:
+            if st.st_size > limit:
                 raise ConfigError(str(p), None, MISSING, too_large)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with open(fd, encoding=encoding) as f:  # it owns fd from here
             text = f.read(limit + 1)
     except FileNotFoundError:
         raise ConfigError(str(p), None, MISSING, "file not found") from None
