@@ -329,7 +329,6 @@ def compare_tables(result: Any) -> list[Table]:
         nodes = result.has_node_layer(scenario)
         # LLM serving: time to first token and inter-token latency say more than end-to-end latency
         llm = any(row.estimates["ttft_p95_ms"].mean is not None for row in result.rows_for(scenario))
-        lat = ("ttft_p95_ms", "itl_p95_ms") if llm else ("latency_p95_ms", "latency_p99_ms")
         columns = (
             "",
             "policy",
@@ -369,30 +368,38 @@ def compare_tables(result: Any) -> list[Table]:
             if row.failed and e["slo_attainment"].n == 0:
                 t.add_row("✗", row.policy, f"[red]failed: {row.errors[0] if row.errors else ''}[/]")
                 continue
-            rej, tout = e["rejected"].mean or 0.0, e["timed_out"].mean or 0.0
-            cells = (
-                "★" if row.pareto else "",
-                row.policy + (" [red](failed runs)[/]" if row.failed else ""),
-                _ci(e["slo_attainment"], 2, 100.0, wide),
-                _ci(e[lat[0]], 0, 1.0, wide),
-                _ci(e[lat[1]], 1 if llm else 0, 1.0, wide),
-                f"{rej:,.0f} / {tout:,.0f}",
-                _ci(e["gpu_hours"], 2, 1.0, wide),
-                _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
-                _ci(e["node_hours"], 2, 1.0, wide),
-                _ci(e["cost_usd"], 2, 1.0, wide),
-                _fmt(e["cold_starts"].mean, 0),
-                _fmt(e["scale_events"].mean, 0),
-                _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
-                _fmt(e["mean_sm_util_pct"].mean, 0),
-            )
+            name = row.policy + (" [red](failed runs)[/]" if row.failed else "")
+            cells = _row_cells(row, "★" if row.pareto else "", name, llm, wide)
             t.add_row(*(cells[i] for i in keep))
-        _reference_rows(t, result, scenario, keep, wide)
+        _reference_rows(t, result, scenario, keep, llm, wide)
         tables.append(t)
     return tables
 
 
-def _reference_rows(t: Table, result: Any, scenario: str, keep: list[int], wide: bool) -> None:
+def _row_cells(row: Any, mark: str, name: str, llm: bool, wide: bool) -> tuple[str, ...]:
+    """Every column of one compare-table row (a policy's or a reference's), in the table's order."""
+    e = row.estimates
+    rej, tout = e["rejected"].mean or 0.0, e["timed_out"].mean or 0.0
+    lat = ("ttft_p95_ms", "itl_p95_ms") if llm else ("latency_p95_ms", "latency_p99_ms")
+    return (
+        mark,
+        name,
+        _ci(e["slo_attainment"], 2, 100.0, wide),
+        _ci(e[lat[0]], 0, 1.0, wide),
+        _ci(e[lat[1]], 1 if llm else 0, 1.0, wide),
+        f"{rej:,.0f} / {tout:,.0f}",
+        _ci(e["gpu_hours"], 2, 1.0, wide),
+        _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
+        _ci(e["node_hours"], 2, 1.0, wide),
+        _ci(e["cost_usd"], 2, 1.0, wide),
+        _fmt(e["cold_starts"].mean, 0),
+        _fmt(e["scale_events"].mean, 0),
+        _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
+        _fmt(e["mean_sm_util_pct"].mean, 0),
+    )
+
+
+def _reference_rows(t: Table, result: Any, scenario: str, keep: list[int], llm: bool, wide: bool) -> None:
     """The simulator-only references under the ranked policies (dim, unranked), and the bound's note
     as the table's caption (:func:`gpuscale.experiments.report.bound_note`)."""
     from gpuscale.experiments.report import bound_note, reference_rows
@@ -406,24 +413,7 @@ def _reference_rows(t: Table, result: Any, scenario: str, keep: list[int], wide:
         if e["slo_attainment"].n == 0:
             t.add_row("ref", name, f"[red]failed: {row.errors[0] if row.errors else ''}[/]")
             continue
-        rej, tout = e["rejected"].mean or 0.0, e["timed_out"].mean or 0.0
-        llm = e["ttft_p95_ms"].mean is not None
-        cells = (
-            "ref",
-            name,
-            _ci(e["slo_attainment"], 2, 100.0, wide),
-            _ci(e["ttft_p95_ms" if llm else "latency_p95_ms"], 0, 1.0, wide),
-            _ci(e["itl_p95_ms" if llm else "latency_p99_ms"], 1 if llm else 0, 1.0, wide),
-            f"{rej:,.0f} / {tout:,.0f}",
-            _ci(e["gpu_hours"], 2, 1.0, wide),
-            _fmt(row.gpu_hours_x_oracle.mean, 2, "×"),
-            _ci(e["node_hours"], 2, 1.0, wide),
-            _ci(e["cost_usd"], 2, 1.0, wide),
-            _fmt(e["cold_starts"].mean, 0),
-            _fmt(e["scale_events"].mean, 0),
-            _fmt(e["mean_gpu_memory_util_pct"].mean, 0),
-            _fmt(e["mean_sm_util_pct"].mean, 0),
-        )
+        cells = _row_cells(row, "ref", name, llm, wide)
         t.add_row(*(cells[i] for i in keep))
     note = bound_note(result, scenario)
     if note:
