@@ -35,7 +35,6 @@ horizon's copies continue the run's own random streams (a copy never draws from 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpuscale._core.errors import GpuscaleError
 from gpuscale.config.scenario import (
     ClusterAutoscalerConfig,
     Duration,
@@ -54,8 +52,8 @@ from gpuscale.config.scenario import (
     Uniform,
 )
 from gpuscale.experiments.oracle import WINDOW_S, OracleResult, min_cold_start_s
-from gpuscale.experiments.runner import TIMELINE_KEEP, RunKey, RunOutcome
-from gpuscale.policies.base import Decision, MetricsSnapshot, Reason, SignalSpec
+from gpuscale.experiments.runner import RunKey, RunOutcome, outcome_of
+from gpuscale.policies.base import Decision, MetricsSnapshot, ReadsNoSignals, Reason
 from gpuscale.policies.clairvoyant import ClairvoyantPolicy
 from gpuscale.sim import kernel as K
 from gpuscale.sim.engine import Simulation
@@ -308,7 +306,7 @@ class _CommandedState:
 
 
 @dataclass(frozen=True, eq=False)
-class _CommandedPolicy:
+class _CommandedPolicy(ReadsNoSignals):
     """The planner's choice as a policy: what :func:`run_receding_horizon` decided for this tick."""
 
     command: _Command
@@ -316,19 +314,7 @@ class _CommandedPolicy:
     name: str = LABELS[RECEDING_HORIZON]
 
     @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return ()
-
-    @property
-    def signal_keys(self) -> dict[SignalSpec, str]:
-        return {}
-
-    @property
     def sync_period_s(self) -> float | None:
-        return None
-
-    @property
-    def max_signal_age_s(self) -> float | None:
         return None
 
     @property
@@ -533,32 +519,21 @@ def run_reference_job(job: ReferenceJob) -> RunOutcome:
     :func:`gpuscale.experiments.runner.run_job`."""
     from gpuscale.experiments.catalog import resolve_scenario
 
-    start = time.perf_counter()
-    try:
+    def run() -> SimResult:
         ref = resolve_scenario(job.scenario_spec)
         if job.reference == FEASIBLE:
-            result = run_feasible(
-                ref.scenario, job.seed, job.oracle, base_dir=ref.base_dir, source=ref.source
-            )
-        else:
-            result, _ = run_receding_horizon(
-                ref.scenario,
-                job.seed,
-                slo_target=job.slo_target,
-                high=job.oracle.max_replicas or None,
-                base_dir=ref.base_dir,
-                source=ref.source,
-            )
-    except GpuscaleError as exc:
-        return RunOutcome(job.key, None, str(exc), wall_s=time.perf_counter() - start)
-    except Exception as exc:  # a fault of gpuscale's own: this reference fails, the compare completes
-        error = f"internal error in gpuscale ({type(exc).__name__}: {exc}); please report it"
-        return RunOutcome(job.key, None, error, wall_s=time.perf_counter() - start)
-    tl = result.timeline
-    timeline = {name: tl.column(name) for name in TIMELINE_KEEP}
-    return RunOutcome(
-        job.key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start
-    )
+            return run_feasible(ref.scenario, job.seed, job.oracle, base_dir=ref.base_dir, source=ref.source)
+        result, _ = run_receding_horizon(
+            ref.scenario,
+            job.seed,
+            slo_target=job.slo_target,
+            high=job.oracle.max_replicas or None,
+            base_dir=ref.base_dir,
+            source=ref.source,
+        )
+        return result
+
+    return outcome_of(job.key, run)
 
 
 def reference_jobs(

@@ -20,7 +20,7 @@ import numpy as np
 
 from gpuscale._core.errors import GpuscaleError
 from gpuscale.experiments.checkpoint import RunStore, job_digest
-from gpuscale.sim.results import Summary
+from gpuscale.sim.results import SimResult, Summary
 
 TIMELINE_KEEP = (
     "time_s",
@@ -76,21 +76,29 @@ def run_job(job: Job) -> RunOutcome:
     from gpuscale.policies import registry
     from gpuscale.sim.engine import simulate
 
-    start = time.perf_counter()
-    try:
+    def run() -> SimResult:
         ref = resolve_scenario(job.scenario_spec)
         policy = registry.resolve_policy(job.policy_spec, key=None, source=f"policy {job.key.policy}").build()
-        result = simulate(ref.scenario, policy, seed=job.key.seed, base_dir=ref.base_dir, source=ref.source)
+        return simulate(ref.scenario, policy, seed=job.key.seed, base_dir=ref.base_dir, source=ref.source)
+
+    return outcome_of(job.key, run)
+
+
+def outcome_of(key: RunKey, run: Callable[[], SimResult]) -> RunOutcome:
+    """What ``run`` gave as the outcome of ``key``, timed: its summary and the timeline columns a
+    report keeps, or, where it raised, a failed outcome with the error (one run never takes the
+    others' results with it)."""
+    start = time.perf_counter()
+    try:
+        result = run()
     except GpuscaleError as exc:
-        return RunOutcome(job.key, None, str(exc), wall_s=time.perf_counter() - start)
+        return RunOutcome(key, None, str(exc), wall_s=time.perf_counter() - start)
     except Exception as exc:  # a fault of gpuscale's own: this run fails, the others still complete
         error = f"internal error in gpuscale ({type(exc).__name__}: {exc}); please report it"
-        return RunOutcome(job.key, None, error, wall_s=time.perf_counter() - start)
+        return RunOutcome(key, None, error, wall_s=time.perf_counter() - start)
     tl = result.timeline
     timeline = {name: tl.column(name) for name in TIMELINE_KEEP}
-    return RunOutcome(
-        job.key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start
-    )
+    return RunOutcome(key, result.summary, None, timeline, result.latency_hist, time.perf_counter() - start)
 
 
 T = TypeVar("T")

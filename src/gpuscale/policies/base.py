@@ -387,18 +387,9 @@ class Delegating:
         return self.inner.initial_replicas
 
 
-@dataclass(frozen=True)
-class StaticState:
-    pass
-
-
-@dataclass(frozen=True)
-class StaticPolicy:
-    """Hold exactly ``replicas`` pods (``standby`` warm pods optional), whatever the load."""
-
-    replicas: int
-    standby: int = 0
-    name: str = "static"
+class ReadsNoSignals:
+    """The :class:`Policy` declarations of a policy that reads no metric (a fixed fleet, a plan given
+    in advance): no signals, so none can be missing or stale."""
 
     @property
     def signals(self) -> tuple[SignalSpec, ...]:
@@ -409,11 +400,25 @@ class StaticPolicy:
         return {}
 
     @property
-    def sync_period_s(self) -> float | None:
+    def max_signal_age_s(self) -> float | None:
         return None
 
+
+@dataclass(frozen=True)
+class StaticState:
+    pass
+
+
+@dataclass(frozen=True)
+class StaticPolicy(ReadsNoSignals):
+    """Hold exactly ``replicas`` pods (``standby`` warm pods optional), whatever the load."""
+
+    replicas: int
+    standby: int = 0
+    name: str = "static"
+
     @property
-    def max_signal_age_s(self) -> float | None:
+    def sync_period_s(self) -> float | None:
         return None
 
     @property

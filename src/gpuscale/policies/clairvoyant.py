@@ -24,12 +24,12 @@ the nodes one provisioning time early, and a serving pod asked for later preempt
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from gpuscale.policies.base import Decision, MetricsSnapshot, Reason, SignalSpec
+from gpuscale.policies.base import Decision, MetricsSnapshot, ReadsNoSignals, Reason
 
 _REFUSAL = (
     "is a simulator-only reference of gpuscale compare, not a policy: it {needs}, which no live cluster "
@@ -57,7 +57,7 @@ class ClairvoyantState:
 
 
 @dataclass(frozen=True, eq=False)
-class ClairvoyantPolicy:
+class ClairvoyantPolicy(ReadsNoSignals):
     """Ask for the pods of a known schedule one lead time ahead (module docstring)."""
 
     times_s: tuple[float, ...]
@@ -104,20 +104,8 @@ class ClairvoyantPolicy:
         )
 
     @property
-    def signals(self) -> tuple[SignalSpec, ...]:
-        return ()
-
-    @property
-    def signal_keys(self) -> Mapping[SignalSpec, str]:
-        return {}
-
-    @property
     def sync_period_s(self) -> float | None:
         return self.tick_s
-
-    @property
-    def max_signal_age_s(self) -> float | None:
-        return None
 
     @property
     def replica_bounds(self) -> tuple[int, int | None]:
