@@ -108,11 +108,21 @@ def test_same_inputs_and_seed_same_weights(toy: EnvConfig) -> None:
         assert wa.tobytes() == wb.tobytes() and ba.tobytes() == bb.tobytes()
 
 
-def test_train_command_writes_a_model_kind_learned_runs(toy: EnvConfig, tmp_path: Path) -> None:
+def test_train_command_writes_a_model_kind_learned_runs(
+    toy: EnvConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
     from typer.testing import CliRunner
 
     from gpuscale.cli import app
 
+    # Nothing outside --out and --checkpoints: SB3's default logger would make a folder here for
+    # every run. (torch's own per-user compile cache, torchinductor_<user>, is a cache, not output.)
+    scratch = tmp_path / "system-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
     out, ckpt = tmp_path / "m.npz", tmp_path / "ckpt"
     args = ["train", "--scenarios", toy.scenarios[0], "--timesteps", "1024", "--eval-every", "512"]
     args += ["--max-replicas", "4", "--actions", "target", "--checkpoints", str(ckpt), "--out", str(out)]
@@ -120,6 +130,7 @@ def test_train_command_writes_a_model_kind_learned_runs(toy: EnvConfig, tmp_path
     assert result.exit_code == 0, result.output
     assert "held-out evaluation" in result.output and "model written to" in result.output
     assert sorted(p.name for p in ckpt.iterdir()) == ["ppo-1024.npz", "ppo-512.npz"]
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     policy = tmp_path / "learned.yaml"
     policy.write_text(f"kind: learned\nmodel: {out}\nmax_replicas: 4\n")
     sim = CliRunner().invoke(

@@ -218,6 +218,7 @@ def train(
     import time as _time
 
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     torch = _deterministic_torch(config.seed)
     start = _time.perf_counter()  # wall time of the run, for the report only
@@ -234,6 +235,9 @@ def train(
     kwargs.update(DEFAULT_HYPER[config.algorithm])
     kwargs.update(config.hyper)
     model = algo("MlpPolicy", env, **kwargs)
+    # SB3's default logger makes a folder under the system's temporary directory for every run
+    # (SB3-<date>), even with no output: a write outside --out. One with no outputs writes nothing.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     eval_scenarios = config.eval_scenarios or config.env.scenarios
     evaluations: list[Evaluation] = []
     meta = {
