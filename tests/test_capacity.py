@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -13,6 +14,7 @@ from gpuscale.cli import app
 from gpuscale.experiments.capacity import (
     planner_bar,
     planner_inputs,
+    planner_tick_s,
     table_points,
     typical_cold_start_s,
     typical_restart_s,
@@ -50,6 +52,8 @@ def test_capacity_writes_a_planner_policy_with_the_measured_table(tmp_path: Path
     assert data["cold_start_s"] == 1 + 3.5 + 2 == typical_cold_start_s(scenario)
     assert data["node_provision_s"] == 0.0
     assert data["restart_s"] == data["cold_start_s"]  # nothing to pull here
+    # a 6.5-s cold start gets a 2-s tick and a burst window of one tick (planner_tick_s)
+    assert data["sync_period_s"] == data["burst_window_s"] == 2
     # it runs
     sim = runner.invoke(app, ["simulate", "kis-s-spike", "--policy", str(out), "--out", str(tmp_path / "s")])
     assert sim.exit_code == 0, sim.output
@@ -88,6 +92,20 @@ def test_the_cold_start_is_the_scenarios_mean_phase_by_phase() -> None:
     # gpu-node-cold-start: a node must come first (9-11 min + 30 s for its GPUs)
     inputs = planner_inputs(builtin_scenario("gpu-node-cold-start"), [(1, 50.0)], 0.99)
     assert inputs["node_provision_s"] == 600 + 30
+
+
+@pytest.mark.parametrize(
+    ("cold_start_s", "tick_s"), [(1.0, 2.0), (6.5, 2.0), (9.0, 3.0), (20.0, 6.0), (93.5, 10.0), (630.0, 10.0)]
+)
+def test_the_planners_tick_is_a_third_of_the_cold_start_from_2_to_10_s(
+    cold_start_s: float, tick_s: float
+) -> None:
+    assert planner_tick_s(cold_start_s) == tick_s
+
+
+def test_a_long_cold_start_keeps_the_10_s_tick_and_no_burst_window() -> None:
+    inputs = planner_inputs(builtin_scenario("flash-crowd"), [(1, 50.0)], 0.99)
+    assert inputs["sync_period_s"] == 10 and "burst_window_s" not in inputs
 
 
 def test_the_compare_gives_the_planner_the_measured_table_of_the_scenarios_service() -> None:

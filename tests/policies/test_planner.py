@@ -108,6 +108,32 @@ def test_a_step_from_200_to_800_rps_is_asked_for_within_two_ticks_and_held() -> 
     assert at(ticks, 360).ready >= 8
 
 
+def test_the_burst_window_shows_a_rise_the_rate_window_has_only_begun_to_show() -> None:
+    # 2-s ticks; 130 rps for 8 s of the 10-s window, 400 rps for its last 2 s (a step, 2 s old)
+    fast = policy(sync_period_s=2, burst_window_s=2)
+    slow = policy(sync_period_s=2)
+    assert fast.fast_rate is not None and fast.fast_rate.window_s == 2
+    assert fast.signal_keys[fast.fast_rate] == "burst_window_s" and slow.fast_rate is None
+
+    def decide(p: PlannerPolicy, rate: float, last_2s: float) -> Decision:
+        signals = {p.rate: SignalValue(rate)}
+        if p.fast_rate is not None:
+            signals[p.fast_rate] = SignalValue(last_2s)
+        snap = MetricsSnapshot(time_s=100.0, current_replicas=2, ready=2, starting=0, signals=signals)
+        return p.decide(snap, p.initial_state())[0]
+
+    step = 0.8 * 130 + 0.2 * 400
+    seen = decide(fast, step, 400.0)
+    assert seen.desired_replicas is not None and seen.desired_replicas >= 4, seen
+    assert "over the last 2 s" in seen.message and "deciding term: burst" in seen.message
+    unseen = decide(slow, step, 400.0)
+    assert unseen.desired_replicas is not None and unseen.desired_replicas < seen.desired_replicas
+    # noise is not a rise: 2 s of 150 rps against a 10-s 130 is within 3 Poisson deviations (26 rps)
+    calm = decide(fast, 130.0, 150.0)
+    assert calm.desired_replicas == decide(slow, 130.0, 150.0).desired_replicas
+    assert "over the last" not in calm.message
+
+
 def test_a_60_s_dip_does_not_release_a_pod_needed_again_within_one_cold_start() -> None:
     # 800 rps, a dip to 200 rps from t = 600 to 660 s, 800 again
     def load(t: float) -> float:
