@@ -254,6 +254,12 @@ def test_a_bad_capacity_table_is_a_clear_error(points: list[dict[str, float]], s
     assert "capacity.points" in str(err.value) and says in str(err.value)
 
 
+def test_a_burst_window_no_shorter_than_the_rate_window_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        policy(burst_window_s=10)
+    assert "burst_window_s" in str(err.value) and "shorter than rate_window_s (10 s)" in str(err.value)
+
+
 def test_a_capacity_table_for_another_profile_is_a_clear_error() -> None:
     data = {"kind": "planner", "profile": "llama-2-70b-a100x4-vllm", "capacity": TABLE}
     with pytest.raises(ConfigError) as err:

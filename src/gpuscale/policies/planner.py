@@ -681,6 +681,13 @@ class PlannerConfig(KindConfig):
                 f"the capacity table was measured for profile {self.capacity.profile!r}, but this policy "
                 f"scales {self.profile!r}; measure {self.profile!r} with gpuscale capacity",
             )
+        if self.burst_window_s is not None and self.burst_window_s >= self.rate_window_s:
+            field_error(
+                ("burst_window_s",),
+                self.burst_window_s,
+                f"must be shorter than rate_window_s ({self.rate_window_s:g} s): it is the short window "
+                "that shows a rise sooner",
+            )
         if self.season_s is not None:
             buckets = self.season_s / self.history_resolution_s
             if abs(buckets - round(buckets)) > 1e-9 or round(buckets) < 2:
