@@ -148,6 +148,12 @@ class LlmEngineConfig(StrictModel):
         description="Most tokens one request computes in an iteration, 0 = no cap "
         "(--long-prefill-token-threshold).",
     )
+    enable_prefix_caching: bool = Field(
+        default=False,
+        description="Automatic prefix caching (--enable-prefix-caching): full KV blocks keep their "
+        "content hash when freed, and a request admitted later reuses the longest cached run of its "
+        "prompt's blocks instead of computing them (docs/llm.md, Prefix caching).",
+    )
     max_model_len: int = Field(
         ge=2,
         description="Longest request, prompt + output tokens (--max-model-len); longer ones are rejected.",

@@ -781,6 +781,9 @@ def _check_llm(scenario: Scenario, source: str) -> None:
                 f"above model.llm.max_model_len = {limit}; allowed: shorter lengths or a larger "
                 "max_model_len",
             )
+    from gpuscale.sim.llm_serving import check_prefix_caching  # the engine's limits: imported late
+
+    check_prefix_caching(scenario, source)
 
 
 def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:

@@ -493,15 +493,47 @@ class TokenDist(_Model):
         return sum(v * x for v, x in zip(e.values, w, strict=True)) / sum(w)
 
 
+class PrefixConfig(_Model):
+    """Shared prompt prefixes (system prompts, few-shot templates): what vLLM's prefix caching reuses.
+
+    There are ``groups`` distinct prefixes; group ``g``'s length ``L_g`` is drawn once per run from
+    ``length``. A share ``share`` of the requests belong to a group (chosen uniformly, or by Zipf's law
+    with exponent ``zipf_exponent``: group ``k`` has weight ``1 / (k + 1)^s``); such a request's prompt is
+    its group's ``L_g`` tokens, identical for every request of the group, followed by its own prompt of the
+    ``prompt:`` length, unique to it. Prefix caching itself is switched on by the profile's
+    ``model.llm.enable_prefix_caching``; without it the prefix only lengthens the prompts (docs/llm.md,
+    Prefix caching).
+    """
+
+    groups: int = Field(ge=1, le=1_000_000, description="number of distinct shared prefixes (≥ 1)")
+    length: TokenDist = Field(
+        description="length of each group's prefix, tokens, drawn once per group: {fixed: N} (or N), "
+        "{lognormal: {mean, cv, max}}, {uniform: [a, b]} or {empirical: {values, weights}}"
+    )
+    share: float = Field(
+        default=1.0, ge=0, le=1, description="fraction of the requests that start with a shared prefix (0-1)"
+    )
+    popularity: Literal["uniform", "zipf"] = Field(
+        default="uniform", description="how a request picks its group: uniform, or zipf (weights 1/(k+1)^s)"
+    )
+    zipf_exponent: float = Field(default=1.0, gt=0, le=10, description="Zipf exponent s (popularity: zipf)")
+
+
 class TokensConfig(_Model):
     """Prompt and output lengths of the requests (LLM profiles only).
 
     For a trace, either may be left out: the trace's own column is used (``ContextTokens`` /
     ``GeneratedTokens``, or ``context_tokens`` / ``generated_tokens``); given, it replaces the column.
+    ``prefix:`` puts a shared prefix in front of the prompts (:class:`PrefixConfig`).
     """
 
     prompt: TokenDist | None = Field(default=None, description="prompt (input) length, tokens")
     output: TokenDist | None = Field(default=None, description="output (generated) length, tokens")
+    prefix: PrefixConfig | None = Field(
+        default=None,
+        description="shared prompt prefixes in front of the prompt (for prefix caching): {groups, length, "
+        "share, popularity, zipf_exponent}",
+    )
 
 
 class _TokensChoice(_Model):

@@ -437,7 +437,8 @@ class Simulation:
                 # closed-loop chat users: the plane draws their lengths from the token source itself
                 think_s=(closed.think_min_s, closed.think_max_s) if closed is not None else None,
                 max_users=closed.schedule.max_users if closed is not None else 0,
-                tokens=self.tokens if closed is not None else None,
+                # closed-loop lengths, and the shared-prefix groups of every request (a prefix: block)
+                tokens=self.tokens,
             )
         else:
             dp = DataPlane(

@@ -40,7 +40,16 @@ R_HELD = 5
 R_PRE = 6
 R_USER = 7
 """Closed-loop user who sent it (-1 for an open-loop arrival)."""
-N_RI = 8
+R_GROUP = 8
+"""Shared-prefix group (-1: none); its first ``R_PLEN`` prompt tokens are the group's."""
+R_PLEN = 9
+R_BT = 10
+"""Prefix caching: the request's block table (a row of ``pc_bt``), -1 while it holds no blocks."""
+R_NCACHED = 11
+"""Prefix caching: blocks of its table already cached (keyed)."""
+R_HITS = 12
+"""Prefix-cache hits, tokens, over its admissions."""
+N_RI = 13
 
 # ---- per-request float fields (RF) ---------------------------------------------------------------
 RF_ARR = 0
@@ -74,7 +83,13 @@ P_COMPLETED = 15
 P_REJECTED = 16
 P_DROPPED = 17
 P_TIMED_OUT = 18
-N_PI = 19
+P_PC_QUERIES = 19
+"""vllm:prefix_cache_queries: tokens looked up in the prefix cache."""
+P_PC_HITS = 20
+"""vllm:prefix_cache_hits: tokens found there."""
+P_TFREE = 21
+"""Prefix caching: free block tables (``pc_ts[p, :P_TFREE]``)."""
+N_PI = 22
 
 # ---- per-pod float columns (PF) ------------------------------------------------------------------
 P_ITER_END = 0
@@ -109,7 +124,9 @@ LG_TB_N = K.N_GI + 5
 """Entries filled in the closed-loop token buffer."""
 LG_TB_SHORT = K.N_GI + 6
 """Set when a user was due to send and the token buffer was empty (the advance stopped there)."""
-N_LGI = K.N_GI + 7
+LG_PC_QUERIES = K.N_GI + 7
+LG_PC_HITS = K.N_GI + 8
+N_LGI = K.N_GI + 9
 
 LF_PEND_T = K.N_GF
 N_LGF = K.N_GF + 1
@@ -125,7 +142,13 @@ C_POD_CAP = 6
 C_RQ_CAP = 7
 C_NUM_BLOCKS = 8
 C_RING_MASK = 9
-N_LCI = 10
+C_CACHING = 10
+"""Prefix caching on (1) or off (0)."""
+C_MAXB = 11
+"""Blocks of the longest request, ceil(max_model_len / block_size): the width of a block table."""
+C_MAP_MASK = 12
+"""Prefix caching: slots of the hash map - 1 (a power of two)."""
+N_LCI = 13
 
 CF_BETA0 = 0
 CF_BETA_PREFILL = 1
@@ -153,7 +176,8 @@ RI_SEQ = 0
 RI_OUT = 1
 RI_POD = 2
 RI_PRE = 3
-N_RECI = 4
+RI_HITS = 4
+N_RECI = 5
 RFR_LAT = 0
 RFR_TTFT = 1
 RFR_ARR = 2
@@ -163,7 +187,27 @@ RQ_SEQ = 0
 RQ_P = 1
 RQ_O = 2
 RQ_USER = 3
-N_RQI = 4
+RQ_GROUP = 4
+RQ_PLEN = 5
+N_RQI = 6
+
+# ---- prefix caching (docs/llm.md, Prefix caching) -----------------------------------------------------
+# Per pod ``p`` with ``nb`` blocks: ``pc_blk[p, b, BK_*]`` for block ``b`` (row ``nb``: the free queue's
+# sentinel, its BK_NEXT the head, its BK_PREV the tail); ``pc_map[p, :, 0/1]``: an open-addressing hash map
+# (linear probing, deletion by backward shift) from a block key to the first cached block with that key
+# (key -1: an empty slot); the other blocks of one key follow it in a list through BK_DPREV/BK_DNEXT, in the
+# order they were cached (vLLM keeps identical blocks apart and hands out the earliest). ``pc_bt[p, t, j]``:
+# block table ``t`` (``max_num_seqs`` of them: only running requests hold blocks), its ``j``-th block;
+# ``pc_ts[p, :pi[P_TFREE]]``: the free tables. A block key stands for vLLM's chained block hash: block ``j``
+# of a request of group ``g`` lying wholly in the group's prefix is ``2 g x MAXB + j``; any other block of
+# request ``seq`` is ``(2 seq + 1) x MAXB + j`` (its tokens are its own).
+BK_REF = 0
+BK_PREV = 1
+BK_NEXT = 2
+BK_KEY = 3
+BK_DPREV = 4
+BK_DNEXT = 5
+N_BK = 6
 
 # ---- closed-loop users -------------------------------------------------------------------------------
 # ``uq[0, :gi[G_HEAP_N]]``: a binary min-heap of waiting users keyed by (wake time, user id);
@@ -312,6 +356,223 @@ def _choose_pod(pi: np.ndarray, acc: np.ndarray, n_acc: int) -> int:
     return best
 
 
+# ---- prefix caching ----------------------------------------------------------------------------------
+_HASH_MUL = -7046029254386353131
+"""0x9E3779B97F4A7C15 (Fibonacci hashing) as a signed 64-bit number."""
+
+
+@_compiled(inline=True)
+def _pc_key(ri: np.ndarray, p: int, r: int, j: int, bs: int, maxb: int) -> int:
+    """The key of block ``j`` of row ``r``'s tokens (see the prefix-caching layout above)."""
+    g = ri[p, r, R_GROUP]
+    if g >= 0 and (j + 1) * bs <= ri[p, r, R_PLEN]:
+        return int(2 * g * maxb + j)
+    return int((2 * ri[p, r, R_SEQ] + 1) * maxb + j)
+
+
+@_compiled(inline=True)
+def _map_home(key: int, mask: int) -> int:
+    h = key * _HASH_MUL
+    return int((h ^ (h >> 29)) & mask)
+
+
+@_compiled(inline=True)
+def _map_find(pm: np.ndarray, p: int, key: int, mask: int) -> int:
+    i = _map_home(key, mask)
+    while pm[p, i, 0] != -1:
+        if pm[p, i, 0] == key:
+            return int(pm[p, i, 1])
+        i = (i + 1) & mask
+    return -1
+
+
+@_compiled(inline=True)
+def _map_put(pm: np.ndarray, p: int, key: int, b: int, mask: int) -> None:
+    i = _map_home(key, mask)
+    while pm[p, i, 0] != -1 and pm[p, i, 0] != key:
+        i = (i + 1) & mask
+    pm[p, i, 0] = key
+    pm[p, i, 1] = b
+
+
+@_compiled()
+def _map_del(pm: np.ndarray, p: int, key: int, mask: int) -> None:
+    """Remove ``key`` (present); the entries after it move back so that no probe sequence breaks."""
+    i = _map_home(key, mask)
+    while pm[p, i, 0] != key:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        kj = pm[p, j, 0]
+        if kj == -1:
+            break
+        home = _map_home(kj, mask)
+        # the entry at j stays when its home lies cyclically in (i, j]
+        stays = (i < home <= j) if i <= j else (home > i or home <= j)
+        if not stays:
+            pm[p, i, 0] = kj
+            pm[p, i, 1] = pm[p, j, 1]
+            i = j
+    pm[p, i, 0] = -1
+
+
+@_compiled(inline=True)
+def _fq_remove(pb: np.ndarray, p: int, b: int) -> None:
+    prv = pb[p, b, BK_PREV]
+    nxt = pb[p, b, BK_NEXT]
+    pb[p, prv, BK_NEXT] = nxt
+    pb[p, nxt, BK_PREV] = prv
+
+
+@_compiled(inline=True)
+def _fq_append(pb: np.ndarray, p: int, b: int, sentinel: int) -> None:
+    tail = pb[p, sentinel, BK_PREV]
+    pb[p, tail, BK_NEXT] = b
+    pb[p, b, BK_PREV] = tail
+    pb[p, b, BK_NEXT] = sentinel
+    pb[p, sentinel, BK_PREV] = b
+
+
+@_compiled()
+def _pc_uncache(pb: np.ndarray, pm: np.ndarray, p: int, b: int, mask: int) -> None:
+    """Block ``b`` loses its key (it is about to be reused): out of the map or its key's list."""
+    key = pb[p, b, BK_KEY]
+    if key < 0:
+        return
+    dp = pb[p, b, BK_DPREV]
+    dn = pb[p, b, BK_DNEXT]
+    if dp < 0:
+        if dn < 0:
+            _map_del(pm, p, key, mask)
+        else:
+            _map_put(pm, p, key, dn, mask)
+            pb[p, dn, BK_DPREV] = -1
+    else:
+        pb[p, dp, BK_DNEXT] = dn
+        if dn >= 0:
+            pb[p, dn, BK_DPREV] = dp
+    pb[p, b, BK_KEY] = -1
+    pb[p, b, BK_DPREV] = -1
+    pb[p, b, BK_DNEXT] = -1
+
+
+@_compiled()
+def _pc_cache_upto(
+    p: int,
+    r: int,
+    tokens: int,
+    ri: np.ndarray,
+    ci: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+) -> None:
+    """Row ``r``'s full blocks among its first ``tokens`` tokens become cached (vLLM caches them when it
+    schedules the tokens that fill them)."""
+    bs = ci[C_BLOCK]
+    full = tokens // bs
+    done = ri[p, r, R_NCACHED]
+    if full <= done:
+        return
+    maxb = ci[C_MAXB]
+    mask = ci[C_MAP_MASK]
+    t = ri[p, r, R_BT]
+    for j in range(done, full):
+        b = pbt[p, t, j]
+        key = _pc_key(ri, p, r, j, bs, maxb)
+        pb[p, b, BK_KEY] = key
+        pb[p, b, BK_DNEXT] = -1
+        head = _map_find(pm, p, key, mask)
+        if head < 0:
+            _map_put(pm, p, key, b, mask)
+            pb[p, b, BK_DPREV] = -1
+        else:
+            last = head
+            while pb[p, last, BK_DNEXT] >= 0:
+                last = pb[p, last, BK_DNEXT]
+            pb[p, last, BK_DNEXT] = b
+            pb[p, b, BK_DPREV] = last
+    ri[p, r, R_NCACHED] = full
+
+
+@_compiled()
+def _pc_alloc(
+    p: int,
+    r: int,
+    count: int,
+    ri: np.ndarray,
+    ci: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+) -> None:
+    """Row ``r`` takes ``count`` blocks from the head of the free queue (evicting their keys), appended
+    to its table after the ``R_HELD`` it holds (the caller updates ``R_HELD``)."""
+    sentinel = ci[C_NUM_BLOCKS]
+    mask = ci[C_MAP_MASK]
+    t = ri[p, r, R_BT]
+    j = ri[p, r, R_HELD]
+    for _ in range(count):
+        b = pb[p, sentinel, BK_NEXT]
+        _fq_remove(pb, p, b)
+        _pc_uncache(pb, pm, p, b, mask)
+        pb[p, b, BK_REF] = 1
+        pbt[p, t, j] = b
+        j += 1
+
+
+@_compiled()
+def _pc_release(
+    p: int,
+    r: int,
+    pi: np.ndarray,
+    ri: np.ndarray,
+    ci: np.ndarray,
+    pb: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
+) -> int:
+    """Row ``r`` gives up its blocks, last first (so its tail is evicted first); a block no one else
+    holds joins the tail of the free queue, keeping its key. Returns the blocks that became free."""
+    t = ri[p, r, R_BT]
+    if t < 0:
+        return 0
+    sentinel = ci[C_NUM_BLOCKS]
+    freed = 0
+    for j in range(ri[p, r, R_HELD] - 1, -1, -1):
+        b = pbt[p, t, j]
+        ref = pb[p, b, BK_REF] - 1
+        pb[p, b, BK_REF] = ref
+        if ref == 0:
+            _fq_append(pb, p, b, sentinel)
+            freed += 1
+    pts[p, pi[p, P_TFREE]] = t
+    pi[p, P_TFREE] += 1
+    ri[p, r, R_BT] = -1
+    ri[p, r, R_NCACHED] = 0
+    return freed
+
+
+@_compiled(inline=True)
+def _release(
+    p: int,
+    r: int,
+    pi: np.ndarray,
+    ri: np.ndarray,
+    ci: np.ndarray,
+    pb: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
+) -> int:
+    """Row ``r`` gives up its blocks; returns how many became free (all it held, without caching)."""
+    held = ri[p, r, R_HELD]
+    if ci[C_CACHING] != 0:
+        held = _pc_release(p, r, pi, ri, ci, pb, pbt, pts)
+    ri[p, r, R_HELD] = 0
+    return int(held)
+
+
 # ---- one pod -----------------------------------------------------------------------------------------
 @_compiled()
 def _admit(
@@ -322,6 +583,8 @@ def _admit(
     arr: float,
     prompt: int,
     output: int,
+    group: int,
+    plen: int,
     pi: np.ndarray,
     pf: np.ndarray,
     ri: np.ndarray,
@@ -356,6 +619,11 @@ def _admit(
     ri[p, r, R_HELD] = 0
     ri[p, r, R_PRE] = 0
     ri[p, r, R_USER] = user
+    ri[p, r, R_GROUP] = group
+    ri[p, r, R_PLEN] = plen
+    ri[p, r, R_BT] = -1
+    ri[p, r, R_NCACHED] = 0
+    ri[p, r, R_HITS] = 0
     rf[p, r, RF_ARR] = arr
     rf[p, r, RF_FIRST] = math.nan
     rf[p, r, RF_LAST] = math.nan
@@ -376,6 +644,7 @@ def _abort(
     p: int,
     r: int,
     t: float,
+    pi: np.ndarray,
     ri: np.ndarray,
     rf: np.ndarray,
     frow: np.ndarray,
@@ -388,11 +657,14 @@ def _abort(
     rec_f: np.ndarray,
     uq: np.ndarray,
     uf: np.ndarray,
+    ci: np.ndarray,
+    pb: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> int:
     """Row ``r`` of pod ``p`` times out at ``t``: recorded as such, its row put on the free list at
-    ``nf``; returns the KV blocks it held (now free)."""
-    held = ri[p, r, R_HELD]
-    ri[p, r, R_HELD] = 0
+    ``nf``; returns the KV blocks that became free."""
+    held = _release(p, r, pi, ri, ci, pb, pbt, pts)
     _timed_out(
         ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
         hists, rec_i, rec_f, uq, uf,
@@ -422,6 +694,10 @@ def _expire(
     rec_f: np.ndarray,
     uq: np.ndarray,
     uf: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> None:
     """Client timeouts on pod ``p`` at ``t`` (docs/llm.md, Client timeout): every request without a first
     token whose deadline ``arrival + timeout`` is at most ``t`` is aborted, running requests in list
@@ -445,7 +721,9 @@ def _expire(
         if ri[p, r, R_GEN] == 0:
             deadline = rf[p, r, RF_ARR] + timeout
             if t >= deadline:
-                free += _abort(p, r, t, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
+                free += _abort(
+                    p, r, t, pi, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf, ci, pb, pbt, pts
+                )
                 nf += 1
                 gone += 1
                 continue
@@ -465,7 +743,9 @@ def _expire(
         if ri[p, r, R_GEN] == 0:
             deadline = rf[p, r, RF_ARR] + timeout
             if t >= deadline:
-                free += _abort(p, r, t, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
+                free += _abort(
+                    p, r, t, pi, ri, rf, frow, nf, cf, gi, gf, hists, rec_i, rec_f, uq, uf, ci, pb, pbt, pts
+                )
                 nf += 1
                 gone += 1
                 k += 1
@@ -512,12 +792,22 @@ def _start_iter(
     rec_f: np.ndarray,
     uq: np.ndarray,
     uf: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> None:
     """The client timeouts due, then the scheduler's decision at ``t`` (docs/llm.md, One pod) and the
     iteration's duration."""
     if t >= pf[p, P_DEADLINE]:
-        _expire(p, t, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
+        _expire(
+            p, t, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf, pb, pm, pbt,
+            pts,
+        )  # fmt: skip
     bs = ci[C_BLOCK]
+    caching = ci[C_CACHING] != 0
+    maxb = ci[C_MAXB]
+    mask_map = ci[C_MAP_MASK]
     budget = ci[C_MNBT]
     thr = ci[C_THRESHOLD]
     max_seqs = ci[C_MAX_SEQS]
@@ -546,8 +836,7 @@ def _start_iter(
             # preempt the request at the end of the running list (recomputation)
             nrun -= 1
             v = run[p, nrun]
-            free += ri[p, v, R_HELD]
-            ri[p, v, R_HELD] = 0
+            free += _release(p, v, pi, ri, ci, pb, pbt, pts)
             ri[p, v, R_COMP] = 0
             ri[p, v, R_PRE] += 1
             pi[p, P_PREEMPT] += 1
@@ -563,8 +852,12 @@ def _start_iter(
         if stop:
             break
         if need > 0:
+            if caching:
+                _pc_alloc(p, r, need, ri, ci, pb, pm, pbt)
             ri[p, r, R_HELD] += need
             free -= need
+        if caching:
+            _pc_cache_upto(p, r, min(comp + n, num), ri, ci, pb, pm, pbt)
         sched[p, ns, 0] = r
         sched[p, ns, 1] = n
         ns += 1
@@ -586,7 +879,27 @@ def _start_iter(
         while k < wn and budget > 0 and nrun < max_seqs:
             r = wq[p, (head + k) & mask]
             num = ri[p, r, R_P] + ri[p, r, R_GEN]
-            n = num
+            # prefix caching: the longest run of cached blocks of its tokens, short of the last token
+            hit = 0
+            taken = 0
+            tb = -1
+            if caching:
+                tb = pts[p, pi[p, P_TFREE] - 1]
+                most = (num - 1) // bs
+                while hit < most:
+                    b = _map_find(pm, p, _pc_key(ri, p, r, hit, bs, maxb), mask_map)
+                    if b < 0:
+                        break
+                    pbt[p, tb, hit] = b
+                    if pb[p, b, BK_REF] == 0:
+                        taken += 1
+                    hit += 1
+                pi[p, P_PC_QUERIES] += num
+                pi[p, P_PC_HITS] += hit * bs
+                gi[LG_PC_QUERIES] += num
+                gi[LG_PC_HITS] += hit * bs
+            comp = hit * bs
+            n = num - comp
             if thr > 0 and n > thr:
                 n = thr
             if n > budget:
@@ -596,21 +909,35 @@ def _start_iter(
                     k += 1
                     continue
                 n = budget
-            blocks = (n + bs - 1) // bs
-            if blocks > free:
+            blocks = (comp + n + bs - 1) // bs - hit
+            if blocks + taken > free:
                 break
-            free -= blocks
-            ri[p, r, R_HELD] = blocks
+            if caching:
+                pi[p, P_TFREE] -= 1
+                ri[p, r, R_BT] = tb
+                for j in range(hit):
+                    b = pbt[p, tb, j]
+                    if pb[p, b, BK_REF] == 0:
+                        _fq_remove(pb, p, b)
+                    pb[p, b, BK_REF] += 1
+                ri[p, r, R_HELD] = hit
+                ri[p, r, R_NCACHED] = hit
+                ri[p, r, R_COMP] = comp
+                ri[p, r, R_HITS] += comp
+                _pc_alloc(p, r, blocks, ri, ci, pb, pm, pbt)
+                _pc_cache_upto(p, r, min(comp + n, num), ri, ci, pb, pm, pbt)
+            free -= blocks + taken
+            ri[p, r, R_HELD] = hit + blocks
             run[p, nrun] = r
             nrun += 1
             sched[p, ns, 0] = r
             sched[p, ns, 1] = n
             ns += 1
-            if n == 1 and num == 1:
+            if n == 1 and comp + 1 == num:
                 n_decode += 1
             else:
                 n_prefill += n
-            ctx += n
+            ctx += comp + n
             budget -= n
             if rf[p, r, RF_SCHED] < 0.0:
                 rf[p, r, RF_SCHED] = t
@@ -672,6 +999,7 @@ def _end_iter(
     run: np.ndarray,
     sched: np.ndarray,
     frow: np.ndarray,
+    ci: np.ndarray,
     cf: np.ndarray,
     gi: np.ndarray,
     gf: np.ndarray,
@@ -680,6 +1008,9 @@ def _end_iter(
     rec_f: np.ndarray,
     uq: np.ndarray,
     uf: np.ndarray,
+    pb: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> None:
     """The iteration in progress on pod ``p`` ends: tokens, TTFT and ITL samples, finishes."""
     e = pf[p, P_ITER_END]
@@ -718,8 +1049,7 @@ def _end_iter(
                 itl_hist[K._bucket(e - last)] += 1
         rf[p, r, RF_LAST] = e
         if gen == ri[p, r, R_O]:
-            free += ri[p, r, R_HELD]
-            ri[p, r, R_HELD] = 0
+            free += _release(p, r, pi, ri, ci, pb, pbt, pts)
             arr = rf[p, r, RF_ARR]
             lat = e - arr
             ttft = rf[p, r, RF_FIRST] - arr
@@ -732,6 +1062,9 @@ def _end_iter(
             if ttft <= ttft_slo and lat <= e2e_slo and (gen == 1 or (lat - ttft) / (gen - 1) <= itl_slo):
                 gi[K.G_SLO_MET] += 1
             _record(gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_COMPLETED, p, ri[p, r, R_PRE], lat, ttft, arr)
+            n_rec = gi[K.G_N_REC] - 1
+            if gi[K.G_RECORD] != 0 and n_rec < rec_i.shape[0]:
+                rec_i[n_rec, RI_HITS] = ri[p, r, R_HITS]
             _user_free(ri[p, r, R_USER], e, uq, uf, gi)
             frow[p, nf] = r
             nf += 1
@@ -784,6 +1117,10 @@ def _flush(
     rec_f: np.ndarray,
     uq: np.ndarray,
     uf: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> None:
     """Start the iterations of the pending pods at ``t`` (every event at ``t`` has been handled), in
     slot order."""
@@ -802,8 +1139,9 @@ def _flush(
         pi[p, P_PENDING] = 0
         if pi[p, P_BUSY] == 0 and pi[p, P_NRUN] + pi[p, P_WN] > 0:
             _start_iter(
-                p, t, pi, pf, ri, rf, run, wq, sched, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf
-            )
+                p, t, pi, pf, ri, rf, run, wq, sched, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf,
+                pb, pm, pbt, pts,
+            )  # fmt: skip
             _heap_fix(ph, pf, p)
     gi[LG_NPEND] = 0
 
@@ -846,8 +1184,8 @@ def _drain_router(
             continue
         p = _choose_pod(pi, acc, n_acc)
         _admit(
-            p, t, rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O],
-            pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f, uq, uf,
+            p, t, rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O], rq_i[j, RQ_GROUP],
+            rq_i[j, RQ_PLEN], pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f, uq, uf,
         )  # fmt: skip
 
 
@@ -858,6 +1196,7 @@ def advance(
     arr_t: np.ndarray,
     arr_p: np.ndarray,
     arr_o: np.ndarray,
+    arr_x: np.ndarray,
     acc: np.ndarray,
     n_acc: int,
     act: np.ndarray,
@@ -886,6 +1225,10 @@ def advance(
     uf: np.ndarray,
     tb_i: np.ndarray,
     tb_f: np.ndarray,
+    pb: np.ndarray,
+    pm: np.ndarray,
+    pbt: np.ndarray,
+    pts: np.ndarray,
 ) -> None:
     """Advance the token-level data plane over [t0, t1).
 
@@ -900,12 +1243,15 @@ def advance(
     Closed-loop users (``uq``, ``uf``; the caller changes their number between calls) send when they
     wake, as arrivals, each taking the next entry of the token buffer ``tb_i``/``tb_f``; should it be
     empty, ``gi[LG_TB_SHORT]`` is set and the call returns at once (the caller sizes the buffer).
+
+    ``arr_x[k] = (group, prefix length)`` of open-loop arrival ``k`` (columns 2 and 3 of ``tb_i`` for a
+    send); ``pb``, ``pm``, ``pbt``, ``pts``: the prefix cache (used only with ``ci[C_CACHING]``).
     """
     K._ph_build(ph, pf, act, n_act)
     if gi[LG_NPEND] > 0 and t0 > gf[LF_PEND_T]:
         _flush(
             gf[LF_PEND_T], pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
-            rec_i, rec_f, uq, uf,
+            rec_i, rec_f, uq, uf, pb, pm, pbt, pts,
         )  # fmt: skip
     if gi[K.G_RQ_HEAD] < gi[K.G_RQ_TAIL]:
         _drain_router(
@@ -944,7 +1290,7 @@ def advance(
             if min(t_next, t1) > t_pend:
                 _flush(
                     t_pend, pi, pf, ri, rf, run, wq, sched, frow, skip, pend, ph, ci, cf, gi, gf, hists,
-                    rec_i, rec_f, uq, uf,
+                    rec_i, rec_f, uq, uf, pb, pm, pbt, pts,
                 )  # fmt: skip
                 continue
         if t_next >= t1:
@@ -952,7 +1298,10 @@ def advance(
         gi[K.G_EVENTS] += 1
         if t_end <= t_arr and t_end <= t_rqx:
             if pi[p_ev, P_BUSY] != 0:
-                _end_iter(p_ev, pi, pf, ri, rf, run, sched, frow, cf, gi, gf, hists, rec_i, rec_f, uq, uf)
+                _end_iter(
+                    p_ev, pi, pf, ri, rf, run, sched, frow, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf, pb, pbt,
+                    pts,
+                )  # fmt: skip
                 K._ph_fix(ph, pf, p_ev)
                 if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
                     _set_pending(p_ev, t_end, pi, pend, gi, gf)
@@ -960,7 +1309,7 @@ def advance(
                 # a client deadline in an idle pod: aborted at once; the pod stays idle
                 _expire(
                     p_ev, t_end, pi, pf, ri, rf, run, wq, frow, skip, ci, cf, gi, gf, hists, rec_i, rec_f,
-                    uq, uf,
+                    uq, uf, pb, pm, pbt, pts,
                 )  # fmt: skip
                 if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] == 0:
                     pf[p_ev, P_DEADLINE] = math.inf
@@ -993,11 +1342,15 @@ def advance(
             gi[LG_TB_HEAD] = h + 1
             prompt = tb_i[h, 0]
             output = tb_i[h, 1]
+            group = tb_i[h, 2]
+            plen = tb_i[h, 3]
             uf[1, user] = tb_f[h]
         else:
             user = -1
             prompt = arr_p[ai]
             output = arr_o[ai]
+            group = arr_x[ai, 0]
+            plen = arr_x[ai, 1]
             ai += 1
         seq = gi[K.G_ARRIVED]
         gi[K.G_ARRIVED] = seq + 1
@@ -1006,8 +1359,8 @@ def advance(
         elif n_acc > 0:
             p = _choose_pod(pi, acc, n_acc)
             _admit(
-                p, t, seq, user, t, prompt, output, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f,
-                uq, uf,
+                p, t, seq, user, t, prompt, output, group, plen, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf,
+                rec_i, rec_f, uq, uf,
             )  # fmt: skip
         elif gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD] < rq_cap:
             _rq_touch(t, gi, gf)
@@ -1017,6 +1370,8 @@ def advance(
             rq_i[j, RQ_P] = prompt
             rq_i[j, RQ_O] = output
             rq_i[j, RQ_USER] = user
+            rq_i[j, RQ_GROUP] = group
+            rq_i[j, RQ_PLEN] = plen
             gi[K.G_RQ_TAIL] += 1
         else:
             _reject(seq, user, t, t, -1, gi, gf, rec_i, rec_f, uq, uf)
@@ -1119,3 +1474,5 @@ def scrape(
         out[k, 11] = pf[p, P_SM_ACT_INT] - pf[p, P_FR_ACT] * rest
         out[k, 12] = pf[p, P_SM_OCC_INT] - pf[p, P_FR_OCC] * rest
         out[k, 13] = pf[p, P_DRAM_INT] - pf[p, P_FR_DRAM] * rest
+        out[k, 14] = pi[p, P_PC_QUERIES]
+        out[k, 15] = pi[p, P_PC_HITS]

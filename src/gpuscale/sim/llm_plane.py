@@ -17,7 +17,7 @@ from gpuscale._core.rng import generator
 from gpuscale.sim import kernel as K
 from gpuscale.sim import llm_kernel as L
 from gpuscale.sim.dataplane import SCRAPE_COLUMNS, DataPlane, SlotBook, readonly
-from gpuscale.sim.llm_serving import LlmParams
+from gpuscale.sim.llm_serving import MAX_PREFIX_CACHE_BYTES, LlmParams
 
 LLM_SCRAPE_COLUMNS = (
     *SCRAPE_COLUMNS,
@@ -28,9 +28,12 @@ LLM_SCRAPE_COLUMNS = (
     "sm_active_int",
     "sm_occupancy_int",
     "dram_active_int",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
 )
 """Scrape columns: the request-level plane's seven (``batch`` = requests running now), then the
-KV blocks in use, vLLM's token and preemption counters, and the DCGM roofline integrals (s)."""
+KV blocks in use, vLLM's token and preemption counters, the DCGM roofline integrals (s), and vLLM's
+prefix-cache counters (tokens looked up, tokens found; 0 without prefix caching)."""
 
 
 def _pow2_at_least(n: int) -> int:
@@ -89,6 +92,8 @@ class LlmRecords:
     ttft_s: np.ndarray
     preemptions: np.ndarray
     arrival_s: np.ndarray
+    cache_hits: np.ndarray
+    """Prompt tokens a completed request took from the prefix cache, over its admissions (0 otherwise)."""
 
 
 class LlmDataPlane(SlotBook):
@@ -134,6 +139,34 @@ class LlmDataPlane(SlotBook):
         self.ci[L.C_RQ_CAP] = params.router_queue_capacity
         self.ci[L.C_NUM_BLOCKS] = params.num_blocks
         self.ci[L.C_RING_MASK] = ring - 1
+        self.caching = params.enable_prefix_caching
+        """vLLM's automatic prefix caching (docs/llm.md, Prefix caching)."""
+        need = params.prefix_cache_bytes_per_pod * max_slots
+        if need > MAX_PREFIX_CACHE_BYTES:
+            raise ValueError(
+                f"prefix caching for {max_slots} pods of {params.num_blocks:,} KV blocks would take "
+                f"{need / 2**30:.1f} GiB of simulator memory, above {MAX_PREFIX_CACHE_BYTES / 2**30:.0f} GiB; "
+                "allowed: fewer pods (control.max_pods), fewer blocks, or enable_prefix_caching: false"
+            )
+        maxb = params.blocks_per_request
+        map_slots = _pow2_at_least(2 * params.num_blocks) if self.caching else 1
+        self.ci[L.C_CACHING] = 1 if self.caching else 0
+        self.ci[L.C_MAXB] = maxb
+        self.ci[L.C_MAP_MASK] = map_slots - 1
+        nb = params.num_blocks + 1 if self.caching else 1
+        pc_slots = max_slots if self.caching else 1
+        self.pc_blk = np.zeros((pc_slots, nb, L.N_BK), dtype=np.int64)
+        """Per block: reference count, free-queue links, key, links to the blocks of the same key."""
+        self.pc_map = np.full((pc_slots, map_slots, 2), -1, dtype=np.int64)
+        """Hash map: block key -> first cached block with that key."""
+        self.pc_bt = np.zeros(
+            (pc_slots, params.max_num_seqs if self.caching else 1, maxb if self.caching else 1),
+            dtype=np.int32,
+        )
+        """Block tables of the running requests."""
+        self.pc_ts = np.zeros((pc_slots, params.max_num_seqs if self.caching else 1), dtype=np.int64)
+        """Free block tables (a stack)."""
+        self._no_prefix = np.zeros((0, 2), dtype=np.int64)
         self.cf = np.zeros(L.N_LCF, dtype=np.float64)
         self.cf[L.CF_BETA0] = params.beta0_s
         self.cf[L.CF_BETA_PREFILL] = params.beta_prefill_s
@@ -185,8 +218,9 @@ class LlmDataPlane(SlotBook):
         self.gi[K.G_FREE_N] = max_users
         self.uf = np.zeros((2, n_users), dtype=np.float64)
         """Users: row 0 the wake time, row 1 the think time after the request in flight."""
-        self.tb_i = np.zeros((16, 2), dtype=np.int64)
-        """Pre-drawn (prompt, output) of the next sends, ``gi[LG_TB_HEAD]`` to ``gi[LG_TB_N]``."""
+        self.tb_i = np.zeros((16, 4), dtype=np.int64)
+        """Pre-drawn (prompt, output, prefix group, prefix length) of the next sends, ``gi[LG_TB_HEAD]``
+        to ``gi[LG_TB_N]``."""
         self.tb_f = np.zeros(16, dtype=np.float64)
         """The think time after each of those sends."""
         self._init_slots(max_slots)
@@ -210,7 +244,25 @@ class LlmDataPlane(SlotBook):
         self.pf[p, L.P_SPEED] = speed
         self.pf[p, L.P_LAST_T] = t
         self.pf[p, L.P_LAST_END_T] = t
+        if self.caching:
+            self._reset_cache(p)
         return p
+
+    def _reset_cache(self, p: int) -> None:
+        """Pod ``p``'s prefix cache empty: every block free, in the queue in block order, no key."""
+        nb = self.params.num_blocks
+        blk = self.pc_blk[p]
+        blk[:, L.BK_REF] = 0
+        blk[:, L.BK_KEY] = -1
+        blk[:, L.BK_DPREV] = -1
+        blk[:, L.BK_DNEXT] = -1
+        order = np.arange(nb + 1, dtype=np.int64)
+        blk[:, L.BK_NEXT] = (order + 1) % (nb + 1)
+        blk[:, L.BK_PREV] = (order - 1) % (nb + 1)
+        self.pc_map[p] = -1
+        seqs = self.params.max_num_seqs
+        self.pc_ts[p] = np.arange(seqs - 1, -1, -1, dtype=np.int64)
+        self.pi[p, L.P_TFREE] = seqs
 
     def set_speed(self, p: int, speed: float) -> None:
         """Iteration-time multiplier of pod ``p`` from its next iteration on."""
@@ -283,9 +335,15 @@ class LlmDataPlane(SlotBook):
         users_target: int = -1,
         prompt: np.ndarray | None = None,
         output: np.ndarray | None = None,
+        group: np.ndarray | None = None,
+        prefix_len: np.ndarray | None = None,
     ) -> None:
         """Advance over ``[t0, t1)``; ``arrivals`` (sorted times in it) carry ``prompt`` and ``output``
-        token counts. ``users_target``: closed-loop users wanted from ``t0`` on (-1: no change)."""
+        token counts. ``users_target``: closed-loop users wanted from ``t0`` on (-1: no change).
+
+        ``group`` and ``prefix_len``: each arrival's shared-prefix group (-1: none) and the length of that
+        prefix (its first tokens, part of ``prompt``); without them, taken from the token source when it
+        has a ``prefix:`` block, else none."""
         users = 0
         if users_target >= 0:
             if not self.closed_loop:
@@ -304,16 +362,21 @@ class LlmDataPlane(SlotBook):
                 raise ValueError("prompt and output must be parallel to arrivals")
             if int(arr_p.min()) < 1 or int(arr_o.min()) < 1:
                 raise ValueError("prompt and output lengths must be >= 1")
+            if group is None and self.tokens is not None and getattr(self.tokens, "has_prefix", False):
+                group, prefix_len = self.tokens.take_prefix(n)  # type: ignore[attr-defined]
+            arr_x = self._prefix_columns(n, group, prefix_len, arr_p)
         else:
             arr_p = arr_o = self._no_ints
+            arr_x = self._no_prefix
         while True:
             if self.gi[K.G_RECORD]:
                 self._ensure_records(n + self.in_flight + users + 16)
             L.advance(
-                t0, t1, arr_t, arr_p, arr_o, self._acc, len(self._acc), self._act, len(self._act),
+                t0, t1, arr_t, arr_p, arr_o, arr_x, self._acc, len(self._acc), self._act, len(self._act),
                 self.pi, self.pf, self.ri, self.rf, self.run, self.wq, self.sched, self.frow, self.skip,
                 self.pend, self.pod_heap, self.rq_f, self.rq_i, self.ci, self.cf, self.gi, self.gf,
                 self.hists, self.rec_i, self.rec_f, self.uq, self.uf, self.tb_i, self.tb_f,
+                self.pc_blk, self.pc_map, self.pc_bt, self.pc_ts,
             )  # fmt: skip
             if not self.gi[L.LG_TB_SHORT]:
                 break
@@ -326,6 +389,24 @@ class LlmDataPlane(SlotBook):
             users = self._refill(t0, t1, at_least=2 * len(self.tb_f))
         if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:
             raise RuntimeError("per-request record buffer overflowed")
+
+    @staticmethod
+    def _prefix_columns(
+        n: int, group: np.ndarray | None, prefix_len: np.ndarray | None, prompt: np.ndarray
+    ) -> np.ndarray:
+        """``(n, 2)`` int64 rows (group, prefix length), checked against the prompts."""
+        x = np.empty((n, 2), dtype=np.int64)
+        if group is None:
+            x[:, 0] = -1
+            x[:, 1] = 0
+            return x
+        if prefix_len is None:
+            raise ValueError("group needs prefix_len")
+        x[:, 0] = group
+        x[:, 1] = prefix_len
+        if np.any((x[:, 0] >= 0) & ((x[:, 1] < 0) | (x[:, 1] > prompt))):
+            raise ValueError("a shared prefix must be 0 to prompt tokens long")
+        return x
 
     def _set_users(self, t0: float, target: int) -> None:
         """The user count becomes ``target`` at ``t0`` (docs/llm.md, Closed-loop users): retirements
@@ -366,7 +447,7 @@ class LlmDataPlane(SlotBook):
             return need
         if need > len(self.tb_f):
             cap = _pow2_at_least(need)
-            tb_i = np.zeros((cap, 2), dtype=np.int64)
+            tb_i = np.zeros((cap, 4), dtype=np.int64)
             tb_f = np.zeros(cap, dtype=np.float64)
         else:
             tb_i, tb_f = self.tb_i, self.tb_f
@@ -380,6 +461,13 @@ class LlmDataPlane(SlotBook):
             raise ValueError("prompt and output lengths must be >= 1")
         tb_i[left:need, 0] = prompt
         tb_i[left:need, 1] = output
+        if getattr(self.tokens, "has_prefix", False):
+            group, prefix_len = self.tokens.take_prefix(need - left)  # type: ignore[attr-defined]
+            tb_i[left:need, 2] = group
+            tb_i[left:need, 3] = prefix_len
+        else:
+            tb_i[left:need, 2] = -1
+            tb_i[left:need, 3] = 0
         tb_f[left:need] = self.draws.think(need - left)
         self.tb_i, self.tb_f = tb_i, tb_f
         gi[L.LG_TB_HEAD] = 0
@@ -394,6 +482,8 @@ class LlmDataPlane(SlotBook):
     def evict(self, p: int, t: float) -> int:
         """Drop every request still in pod ``p`` at ``t`` (running and waiting); returns how many."""
         self._ensure_records(self.outstanding(p) + 1)
+        if self.caching:  # the pod's KV cache goes with it
+            self._reset_cache(p)
         return int(
             L.evict(
                 p,
@@ -434,6 +524,7 @@ class LlmDataPlane(SlotBook):
             ttft_s=rf[:, L.RFR_TTFT].copy(),
             preemptions=ri[:, L.RI_PRE].astype(np.int32),
             arrival_s=rf[:, L.RFR_ARR].copy(),
+            cache_hits=ri[:, L.RI_HITS].copy(),
         )
 
     # -- totals ----------------------------------------------------------------------------------
@@ -456,6 +547,56 @@ class LlmDataPlane(SlotBook):
     @property
     def preemptions(self) -> int:
         return int(self.gi[L.LG_PREEMPT])
+
+    @property
+    def prefix_cache_queries(self) -> int:
+        """vllm:prefix_cache_queries: tokens of the waiting requests looked up in the prefix cache (each
+        time the scheduler considered one), all pods."""
+        return int(self.gi[L.LG_PC_QUERIES])
+
+    @property
+    def prefix_cache_hits(self) -> int:
+        """vllm:prefix_cache_hits: tokens of those found cached."""
+        return int(self.gi[L.LG_PC_HITS])
+
+    def check_blocks(self, p: int) -> None:
+        """Raise ``AssertionError`` unless pod ``p``'s KV blocks are consistent: with prefix caching, every
+        block is free (reference count 0, in the free queue, exactly once) or held (its count equal to the
+        block tables that list it), and the hash map holds exactly the first block of each cached key;
+        in any case the free blocks and the blocks held add up to ``num_blocks``."""
+        held = self.held_blocks(p)
+        free = int(self.pi[p, L.P_FREE_BLOCKS])
+        if not self.caching:
+            assert held + free == self.params.num_blocks, (held, free)
+            return
+        nb = self.params.num_blocks
+        blk = self.pc_blk[p]
+        refs = np.zeros(nb, dtype=np.int64)
+        rows = np.concatenate([self.running_rows(p), self.waiting_rows(p)])
+        for r in rows:
+            t, h = int(self.ri[p, r, L.R_BT]), int(self.ri[p, r, L.R_HELD])
+            assert (t >= 0) == (h > 0) or h == 0, (r, t, h)
+            if h:
+                np.add.at(refs, self.pc_bt[p, t, :h].astype(np.int64), 1)
+        assert np.array_equal(refs, blk[:nb, L.BK_REF]), "reference counts differ from the block tables"
+        assert int(blk[:nb, L.BK_REF].min()) >= 0
+        seen = np.zeros(nb, dtype=bool)
+        b = int(blk[nb, L.BK_NEXT])
+        count = 0
+        while b != nb:
+            assert not seen[b] and blk[b, L.BK_REF] == 0, b
+            seen[b] = True
+            count += 1
+            b = int(blk[b, L.BK_NEXT])
+        assert count == free, (count, free)
+        assert count == int((blk[:nb, L.BK_REF] == 0).sum())
+        keys = blk[:nb, L.BK_KEY]
+        m = self.pc_map[p]
+        live = m[m[:, 0] >= 0]
+        assert len(live) == len(np.unique(keys[keys >= 0])), "hash map entries differ from the cached keys"
+        for key, first in live:
+            assert keys[first] == key and blk[first, L.BK_DPREV] == -1
+        assert int(self.pi[p, L.P_TFREE]) == self.params.max_num_seqs - int(self.pi[p, L.P_NRUN])
 
     @property
     def in_flight(self) -> int:

@@ -58,6 +58,12 @@ Client timeouts (docs/llm.md, Client timeout) are modelled by one event per requ
 and then only if the pod is idle (no iteration running and none due at this instant), and otherwise
 left to the check that opens the pod's next iteration.
 
+Prefix caching (docs/llm.md, Prefix caching; ``params.enable_prefix_caching``) keeps vLLM's structures
+as Python objects: each block's reference count and key, the free queue as an ordered dict (head first),
+and a dict from a block key to the blocks cached under it, earliest first. A request's block key is
+``("group", g, j)`` for block ``j`` wholly inside its group's shared prefix and ``("own", seq, j)``
+otherwise.
+
 Closed-loop users (docs/llm.md, Closed-loop users) are one heap of (wake time, user id), as in the
 kernel: the earliest user sends at its wake time, taking the next prompt and output lengths of the run
 and the think time that will follow its outcome; the think times and the start offsets of users added
@@ -122,6 +128,8 @@ class LlmRequestResult:
     """Output tokens emitted by ``t_end``."""
     slo_met: bool
     """Completed within every SLO target that is set."""
+    cache_hits: int = 0
+    """Prompt tokens taken from the prefix cache, over its admissions."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,9 @@ class LlmReferenceResult:
     slo_met: int
     timed_out: int
     pods: tuple[LlmPodState, ...]
+    prefix_cache_queries: int = 0
+    """Tokens looked up in the prefix cache (each time a waiting request was considered)."""
+    prefix_cache_hits: int = 0
 
     def by_outcome(self, outcome: Outcome) -> list[LlmRequestResult]:
         return [r for r in self.requests if r.outcome == outcome]
@@ -179,8 +190,18 @@ def _signal_at(env: simpy.Environment, when: float, rank: int) -> _Signal:
 class _Request:
     """One request and its scheduler state (docs/llm.md: held, computed, generated, num_tokens)."""
 
-    def __init__(self, seq: int, arrival: float, prompt: int, output: int) -> None:
+    def __init__(
+        self, seq: int, arrival: float, prompt: int, output: int, group: int = -1, prefix_len: int = 0
+    ) -> None:
         self.seq = seq
+        self.group = group
+        """Shared-prefix group (-1: none): its first ``prefix_len`` prompt tokens are the group's."""
+        self.prefix_len = prefix_len
+        self.blocks: list[int] = []
+        """Prefix caching: its blocks, in token order."""
+        self.n_cached = 0
+        """Prefix caching: how many of them are cached (keyed)."""
+        self.cache_hits = 0
         self.arrival = arrival
         self.prompt = prompt
         self.output = output
@@ -222,6 +243,8 @@ class _Totals:
         self.prompt_tokens = 0
         self.preemptions = 0
         self.timed_out = 0
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
         self.users: _Users | None = None
 
     def ended(self, req: _Request) -> None:
@@ -314,6 +337,13 @@ class _Pod:
         self.running: list[_Request] = []
         self.waiting: deque[_Request] = deque()
         self.free_blocks = params.num_blocks
+        self.caching = params.enable_prefix_caching
+        self.ref = [0] * params.num_blocks
+        self.key: list[tuple[str, int, int] | None] = [None] * params.num_blocks
+        self.free_queue: dict[int, None] = dict.fromkeys(range(params.num_blocks))
+        """The free blocks, head (next to be reused) first; a dict keeps insertion order."""
+        self.cached: dict[tuple[str, int, int], list[int]] = {}
+        """Block key -> the blocks cached under it, earliest first."""
         self.iterations = 0
         self.end_rank = _FIRST_RANK + slot
         self.open_rank = _FIRST_RANK + n_pods + slot
@@ -349,8 +379,7 @@ class _Pod:
         return req.generated == 0 and self.env.now >= req.arrival + self.p.timeout_s
 
     def _time_out(self, req: _Request) -> None:
-        self.free_blocks += req.held
-        req.held = 0
+        self._release(req)
         self.totals.time_out(req, self.env.now)
 
     def _abort_expired(self) -> None:
@@ -389,10 +418,79 @@ class _Pod:
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.p.block_size)
 
+    # -- the KV cache and its prefix cache -----------------------------------------------------------
+
+    def _key(self, req: _Request, j: int) -> tuple[str, int, int]:
+        """What vLLM's chained hash of block ``j`` of ``req``'s tokens tells apart."""
+        if req.group >= 0 and (j + 1) * self.p.block_size <= req.prefix_len:
+            return ("group", req.group, j)
+        return ("own", req.seq, j)
+
+    def _release(self, req: _Request) -> None:
+        """``req`` gives up its blocks, last first; those no one else holds join the free queue's tail,
+        keeping their keys."""
+        if self.caching:
+            for b in reversed(req.blocks):
+                self.ref[b] -= 1
+                if self.ref[b] == 0:
+                    self.free_queue[b] = None
+                    self.free_blocks += 1
+            req.blocks = []
+            req.n_cached = 0
+        else:
+            self.free_blocks += req.held
+        req.held = 0
+
+    def _take(self, req: _Request, count: int) -> None:
+        """``req`` takes ``count`` blocks (the counter only, or from the free queue's head, each losing
+        its key)."""
+        self.free_blocks -= count
+        req.held += count
+        if not self.caching:
+            return
+        for _ in range(count):
+            b = next(iter(self.free_queue))
+            del self.free_queue[b]
+            key = self.key[b]
+            if key is not None:
+                self.cached[key].remove(b)
+                if not self.cached[key]:
+                    del self.cached[key]
+                self.key[b] = None
+            self.ref[b] = 1
+            req.blocks.append(b)
+
+    def _cache(self, req: _Request, tokens: int) -> None:
+        """The full blocks among ``req``'s first ``tokens`` tokens become cached."""
+        if not self.caching:
+            return
+        full = tokens // self.p.block_size
+        for j in range(req.n_cached, full):
+            b = req.blocks[j]
+            key = self._key(req, j)
+            self.key[b] = key
+            self.cached.setdefault(key, []).append(b)
+        req.n_cached = max(req.n_cached, full)
+
+    def _lookup(self, req: _Request) -> list[int]:
+        """The longest run of cached blocks of ``req``'s tokens, short of its last token (counted in the
+        prefix-cache queries and hits)."""
+        hits: list[int] = []
+        if not self.caching:
+            return hits
+        most = (req.num_tokens - 1) // self.p.block_size
+        while len(hits) < most:
+            blocks = self.cached.get(self._key(req, len(hits)))
+            if not blocks:
+                break
+            hits.append(blocks[0])
+        self.totals.prefix_cache_queries += req.num_tokens
+        self.totals.prefix_cache_hits += len(hits) * self.p.block_size
+        return hits
+
     def _preempt_last(self) -> _Request:
         victim = self.running.pop()
-        self.free_blocks += victim.held
-        victim.held = 0
+        self._release(victim)
         victim.computed = 0
         victim.preemptions += 1
         self.totals.preemptions += 1
@@ -421,8 +519,8 @@ class _Pod:
             if victim is r:
                 break
             if need > 0:
-                self.free_blocks -= need
-                r.held += need
+                self._take(r, need)
+            self._cache(r, min(r.computed + n, r.num_tokens))
             decode = n == 1 and r.computed == r.num_tokens - 1
             scheduled.append(_Scheduled(r, n, decode))
             budget -= n
@@ -433,17 +531,30 @@ class _Pod:
             skipped: list[_Request] = []
             while self.waiting and budget > 0 and len(self.running) < self.p.max_num_seqs:
                 r = self.waiting[0]
-                n = self._cap(r.num_tokens - r.computed)
+                hits = self._lookup(r)
+                hit_tokens = len(hits) * self.p.block_size
+                n = self._cap(r.num_tokens - hit_tokens)
                 if not self.p.chunked_prefill and n > budget:
                     skipped.append(self.waiting.popleft())  # keeps its place (restored below)
                     continue
                 n = min(n, budget)
-                need = self._blocks_for(n)
-                if need > self.free_blocks:
+                need = self._blocks_for(hit_tokens + n) - len(hits)
+                taken = sum(1 for b in hits if self.ref[b] == 0)  # cached, but in the free queue
+                if need + taken > self.free_blocks:
                     break
                 self.waiting.popleft()
-                self.free_blocks -= need
-                r.held = need
+                for b in hits:
+                    if self.ref[b] == 0:
+                        del self.free_queue[b]
+                        self.free_blocks -= 1
+                    self.ref[b] += 1
+                r.blocks = list(hits)
+                r.held = len(hits)
+                r.n_cached = len(hits)
+                r.computed = hit_tokens
+                r.cache_hits += hit_tokens
+                self._take(r, need)
+                self._cache(r, min(r.computed + n, r.num_tokens))
                 self.running.append(r)
                 decode = n == 1 and r.computed == r.num_tokens - 1
                 scheduled.append(_Scheduled(r, n, decode))
@@ -481,8 +592,7 @@ class _Pod:
             if r.generated == r.output:
                 r.outcome = "completed"
                 r.completion = e
-                self.free_blocks += r.held
-                r.held = 0
+                self._release(r)
                 self.running.remove(r)
                 self.totals.ended(r)
 
@@ -524,8 +634,12 @@ class _Users:
         think: list[float],
         start: list[float],
         max_users: int,
+        groups: list[int],
+        plens: list[int],
     ) -> None:
         self.env = env
+        self.groups = groups
+        self.plens = plens
         self.router = router
         self.rank = rank
         self.prompts = prompts
@@ -598,7 +712,9 @@ class _Users:
         seq = len(self.sent)
         if seq >= len(self.prompts) or seq >= len(self.think):
             raise ValueError("the token sequence ran out: give more prompt, output and think values")
-        req = _Request(seq, self.env.now, self.prompts[seq], self.outputs[seq])
+        req = _Request(
+            seq, self.env.now, self.prompts[seq], self.outputs[seq], self.groups[seq], self.plens[seq]
+        )
         req.user = user
         req.think = self.think[seq]
         self.sent.append(req)
@@ -640,6 +756,8 @@ def simulate_llm_reference(
     users: Sequence[tuple[float, int]] = (),
     think: Sequence[float] = (),
     start: Sequence[float] = (),
+    group: Sequence[int] | None = None,
+    prefix_len: Sequence[int] | None = None,
 ) -> LlmReferenceResult:
     """Run the SimPy reference model of the token-level engine over ``[0, t_end)``.
 
@@ -652,6 +770,9 @@ def simulate_llm_reference(
     user count from each time on; the ``k``-th request sent has ``prompt[k]``, ``output[k]``, and is
     followed by a think time of ``think[k]``; the ``j``-th user added starts at the time it is added
     plus ``start[j]``.
+
+    ``group[k]``, ``prefix_len[k]``: the shared-prefix group (-1: none) of the ``k``-th request (arrival
+    or send) and the length of that prefix, part of its prompt (default: none).
     """
     times = [float(t) for t in arrivals]
     prompts = [int(p) for p in prompt]
@@ -664,6 +785,10 @@ def simulate_llm_reference(
         raise ValueError("prompt and output lengths must be >= 1")
     if not t_end > 0.0:
         raise ValueError(f"t_end must be > 0, got {t_end}")
+    groups = [int(g) for g in group] if group is not None else [-1] * len(prompts)
+    plens = [int(x) for x in prefix_len] if prefix_len is not None else [0] * len(prompts)
+    if len(groups) != len(prompts) or len(plens) != len(prompts):
+        raise ValueError("group and prefix_len must be parallel to prompt")
     schedule = [(float(t), int(n)) for t, n in users]
     if schedule and times:
         raise ValueError("give open-loop arrivals or closed-loop users, not both")
@@ -685,15 +810,15 @@ def simulate_llm_reference(
         max_users = max(n for _, n in schedule)
         closed = _Users(
             env, router, arrival_rank, prompts, outputs, [float(x) for x in think],
-            [float(x) for x in start], max_users,
+            [float(x) for x in start], max_users, groups, plens,
         )  # fmt: skip
         totals.users = closed
         env.process(_user_schedule(env, closed, schedule))
         requests: list[_Request] = []
     else:
         requests = [
-            _Request(seq, t, p, o)
-            for seq, (t, p, o) in enumerate(zip(times, prompts, outputs, strict=True))
+            _Request(seq, t, p, o, g, x)
+            for seq, (t, p, o, g, x) in enumerate(zip(times, prompts, outputs, groups, plens, strict=True))
             if t < t_end
         ]
         env.process(_arrivals(env, requests, arrival_rank, router))
@@ -723,6 +848,7 @@ def simulate_llm_reference(
                 itl_s=tuple(r.itl),
                 generated=r.generated,
                 slo_met=met,
+                cache_hits=r.cache_hits,
             )
         )
     return LlmReferenceResult(
@@ -732,6 +858,8 @@ def simulate_llm_reference(
         preemptions=totals.preemptions,
         slo_met=sum(r.slo_met for r in results),
         timed_out=totals.timed_out,
+        prefix_cache_queries=totals.prefix_cache_queries,
+        prefix_cache_hits=totals.prefix_cache_hits,
         pods=tuple(
             LlmPodState(pod.slot, pod.used_blocks, len(pod.running), len(pod.waiting), pod.iterations)
             for pod in router.pods

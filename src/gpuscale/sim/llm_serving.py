@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gpuscale.config.scenario import Scenario
+    from gpuscale.config.workload import TokenDist
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class LlmParams:
     """Memory bandwidth of one pod's GPUs, bytes/s."""
     timeout_s: float = math.inf
     """Client timeout: a request without its first token this long after its arrival is abandoned."""
+    enable_prefix_caching: bool = False
+    """vLLM's automatic prefix caching (docs/llm.md, Prefix caching)."""
 
     def __post_init__(self) -> None:
         if self.num_blocks * self.block_size < self.max_model_len:
@@ -55,6 +58,29 @@ class LlmParams:
                 f"a KV cache of {self.num_blocks} blocks x {self.block_size} tokens cannot hold one "
                 f"request of max_model_len = {self.max_model_len} tokens"
             )
+
+    @property
+    def blocks_per_request(self) -> int:
+        """KV blocks of the longest request, ceil(max_model_len / block_size)."""
+        return -(-self.max_model_len // self.block_size)
+
+    @property
+    def prefix_cache_bytes_per_pod(self) -> int:
+        """Memory of one pod's prefix-cache structures in the compiled engine (0 when caching is off):
+        per block its reference count, queue links, key and key-list links (6 x 8 bytes); the hash map
+        (a power of two at least twice the blocks, 16 bytes a slot); a block table of
+        ``blocks_per_request`` 4-byte entries for each of ``max_num_seqs`` running requests."""
+        if not self.enable_prefix_caching:
+            return 0
+        slots = 1
+        while slots < 2 * self.num_blocks:
+            slots <<= 1
+        return (
+            48 * (self.num_blocks + 1)
+            + 16 * slots
+            + 4 * self.max_num_seqs * self.blocks_per_request
+            + 8 * self.max_num_seqs
+        )
 
     @property
     def pod_capacity(self) -> int:
@@ -94,4 +120,64 @@ def llm_params(scenario: Scenario) -> LlmParams:
         peak_flops=model.pod_peak_flops,
         hbm_bytes_per_s=model.pod_hbm_bytes_per_s,
         timeout_s=scenario.serving.timeout_s,
+        enable_prefix_caching=llm.enable_prefix_caching,
     )
+
+
+MAX_PREFIX_CACHE_BYTES = 4 * 2**30
+"""The most memory the compiled prefix-cache structures of all pods may take (refused up front beyond)."""
+
+
+def _longest(dist: TokenDist) -> float:
+    """The longest length ``dist`` can give (a lognormal without ``max``: its mean, a lower bound)."""
+    if dist.fixed is not None:
+        return float(dist.fixed)
+    if dist.uniform is not None:
+        return float(dist.uniform[1])
+    if dist.empirical is not None:
+        e = dist.empirical
+        w = e.weights if e.weights is not None else [1.0] * len(e.values)
+        return float(max(v for v, x in zip(e.values, w, strict=True) if x > 0))
+    assert dist.lognormal is not None
+    ln = dist.lognormal
+    return float(ln.max) if ln.max is not None else ln.mean
+
+
+def check_prefix_caching(scenario: Scenario, source: str) -> None:
+    """Refuse up front what prefix caching cannot serve, naming the key: a shared prefix that leaves no
+    room for a request within ``max_model_len`` (a prefix is part of the prompt, and a request needs at
+    least one prompt token of its own and one output token), and prefix-cache structures that would take
+    more than :data:`MAX_PREFIX_CACHE_BYTES` over ``control.max_pods`` pods."""
+    from gpuscale._core.errors import ConfigError
+
+    llm = scenario.model.llm
+    if llm is None:
+        return
+    tokens = getattr(scenario.workload, "tokens", None)
+    prefix = tokens.prefix if tokens is not None else None
+    if prefix is not None:
+        longest = _longest(prefix.length)
+        if longest + 2 > llm.max_model_len:
+            raise ConfigError(
+                source,
+                "workload.tokens.prefix.length",
+                prefix.length.model_dump(exclude_none=True),
+                f"a shared prefix of up to {longest:,.0f} tokens leaves no room within model.llm.max_model_len "
+                f"= {llm.max_model_len:,} for a prompt token of the request's own and an output token; "
+                f"allowed: prefixes of at most {llm.max_model_len - 2:,} tokens (a request whose prefix, "
+                "prompt and output exceed max_model_len is rejected)",
+            )
+    if llm.enable_prefix_caching:
+        params = llm_params(scenario)
+        need = params.prefix_cache_bytes_per_pod * scenario.control.max_pods
+        if need > MAX_PREFIX_CACHE_BYTES:
+            raise ConfigError(
+                source,
+                "model.llm.enable_prefix_caching",
+                True,
+                f"the prefix cache of {scenario.control.max_pods} pods x {params.num_blocks:,} KV blocks would "
+                f"take about {need / 2**30:.1f} GiB of simulator memory "
+                f"({params.prefix_cache_bytes_per_pod / 2**20:.1f} MiB a pod), above "
+                f"{MAX_PREFIX_CACHE_BYTES / 2**30:.0f} GiB; allowed: fewer pods (control.max_pods), a "
+                "smaller cache (model.llm.num_gpu_blocks), or enable_prefix_caching: false",
+            )

@@ -44,6 +44,7 @@ from gpuscale.config.workload import (
     GammaWorkload,
     MmppWorkload,
     PoissonWorkload,
+    PrefixConfig,
     RateConstant,
     RateDiurnal,
     RatePiecewiseLinear,
@@ -1181,6 +1182,33 @@ class _TraceRows(_Buffered):
         return rows
 
 
+class _PrefixGroups(_Buffered):
+    """The shared-prefix group of each request in order (-1: none), drawn in blocks of
+    :data:`TOKEN_BLOCK` from the streams ``tokens/prefix/{i}``: per request one uniform for the share,
+    then the group (uniform or Zipf), so the groups do not depend on how the run is cut."""
+
+    def __init__(self, cfg: PrefixConfig, seed: int) -> None:
+        super().__init__()
+        self._cfg = cfg
+        self._seed = seed
+        self._i = 0
+        k = np.arange(1, cfg.groups + 1, dtype=np.float64)
+        w = k ** (-cfg.zipf_exponent) if cfg.popularity == "zipf" else np.ones(cfg.groups)
+        self._cum = np.cumsum(w / w.sum())
+        self._cum[-1] = 1.0
+        self.lengths: IntArray = sample_token_lengths(
+            cfg.length, generator(seed, "tokens/prefix-length"), cfg.groups
+        )
+        """``L_g``: the prefix length of each group, tokens (drawn once per run)."""
+
+    def _next_block(self) -> IntArray:
+        rng = generator(self._seed, f"tokens/prefix/{self._i}")
+        self._i += 1
+        member = rng.random(TOKEN_BLOCK) < self._cfg.share
+        group = np.searchsorted(self._cum, rng.random(TOKEN_BLOCK), side="right").astype(np.int64)
+        return np.where(member, np.minimum(group, self._cfg.groups - 1), -1)
+
+
 class TokenSource:
     """Prompt and output lengths of open-loop arrivals, handed out in arrival order.
 
@@ -1191,6 +1219,10 @@ class TokenSource:
     seeded streams ``tokens/prompt/{i}`` and ``tokens/output/{i}``; lengths from a trace are the
     token columns of the row each arrival replays (rate multiplier copies and loop passes included).
     Equal for any way of cutting the run into intervals. Single-use, like the arrival source.
+
+    With a ``prefix:`` block a request of group ``g`` (:class:`_PrefixGroups`) has its group's
+    ``L_g`` tokens in front of its own prompt (the prompt length handed out includes them), and
+    :meth:`take_prefix` gives the (group, ``L_g``) of the requests taken, in the same order.
     """
 
     def __init__(
@@ -1198,12 +1230,32 @@ class TokenSource:
         prompt: _DistLengths | IntArray,
         output: _DistLengths | IntArray,
         rows: _TraceRows | None = None,
+        prefix: _PrefixGroups | None = None,
     ) -> None:
         self._prompt = prompt
         self._output = output
         self._rows = rows
+        self._prefix = prefix
+        self._groups: IntArray = np.empty(0, dtype=np.int64)
+        """Groups of the requests taken but not yet asked for by :meth:`take_prefix`."""
         self.taken = 0
         """Lengths handed out so far (arrivals served)."""
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether requests carry shared prefixes (a ``prefix:`` block)."""
+        return self._prefix is not None
+
+    def take_prefix(self, n: int) -> tuple[IntArray, IntArray]:
+        """The (group, prefix length) of the next ``n`` requests :meth:`take` handed out (-1 and 0 for one
+        without a shared prefix), in order; each request's are given once."""
+        if self._prefix is None:
+            return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        if n > len(self._groups):
+            raise ValueError(f"take_prefix({n}): only {len(self._groups)} requests taken and not asked for")
+        group = self._groups[:n]
+        self._groups = self._groups[n:]
+        return group, np.where(group >= 0, self._prefix.lengths[np.maximum(group, 0)], 0)
 
     def take(self, n: int) -> tuple[Int32Array, Int32Array]:
         if n < 0:
@@ -1218,6 +1270,12 @@ class TokenSource:
                 values = part[rows]
             out.append(values.astype(np.int32))
         self.taken += n
+        if self._prefix is not None:
+            group = self._prefix.take(n)
+            out[0] = out[0] + np.where(group >= 0, self._prefix.lengths[np.maximum(group, 0)], 0).astype(
+                np.int32
+            )
+            self._groups = np.concatenate([self._groups, group])
         return out[0], out[1]
 
 
@@ -1238,6 +1296,7 @@ def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path 
         "prompt": tokens.prompt if tokens is not None else None,
         "output": tokens.output if tokens is not None else None,
     }
+    prefix = _PrefixGroups(tokens.prefix, seed) if tokens is not None and tokens.prefix is not None else None
     if not isinstance(cfg, TraceWorkload):
         if tokens is None:
             raise ConfigError(
@@ -1251,7 +1310,9 @@ def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path 
             )
         assert dists["prompt"] is not None and dists["output"] is not None  # checked by the config
         return TokenSource(
-            _DistLengths(dists["prompt"], seed, "prompt"), _DistLengths(dists["output"], seed, "output")
+            _DistLengths(dists["prompt"], seed, "prompt"),
+            _DistLengths(dists["output"], seed, "output"),
+            prefix=prefix,
         )
     trace = load_trace(cfg.path, base_dir=base_dir, source=source)
     parts: dict[str, _DistLengths | IntArray] = {}
@@ -1284,7 +1345,8 @@ def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path 
             )
         parts[which] = column
     uses_rows = any(not isinstance(p, _DistLengths) for p in parts.values())
-    return TokenSource(parts["prompt"], parts["output"], _TraceRows(trace, cfg, seed) if uses_rows else None)
+    rows = _TraceRows(trace, cfg, seed) if uses_rows else None
+    return TokenSource(parts["prompt"], parts["output"], rows, prefix)
 
 
 # =========================================================================================================
