@@ -100,6 +100,13 @@ class ServingConfig(StrictModel):
         ge=1,
         description="Requests a pod holds at most (queued + processing); more are rejected.",
     )
+    session_affinity: bool = Field(
+        default=False,
+        description="Token-level engine, closed-loop conversations (workload.tokens.conversation): a "
+        "conversation's later turn goes to the pod that served its previous turn while that pod accepts "
+        "and has room, else by the normal choice (vLLM production-stack's session router; docs/llm.md, "
+        "Routing).",
+    )
     router_queue_capacity: int = Field(
         default=0,
         ge=0,
@@ -739,6 +746,14 @@ def _check_llm(scenario: Scenario, source: str) -> None:
     model, w, slo = scenario.model, scenario.workload, scenario.slo
     tokens = getattr(w, "tokens", None)
     if model.llm is None:
+        if scenario.serving.session_affinity:
+            raise ConfigError(
+                source,
+                "serving.session_affinity",
+                True,
+                f"only for an LLM profile (one with an llm: block) with closed-loop conversations; "
+                f"{shown(model.name)} is served request by request and has no conversations; allowed: false",
+            )
         for key, value in (("ttft_ms", slo.ttft_ms), ("itl_ms", slo.itl_ms)):
             if value is not None:
                 raise ConfigError(
@@ -781,9 +796,13 @@ def _check_llm(scenario: Scenario, source: str) -> None:
                 f"above model.llm.max_model_len = {limit}; allowed: shorter lengths or a larger "
                 "max_model_len",
             )
-    from gpuscale.sim.llm_serving import check_prefix_caching  # the engine's limits: imported late
+    from gpuscale.sim.llm_serving import (  # the engine's limits: imported late
+        check_conversations,
+        check_prefix_caching,
+    )
 
     check_prefix_caching(scenario, source)
+    check_conversations(scenario, source)
 
 
 def scenario_from_dict(data: Any, source: str = "<scenario>") -> Scenario:

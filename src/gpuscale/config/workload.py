@@ -519,12 +519,29 @@ class PrefixConfig(_Model):
     zipf_exponent: float = Field(default=1.0, gt=0, le=10, description="Zipf exponent s (popularity: zipf)")
 
 
+class ConversationConfig(_Model):
+    """Multi-turn chat (closed-loop users only): each turn's prompt is the conversation so far.
+
+    A user's first turn is an ordinary prompt (with its shared prefix, if ``prefix:`` is set); each later
+    turn's prompt is the previous turn's prompt and output followed by a new message of the ``prompt:``
+    length. A conversation has ``turns`` turns, drawn when it starts; it ends early when a turn is not
+    answered (rejected, timed out or dropped) or when the next turn would not fit ``max_model_len``, and
+    the user's next send starts a new one (docs/llm.md, Conversations).
+    """
+
+    turns: TokenDist = Field(
+        description="turns per conversation (≥ 1), drawn when a conversation starts: {fixed: N} (or N), "
+        "{lognormal: {mean, cv, max}}, {uniform: [a, b]} or {empirical: {values, weights}}"
+    )
+
+
 class TokensConfig(_Model):
     """Prompt and output lengths of the requests (LLM profiles only).
 
     For a trace, either may be left out: the trace's own column is used (``ContextTokens`` /
     ``GeneratedTokens``, or ``context_tokens`` / ``generated_tokens``); given, it replaces the column.
-    ``prefix:`` puts a shared prefix in front of the prompts (:class:`PrefixConfig`).
+    ``prefix:`` puts a shared prefix in front of the prompts (:class:`PrefixConfig`); ``conversation:``
+    makes closed-loop users' prompts multi-turn chats (:class:`ConversationConfig`).
     """
 
     prompt: TokenDist | None = Field(default=None, description="prompt (input) length, tokens")
@@ -533,6 +550,11 @@ class TokensConfig(_Model):
         default=None,
         description="shared prompt prefixes in front of the prompt (for prefix caching): {groups, length, "
         "share, popularity, zipf_exponent}",
+    )
+    conversation: ConversationConfig | None = Field(
+        default=None,
+        description="closed-loop users only: multi-turn conversations, each turn's prompt the conversation "
+        "so far followed by a new message of the prompt: length: {turns: DIST}",
     )
 
 

@@ -49,7 +49,10 @@ R_NCACHED = 11
 """Prefix caching: blocks of its table already cached (keyed)."""
 R_HITS = 12
 """Prefix-cache hits, tokens, over its admissions."""
-N_RI = 13
+R_CONV = 13
+"""Conversation: the ``seq`` of its first turn (its own ``seq`` outside conversations); its blocks beyond
+the group prefix are keyed by it, so a later turn finds the history an earlier turn cached."""
+N_RI = 14
 
 # ---- per-request float fields (RF) ---------------------------------------------------------------
 RF_ARR = 0
@@ -89,7 +92,9 @@ P_PC_HITS = 20
 """vllm:prefix_cache_hits: tokens found there."""
 P_TFREE = 21
 """Prefix caching: free block tables (``pc_ts[p, :P_TFREE]``)."""
-N_PI = 22
+P_UID = 22
+"""The pod's identity, unique over the run (a slot reused by a later pod gets a new one)."""
+N_PI = 23
 
 # ---- per-pod float columns (PF) ------------------------------------------------------------------
 P_ITER_END = 0
@@ -148,7 +153,11 @@ C_MAXB = 11
 """Blocks of the longest request, ceil(max_model_len / block_size): the width of a block table."""
 C_MAP_MASK = 12
 """Prefix caching: slots of the hash map - 1 (a power of two)."""
-N_LCI = 13
+C_CONV = 13
+"""Closed-loop users hold multi-turn conversations (1) or send independent prompts (0)."""
+C_AFFINITY = 14
+"""Session affinity: a conversation's later turn goes to the pod that served its previous turn (1)."""
+N_LCI = 15
 
 CF_BETA0 = 0
 CF_BETA_PREFILL = 1
@@ -177,7 +186,11 @@ RI_OUT = 1
 RI_POD = 2
 RI_PRE = 3
 RI_HITS = 4
-N_RECI = 5
+RI_P = 5
+RI_O = 6
+RI_CONV = 7
+RI_USER = 8
+N_RECI = 9
 RFR_LAT = 0
 RFR_TTFT = 1
 RFR_ARR = 2
@@ -189,7 +202,11 @@ RQ_O = 2
 RQ_USER = 3
 RQ_GROUP = 4
 RQ_PLEN = 5
-N_RQI = 6
+RQ_CONV = 6
+RQ_AFF = 7
+"""Session affinity: the slot of the pod that served the conversation's previous turn (-1: none)."""
+RQ_AFF_UID = 8
+N_RQI = 9
 
 # ---- prefix caching (docs/llm.md, Prefix caching) -----------------------------------------------------
 # Per pod ``p`` with ``nb`` blocks: ``pc_blk[p, b, BK_*]`` for block ``b`` (row ``nb``: the free queue's
@@ -200,7 +217,9 @@ N_RQI = 6
 # block table ``t`` (``max_num_seqs`` of them: only running requests hold blocks), its ``j``-th block;
 # ``pc_ts[p, :pi[P_TFREE]]``: the free tables. A block key stands for vLLM's chained block hash: block ``j``
 # of a request of group ``g`` lying wholly in the group's prefix is ``2 g x MAXB + j``; any other block of
-# request ``seq`` is ``(2 seq + 1) x MAXB + j`` (its tokens are its own).
+# a request of conversation ``c`` (``R_CONV``: the ``seq`` of the conversation's first turn, the request's
+# own ``seq`` outside conversations) is ``(2 c + 1) x MAXB + j``: a conversation's tokens only grow, turn
+# after turn, so block ``j`` of any of its turns holds the same tokens.
 BK_REF = 0
 BK_PREV = 1
 BK_NEXT = 2
@@ -214,8 +233,21 @@ N_BK = 6
 # ``uq[1, :gi[G_FREE_N]]``: the free user ids (a stack); ``uf[0, u]``: user ``u``'s wake time;
 # ``uf[1, u]``: the think time that follows the request ``u`` has in flight. The gi counters
 # G_USERS_ACTIVE, G_HEAP_N, G_RETIRE and G_FREE_N are the request-level kernel's.
-# The token buffer ``tb_i[k] = (prompt, output)``, ``tb_f[k]`` = think time: one entry per send, in
-# send order, from ``gi[LG_TB_HEAD]`` up to ``gi[LG_TB_N]``.
+# The token buffer ``tb_i[k] = (prompt, output, group, prefix length, turns)``, ``tb_f[k]`` = think time:
+# one entry per send, in send order, from ``gi[LG_TB_HEAD]`` up to ``gi[LG_TB_N]``.
+# Conversations (``ci[C_CONV]``): ``us[u, US_*]`` is user ``u``'s conversation (docs/llm.md, Conversations).
+US_CONV = 0
+"""The conversation: the ``seq`` of its first turn."""
+US_LEFT = 1
+"""Turns still to send after the one sent last."""
+US_HIST = 2
+"""Tokens of the conversation so far (prompt + output of the last turn), 0 until that turn completed."""
+US_GROUP = 3
+US_PLEN = 4
+US_POD = 5
+"""The slot of the pod that served the last turn, and that pod's ``P_UID``."""
+US_POD_UID = 6
+N_US = 7
 
 
 # ---- small helpers ---------------------------------------------------------------------------------
@@ -247,6 +279,10 @@ def _record(
     lat: float,
     ttft: float,
     arr: float,
+    prompt: int,
+    output: int,
+    conv: int,
+    user: int,
 ) -> None:
     if gi[K.G_RECORD] != 0:
         n = gi[K.G_N_REC]
@@ -255,6 +291,11 @@ def _record(
             rec_i[n, RI_OUT] = outcome
             rec_i[n, RI_POD] = pod
             rec_i[n, RI_PRE] = pre
+            rec_i[n, RI_HITS] = 0
+            rec_i[n, RI_P] = prompt
+            rec_i[n, RI_O] = output
+            rec_i[n, RI_CONV] = conv
+            rec_i[n, RI_USER] = user
             rec_f[n, RFR_LAT] = lat
             rec_f[n, RFR_TTFT] = ttft
             rec_f[n, RFR_ARR] = arr
@@ -268,6 +309,9 @@ def _reject(
     arr: float,
     t: float,
     pod: int,
+    prompt: int,
+    output: int,
+    conv: int,
     gi: np.ndarray,
     gf: np.ndarray,
     rec_i: np.ndarray,
@@ -277,7 +321,7 @@ def _reject(
 ) -> None:
     gi[K.G_REJECTED] += 1
     gf[K.F_SYS_SUM] += t - arr
-    _record(gi, rec_i, rec_f, seq, K.OUT_REJECTED, pod, 0, 0.0, math.nan, arr)
+    _record(gi, rec_i, rec_f, seq, K.OUT_REJECTED, pod, 0, 0.0, math.nan, arr, prompt, output, conv, user)
     _user_free(user, t, uq, uf, gi)
 
 
@@ -289,6 +333,9 @@ def _timed_out(
     t: float,
     pod: int,
     pre: int,
+    prompt: int,
+    output: int,
+    conv: int,
     cf: np.ndarray,
     gi: np.ndarray,
     gf: np.ndarray,
@@ -308,7 +355,7 @@ def _timed_out(
     hists[H_E2E, K._bucket(seen)] += 1
     if seen > gf[K.F_LAT_MAX]:
         gf[K.F_LAT_MAX] = seen
-    _record(gi, rec_i, rec_f, seq, K.OUT_TIMED_OUT, pod, pre, lat, math.nan, arr)
+    _record(gi, rec_i, rec_f, seq, K.OUT_TIMED_OUT, pod, pre, lat, math.nan, arr, prompt, output, conv, user)
     _user_free(user, t, uq, uf, gi)
 
 
@@ -356,6 +403,17 @@ def _choose_pod(pi: np.ndarray, acc: np.ndarray, n_acc: int) -> int:
     return best
 
 
+@_compiled(inline=True)
+def _route(pi: np.ndarray, acc: np.ndarray, n_acc: int, aff: int, aff_uid: int, ci: np.ndarray) -> int:
+    """Session affinity (docs/llm.md, Routing): the pod that served the conversation's previous turn
+    (slot ``aff``, identity ``aff_uid``) while it accepts and has room; else :func:`_choose_pod`."""
+    if aff >= 0 and pi[aff, P_UID] == aff_uid and pi[aff, P_NRUN] + pi[aff, P_WN] < ci[C_POD_CAP]:
+        for k in range(n_acc):
+            if acc[k] == aff:
+                return aff
+    return _choose_pod(pi, acc, n_acc)
+
+
 # ---- prefix caching ----------------------------------------------------------------------------------
 _HASH_MUL = -7046029254386353131
 """0x9E3779B97F4A7C15 (Fibonacci hashing) as a signed 64-bit number."""
@@ -367,7 +425,7 @@ def _pc_key(ri: np.ndarray, p: int, r: int, j: int, bs: int, maxb: int) -> int:
     g = ri[p, r, R_GROUP]
     if g >= 0 and (j + 1) * bs <= ri[p, r, R_PLEN]:
         return int(2 * g * maxb + j)
-    return int((2 * ri[p, r, R_SEQ] + 1) * maxb + j)
+    return int((2 * ri[p, r, R_CONV] + 1) * maxb + j)
 
 
 @_compiled(inline=True)
@@ -585,6 +643,7 @@ def _admit(
     output: int,
     group: int,
     plen: int,
+    conv: int,
     pi: np.ndarray,
     pf: np.ndarray,
     ri: np.ndarray,
@@ -605,7 +664,7 @@ def _admit(
     waiting deque (or is rejected when the pod is full)."""
     if pi[p, P_NRUN] + pi[p, P_WN] >= ci[C_POD_CAP]:
         pi[p, P_REJECTED] += 1
-        _reject(seq, user, arr, t, p, gi, gf, rec_i, rec_f, uq, uf)
+        _reject(seq, user, arr, t, p, prompt, output, conv, gi, gf, rec_i, rec_f, uq, uf)
         return
     _touch(p, t, pi, pf)
     nf = pi[p, P_FREE_ROWS] - 1
@@ -624,6 +683,7 @@ def _admit(
     ri[p, r, R_BT] = -1
     ri[p, r, R_NCACHED] = 0
     ri[p, r, R_HITS] = 0
+    ri[p, r, R_CONV] = conv
     rf[p, r, RF_ARR] = arr
     rf[p, r, RF_FIRST] = math.nan
     rf[p, r, RF_LAST] = math.nan
@@ -666,8 +726,8 @@ def _abort(
     ``nf``; returns the KV blocks that became free."""
     held = _release(p, r, pi, ri, ci, pb, pbt, pts)
     _timed_out(
-        ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], cf, gi, gf,
-        hists, rec_i, rec_f, uq, uf,
+        ri[p, r, R_SEQ], ri[p, r, R_USER], rf[p, r, RF_ARR], t, p, ri[p, r, R_PRE], ri[p, r, R_P],
+        ri[p, r, R_O], ri[p, r, R_CONV], cf, gi, gf, hists, rec_i, rec_f, uq, uf,
     )  # fmt: skip
     frow[p, nf] = r
     return int(held)
@@ -1011,8 +1071,10 @@ def _end_iter(
     pb: np.ndarray,
     pbt: np.ndarray,
     pts: np.ndarray,
+    us: np.ndarray,
 ) -> None:
-    """The iteration in progress on pod ``p`` ends: tokens, TTFT and ITL samples, finishes."""
+    """The iteration in progress on pod ``p`` ends: tokens, TTFT and ITL samples, finishes (a finished
+    turn of a conversation leaves its tokens and its pod to its user's next turn)."""
     e = pf[p, P_ITER_END]
     start = pf[p, P_ITER_START]
     _touch(p, e, pi, pf)
@@ -1061,11 +1123,19 @@ def _end_iter(
             e2e_hist[K._bucket(lat)] += 1
             if ttft <= ttft_slo and lat <= e2e_slo and (gen == 1 or (lat - ttft) / (gen - 1) <= itl_slo):
                 gi[K.G_SLO_MET] += 1
-            _record(gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_COMPLETED, p, ri[p, r, R_PRE], lat, ttft, arr)
+            user = ri[p, r, R_USER]
+            _record(
+                gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_COMPLETED, p, ri[p, r, R_PRE], lat, ttft, arr,
+                ri[p, r, R_P], ri[p, r, R_O], ri[p, r, R_CONV], user,
+            )  # fmt: skip
             n_rec = gi[K.G_N_REC] - 1
             if gi[K.G_RECORD] != 0 and n_rec < rec_i.shape[0]:
                 rec_i[n_rec, RI_HITS] = ri[p, r, R_HITS]
-            _user_free(ri[p, r, R_USER], e, uq, uf, gi)
+            if user >= 0 and ci[C_CONV] != 0:
+                us[user, US_HIST] = ri[p, r, R_P] + ri[p, r, R_O]
+                us[user, US_POD] = p
+                us[user, US_POD_UID] = pi[p, P_UID]
+            _user_free(user, e, uq, uf, gi)
             frow[p, nf] = r
             nf += 1
             finished += 1
@@ -1179,13 +1249,15 @@ def _drain_router(
         gi[K.G_RQ_HEAD] += 1
         if t >= rq_f[j] + cf[CF_TIMEOUT]:
             _timed_out(
-                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t, -1, 0, cf, gi, gf, hists, rec_i, rec_f, uq, uf
-            )
+                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t, -1, 0, rq_i[j, RQ_P], rq_i[j, RQ_O],
+                rq_i[j, RQ_CONV], cf, gi, gf, hists, rec_i, rec_f, uq, uf,
+            )  # fmt: skip
             continue
-        p = _choose_pod(pi, acc, n_acc)
+        p = _route(pi, acc, n_acc, rq_i[j, RQ_AFF], rq_i[j, RQ_AFF_UID], ci)
         _admit(
             p, t, rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], rq_i[j, RQ_P], rq_i[j, RQ_O], rq_i[j, RQ_GROUP],
-            rq_i[j, RQ_PLEN], pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f, uq, uf,
+            rq_i[j, RQ_PLEN], rq_i[j, RQ_CONV], pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf, rec_i, rec_f,
+            uq, uf,
         )  # fmt: skip
 
 
@@ -1229,6 +1301,7 @@ def advance(
     pm: np.ndarray,
     pbt: np.ndarray,
     pts: np.ndarray,
+    us: np.ndarray,
 ) -> None:
     """Advance the token-level data plane over [t0, t1).
 
@@ -1246,6 +1319,11 @@ def advance(
 
     ``arr_x[k] = (group, prefix length)`` of open-loop arrival ``k`` (columns 2 and 3 of ``tb_i`` for a
     send); ``pb``, ``pm``, ``pbt``, ``pts``: the prefix cache (used only with ``ci[C_CACHING]``).
+
+    ``us``: the users' conversations (used only with ``ci[C_CONV]``; docs/llm.md, Conversations). A send
+    continues its user's conversation when the previous turn completed, turns are left and the new turn
+    fits ``max_model_len``: its prompt is the conversation so far followed by the new message (the
+    send's prompt less its drawn prefix); otherwise it starts a conversation of ``tb_i[k, 4]`` turns.
     """
     K._ph_build(ph, pf, act, n_act)
     if gi[LG_NPEND] > 0 and t0 > gf[LF_PEND_T]:
@@ -1266,6 +1344,9 @@ def advance(
     timeout = cf[CF_TIMEOUT]
     user_heap = uq[0]
     user_t = uf[0]
+    conversations = ci[C_CONV] != 0
+    affinity = ci[C_AFFINITY] != 0
+    h = 0
     while True:
         t_arr = arr_t[ai] if ai < n_arr else math.inf
         # the earliest waking user sends after the open-loop arrivals of the same instant
@@ -1300,7 +1381,7 @@ def advance(
             if pi[p_ev, P_BUSY] != 0:
                 _end_iter(
                     p_ev, pi, pf, ri, rf, run, sched, frow, ci, cf, gi, gf, hists, rec_i, rec_f, uq, uf, pb, pbt,
-                    pts,
+                    pts, us,
                 )  # fmt: skip
                 K._ph_fix(ph, pf, p_ev)
                 if pi[p_ev, P_NRUN] + pi[p_ev, P_WN] > 0:
@@ -1321,8 +1402,8 @@ def advance(
             j = gi[K.G_RQ_HEAD] % rq_n
             gi[K.G_RQ_HEAD] += 1
             _timed_out(
-                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t_rqx, -1, 0, cf, gi, gf, hists, rec_i, rec_f,
-                uq, uf,
+                rq_i[j, RQ_SEQ], rq_i[j, RQ_USER], rq_f[j], t_rqx, -1, 0, rq_i[j, RQ_P], rq_i[j, RQ_O],
+                rq_i[j, RQ_CONV], cf, gi, gf, hists, rec_i, rec_f, uq, uf,
             )  # fmt: skip
             continue
         # -- an arrival: open-loop, or a user's send
@@ -1354,13 +1435,35 @@ def advance(
             ai += 1
         seq = gi[K.G_ARRIVED]
         gi[K.G_ARRIVED] = seq + 1
+        conv = seq
+        aff = -1
+        aff_uid = -1
+        if user >= 0 and conversations:
+            hist = us[user, US_HIST]
+            message = prompt - plen
+            if us[user, US_LEFT] > 0 and hist > 0 and hist + message + output <= max_len:
+                # the next turn: the conversation so far, then the new message
+                prompt = hist + message
+                group = us[user, US_GROUP]
+                plen = us[user, US_PLEN]
+                conv = us[user, US_CONV]
+                us[user, US_LEFT] -= 1
+                if affinity:
+                    aff = us[user, US_POD]
+                    aff_uid = us[user, US_POD_UID]
+            else:
+                us[user, US_CONV] = seq
+                us[user, US_LEFT] = tb_i[h, 4] - 1
+                us[user, US_GROUP] = group
+                us[user, US_PLEN] = plen
+            us[user, US_HIST] = 0
         if prompt + output > max_len:
-            _reject(seq, user, t, t, -1, gi, gf, rec_i, rec_f, uq, uf)
+            _reject(seq, user, t, t, -1, prompt, output, conv, gi, gf, rec_i, rec_f, uq, uf)
         elif n_acc > 0:
-            p = _choose_pod(pi, acc, n_acc)
+            p = _route(pi, acc, n_acc, aff, aff_uid, ci)
             _admit(
-                p, t, seq, user, t, prompt, output, group, plen, pi, pf, ri, rf, wq, frow, pend, ci, cf, gi, gf,
-                rec_i, rec_f, uq, uf,
+                p, t, seq, user, t, prompt, output, group, plen, conv, pi, pf, ri, rf, wq, frow, pend, ci, cf,
+                gi, gf, rec_i, rec_f, uq, uf,
             )  # fmt: skip
         elif gi[K.G_RQ_TAIL] - gi[K.G_RQ_HEAD] < rq_cap:
             _rq_touch(t, gi, gf)
@@ -1372,9 +1475,12 @@ def advance(
             rq_i[j, RQ_USER] = user
             rq_i[j, RQ_GROUP] = group
             rq_i[j, RQ_PLEN] = plen
+            rq_i[j, RQ_CONV] = conv
+            rq_i[j, RQ_AFF] = aff
+            rq_i[j, RQ_AFF_UID] = aff_uid
             gi[K.G_RQ_TAIL] += 1
         else:
-            _reject(seq, user, t, t, -1, gi, gf, rec_i, rec_f, uq, uf)
+            _reject(seq, user, t, t, -1, prompt, output, conv, gi, gf, rec_i, rec_f, uq, uf)
     for k in range(n_act):
         _touch(act[k], t1, pi, pf)
     _rq_touch(t1, gi, gf)
@@ -1422,7 +1528,7 @@ def evict(
         gf[K.F_SYS_SUM] += t - arr
         _record(
             gi, rec_i, rec_f, ri[p, r, R_SEQ], K.OUT_DROPPED, p, ri[p, r, R_PRE], t - arr,
-            rf[p, r, RF_FIRST] - arr, arr,
+            rf[p, r, RF_FIRST] - arr, arr, ri[p, r, R_P], ri[p, r, R_O], ri[p, r, R_CONV], ri[p, r, R_USER],
         )  # fmt: skip
         ri[p, r, R_HELD] = 0
         frow[p, nf] = r

@@ -36,6 +36,10 @@ KV blocks in use, vLLM's token and preemption counters, the DCGM roofline integr
 prefix-cache counters (tokens looked up, tokens found; 0 without prefix caching)."""
 
 
+TB_COLUMNS = 5
+"""Columns of the closed-loop token buffer: prompt, output, prefix group, prefix length, turns."""
+
+
 def _pow2_at_least(n: int) -> int:
     size = 1
     while size < n:
@@ -94,6 +98,13 @@ class LlmRecords:
     arrival_s: np.ndarray
     cache_hits: np.ndarray
     """Prompt tokens a completed request took from the prefix cache, over its admissions (0 otherwise)."""
+    prompt: np.ndarray
+    """Prompt tokens (a conversation's later turn: its whole history and the new message)."""
+    output: np.ndarray
+    conversation: np.ndarray
+    """The ``seq`` of the first turn of its conversation (its own ``seq`` outside conversations)."""
+    user: np.ndarray
+    """The closed-loop user who sent it (-1: an open-loop arrival)."""
 
 
 class LlmDataPlane(SlotBook):
@@ -123,6 +134,9 @@ class LlmDataPlane(SlotBook):
         if self.closed_loop and tokens is None:
             raise ValueError("closed-loop users need a token source (tokens=)")
         self.tokens = tokens
+        self.conversations = bool(getattr(tokens, "has_conversation", False)) and self.closed_loop
+        """Closed-loop users hold multi-turn conversations (docs/llm.md, Conversations); the token source
+        gives the turns of each conversation (``take_turns``)."""
         self.draws = UserDraws(seed, think_s if think_s is not None else (0.0, 0.0))
         self.max_users = max_users
         pool = params.pod_capacity
@@ -153,6 +167,9 @@ class LlmDataPlane(SlotBook):
         self.ci[L.C_CACHING] = 1 if self.caching else 0
         self.ci[L.C_MAXB] = maxb
         self.ci[L.C_MAP_MASK] = map_slots - 1
+        self.ci[L.C_CONV] = 1 if self.conversations else 0
+        self.ci[L.C_AFFINITY] = 1 if params.session_affinity else 0
+        self._pods_opened = 0
         nb = params.num_blocks + 1 if self.caching else 1
         pc_slots = max_slots if self.caching else 1
         self.pc_blk = np.zeros((pc_slots, nb, L.N_BK), dtype=np.int64)
@@ -218,9 +235,11 @@ class LlmDataPlane(SlotBook):
         self.gi[K.G_FREE_N] = max_users
         self.uf = np.zeros((2, n_users), dtype=np.float64)
         """Users: row 0 the wake time, row 1 the think time after the request in flight."""
-        self.tb_i = np.zeros((16, 4), dtype=np.int64)
-        """Pre-drawn (prompt, output, prefix group, prefix length) of the next sends, ``gi[LG_TB_HEAD]``
-        to ``gi[LG_TB_N]``."""
+        self.us = np.zeros((n_users, L.N_US), dtype=np.int64)
+        """Users' conversations (``L.US_*``): a user added starts without one."""
+        self.tb_i = np.zeros((16, TB_COLUMNS), dtype=np.int64)
+        """Pre-drawn (prompt, output, prefix group, prefix length, turns) of the next sends,
+        ``gi[LG_TB_HEAD]`` to ``gi[LG_TB_N]``."""
         self.tb_f = np.zeros(16, dtype=np.float64)
         """The think time after each of those sends."""
         self._init_slots(max_slots)
@@ -244,6 +263,8 @@ class LlmDataPlane(SlotBook):
         self.pf[p, L.P_SPEED] = speed
         self.pf[p, L.P_LAST_T] = t
         self.pf[p, L.P_LAST_END_T] = t
+        self.pi[p, L.P_UID] = self._pods_opened
+        self._pods_opened += 1
         if self.caching:
             self._reset_cache(p)
         return p
@@ -376,7 +397,7 @@ class LlmDataPlane(SlotBook):
                 self.pi, self.pf, self.ri, self.rf, self.run, self.wq, self.sched, self.frow, self.skip,
                 self.pend, self.pod_heap, self.rq_f, self.rq_i, self.ci, self.cf, self.gi, self.gf,
                 self.hists, self.rec_i, self.rec_f, self.uq, self.uf, self.tb_i, self.tb_f,
-                self.pc_blk, self.pc_map, self.pc_bt, self.pc_ts,
+                self.pc_blk, self.pc_map, self.pc_bt, self.pc_ts, self.us,
             )  # fmt: skip
             if not self.gi[L.LG_TB_SHORT]:
                 break
@@ -425,6 +446,7 @@ class LlmDataPlane(SlotBook):
             for k in range(add):
                 gi[K.G_FREE_N] -= 1
                 u = int(self.uq[1, gi[K.G_FREE_N]])
+                self.us[u] = 0  # no conversation yet (an id handed back by a retired user included)
                 self.uf[0, u] = t0 + float(offsets[k])
                 K._heap_push(self.uq[0], self.uf[0], gi, u)
         elif target < active:
@@ -447,7 +469,7 @@ class LlmDataPlane(SlotBook):
             return need
         if need > len(self.tb_f):
             cap = _pow2_at_least(need)
-            tb_i = np.zeros((cap, 4), dtype=np.int64)
+            tb_i = np.zeros((cap, TB_COLUMNS), dtype=np.int64)
             tb_f = np.zeros(cap, dtype=np.float64)
         else:
             tb_i, tb_f = self.tb_i, self.tb_f
@@ -468,6 +490,13 @@ class LlmDataPlane(SlotBook):
         else:
             tb_i[left:need, 2] = -1
             tb_i[left:need, 3] = 0
+        if self.conversations:
+            turns = np.asarray(self.tokens.take_turns(need - left), dtype=np.int64)  # type: ignore[attr-defined]
+            if len(turns) and int(turns.min()) < 1:
+                raise ValueError("turns per conversation must be >= 1")
+            tb_i[left:need, 4] = turns
+        else:
+            tb_i[left:need, 4] = 1
         tb_f[left:need] = self.draws.think(need - left)
         self.tb_i, self.tb_f = tb_i, tb_f
         gi[L.LG_TB_HEAD] = 0
@@ -525,6 +554,10 @@ class LlmDataPlane(SlotBook):
             preemptions=ri[:, L.RI_PRE].astype(np.int32),
             arrival_s=rf[:, L.RFR_ARR].copy(),
             cache_hits=ri[:, L.RI_HITS].copy(),
+            prompt=ri[:, L.RI_P].copy(),
+            output=ri[:, L.RI_O].copy(),
+            conversation=ri[:, L.RI_CONV].copy(),
+            user=ri[:, L.RI_USER].copy(),
         )
 
     # -- totals ----------------------------------------------------------------------------------

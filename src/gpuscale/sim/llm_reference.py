@@ -61,14 +61,20 @@ left to the check that opens the pod's next iteration.
 Prefix caching (docs/llm.md, Prefix caching; ``params.enable_prefix_caching``) keeps vLLM's structures
 as Python objects: each block's reference count and key, the free queue as an ordered dict (head first),
 and a dict from a block key to the blocks cached under it, earliest first. A request's block key is
-``("group", g, j)`` for block ``j`` wholly inside its group's shared prefix and ``("own", seq, j)``
-otherwise.
+``("group", g, j)`` for block ``j`` wholly inside its group's shared prefix and ``("own", c, j)``
+otherwise, ``c`` its conversation (the ``seq`` of the conversation's first turn; its own ``seq`` outside
+conversations).
 
 Closed-loop users (docs/llm.md, Closed-loop users) are one heap of (wake time, user id), as in the
 kernel: the earliest user sends at its wake time, taking the next prompt and output lengths of the run
 and the think time that will follow its outcome; the think times and the start offsets of users added
 are given, in order, by the caller (the same sequences the kernel gets from
 :class:`~gpuscale.sim.llm_plane.UserDraws`).
+
+Conversations (docs/llm.md, Conversations; ``turns`` given) are a small record per user: the conversation,
+the turns left, its tokens so far (set when a turn completes, cleared when one is sent) and the pod that
+served the last turn; with ``params.session_affinity`` the router sends a later turn to that pod while it
+accepts and has room.
 """
 
 from __future__ import annotations
@@ -130,6 +136,10 @@ class LlmRequestResult:
     """Completed within every SLO target that is set."""
     cache_hits: int = 0
     """Prompt tokens taken from the prefix cache, over its admissions."""
+    conversation: int = -1
+    """The ``seq`` of the first turn of its conversation (its own ``seq`` outside conversations)."""
+    user: int = -1
+    """The closed-loop user who sent it (-1: an open-loop arrival)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,10 @@ class _Request:
         self, seq: int, arrival: float, prompt: int, output: int, group: int = -1, prefix_len: int = 0
     ) -> None:
         self.seq = seq
+        self.conv = seq
+        """Its conversation: the ``seq`` of the conversation's first turn (its own outside conversations)."""
+        self.affinity: _Pod | None = None
+        """Session affinity: the pod that served the previous turn of its conversation."""
         self.group = group
         """Shared-prefix group (-1: none): its first ``prefix_len`` prompt tokens are the group's."""
         self.prefix_len = prefix_len
@@ -273,7 +287,10 @@ class _Router:
         self.pods: list[_Pod] = []
         self.queue: deque[_Request] = deque()
 
-    def _choose(self) -> _Pod | None:
+    def _choose(self, req: _Request) -> _Pod | None:
+        sticky = req.affinity
+        if sticky is not None and sticky.accepting and sticky.outstanding < self.params.pod_capacity:
+            return sticky
         best: _Pod | None = None
         for pod in self.pods:  # slot order: a strict < keeps the lowest slot on ties
             if pod.accepting and (best is None or pod.outstanding < best.outstanding):
@@ -285,7 +302,7 @@ class _Router:
             req.outcome = "rejected"  # vLLM refuses it before any routing
             self.totals.ended(req)
             return
-        pod = self._choose()
+        pod = self._choose(req)
         if pod is not None:
             pod.admit(req)
         elif len(self.queue) < self.params.router_queue_capacity:
@@ -311,7 +328,7 @@ class _Router:
             if self.env.now >= req.arrival + self.params.timeout_s:
                 self.totals.time_out(req, self.env.now)
                 continue
-            pod = self._choose()
+            pod = self._choose(req)
             assert pod is not None  # called only when a pod has just started accepting
             pod.admit(req)
 
@@ -424,7 +441,7 @@ class _Pod:
         """What vLLM's chained hash of block ``j`` of ``req``'s tokens tells apart."""
         if req.group >= 0 and (j + 1) * self.p.block_size <= req.prefix_len:
             return ("group", req.group, j)
-        return ("own", req.seq, j)
+        return ("own", req.conv, j)
 
     def _release(self, req: _Request) -> None:
         """``req`` gives up its blocks, last first; those no one else holds join the free queue's tail,
@@ -636,8 +653,12 @@ class _Users:
         max_users: int,
         groups: list[int],
         plens: list[int],
+        turns: list[int] | None,
     ) -> None:
         self.env = env
+        self.turns = turns
+        """Turns of a conversation started by the ``k``-th send (None: no conversations)."""
+        self.conv: dict[int, _Conversation] = {}
         self.groups = groups
         self.plens = plens
         self.router = router
@@ -668,6 +689,7 @@ class _Users:
                 if self.n_started >= len(self.start):
                     raise ValueError("the start offsets ran out: give one per user added")
                 user = self.free.pop()
+                self.conv.pop(user, None)  # a user added has no conversation yet
                 offset = self.start[self.n_started]
                 self.n_started += 1
                 self._push(now + offset, user)
@@ -677,6 +699,10 @@ class _Users:
 
     def free_user(self, req: _Request) -> None:
         """The outcome of ``req`` was decided now: its user retires, or thinks and sends again."""
+        conv = self.conv.get(req.user)
+        if conv is not None and req.outcome == "completed":
+            conv.history = req.prompt + req.output
+            conv.pod = self.router.pods[req.pod]
         if self.retire > 0:
             self.retire -= 1
             self.free.append(req.user)
@@ -715,10 +741,47 @@ class _Users:
         req = _Request(
             seq, self.env.now, self.prompts[seq], self.outputs[seq], self.groups[seq], self.plens[seq]
         )
+        if self.turns is not None:
+            _converse(self, user, req)
         req.user = user
         req.think = self.think[seq]
         self.sent.append(req)
         self.router.arrive(req)
+
+
+@dataclass
+class _Conversation:
+    """A user's conversation (docs/llm.md, Conversations)."""
+
+    conv: int
+    left: int
+    """Turns still to send after the last one sent."""
+    group: int
+    prefix_len: int
+    history: int = 0
+    """Prompt + output of the last turn once it completed; 0 before."""
+    pod: _Pod | None = None
+    """The pod that served the last completed turn."""
+
+
+def _converse(users: _Users, user: int, req: _Request) -> None:
+    """``req``, as drawn, is ``user``'s next send: the next turn of its conversation, or a new one's first."""
+    assert users.turns is not None
+    max_len = users.router.params.max_model_len
+    c = users.conv.get(user)
+    message = req.prompt - req.prefix_len
+    if c is not None and c.left > 0 and c.history > 0 and c.history + message + req.output <= max_len:
+        req.prompt = c.history + message
+        req.group, req.prefix_len, req.conv = c.group, c.prefix_len, c.conv
+        c.left -= 1
+        if users.router.params.session_affinity:
+            req.affinity = c.pod
+    else:
+        if req.seq >= len(users.turns):
+            raise ValueError("the turns ran out: give one per send")
+        c = _Conversation(req.seq, users.turns[req.seq] - 1, req.group, req.prefix_len)
+        users.conv[user] = c
+    c.history = 0
 
 
 def _user_schedule(env: simpy.Environment, users: _Users, schedule: list[tuple[float, int]]) -> _ProcessGen:
@@ -758,6 +821,7 @@ def simulate_llm_reference(
     start: Sequence[float] = (),
     group: Sequence[int] | None = None,
     prefix_len: Sequence[int] | None = None,
+    turns: Sequence[int] | None = None,
 ) -> LlmReferenceResult:
     """Run the SimPy reference model of the token-level engine over ``[0, t_end)``.
 
@@ -773,6 +837,10 @@ def simulate_llm_reference(
 
     ``group[k]``, ``prefix_len[k]``: the shared-prefix group (-1: none) of the ``k``-th request (arrival
     or send) and the length of that prefix, part of its prompt (default: none).
+
+    ``turns[k]``: closed-loop users hold conversations (docs/llm.md, Conversations), and the ``k``-th send,
+    if it starts one, starts one of ``turns[k]`` turns; ``prompt[k]`` is then its prompt as drawn (its
+    prefix and new message), and a later turn's prompt the conversation so far followed by the message.
     """
     times = [float(t) for t in arrivals]
     prompts = [int(p) for p in prompt]
@@ -789,6 +857,8 @@ def simulate_llm_reference(
     plens = [int(x) for x in prefix_len] if prefix_len is not None else [0] * len(prompts)
     if len(groups) != len(prompts) or len(plens) != len(prompts):
         raise ValueError("group and prefix_len must be parallel to prompt")
+    if turns is not None and (any(int(x) < 1 for x in turns) or not users):
+        raise ValueError("turns are for closed-loop users (users=), each >= 1")
     schedule = [(float(t), int(n)) for t, n in users]
     if schedule and times:
         raise ValueError("give open-loop arrivals or closed-loop users, not both")
@@ -811,6 +881,7 @@ def simulate_llm_reference(
         closed = _Users(
             env, router, arrival_rank, prompts, outputs, [float(x) for x in think],
             [float(x) for x in start], max_users, groups, plens,
+            [int(x) for x in turns] if turns is not None else None,
         )  # fmt: skip
         totals.users = closed
         env.process(_user_schedule(env, closed, schedule))
@@ -849,6 +920,8 @@ def simulate_llm_reference(
                 generated=r.generated,
                 slo_met=met,
                 cache_hits=r.cache_hits,
+                conversation=r.conv,
+                user=r.user,
             )
         )
     return LlmReferenceResult(

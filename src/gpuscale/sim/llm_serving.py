@@ -51,6 +51,8 @@ class LlmParams:
     """Client timeout: a request without its first token this long after its arrival is abandoned."""
     enable_prefix_caching: bool = False
     """vLLM's automatic prefix caching (docs/llm.md, Prefix caching)."""
+    session_affinity: bool = False
+    """A conversation's later turn goes to the pod that served its previous turn (docs/llm.md, Routing)."""
 
     def __post_init__(self) -> None:
         if self.num_blocks * self.block_size < self.max_model_len:
@@ -121,6 +123,7 @@ def llm_params(scenario: Scenario) -> LlmParams:
         hbm_bytes_per_s=model.pod_hbm_bytes_per_s,
         timeout_s=scenario.serving.timeout_s,
         enable_prefix_caching=llm.enable_prefix_caching,
+        session_affinity=scenario.serving.session_affinity,
     )
 
 
@@ -181,3 +184,33 @@ def check_prefix_caching(scenario: Scenario, source: str) -> None:
                 f"{MAX_PREFIX_CACHE_BYTES / 2**30:.0f} GiB; allowed: fewer pods (control.max_pods), a "
                 "smaller cache (model.llm.num_gpu_blocks), or enable_prefix_caching: false",
             )
+
+
+def check_conversations(scenario: Scenario, source: str) -> None:
+    """Refuse up front, naming the key, conversations where there are none to hold and session affinity
+    where there is no conversation to stick to: ``workload.tokens.conversation`` on a workload other than
+    closed-loop users (an open-loop arrival has no one to continue a conversation), and
+    ``serving.session_affinity`` without conversations (every request would take the normal choice)."""
+    from gpuscale._core.errors import ConfigError
+    from gpuscale.config.workload import ClosedLoopWorkload
+
+    workload = scenario.workload
+    tokens = getattr(workload, "tokens", None)
+    conversation = tokens.conversation if tokens is not None else None
+    if conversation is not None and not isinstance(workload, ClosedLoopWorkload):
+        raise ConfigError(
+            source,
+            "workload.tokens.conversation",
+            conversation.model_dump(exclude_none=True),
+            f"only for closed-loop users (kind: closed-loop): a {workload.kind} workload's requests have no "
+            "user to continue a conversation; allowed: leave it out, or kind: closed-loop",
+        )
+    if scenario.serving.session_affinity and conversation is None:
+        raise ConfigError(
+            source,
+            "serving.session_affinity",
+            True,
+            "needs conversations to stick to (workload.tokens.conversation on a closed-loop workload); "
+            "without them every request takes the normal choice; allowed: false, or add "
+            "workload.tokens.conversation: {turns: DIST}",
+        )

@@ -1223,6 +1223,10 @@ class TokenSource:
     With a ``prefix:`` block a request of group ``g`` (:class:`_PrefixGroups`) has its group's
     ``L_g`` tokens in front of its own prompt (the prompt length handed out includes them), and
     :meth:`take_prefix` gives the (group, ``L_g``) of the requests taken, in the same order.
+
+    With a ``conversation:`` block (closed-loop users), :meth:`take_turns` gives one turn count per send,
+    in send order, from the streams ``tokens/conversation-turns/{i}``; the plane uses the count of a
+    send that starts a conversation (docs/llm.md, Conversations).
     """
 
     def __init__(
@@ -1231,11 +1235,13 @@ class TokenSource:
         output: _DistLengths | IntArray,
         rows: _TraceRows | None = None,
         prefix: _PrefixGroups | None = None,
+        turns: _DistLengths | None = None,
     ) -> None:
         self._prompt = prompt
         self._output = output
         self._rows = rows
         self._prefix = prefix
+        self._turns = turns
         self._groups: IntArray = np.empty(0, dtype=np.int64)
         """Groups of the requests taken but not yet asked for by :meth:`take_prefix`."""
         self.taken = 0
@@ -1245,6 +1251,18 @@ class TokenSource:
     def has_prefix(self) -> bool:
         """Whether requests carry shared prefixes (a ``prefix:`` block)."""
         return self._prefix is not None
+
+    @property
+    def has_conversation(self) -> bool:
+        """Whether closed-loop users hold multi-turn conversations (a ``conversation:`` block)."""
+        return self._turns is not None
+
+    def take_turns(self, n: int) -> IntArray:
+        """The turn counts of the next ``n`` sends, in send order (all 1 without a ``conversation:``
+        block)."""
+        if self._turns is None:
+            return np.ones(n, dtype=np.int64)
+        return self._turns.take(n).astype(np.int64)
 
     def take_prefix(self, n: int) -> tuple[IntArray, IntArray]:
         """The (group, prefix length) of the next ``n`` requests :meth:`take` handed out (-1 and 0 for one
@@ -1297,6 +1315,8 @@ def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path 
         "output": tokens.output if tokens is not None else None,
     }
     prefix = _PrefixGroups(tokens.prefix, seed) if tokens is not None and tokens.prefix is not None else None
+    conversation = tokens.conversation if tokens is not None else None
+    turns = _DistLengths(conversation.turns, seed, "conversation-turns") if conversation is not None else None
     if not isinstance(cfg, TraceWorkload):
         if tokens is None:
             raise ConfigError(
@@ -1313,6 +1333,7 @@ def token_source(cfg: WorkloadConfig, *, seed: int, source: str, base_dir: Path 
             _DistLengths(dists["prompt"], seed, "prompt"),
             _DistLengths(dists["output"], seed, "output"),
             prefix=prefix,
+            turns=turns,
         )
     trace = load_trace(cfg.path, base_dir=base_dir, source=source)
     parts: dict[str, _DistLengths | IntArray] = {}
