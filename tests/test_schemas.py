@@ -84,6 +84,44 @@ def test_example_loads_and_validates_against_its_schema(path: Path) -> None:
     jsonschema.validate(data, json_schema(kind), cls=jsonschema.Draft202012Validator)
 
 
+CATALOG = sorted((ROOT / "src" / "gpuscale" / "experiments" / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CATALOG, ids=lambda p: p.stem)
+def test_every_built_in_scenario_validates_against_the_schema(path: Path) -> None:
+    # the catalog uses the short forms an editor must not flag (a pool by instance_type, no gpu:)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    jsonschema.validate(data, json_schema("scenario"), cls=jsonschema.Draft202012Validator)
+
+
+def test_the_schema_takes_the_short_forms_the_loader_takes() -> None:
+    """A plain number for a token length (``{fixed: N}``) and for a closed loop's users (the constant
+    shape); a pool named by its instance type instead of its GPU; and refuses their bad values."""
+    from gpuscale.config.scenario import scenario_from_dict
+
+    validator = jsonschema.Draft202012Validator(json_schema("scenario"))
+    data: dict[str, Any] = {
+        "name": "short",
+        "duration_s": 60,
+        "slo": {"latency_ms": 60000},
+        "workload": {
+            "kind": "closed-loop",
+            "users": 4,
+            "think_time_s": [1, 2],
+            "tokens": {"prompt": 100, "output": {"fixed": 20}, "conversation": {"turns": 3}},
+        },
+        "model": "llama3-8b-h100-vllm",
+        "cluster": {"pools": [{"instance_type": "p5.48xlarge", "nodes": 1}]},
+    }
+    assert scenario_from_dict(data, "test") is not None
+    assert validator.is_valid(data), [e.message for e in validator.iter_errors(data)]
+    for key, bad in (("users", -1), ("users", 2.5)):
+        assert not validator.is_valid({**data, "workload": {**data["workload"], key: bad}})
+    tokens = {**data["workload"]["tokens"], "prompt": 0}
+    assert not validator.is_valid({**data, "workload": {**data["workload"], "tokens": tokens}})
+    assert not validator.is_valid({**data, "cluster": {"pools": [{"nodes": 1}]}})
+
+
 def test_schema_rejects_what_the_loader_rejects() -> None:
     """An unknown key and a value out of range fail both the schema and the loader."""
     validator = jsonschema.Draft202012Validator(json_schema("suite"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +60,20 @@ class StrictModel(BaseModel):
     """Base for every config model: frozen, unknown keys rejected, defaults validated too."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def also_accepts(short: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` for a model or field whose before-validator also takes a short form
+    (a plain number for a mapping): the generated JSON Schema accepts ``short`` beside the full form,
+    so an editor does not flag a file the loader reads."""
+
+    def widen(schema: dict[str, Any]) -> None:
+        full = {k: v for k, v in schema.items() if k not in ("title", "description")}
+        for k in full:
+            del schema[k]
+        schema["anyOf"] = [short, full]
+
+    return widen
 
 
 MAX_YAML_BYTES = 16 * 2**20

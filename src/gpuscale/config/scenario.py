@@ -11,7 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gpuscale._core.errors import MISSING, ConfigError, shown
@@ -143,8 +143,16 @@ class StartupConfig(StrictModel):
     )
 
 
+def _gpu_or_instance_type(schema: dict[str, Any]) -> None:
+    """A pool names its GPU, or an instance type that fills it in (``NodePool._from_instance_type``)."""
+    schema["required"] = [k for k in schema.get("required", []) if k != "gpu"]
+    schema["anyOf"] = [{"required": ["gpu"]}, {"required": ["instance_type"]}]
+
+
 class NodePool(StrictModel):
     """A group of identical GPU nodes (a cluster-autoscaler node group / a Karpenter instance type)."""
+
+    model_config = ConfigDict(json_schema_extra=_gpu_or_instance_type)
 
     name: str = Field(default="gpu", description="Pool name.")
     instance_type: str | None = Field(

@@ -54,7 +54,7 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from gpuscale.config.loading import StrictModel
+from gpuscale.config.loading import StrictModel, also_accepts
 
 
 class _Model(StrictModel):
@@ -444,6 +444,7 @@ class TokenDist(_Model):
     ``{uniform: [a, b]}`` (whole numbers a..b, both included) or ``{empirical: {values, weights}}``.
     A plain number N is ``{fixed: N}``. Every length is a whole number ≥ 1."""
 
+    model_config = ConfigDict(json_schema_extra=also_accepts({"type": "integer", "minimum": 1}))
     fixed: int | None = Field(default=None, ge=1, description="every request has this many tokens")
     lognormal: LogNormalTokens | None = Field(
         default=None, description="lognormal with this mean and cv, rounded, at least 1, cut at max"
@@ -708,7 +709,8 @@ class ClosedLoopWorkload(_TokensChoice):
     kind: Literal["closed-loop"] = Field(description="workload kind selector")
     users: UsersShape = Field(
         description="number of users: a whole number (stored as a constant shape), or a shape in users "
-        "(rounded to whole users)"
+        "(rounded to whole users)",
+        json_schema_extra=also_accepts({"type": "integer", "minimum": 0, "maximum": MAX_SHAPE_USERS}),
     )
     think_time_s: tuple[NonNegative, NonNegative] = Field(
         description="[min, max]: each think time is uniform in this range (min ≤ max; equal = constant)"
