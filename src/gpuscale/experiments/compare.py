@@ -16,12 +16,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gpuscale.experiments.catalog import resolve_scenario
+from gpuscale._core.errors import GpuscaleError
+from gpuscale.experiments.catalog import ScenarioRef, resolve_scenario
 from gpuscale.experiments.checkpoint import RunStore, job_digest
 from gpuscale.experiments.oracle import OracleResult, compute_oracle
 from gpuscale.experiments.references import References, compare_references
-from gpuscale.experiments.runner import Job, RunKey, RunOutcome, TaskPool, run_grid
+from gpuscale.experiments.runner import Job, ProcessPool, RunKey, RunOutcome, TaskPool, run_grid
 from gpuscale.experiments.suite import SuiteConfig, policy_spec
+from gpuscale.sim.engine import estimate_run
 from gpuscale.sim.results import Summary
 
 METRICS: tuple[str, ...] = (
@@ -256,8 +258,10 @@ def _run_oracles(
     progress: Progress | None,
     pool: TaskPool | None,
     store: RunStore | None,
+    cost: dict[str, float] | None = None,
 ) -> dict[tuple[str, int], OracleResult]:
-    """Every oracle, keyed (scenario name, seed) in the jobs' order; kept ones read from ``store``."""
+    """Every oracle, keyed (scenario name, seed) in the jobs' order; kept ones read from ``store``.
+    With a ``cost`` per scenario spec (:func:`_scenario_costs`), the longest are handed out first."""
     files = [
         job_digest("oracle", names[j.scenario_spec], j.scenario_spec, j.seed, j.slo_target)
         for j in oracle_jobs
@@ -269,6 +273,8 @@ def _run_oracles(
             if isinstance(kept, OracleResult):
                 finished[i] = kept
     todo = [i for i in range(len(oracle_jobs)) if i not in finished]
+    if cost is not None:  # longest first (the result is keyed, whatever the order they ran in)
+        todo.sort(key=lambda i: -cost[oracle_jobs[i].scenario_spec])
 
     def done(i: int, result: OracleResult) -> None:
         finished[i] = result
@@ -302,13 +308,49 @@ def run_compare(
 ) -> CompareResult:
     """Run the whole suite (on ``pool``, a Ray cluster, if given); deterministic for the same suite
     whatever ``workers`` is or wherever it runs. With a ``store``, finished oracles and runs are kept
-    there as they finish, and those already there are not run again."""
+    there as they finish, and those already there are not run again.
+
+    With no pool and ``workers`` > 1, one set of worker processes serves the oracles, the runs and
+    the references in turn: each worker imports gpuscale and loads the compiled kernels once, not
+    once per stage."""
+    if pool is None and workers > 1:
+        with ProcessPool(workers) as local:
+            return _run_compare(suite, workers=workers, progress=progress, pool=local, store=store)
+    return _run_compare(suite, workers=workers, progress=progress, pool=pool, store=store)
+
+
+def _scenario_costs(refs: dict[str, ScenarioRef]) -> dict[str, float]:
+    """How long a run of each scenario takes, roughly, reckoned from its configuration alone
+    (:func:`~gpuscale.sim.engine.estimate_run`): about 60 us a control-plane step and 0.3 us a
+    request (the measured costs of a scrape or tick and of a request in the compiled data plane).
+    Only the order matters: jobs are handed out longest first, so that the last to finish is a short
+    one and no worker is left alone with a long one at the end of a stage."""
+    cost: dict[str, float] = {}
+    for spec, ref in refs.items():
+        try:
+            est = estimate_run(ref.scenario, base_dir=ref.base_dir, source=ref.source)
+        except GpuscaleError:  # the run itself reports what is wrong with it
+            cost[spec] = 0.0
+            continue
+        cost[spec] = 60e-6 * est.steps + 0.3e-6 * est.requests
+    return cost
+
+
+def _run_compare(
+    suite: SuiteConfig,
+    *,
+    workers: int,
+    progress: Progress | None,
+    pool: TaskPool | None,
+    store: RunStore | None,
+) -> CompareResult:
     refs = {spec: resolve_scenario(spec) for spec in suite.scenarios}  # bad scenario files fail here, early
     names = {spec: ref.scenario.name for spec, ref in refs.items()}
     oracle_jobs = [
         _OracleJob(spec, seed, suite.slo_target) for spec in suite.scenarios for seed in suite.seeds
     ]
-    oracles = _run_oracles(oracle_jobs, names, workers, progress, pool, store)
+    cost = _scenario_costs(refs)
+    oracles = _run_oracles(oracle_jobs, names, workers, progress, pool, store, cost)
 
     jobs: list[Job] = []
     labels: list[str] = []
@@ -327,6 +369,7 @@ def run_compare(
         if progress is not None:
             progress("runs", done, len(jobs))
 
+    jobs.sort(key=lambda job: -cost[job.scenario_spec])  # policies keep their order (a stable sort)
     runs = run_grid(jobs, workers, tick, pool, store)
     rows = aggregate(runs, oracles, suite.slo_target)
     references = compare_references(

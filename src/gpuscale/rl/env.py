@@ -216,6 +216,8 @@ class ScalingEnv(gym.Env[np.ndarray, int]):
             cfg.signals, cfg.actions, cfg.min_replicas, cfg.max_replicas, cfg.tick_s, self._box
         )
         self.sim: Simulation | None = None
+        self._checked: set[tuple[int, int]] = set()
+        """The (scenario index, seed) pairs whose runs passed the simulator's checks."""
         self._frames: tuple[Frame, ...] = ()
         self._obs = np.zeros(self.spec_obs.size, dtype=np.float32)
 
@@ -242,6 +244,8 @@ class ScalingEnv(gym.Env[np.ndarray, int]):
         offset_ticks = int(rng.integers(int(cfg.start_offset_max_s // cfg.tick_s) + 1))
         self.scenario_name = cfg.scenarios[index]
         # What only reports read is left out (the agent reads no per-pod samples): every step is the same.
+        # The limits of a run are checked once per scenario and seed: every episode of the pair is
+        # the same run up to the agent's actions.
         self.sim = Simulation(
             scenario,
             self.policy,
@@ -249,7 +253,9 @@ class ScalingEnv(gym.Env[np.ndarray, int]):
             timeline=False,
             summary=cfg.keep_summary,
             pod_samples=False,
+            checked=(index, int(sim_seed)) in self._checked,
         )
+        self._checked.add((index, int(sim_seed)))
         self._box.index = None
         self._frames = ()
         self._recent: tuple[bool, ...] = ()

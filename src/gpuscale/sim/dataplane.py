@@ -61,6 +61,9 @@ class SlotBook:
         self._active: set[int] = set()
         self._acc = np.zeros(0, dtype=np.int64)
         self._act = np.zeros(0, dtype=np.int64)
+        self.slot_changes = 0
+        """How many times a slot was taken, handed back or stopped accepting: while it stays the same,
+        the same pods serve, the same of them accept, and each keeps its slot."""
 
     def _take_slot(self) -> int:
         """A free slot, now active and accepting (its arrays are the caller's to reset)."""
@@ -84,6 +87,7 @@ class SlotBook:
         self._reindex()
 
     def _reindex(self) -> None:
+        self.slot_changes += 1
         self._acc = np.array(sorted(self._accepting), dtype=np.int64)
         self._act = np.array(sorted(self._active), dtype=np.int64)
 
@@ -151,6 +155,8 @@ class DataPlane(SlotBook):
         self.gi = np.zeros(K.N_GI, dtype=np.int64)
         self.gi[K.G_RR_LAST] = -1
         self.gi[K.G_RECORD] = 1 if record else 0
+        self.record = record
+        """Per-request records are kept (what ``gi[G_RECORD]`` tells the kernel)."""
         self.gf = np.zeros(K.N_GF, dtype=np.float64)
         self.hist = np.zeros(K.HIST_BUCKETS, dtype=np.int64)
         self.wait_hist = np.zeros(K.HIST_BUCKETS, dtype=np.int64)
@@ -233,7 +239,7 @@ class DataPlane(SlotBook):
 
     def advance(self, t0: float, t1: float, arrivals: np.ndarray, users_target: int = -1) -> None:
         arrivals = readonly(arrivals)
-        if self.gi[K.G_RECORD]:
+        if self.record:
             inside = int((self.pi[:, K.TAIL] - self.pi[:, K.HEAD]).sum()) + self.router_queue_len
             users = 0
             if self.closed_loop:
@@ -248,7 +254,7 @@ class DataPlane(SlotBook):
             self.heap, self.user_t, self.free_users, self.rng, self.scratch, self.recv, self.pod_heap,
             self.rec_seq, self.rec_out, self.rec_lat, self.rec_pod,
         )  # fmt: skip
-        if self.gi[K.G_RECORD] and self.gi[K.G_N_REC] > self._rec_cap:
+        if self.record and self.gi[K.G_N_REC] > self._rec_cap:
             raise RuntimeError("per-request record buffer overflowed")
 
     def hand_out(self, t: float) -> None:

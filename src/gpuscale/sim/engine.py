@@ -31,7 +31,7 @@ from gpuscale.policies.registry import check_windows
 from gpuscale.policies.safety import anchored, schedules_of, with_safety
 from gpuscale.sim import kernel as K
 from gpuscale.sim.cluster import Cluster, Phase, Pod
-from gpuscale.sim.dataplane import DataPlane
+from gpuscale.sim.dataplane import DataPlane, readonly
 from gpuscale.sim.llm_plane import LlmDataPlane, Plane
 from gpuscale.sim.llm_serving import llm_params
 from gpuscale.sim.nodes import NodeLayer
@@ -385,6 +385,7 @@ class Simulation:
         timeline: bool = True,
         summary: bool = True,
         pod_samples: bool = True,
+        checked: bool = False,
     ) -> None:
         """Set the world up at ``t = 0``; ``seed`` defaults to the scenario's, the rest is
         :func:`simulate`'s. A caller that steps the run for its own purposes (the RL environment)
@@ -392,7 +393,10 @@ class Simulation:
         ``timeline=False`` skips the per-tick rows (the result's timeline is then empty),
         ``summary=False`` also the running totals (there is then no :meth:`result`), and
         ``pod_samples=False`` the per-pod samples in the policy's snapshots (``SignalValue.per_pod``
-        empty, the values the same: for a policy that reads none, such as the RL agent)."""
+        empty, the values the same: for a policy that reads none, such as the RL agent).
+        ``checked=True`` skips the refusals of :func:`check_run` for a caller that already ran an
+        identical simulation (same scenario, policy, seed and ``record``) past them: the RL
+        environment, which starts a run per episode from a few scenarios and seeds."""
         if timeline and not summary:
             raise ValueError("a timeline needs the running totals: timeline=False with summary=False")
         self.scenario = scenario
@@ -409,7 +413,8 @@ class Simulation:
         epoch = scenario_epoch_s(scenario)
         self.policy = policy = with_safety(anchored(policy, epoch), scenario.safety, epoch)
         check_windows(policy, scenario.telemetry.scrape_interval_s, f"policy {policy.name}")
-        check_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
+        if not checked:
+            check_run(scenario, policy, seed=seed, base_dir=base_dir, source=source, record=record)
         check_llm_signals(scenario, policy, source)
         check_capacity_profile(scenario, policy, source)
         self.duration_s = duration = scenario.duration_s
@@ -477,7 +482,7 @@ class Simulation:
         self.truth = self._metrics_source(0.0) if delayed else self.source
         self.timeline = Timeline()
         self._keep_timeline = timeline
-        self._recorder = TimelineRecorder(dp, target, cluster, self.truth, tick_s)
+        self._recorder = TimelineRecorder(dp, target, cluster, self.truth, tick_s) if timeline else None
 
         # A fixed-size deployment is already at its size when the run starts (a static policy is the
         # "always provisioned" baseline, not a scale-up from the scenario's initial replicas).
@@ -492,7 +497,7 @@ class Simulation:
         self._next_user_change = _next_change(closed, 0.0, duration)
         self._n_scrape = 0
         self._n_tick = 1
-        self._no_arrivals = np.zeros(0, dtype=np.float64)
+        self._no_arrivals = readonly(np.zeros(0, dtype=np.float64))
         self._pause = False
         self._observed: MetricsSnapshot | None = None
 
@@ -641,9 +646,7 @@ class Simulation:
         else:
             self.dp.advance(t, t_next, arrivals, self._users)
         if self._keep_totals:
-            self._totals.elapse(
-                t_next - t, target.count(Phase.READY), target.gpus_held, target.count(Phase.PENDING)
-            )
+            self._totals.elapse(t_next - t, *target.occupancy())
         self.now = t_next
 
     def _lifecycle(self, t: float) -> None:
@@ -668,11 +671,11 @@ class Simulation:
             self.truth.scrape(t)
         if not self._keep_totals:
             return
-        ready = self.target.pods_in(Phase.READY)
-        if ready:
-            # As the exporter reported it: against the device each pod sees (its MIG slice).
-            kv = self.source.kv_cache_usage(ready) if self.source.llm else None
-            self._totals.scraped(self.source.memory_util_pct(ready), kv)
+        # The Ready pods' readings as the exporter reported them: against the device each pod sees
+        # (its MIG slice).
+        ready = self.source.newest_ready()
+        if ready is not None:
+            self._totals.scraped(*ready)
 
     def _control_tick(self, t: float) -> Decision:
         """One decision through the ports, as ``gpuscale run`` takes it; then the timeline's row."""
@@ -691,7 +694,7 @@ class Simulation:
         reason = decision.reason.value
         if self._keep_totals:
             self._totals.decided(reason)
-        if self._keep_timeline:
+        if self._recorder is not None and self._keep_timeline:
             self.timeline.rows.append(self._recorder.row(t, reason, self._totals.pending_s))
         return decision
 

@@ -41,6 +41,8 @@ _ACTIVE = (Phase.PENDING, Phase.STARTING, Phase.READY)
 """Phases of the pods that make up the spec (besides standby and leaving pods)."""
 _WARMING = (Phase.PENDING, Phase.STARTING, Phase.STANDBY)
 """Phases of the pods that make up the standby target."""
+_HOLDS_GPU = frozenset((Phase.STARTING, Phase.READY, Phase.STANDBY, Phase.DRAINING))
+"""Phases of the pods that hold their GPUs (:attr:`~gpuscale.sim.cluster.Pod.holds_gpu`)."""
 
 
 class SimScaleTarget:
@@ -71,6 +73,8 @@ class SimScaleTarget:
         self.placeholder_target = 0
         self.placeholders: dict[int, Pod] = {}
         self.preemptions = 0
+        self.draining = 0
+        """Pods Draining now (the only ones :meth:`reap_drained` looks at)."""
         self.node_layer: NodeLayer | None = None
         """The node layer provisioning nodes for this target's pods, when the scenario has one."""
 
@@ -94,15 +98,37 @@ class SimScaleTarget:
     def gpus_held(self) -> float:
         return sum(p.gpus for p in self.pods.values() if p.holds_gpu)
 
+    def occupancy(self) -> tuple[int, float, int]:
+        """Ready pods, :attr:`gpus_held` and Pending pods (``count(READY)``, ``gpus_held``,
+        ``count(PENDING)``, standby pods left out of the counts as there) in one pass over the pods."""
+        ready = pending = 0
+        gpus: float = 0
+        for p in self.pods.values():
+            phase = p.phase
+            if phase in _HOLDS_GPU:
+                gpus += p.gpus
+                if phase == Phase.READY and not p.standby:
+                    ready += 1
+            elif phase == Phase.PENDING and not p.standby:
+                pending += 1
+        return ready, gpus, pending
+
     def gpu_seconds(self, t: float) -> tuple[float, float]:
         """GPU-seconds and dollars so far, open pods counted up to ``t``."""
+        return self.gpu_usage(t)[1:]
+
+    def gpu_usage(self, t: float) -> tuple[float, float, float]:
+        """:attr:`gpus_held` and :meth:`gpu_seconds` at ``t`` in one pass over the pods."""
+        held: float = 0
         secs, cost = self.gpu_seconds_closed, self.cost_closed
         for p in self.pods.values():
-            if p.holds_gpu and p.node is not None:
-                s = (t - p.scheduled_t) * p.gpus
-                secs += s
-                cost += s / 3600.0 * p.node.pool.price
-        return secs, cost
+            if p.phase in _HOLDS_GPU:
+                held += p.gpus
+                if p.node is not None:
+                    s = (t - p.scheduled_t) * p.gpus
+                    secs += s
+                    cost += s / 3600.0 * p.node.pool.price
+        return held, secs, cost
 
     def counts(self, now: float) -> ReplicaCounts:
         """The replica counts a policy sees at ``now``; ``pending_nodes`` is 0 without a node layer."""
@@ -188,6 +214,8 @@ class SimScaleTarget:
             pod.slot = -1
         if pod.device is not None:
             self._respeed(pod.device)
+        if pod.phase == Phase.DRAINING:
+            self.draining -= 1
         pod.phase = Phase.GONE
         del self.pods[pod.id]
 
@@ -281,6 +309,8 @@ class SimScaleTarget:
     def reap_drained(self, t: float) -> bool:
         """Draining pods that have emptied are gone (at the moment their last request ended)."""
         freed = False
+        if not self.draining:
+            return freed
         for pod in [p for p in self.pods.values() if p.phase == Phase.DRAINING]:
             if self.dp.outstanding(pod.slot) == 0:
                 self._end(pod, max(self.dp.last_end_t(pod.slot), pod.drain_started_t))
@@ -351,6 +381,7 @@ class SimScaleTarget:
     def _remove(self, pod: Pod, t: float, grace_s: float | None = None) -> None:
         if pod.phase == Phase.READY:
             pod.phase = Phase.DRAINING
+            self.draining += 1
             pod.drain_started_t = t
             self.dp.stop_accepting(pod.slot)
             pod.drain_deadline = t + (self.grace_s if grace_s is None else grace_s)

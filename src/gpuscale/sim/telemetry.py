@@ -28,13 +28,16 @@ Memory is bounded: only the samples the longest declared window needs are kept.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any, TypeVar, cast
 
+import numba as nb
 import numpy as np
 
 from gpuscale.config.profiles import ModelProfile
@@ -90,6 +93,18 @@ _RATES = {
     Metric.PREEMPTION_RATE: _PREEMPT,
 }
 _FRACTIONS = {Metric.SM_ACTIVE: _SM_ACTIVE, Metric.SM_OCCUPANCY: _SM_OCC, Metric.DRAM_ACTIVE: _DRAM}
+# How :func:`_pod_values` reads each per-pod metric: (kind, column, running-sum column)
+_GAUGE, _MEMORY_PCT, _GPU_PCT, _CPU_PCT, _RATE, _FRACTION = range(6)
+_PER_POD: dict[Metric, tuple[int, int, int]] = {
+    **{
+        m: (_MEMORY_PCT if m == Metric.GPU_MEMORY_UTIL else _GAUGE, col, cum)
+        for m, (col, cum) in _GAUGES.items()
+    },
+    Metric.GPU_UTIL: (_GPU_PCT, _BUSY, 0),
+    Metric.CPU_UTIL: (_CPU_PCT, _CPU, 0),
+    **{m: (_RATE, col, 0) for m, col in _RATES.items()},
+    **{m: (_FRACTION, col, 0) for m, col in _FRACTIONS.items()},
+}
 _BUCKET_VALUES_S = K.bucket_values()
 
 
@@ -175,6 +190,13 @@ class SimMetricsSource:
         keep = math.ceil((max_window_s + metrics_delay_s) / scrape_interval_s) + 3
         self.pod_samples = pod_samples
         self._samples: deque[_Sample] = deque(maxlen=keep)
+        self._times: deque[float] = deque(maxlen=keep)
+        """The samples' times (increasing), for the binary searches of :meth:`_newest` and
+        :meth:`_window_start`."""
+        self._ready = np.zeros(0, dtype=bool)
+        """Which pods of the newest sample were Ready when it was taken (:meth:`newest_ready`)."""
+        self._serving: _Serving | None = None
+        """The serving pods as of the data plane's latest slot change (:meth:`scrape`)."""
         # Per serving pod, indexed by pod id: its running sums (the _CUMS columns' values), the
         # absolute scrape number of its first sample, that sample's row and time; ``_known`` marks
         # the pods that have them (after a scrape: exactly the pods in it).
@@ -234,27 +256,24 @@ class SimMetricsSource:
 
     def scrape(self, t: float) -> None:
         """Record what the exporters report at ``t`` for every pod that serves."""
-        serving = sorted((p for p in self.pods() if p.slot >= 0), key=_by_id)
-        ids = np.array([p.id for p in serving], dtype=np.int64)
-        slots = np.array([p.slot for p in serving], dtype=np.int64)
+        if self._serving is None or self._serving.slot_changes != self.dp.slot_changes:
+            # Which pods serve (have a slot) and which of them are Ready (accept traffic, not
+            # draining) change only with the data plane's slots.
+            self._serving = _Serving(
+                self.dp.slot_changes, sorted((p for p in self.pods() if p.slot >= 0), key=_by_id)
+            )
+        serving, ids, slots = self._serving.pods, self._serving.ids, self._serving.slots
+        self._ready = self._serving.ready
         raw = self.dp.scrape(slots, t)
-        rows = np.zeros((len(serving), _N_COLS), dtype=np.float64)
+        rows = np.empty((len(serving), _N_COLS), dtype=np.float64)
         if len(serving):
-            if any(p.device is not None for p in serving):
+            if self._serving.shared:
                 device_gb = self.device_gb(serving)
                 mem = self._device_used_gb(t, serving, self.memory_gb(slots, raw[:, 6], device_gb))
-                rows[:, _DEVICE_GB] = device_gb
             else:  # whole GPUs: each pod sees its own GPUs and its own memory on them
+                device_gb = np.full(len(serving), self.profile.device_memory_gb, dtype=np.float64)
                 mem = self.memory_gb(slots, raw[:, 6])
-                rows[:, _DEVICE_GB] = self.profile.device_memory_gb
-            rows[:, _BUSY : _ADMITTED + 1] = raw[:, 0:4]
-            rows[:, _MEM] = mem
-            rows[:, _QUEUE] = raw[:, 5]
-            if self._llm_dp is not None:
-                rows[:, _KV] = raw[:, 7] / float(self._llm_dp.num_blocks)
-                rows[:, _RUN] = raw[:, 6]
-                rows[:, _PROMPT : _DRAM + 1] = raw[:, 8:14]
-            self._add_to_sums(ids, rows, t)
+            self._add_to_sums(ids, raw, mem, device_gb, rows, t)
         # Pods that stopped reporting are gone for good (slots are never reused by the same pod).
         if self._n_known > len(serving):
             self._known[:] = False
@@ -262,6 +281,7 @@ class SimMetricsSource:
             self._n_known = len(serving)
         self._router_cum += self.dp.router_queue_len
         self._count += 1
+        self._times.append(t)
         self._samples.append(
             _Sample(
                 t=t,
@@ -277,9 +297,20 @@ class SimMetricsSource:
             )
         )
 
-    def _add_to_sums(self, ids: np.ndarray, rows: np.ndarray, t: float) -> None:
-        """Add the scrape at ``t`` to the running sums of the pods ``ids`` (sorted, unique) and copy
-        the sums into their ``rows``; a pod seen for the first time starts from zero at this scrape."""
+    def _add_to_sums(
+        self,
+        ids: np.ndarray,
+        raw: np.ndarray,
+        mem: np.ndarray,
+        device_gb: np.ndarray,
+        rows: np.ndarray,
+        t: float,
+    ) -> None:
+        """Fill the ``rows`` of the scrape at ``t`` of the pods ``ids`` (sorted, unique) from the data
+        plane's readings ``raw`` (:data:`~gpuscale.sim.dataplane.SCRAPE_COLUMNS`, then an LLM pod's
+        own), the memory each uses (``mem``) and its device's (``device_gb``); add them to the pods'
+        running sums and copy the sums into the rows. A pod seen for the first time starts from zero
+        at this scrape."""
         top = int(ids[-1]) + 1
         if top > len(self._known):
             grow = max(top, 2 * len(self._known), 16) - len(self._known)
@@ -288,8 +319,14 @@ class SimMetricsSource:
             self._first_rows = np.concatenate([self._first_rows, np.zeros((grow, _N_COLS))])
             self._first_t = np.concatenate([self._first_t, np.zeros(grow)])
             self._known = np.concatenate([self._known, np.zeros(grow, dtype=bool)])
+        llm = self._llm_dp is not None
         self._n_known += _add_to_sums(
             ids,
+            raw,
+            mem,
+            device_gb,
+            llm,
+            float(self._llm_dp.num_blocks) if self._llm_dp is not None else 1.0,
             rows,
             t,
             self._cum,
@@ -317,6 +354,20 @@ class SimMetricsSource:
             out[found] = rows[:, _KV]
         return out
 
+    def newest_ready(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What :meth:`memory_util_pct` and :meth:`kv_cache_usage` give for the pods that were Ready
+        in the newest scrape, read straight from its rows (in pod order): GPU memory utilization (%)
+        and, for LLM pods, KV-cache usage (None otherwise); None when no pod was Ready (or no scrape
+        was taken yet)."""
+        serving = self._serving
+        if not self._samples or serving is None or not serving.n_ready:
+            return None
+        rows = self._samples[-1].rows
+        if serving.n_ready < len(rows):
+            rows = rows[self._ready]
+        memory = 100.0 * rows[:, _MEM] / rows[:, _DEVICE_GB]
+        return memory, np.ascontiguousarray(rows[:, _KV]) if self.llm else None
+
     def _newest_rows(self, pods: Sequence[Pod]) -> tuple[np.ndarray, np.ndarray]:
         """The newest scrape's rows of ``pods`` that are in it, and which of ``pods`` those are."""
         found = np.zeros(len(pods), dtype=bool)
@@ -330,20 +381,15 @@ class SimMetricsSource:
 
     # -- fulfilling signals --------------------------------------------------------------------
     def _newest(self, t: float) -> int | None:
-        cutoff = t - self.metrics_delay_s + 1e-9
-        for i in range(len(self._samples) - 1, -1, -1):
-            if self._samples[i].t <= cutoff:
-                return i
-        return None
+        """The newest sample taken by ``t`` less the pipeline delay (its index), None if none."""
+        i = bisect.bisect_right(self._times, t - self.metrics_delay_s + 1e-9) - 1
+        return i if i >= 0 else None
 
     def _window_start(self, new: int, window_s: float) -> int:
-        target = self._samples[new].t - window_s + 1e-9
-        old = 0
-        for i in range(new, -1, -1):
-            if self._samples[i].t <= target:
-                old = i
-                break
-        return old
+        """The newest sample at least ``window_s`` older than sample ``new`` (its index), else the
+        oldest kept."""
+        i = bisect.bisect_right(self._times, self._times[new] - window_s + 1e-9, 0, new + 1) - 1
+        return max(i, 0)
 
     def snapshot(self, now: float, specs: Sequence[SignalSpec], counts: ReplicaCounts) -> MetricsSnapshot:
         """The snapshot a policy sees at ``now``: ``counts`` plus every spec it declared, read over the
@@ -403,8 +449,9 @@ class SimMetricsSource:
             return SignalValue(service, age)  # measured at the ingress: no pod's rate needed
         arr = self._values(spec.metric, self._window(new, old, pods))
         per_pod = self._per_pod(s_new.t, arr, pods) if with_pods else []
-        # The Ready pods' values, in pod order (as floats: summed in that order below).
-        values: list[float] = arr[pods.ready & ~np.isnan(arr)].tolist()
+        # The Ready pods' values, in pod order (as floats: summed in that order below); NaN is the
+        # one float that differs from itself.
+        values: list[float] = [v for v in arr[pods.ready].tolist() if v == v]
         if spec.aggregation == Aggregation.TOTAL:
             if service is not None:
                 total = service if spec.metric == Metric.REQUEST_RATE else sum(values) + service
@@ -453,50 +500,34 @@ class SimMetricsSource:
             return self._window_cache[1]
         s_new, s_old = self._samples[new], self._samples[old]
         n = len(pods)
-        rows_new = np.full((n, _N_COLS), np.nan)
-        rows_old = np.full((n, _N_COLS), np.nan)
-        dt = np.full(n, np.nan)
-        young = np.zeros(n, dtype=bool)
+        rows_new = np.empty((n, _N_COLS))
+        rows_old = np.empty((n, _N_COLS))
+        dt = np.empty(n)
+        rate_dt = np.empty(n)
+        young = np.empty(n, dtype=bool)
         _window_rows(
             pods.ids, new, old, base, s_new.pod_ids, s_new.rows, s_new.t, s_old.pod_ids, s_old.rows, s_old.t,
-            self._known, self._first_seen, self._first_rows, self._first_t, rows_new, rows_old, dt, young,
+            self._known, self._first_seen, self._first_rows, self._first_t, rows_new, rows_old, dt, rate_dt,
+            young,
         )  # fmt: skip
-        with np.errstate(invalid="ignore"):
-            rate_dt = np.where(dt > 0, dt, np.nan)
         view = _Window(young, rows_new, rows_old, dt, rate_dt)
         self._window_cache = (key, view)
         return view
 
     def _values(self, metric: Metric, w: _Window) -> np.ndarray:
-        """Per-pod values of ``metric`` over the window (NaN where a pod has none); under the
-        caller's ``np.errstate``."""
-        new, old = w.rows_new, w.rows_old
+        """Per-pod values of ``metric`` over the window (NaN where a pod has none)."""
         if not self.llm and metric in LLM_METRICS:
-            return np.full(len(new), np.nan)
-        if metric in _GAUGES:
-            col, cum = _GAUGES[metric]
-            # mean of the samples in (old, new]; a pod younger than the window counts its first sample
-            n = new[:, _COUNT] - old[:, _COUNT]
-            total = new[:, cum] - old[:, cum]
-            mean = np.where(w.young, (total + old[:, col]) / (n + 1), total / n)
-            if metric == Metric.GPU_MEMORY_UTIL:
-                return np.asarray(100.0 * mean / new[:, _DEVICE_GB])
-            return np.asarray(mean)
-        dt = w.rate_dt
-        if metric == Metric.GPU_UTIL:
-            return np.asarray(np.minimum(100.0, 100.0 * (new[:, _BUSY] - old[:, _BUSY]) / dt))
-        if metric == Metric.CPU_UTIL:
-            busy = (new[:, _CPU] - old[:, _CPU]) / dt
-            return np.asarray(
-                np.minimum(100.0, self.profile.cpu_idle_pct + 100.0 * busy / self.profile.cpu_cores)
-            )
-        if metric in _RATES:
-            col = _RATES[metric]
-            return np.asarray((new[:, col] - old[:, col]) / dt)
-        if metric in _FRACTIONS:
-            col = _FRACTIONS[metric]
-            return np.asarray(np.minimum(1.0, (new[:, col] - old[:, col]) / dt))
-        raise ValueError(f"metric {metric} is not a per-pod metric")
+            return np.full(len(w.young), np.nan)
+        plan = _PER_POD.get(metric)
+        if plan is None:
+            raise ValueError(f"metric {metric} is not a per-pod metric")
+        kind, col, cum = plan
+        out = np.empty(len(w.young))
+        _pod_values(
+            kind, col, cum, float(self.profile.cpu_idle_pct), float(self.profile.cpu_cores),
+            w.rows_new, w.rows_old, w.young, w.rate_dt, out,
+        )  # fmt: skip
+        return out
 
     @staticmethod
     def _per_pod(t_new: float, values: np.ndarray, pods: _PodSet) -> list[PodSample]:
@@ -518,6 +549,11 @@ class SimMetricsSource:
 @_compiled()
 def _add_to_sums(
     ids: np.ndarray,
+    raw: np.ndarray,
+    mem: np.ndarray,
+    device_gb: np.ndarray,
+    llm: bool,
+    num_blocks: float,
     rows: np.ndarray,
     t: float,
     cum: np.ndarray,
@@ -527,12 +563,25 @@ def _add_to_sums(
     first_t: np.ndarray,
     count: int,
 ) -> int:
-    """:meth:`SimMetricsSource._add_to_sums` over arrays: the pods' running sums (``cum``, by pod id,
-    columns as :data:`_CUMS`) plus this scrape's ``rows``, written back to both; returns how many
-    pods were seen for the first time (their sums start at zero, their first scrape is ``count`` at
-    ``t``, and their row of it is kept in ``first_rows``)."""
+    """:meth:`SimMetricsSource._add_to_sums` over arrays: this scrape's ``rows`` from the readings
+    (every column written; an LLM pod's own are zero for other pods), then the pods' running sums
+    (``cum``, by pod id, columns as :data:`_CUMS`) plus the rows, written back to both; returns how
+    many pods were seen for the first time (their sums start at zero, their first scrape is
+    ``count`` at ``t``, and their row of it is kept in ``first_rows``)."""
     fresh = 0
     for k in range(ids.shape[0]):
+        for c in range(rows.shape[1]):
+            rows[k, c] = 0.0
+        for c in range(4):  # GPU busy, CPU busy, in-flight integral, admitted
+            rows[k, _BUSY + c] = raw[k, c]
+        rows[k, _MEM] = mem[k]
+        rows[k, _QUEUE] = raw[k, 5]
+        rows[k, _DEVICE_GB] = device_gb[k]
+        if llm:
+            rows[k, _KV] = raw[k, 7] / num_blocks
+            rows[k, _RUN] = raw[k, 6]
+            for c in range(6):  # prompt and generation tokens, preemptions, SM active/occupancy, DRAM
+                rows[k, _PROMPT + c] = raw[k, 8 + c]
         pid = ids[k]
         first = not known[pid]
         if first:
@@ -577,12 +626,14 @@ def _window_rows(
     rows_new: np.ndarray,
     rows_old: np.ndarray,
     dt: np.ndarray,
+    rate_dt: np.ndarray,
     young: np.ndarray,
 ) -> None:
     """:meth:`SimMetricsSource._window` over arrays: for each pod of ``ids`` its row in the newest
     sample (number ``new`` in the deque) and in its oldest sample inside the window, the time between
-    them and whether it is younger than the window (``rows_new``, ``rows_old`` and ``dt`` start as NaN
-    and stay so for a pod not in the newest sample). ``base`` is the absolute number of the deque's
+    them (``dt``; ``rate_dt`` the same where positive, else NaN) and whether it is younger than the
+    window; the outputs need no initial values (``rows_new``, ``rows_old``, ``dt`` and ``rate_dt``
+    are NaN for a pod not in the newest sample). ``base`` is the absolute number of the deque's
     first sample.
 
     A pod is scraped from its first scrape on (a pod that misses one is new again), so its oldest
@@ -594,6 +645,11 @@ def _window_rows(
     for j in range(ids.shape[0]):
         pid = ids[j]
         young[j] = True
+        for c in range(rows_new.shape[1]):
+            rows_new[j, c] = np.nan
+            rows_old[j, c] = np.nan
+        dt[j] = np.nan
+        rate_dt[j] = np.nan
         k = np.searchsorted(new_ids, pid)
         if k >= n_new or new_ids[k] != pid:
             continue
@@ -619,9 +675,71 @@ def _window_rows(
             for c in range(first_rows.shape[1]):
                 rows_old[j, c] = first_rows[pid, c]
             dt[j] = new_t - first_t[pid]
+        if dt[j] > 0:
+            rate_dt[j] = dt[j]
     if not any_present:
         for j in range(ids.shape[0]):
             young[j] = False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _compiled_as_numpy(fn: _F) -> _F:
+    """Compile as :func:`~gpuscale.sim.kernel._compiled` does, with numpy's division: x / 0 is inf
+    or NaN, not an error."""
+    options: dict[str, Any] = {"cache": True, "_nrt": False, "error_model": "numpy"}
+    return cast(_F, nb.njit(**options)(fn))
+
+
+@_compiled_as_numpy
+def _pod_values(
+    kind: int,
+    col: int,
+    cum: int,
+    cpu_idle_pct: float,
+    cpu_cores: float,
+    rows_new: np.ndarray,
+    rows_old: np.ndarray,
+    young: np.ndarray,
+    rate_dt: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:meth:`SimMetricsSource._values` over arrays: each pod's value over the window into ``out``
+    (NaN where it has none), by ``kind``:
+
+    * a gauge (``_GAUGE``; ``_MEMORY_PCT`` against the device's memory, in %): the mean of the
+      samples in the window, ``col`` read through its running sum ``cum``; a pod younger than the
+      window counts its first sample too;
+    * a time integral as a share of the window: GPU busy time (``_GPU_PCT``, %, at most 100), CPU
+      time (``_CPU_PCT``: idle % + busy % of the pod's cores, at most 100), or a fraction at most 1
+      (``_FRACTION``);
+    * a counter as a rate per second (``_RATE``).
+
+    Rates divide by ``rate_dt`` (NaN where the pod has no time between its two samples), so a pod
+    with no rate gets NaN; a gauge's mean divides by at least one sample. The arithmetic is numpy's,
+    operation for operation, so the values are the same to the bit (a division by zero, too, gives
+    numpy's inf or NaN rather than an error)."""
+    for k in range(out.shape[0]):
+        if kind in (_GAUGE, _MEMORY_PCT):
+            n = rows_new[k, _COUNT] - rows_old[k, _COUNT]
+            total = rows_new[k, cum] - rows_old[k, cum]
+            value = (total + rows_old[k, col]) / (n + 1.0) if young[k] else total / n
+            if kind == _MEMORY_PCT:
+                value = 100.0 * value / rows_new[k, _DEVICE_GB]
+        elif kind == _GPU_PCT:
+            value = 100.0 * (rows_new[k, col] - rows_old[k, col]) / rate_dt[k]
+            value = 100.0 if value > 100.0 else value
+        elif kind == _CPU_PCT:
+            busy = (rows_new[k, col] - rows_old[k, col]) / rate_dt[k]
+            value = cpu_idle_pct + 100.0 * busy / cpu_cores
+            value = 100.0 if value > 100.0 else value
+        elif kind == _RATE:
+            value = (rows_new[k, col] - rows_old[k, col]) / rate_dt[k]
+        else:
+            value = (rows_new[k, col] - rows_old[k, col]) / rate_dt[k]
+            value = 1.0 if value > 1.0 else value
+        out[k] = value
 
 
 _by_id = operator.attrgetter("id")
@@ -652,6 +770,21 @@ class _PodSet:
     @cached_property
     def ready_t(self) -> list[float]:
         return [p.ready_t for p in self.pods]
+
+
+class _Serving:
+    """The pods that serve (have a data-plane slot), in id order, as of the plane's
+    ``slot_changes``-th slot change, with what a scrape needs of them."""
+
+    def __init__(self, slot_changes: int, pods: list[Pod]) -> None:
+        self.slot_changes = slot_changes
+        self.pods = pods
+        self.ids = np.array([p.id for p in pods], dtype=np.int64)
+        self.slots = np.array([p.slot for p in pods], dtype=np.int64)
+        self.ready = np.array([p.phase == Phase.READY for p in pods], dtype=bool)
+        self.n_ready = int(self.ready.sum())
+        self.shared = any(p.device is not None for p in pods)
+        """Some pod is on a MIG slice or a time-sliced GPU."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class TimelineRecorder:
         # Draining pods still report (their in-flight requests count); standby pods are not serving.
         pods = [p for p in target.pods.values() if not p.standby]
         counts = target.counts(t)
-        gpu_hours_s, cost = target.gpu_seconds(t)
+        gpus_held, gpu_hours_s, cost = target.gpu_usage(t)
 
         llm = self.truth.llm
         specs = self._llm_specs if llm else self._specs
@@ -76,7 +76,7 @@ class TimelineRecorder:
             pending=counts.pending,
             draining=counts.draining,
             standby=counts.standby,
-            gpus_held=target.gpus_held,
+            gpus_held=gpus_held,
             gpu_util_pct=gpu,
             gpu_memory_util_pct=memory,
             cpu_util_pct=cpu,
