@@ -251,6 +251,21 @@ def _oracle_job(job: _OracleJob) -> OracleResult:
     )
 
 
+def _oracle_jobs(jobs: tuple[_OracleJob, ...]) -> list[OracleResult]:
+    """One scenario's oracles, seed after seed, in one process: the service's capacity at the SLO,
+    nearly all of an oracle's work, is measured once and found in the process's cache for the other
+    seeds (the default suite: 15.4 s of CPU for the first seeds, 0.3 s for the second)."""
+    return [_oracle_job(job) for job in jobs]
+
+
+def _group_by(items: Sequence[int], key: Callable[[int], str]) -> list[tuple[int, ...]]:
+    """``items`` in groups of equal ``key``, each group in the order of its first item."""
+    groups: dict[str, list[int]] = {}
+    for i in items:
+        groups.setdefault(key(i), []).append(i)
+    return [tuple(g) for g in groups.values()]
+
+
 def _run_oracles(
     oracle_jobs: Sequence[_OracleJob],
     names: dict[str, str],
@@ -273,8 +288,10 @@ def _run_oracles(
             if isinstance(kept, OracleResult):
                 finished[i] = kept
     todo = [i for i in range(len(oracle_jobs)) if i not in finished]
+    # one task per scenario (its seeds share the capacity measurement: _oracle_jobs)
+    tasks = list(_group_by(todo, lambda i: oracle_jobs[i].scenario_spec))
     if cost is not None:  # longest first (the result is keyed, whatever the order they ran in)
-        todo.sort(key=lambda i: -cost[oracle_jobs[i].scenario_spec])
+        tasks.sort(key=lambda group: -cost[oracle_jobs[group[0]].scenario_spec])
 
     def done(i: int, result: OracleResult) -> None:
         finished[i] = result
@@ -283,18 +300,20 @@ def _run_oracles(
         if progress is not None:
             progress("oracle", len(finished), len(oracle_jobs))
 
+    items = [tuple(oracle_jobs[i] for i in group) for group in tasks]
     if pool is not None:
-        for j, result in pool.imap_unordered(_oracle_job, [oracle_jobs[i] for i in todo]):
-            done(todo[j], result)
-    elif workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as executor:
-            for i, result in zip(
-                todo, executor.map(_oracle_job, [oracle_jobs[i] for i in todo]), strict=True
-            ):
+        for j, results in pool.imap_unordered(_oracle_jobs, items):
+            for i, result in zip(tasks[j], results, strict=True):
                 done(i, result)
+    elif workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as executor:
+            for group, results in zip(tasks, executor.map(_oracle_jobs, items), strict=True):
+                for i, result in zip(group, results, strict=True):
+                    done(i, result)
     else:
-        for i in todo:
-            done(i, _oracle_job(oracle_jobs[i]))
+        for group, item in zip(tasks, items, strict=True):
+            for i, result in zip(group, _oracle_jobs(item), strict=True):
+                done(i, result)
     return {(names[job.scenario_spec], job.seed): finished[i] for i, job in enumerate(oracle_jobs)}
 
 
