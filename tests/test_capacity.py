@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from gpuscale.cli import app
 from gpuscale.experiments.capacity import (
-    planner_bar,
     planner_inputs,
     planner_tick_s,
     table_points,
@@ -20,9 +19,8 @@ from gpuscale.experiments.capacity import (
     typical_restart_s,
 )
 from gpuscale.experiments.catalog import builtin_scenario
-from gpuscale.experiments.compare import run_compare
 from gpuscale.experiments.oracle import capacity_at_slo, compute_oracle
-from gpuscale.experiments.suite import DEFAULT_POLICIES, SuiteConfig, policy_spec
+from gpuscale.experiments.suite import DEFAULT_POLICIES, policy_spec
 from gpuscale.policies import registry
 from gpuscale.policies.planner import PlannerConfig
 
@@ -122,30 +120,6 @@ def test_the_compare_gives_the_planner_the_measured_table_of_the_scenarios_servi
     assert policy_spec("predictive-holt-winters", oracle)[1]["capacity_rps_per_replica"] == round(
         oracle.capacity_rps_per_replica, 3
     )
-
-
-def test_the_bar_is_computed_from_the_compare_rows() -> None:
-    suite = SuiteConfig(
-        scenarios=["kis-s-ramp"], policies=["static-peak", "planner", "predictive-holt-winters"], seeds=[1]
-    )
-    result = run_compare(suite, workers=1)
-    rows = {r.policy: r for r in result.rows}
-    bar = planner_bar(result.rows)
-    assert rows["static-peak"].meets_slo  # so kis-s-ramp is one of the bar's scenarios
-    (line,) = bar.lines
-    assert line.scenario == "kis-s-ramp"
-    assert line.meets_slo == rows["planner"].meets_slo
-    assert line.x_oracle == rows["planner"].gpu_hours_x_oracle.mean
-    assert line.attainment == rows["planner"].estimates["slo_attainment"].mean
-    upstream = rows["predictive-holt-winters"]
-    if upstream.meets_slo:
-        assert line.cheapest_upstream == "predictive-holt-winters"
-        assert line.cheapest_upstream_x_oracle == upstream.gpu_hours_x_oracle.mean
-        assert line.as_cheap == (line.meets_slo and line.x_oracle <= upstream.gpu_hours_x_oracle.mean)
-    else:
-        assert line.cheapest_upstream is None
-    assert bar.within_aim == int(line.x_oracle <= 1.15)
-    assert bar.met == (line.as_cheap and line.x_oracle <= 1.15)
 
 
 def test_a_capacity_table_of_another_service_is_refused() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import numpy as np
 import yaml
 
 from gpuscale.config.scenario import Duration, LogNormal, Scenario, Uniform
-from gpuscale.experiments.compare import PolicyRow
 from gpuscale.experiments.oracle import WINDOW_S, _CapacityTable, _slots, _window_load
 from gpuscale.policies.planner import PlannerConfig
 from gpuscale.policies.registry import preset_text
@@ -169,83 +167,3 @@ def policy_yaml(scenario: Scenario, inputs: dict[str, Any]) -> str:
         "# ran the pod before); node_provision_s: its mean node provisioning time (0: no node autoscaler).\n"
     )
     return head + yaml.safe_dump(planner_policy(inputs), sort_keys=False)
-
-
-# -- the planner's bar, from a compare's rows ---------------------------------------------------------
-BAR_WITHIN_X_ORACLE = 1.15
-"""GPU-hours × oracle the planner aims at on every scenario."""
-BAR_MOST_X_ORACLE = 1.3
-"""GPU-hours × oracle the planner must stay under where static-peak meets the SLO."""
-
-
-@dataclass(frozen=True)
-class BarLine:
-    """The planner on one scenario where static-peak meets the SLO, next to the upstream presets."""
-
-    scenario: str
-    meets_slo: bool
-    attainment: float | None
-    x_oracle: float | None
-    cheapest_upstream: str | None
-    """The cheapest other policy (not static-peak) that meets the SLO, by GPU-hours × oracle."""
-    cheapest_upstream_x_oracle: float | None
-
-    @property
-    def as_cheap(self) -> bool:
-        """Meets the SLO and costs no more than every upstream policy that meets it."""
-        if not self.meets_slo or self.x_oracle is None:
-            return False
-        return self.cheapest_upstream_x_oracle is None or self.x_oracle <= self.cheapest_upstream_x_oracle
-
-
-@dataclass(frozen=True)
-class Bar:
-    """The planner's target over a compare: on every scenario where static-peak meets the SLO the planner
-    meets it, no dearer than any upstream preset that meets it; ≤ 1.15× the oracle on at least 8 of
-    them and ≤ 1.3× on all."""
-
-    lines: tuple[BarLine, ...]
-
-    @property
-    def within_aim(self) -> int:
-        return sum(1 for b in self.lines if b.x_oracle is not None and b.x_oracle <= BAR_WITHIN_X_ORACLE)
-
-    @property
-    def met(self) -> bool:
-        return (
-            all(b.as_cheap for b in self.lines)
-            and all(b.x_oracle is not None and b.x_oracle <= BAR_MOST_X_ORACLE for b in self.lines)
-            and self.within_aim >= min(8, len(self.lines))
-        )
-
-
-def planner_bar(rows: Iterable[PolicyRow], planner: str = "planner", static_peak: str = "static-peak") -> Bar:
-    """The bar from a compare's rows (each policy aggregated over seeds)."""
-    by_scenario: dict[str, list[PolicyRow]] = {}
-    for row in rows:
-        by_scenario.setdefault(row.scenario, []).append(row)
-    lines: list[BarLine] = []
-    for scenario, found in by_scenario.items():
-        named = {r.policy: r for r in found}
-        peak, ours = named.get(static_peak), named.get(planner)
-        if peak is None or ours is None or not peak.meets_slo:
-            continue
-        upstream = [
-            (r.gpu_hours_x_oracle.mean, r.policy)
-            for r in found
-            if r.policy not in (planner, static_peak)
-            and r.meets_slo
-            and r.gpu_hours_x_oracle.mean is not None
-        ]
-        best = min(upstream) if upstream else None
-        lines.append(
-            BarLine(
-                scenario=scenario,
-                meets_slo=ours.meets_slo,
-                attainment=ours.estimates["slo_attainment"].mean,
-                x_oracle=ours.gpu_hours_x_oracle.mean,
-                cheapest_upstream=best[1] if best else None,
-                cheapest_upstream_x_oracle=best[0] if best else None,
-            )
-        )
-    return Bar(tuple(lines))
