@@ -25,23 +25,7 @@ from gpuscale.sim.llm_plane import LlmDataPlane, LlmRecords, UserDraws
 from gpuscale.sim.llm_reference import LlmReferenceResult, simulate_llm_reference
 from gpuscale.sim.llm_serving import LlmParams
 from gpuscale.sim.workload import token_source
-
-# Binary-fraction iteration costs: every duration below is exact in floating point.
-ONE_POD = LlmParams(
-    num_blocks=64,
-    block_size=16,
-    max_model_len=1024,
-    beta0_s=1 / 128,
-    beta_prefill_s=1 / 1024,
-    beta_decode_s=1 / 512,
-    beta_kv_s=1 / 65536,
-    enable_prefix_caching=True,
-)
-
-
-def d(p: LlmParams, *, prefill: int = 0, decode: int = 0, context: int = 0) -> float:
-    """One iteration's duration (docs/llm.md)."""
-    return p.beta0_s + p.beta_prefill_s * prefill + p.beta_decode_s * decode + p.beta_kv_s * context
+from tests.llm_exact import CACHED, d
 
 
 def one_user(
@@ -69,15 +53,15 @@ def one_user(
 def test_a_later_turn_is_the_conversation_so_far_and_finds_it_cached() -> None:
     # Turn 1: 40 prompt + 3 output tokens. Turn 2 = those 43 tokens + a new 20-token message = 63. The
     # first turn's KV covers its first 42 tokens (the last output token is never computed): 2 full blocks.
-    res = one_user(ONE_POD, [(40, 3, 3), (20, 2, 9), (10, 2, 9)])
+    res = one_user(CACHED, [(40, 3, 3), (20, 2, 9), (10, 2, 9)])
     a, b, c = res.requests[:3]
     assert (a.prompt, b.prompt, c.prompt) == (40, 40 + 3 + 20, 63 + 2 + 10)
     assert a.conversation == b.conversation == c.conversation == 0  # the first turn's seq
     assert (a.cache_hits, b.cache_hits, c.cache_hits) == (0, 32, 64)
     # the hit is not computed again, only held: turn 2's first iteration computes 63 - 32 tokens
-    assert b.ttft_s == pytest.approx(d(ONE_POD, prefill=63 - 32, context=63), abs=1e-12)
+    assert b.ttft_s == pytest.approx(d(CACHED, prefill=63 - 32, context=63), abs=1e-12)
     # the conversation's 3 turns are over: the 4th send starts a new conversation with its own draws
-    res4 = one_user(ONE_POD, [(40, 3, 3), (20, 2, 9), (10, 2, 9), (30, 2, 9)])
+    res4 = one_user(CACHED, [(40, 3, 3), (20, 2, 9), (10, 2, 9), (30, 2, 9)])
     last = res4.requests[3]
     assert (last.prompt, last.conversation, last.cache_hits) == (30, 3, 0)
 
@@ -85,7 +69,7 @@ def test_a_later_turn_is_the_conversation_so_far_and_finds_it_cached() -> None:
 def test_the_shared_prefix_opens_the_conversation_and_stays_keyed_by_its_group() -> None:
     # A 32-token system prompt of group 0 in front of turn 1 (drawn prompt 32 + 16); the later turn keeps
     # the conversation's prefix (its own drawn prefix is only used by a conversation's first turn).
-    res = one_user(ONE_POD, [(48, 4, 2), (32 + 8, 4, 2), (32 + 8, 4, 2)], group=0, prefix_len=32)
+    res = one_user(CACHED, [(48, 4, 2), (32 + 8, 4, 2), (32 + 8, 4, 2)], group=0, prefix_len=32)
     _, b, c = res.requests[:3]
     assert b.prompt == 48 + 4 + 8 and b.conversation == 0
     assert b.cache_hits == 48  # prefix blocks (group keys) and the history block after them
@@ -94,7 +78,7 @@ def test_the_shared_prefix_opens_the_conversation_and_stays_keyed_by_its_group()
 
 
 def test_a_turn_that_would_not_fit_max_model_len_starts_a_new_conversation() -> None:
-    p = replace(ONE_POD, max_model_len=100)
+    p = replace(CACHED, max_model_len=100)
     res = one_user(p, [(40, 10, 5), (30, 10, 5), (30, 10, 5)])
     _, b, c = res.requests[:3]
     assert (b.prompt, b.conversation) == (80, 0)  # 80 + 10 output = 90 fits 100
@@ -106,7 +90,7 @@ def test_a_turn_that_is_not_answered_ends_its_conversation() -> None:
     # Client timeout 0.05 s: the second turn's prompt (30 + 1 + 700 tokens) is prefilled in chunks of 256
     # tokens at 1 ms a token, so it has no first token when the second chunk's iteration starts and is
     # aborted; the user's next send opens a new conversation.
-    p = replace(ONE_POD, num_blocks=128, max_num_batched_tokens=256, timeout_s=0.05)
+    p = replace(CACHED, num_blocks=128, max_num_batched_tokens=256, timeout_s=0.05)
     res = one_user(p, [(30, 1, 9), (700, 1, 9), (20, 1, 9)])
     a, b, c = res.requests[:3]
     assert a.outcome == "completed" and b.outcome == "timed_out" and b.conversation == 0
@@ -120,7 +104,7 @@ def test_session_affinity_sends_a_later_turn_to_the_pod_of_the_previous_one() ->
     got = {}
     for affinity in (False, True):
         res = simulate_llm_reference(
-            replace(ONE_POD, session_affinity=affinity), [], [40, 40] + [20] * 8, [2] * 10,
+            replace(CACHED, session_affinity=affinity), [], [40, 40] + [20] * 8, [2] * 10,
             pods=[(0.0, 1.0), (0.0, 1.0)], t_end=3.0, users=[(0.0, 2)], think=[1.0, 2.0] + [1.0] * 8,
             start=[0.0, 0.01], turns=[3] * 10,
         )  # fmt: skip

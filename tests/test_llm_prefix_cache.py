@@ -25,23 +25,7 @@ from gpuscale.sim.llm_plane import LlmDataPlane
 from gpuscale.sim.llm_reference import LlmReferenceResult, simulate_llm_reference
 from gpuscale.sim.llm_serving import LlmParams
 from gpuscale.sim.workload import token_source
-
-# Binary-fraction iteration costs: every duration below is exact in floating point.
-CACHED = LlmParams(
-    num_blocks=64,
-    block_size=16,
-    max_model_len=1024,
-    beta0_s=1 / 128,
-    beta_prefill_s=1 / 1024,
-    beta_decode_s=1 / 512,
-    beta_kv_s=1 / 65536,
-    enable_prefix_caching=True,
-)
-
-
-def d(p: LlmParams, *, prefill: int = 0, decode: int = 0, context: int = 0) -> float:
-    """One iteration's duration (docs/llm.md)."""
-    return p.beta0_s + p.beta_prefill_s * prefill + p.beta_decode_s * decode + p.beta_kv_s * context
+from tests.llm_exact import CACHED, d
 
 
 def ref(

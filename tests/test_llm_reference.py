@@ -25,13 +25,9 @@ import pytest
 
 from gpuscale.sim.llm_reference import LlmReferenceResult, LlmRequestResult, simulate_llm_reference
 from gpuscale.sim.llm_serving import LlmParams
+from tests.llm_exact import CACHED, d
 
 # -- helpers ------------------------------------------------------------------------------------------
-
-
-def d(p: LlmParams, *, prefill: int = 0, decode: int = 0, context: int = 0, speed: float = 1.0) -> float:
-    """One iteration's duration (docs/llm.md)."""
-    return speed * (p.beta0_s + p.beta_prefill_s * prefill + p.beta_decode_s * decode + p.beta_kv_s * context)
 
 
 def run(
@@ -57,15 +53,7 @@ def approx(x: float) -> Any:
 
 # Binary-fraction iteration costs: every duration and sum below is exact in floating point, so that
 # iteration ends and arrivals really coincide.
-EXACT = LlmParams(
-    num_blocks=64,
-    block_size=16,
-    max_model_len=1024,
-    beta0_s=1 / 128,
-    beta_prefill_s=1 / 1024,
-    beta_decode_s=1 / 512,
-    beta_kv_s=0.0,
-)
+EXACT = replace(CACHED, beta_kv_s=0.0, enable_prefix_caching=False)
 
 
 # -- one request ---------------------------------------------------------------------------------------
