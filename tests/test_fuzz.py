@@ -168,6 +168,8 @@ SCENARIOS: dict[str, Any] = {
     **_builtin_scenarios(),
     "diurnal-day": _example("diurnal-day.yaml"),
     "diurnal-day-business-hours": _example("diurnal-day-business-hours.yaml"),
+    "llm-prefix-caching": _example("llm-prefix-caching.yaml"),
+    "llm-chat-conversations": _example("llm-chat-conversations.yaml"),
 }
 POLICIES: dict[str, Any] = {
     **{f"preset {n}": parse_yaml(registry.preset_text(n), n) for n in registry.preset_names()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import date
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from pydantic import TypeAdapter
 from gpuscale._core.errors import ConfigError
 from gpuscale.config.loading import parse_yaml, validate
 from gpuscale.config.workload import WorkloadConfig
-from gpuscale.sim.workload import BLOCK_S, ArrivalSource, Workload, build_workload, load_trace
+from gpuscale.sim.workload import (
+    BLOCK_S,
+    ArrivalSource,
+    Workload,
+    build_workload,
+    load_trace,
+    parse_trace_csv,
+)
 
 ADAPTER: TypeAdapter[WorkloadConfig] = TypeAdapter(WorkloadConfig)
 AZURE = "builtin:azure-llm-2023-conv"
@@ -413,6 +421,15 @@ def test_builtin_azure_trace_loads_with_tokens() -> None:
     a = run(f"{{kind: trace, path: '{AZURE}'}}", 4000.0)
     assert np.array_equal(a, trace.times_s)
     assert build(f"{{kind: trace, path: '{AZURE}'}}").trace is trace
+
+
+def test_a_timestamp_centuries_later_is_a_late_request_not_an_overflow() -> None:
+    # 2023 to 9999 is 2.5e20 ns, past int64; the fuzzer found it (an OverflowError traceback)
+    text = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 00:00:00.5,10,5\n9999-12-31 23:59:59.999999999,10,5\n"
+    trace = parse_trace_csv(text, "far.csv")
+    assert trace.times_s[0] == 0.0
+    span = (date(9999, 12, 31) - date(2023, 11, 16)).days * 86400.0 + 86399.999999999 - 0.5
+    assert trace.times_s[1] == pytest.approx(span, rel=1e-12)
 
 
 def test_time_scale_compresses_the_replay() -> None:

@@ -842,7 +842,9 @@ def parse_trace_csv(text: str, source: str) -> Trace:
         raise ConfigError(source, None, MISSING, "has a header but no requests", line=2)
     if azure:
         first = min(stamps_ns)
-        t = np.array([x - first for x in stamps_ns], dtype=np.int64) / 1e9
+        # Seconds as Python floats: a span of centuries (years up to 9999) overflows int64 nanoseconds;
+        # within 2**53 ns (104 days) both ways are exact, and the same float beyond it.
+        t = np.array([(x - first) / 1e9 for x in stamps_ns], dtype=np.float64)
     else:
         t = np.array(seconds, dtype=np.float64)
     steps = np.diff(t)
