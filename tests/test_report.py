@@ -187,6 +187,30 @@ def test_a_scenario_where_every_run_failed_still_renders(base_run: SimResult) ->
     assert verdict(dead, "dead").startswith("Every run failed")
 
 
+def test_a_scenario_whose_requests_all_share_one_latency_bucket_still_renders(base_run: SimResult) -> None:
+    # One request in the whole run (the fuzzer found it: a 1-row trace): the tail plot, on a log scale,
+    # has no point above the one bucket, and matplotlib refuses a log axis with no range
+    one = np.zeros_like(np.asarray(base_run.latency_hist))
+    one[100] = 1
+    runs = [
+        replace(_outcome(base_run, "one", "alpha", s, slo_attainment=1.0, gpu_hours=0.1), latency_hist=one)
+        for s in SEEDS
+    ]
+    oracles = {("one", s): _oracle("one", s, 0.1) for s in SEEDS}
+    single = CompareResult(
+        ["one"],
+        ["alpha"],
+        SEEDS,
+        TARGET,
+        runs,
+        oracles,
+        aggregate(runs, oracles, TARGET),
+        slo_ms={"one": 100.0},
+    )
+    page = report_files(single)["report.html"]
+    assert page.count("data:image/png") >= 2  # the timeline and the CDF at least
+
+
 # -- summary.json and summary.csv -------------------------------------------------------------------
 def _no_nan(token: str) -> float:
     raise AssertionError(f"summary.json holds {token}")

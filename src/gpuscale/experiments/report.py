@@ -984,7 +984,10 @@ def _cdf_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) ->
         ax_cdf.plot(x, cdf, color=st.colour, ls=st.linestyle, lw=1.5, label=policy)
         ax_tail.plot(x[:-1], np.where(tail > 0, tail, np.nan), color=st.colour, ls=st.linestyle, lw=1.5)
     slo = result.slo_ms.get(scenario)
-    for ax in (ax_cdf, ax_tail):
+    # Every request in one latency bucket: no point above it for the tail's log scale to show (a log
+    # axis with no data has no range), so the tail panel says so instead.
+    no_tail = not any(np.any(tail > 0) for *_, tail in curves)
+    for ax in (ax_cdf,) if no_tail else (ax_cdf, ax_tail):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_ms_tick))
         ax.set_xlabel("latency (ms)")
@@ -993,9 +996,13 @@ def _cdf_png(result: CompareResult, scenario: str, styles: dict[str, _Style]) ->
     ax_cdf.set_ylim(0, 1.01)
     ax_cdf.set_ylabel("fraction of requests ≤ latency")
     ax_cdf.set_title("Latency CDF")
-    ax_tail.set_yscale("log")
-    ax_tail.set_ylabel("fraction of requests > latency")
-    ax_tail.set_title("Tail (log scale)")
+    if no_tail:
+        ax_tail.set_axis_off()
+        ax_tail.text(0.5, 0.5, "no tail: every request\nin one latency bucket", ha="center", va="center")
+    else:
+        ax_tail.set_yscale("log")
+        ax_tail.set_ylabel("fraction of requests > latency")
+        ax_tail.set_title("Tail (log scale)")
     _legend_outside(fig, [ax_cdf, ax_tail])
     return _png(fig)
 
