@@ -254,6 +254,23 @@ def test_a_bad_capacity_table_is_a_clear_error(points: list[dict[str, float]], s
     assert "capacity.points" in str(err.value) and says in str(err.value)
 
 
+def test_a_demand_far_beyond_the_table_is_sized_at_the_last_points_rate() -> None:
+    # Counting replica by replica to a max_replicas of 10**12 would take a live tick for ever; beyond
+    # the table's last point (16 replicas at 100 rps) the count is computed, the same count
+    p = policy(max_replicas=10**12)
+    assert p.need(1e12, 1.0) == 10**10
+    assert p.need(1e12 + 1, 1.0) == 10**10 + 1
+    assert p.need(1e15, 1.0) == 10**12 + 1  # more than max_replicas: none covers it
+    assert p.need(1_650.0, 1.0) == 17 and p.need(1_600.0, 1.0) == 16 and p.need(1_600.0, 1.25) == 20
+
+
+def test_a_capacity_point_past_a_million_replicas_is_a_clear_error() -> None:
+    points = [{"replicas": 1, "rps_per_replica": 100}, {"replicas": 10**400, "rps_per_replica": 110}]
+    with pytest.raises(ConfigError) as err:
+        policy(capacity={**TABLE, "points": points})
+    assert "capacity.points[1].replicas" in str(err.value) and "1000000" in str(err.value)
+
+
 def test_a_burst_window_no_shorter_than_the_rate_window_is_a_clear_error() -> None:
     with pytest.raises(ConfigError) as err:
         policy(burst_window_s=10)

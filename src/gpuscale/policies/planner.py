@@ -94,7 +94,7 @@ from gpuscale.policies.stages import (
 class CapacityPoint(StrictModel):
     """What ``replicas`` always-Ready pods carry within the SLO, per replica."""
 
-    replicas: int = Field(ge=1, description="Fleet size the point was measured at.")
+    replicas: int = Field(ge=1, le=1_000_000, description="Fleet size the point was measured at.")
     rps_per_replica: float = Field(gt=0, description="Requests/s one replica carries within the SLO.")
 
 
@@ -429,15 +429,30 @@ class PlannerPolicy(ConfigTiming, TailedPolicy[PlannerState]):
         return min(cfg.saturation_max_factor, q) if q > 1.0 and loaded else 1.0
 
     def need(self, demand: float, correction: float) -> int:
-        """The fewest replicas whose capacity, divided by ``correction``, covers ``demand``."""
+        """The fewest replicas whose capacity, divided by ``correction``, covers ``demand`` (more than
+        ``max_replicas`` if none does).
+
+        Counted up to the table's last point; beyond it a replica carries the last point's rate, so
+        the count is computed, not counted: a live demand far above the table with a large
+        ``max_replicas`` must not take a tick of its own.
+        """
         if demand <= 0:
             return 0
         cap = self.config.capacity
         hi = self.config.max_replicas
-        for k in range(1, hi + 1):
+        last = cap.points[-1]
+        for k in range(1, min(hi, last.replicas) + 1):
             if cap.total(k) / correction >= demand:
                 return k
-        return hi + 1
+        if hi <= last.replicas:
+            return hi + 1
+        k = max(last.replicas + 1, min(hi + 1, math.ceil(demand * correction / last.rps_per_replica)))
+        # the division may round either way: settle on the first count that covers, as counting would
+        while k > last.replicas + 1 and cap.total(k - 1) / correction >= demand:
+            k -= 1
+        while k <= hi and cap.total(k) / correction < demand:
+            k += 1
+        return k
 
     def corrected(
         self, snapshot: MetricsSnapshot, check: SignalCheck, state: PlannerState, rate: float
