@@ -423,6 +423,24 @@ def test_builtin_azure_trace_loads_with_tokens() -> None:
     assert build(f"{{kind: trace, path: '{AZURE}'}}").trace is trace
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "{kind: ramp, from_rps: 1, to_rps: 10, end_s: 60, steps: 1000001}",
+        "{kind: sinusoid, mean_rps: 5, amplitude_rps: 2, period_s: 60, steps_per_period: 1000001}",
+        "{kind: sinusoid, mean_rps: 5, amplitude_rps: 2, period_s: 60, steps_per_period: "
+        + "1"
+        + "0" * 400
+        + "}",
+    ],
+)
+def test_a_staircase_of_more_than_a_million_steps_is_refused(shape: str) -> None:
+    # a ramp holds every level in memory; a 400-digit count overflowed the period's division (fuzzer)
+    with pytest.raises(ConfigError) as err:
+        validate(ADAPTER, parse_yaml(f"{{kind: poisson, rate: {shape}}}", "w.yaml"), "w.yaml")
+    assert "steps" in str(err.value) and "less than or equal to 1000000" in str(err.value)
+
+
 def test_a_timestamp_centuries_later_is_a_late_request_not_an_overflow() -> None:
     # 2023 to 9999 is 2.5e20 ns, past int64; the fuzzer found it (an OverflowError traceback)
     text = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 00:00:00.5,10,5\n9999-12-31 23:59:59.999999999,10,5\n"
@@ -518,6 +536,21 @@ HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
             "non-decreasing order",
         ),
         ("2023-11-16 18:15:46.0,374,many\n", 2, "GeneratedTokens", "many", "a whole number of tokens"),
+        # past int64 (the fuzzer found the OverflowError), and past what int() parses
+        (
+            "2023-11-16 18:15:46.0,99999999999999999999999,4\n",
+            2,
+            "ContextTokens",
+            "99999999999999999999999",
+            "from 0 to 2,147,483,647",
+        ),
+        (
+            "2023-11-16 18:15:46.0,4," + "9" * 5000 + "\n",
+            2,
+            "GeneratedTokens",
+            "9" * 5000,
+            "from 0 to 2,147,483,647",
+        ),
     ],
 )
 def test_bad_trace_rows_name_file_line_column_and_value(

@@ -66,6 +66,9 @@ NonNegative = Annotated[float, Field(ge=0)]
 Point = tuple[NonNegative, NonNegative]
 
 MAX_SHAPE_USERS = 2**53
+MAX_SHAPE_STEPS = 1_000_000
+"""Most levels a staircase ramp or a stepped sinusoid may have (a ramp's levels are all held in
+memory; a step count past float range would not even divide a period)."""
 """The most users a closed-loop shape may name (the largest whole number a float holds exactly); a
 run's load is refused long before this by the up-front estimate."""
 UserPoint = tuple[NonNegative, Annotated[float, Field(ge=0, le=MAX_SHAPE_USERS)]]
@@ -150,6 +153,7 @@ class RateRamp(_Model):
     steps: int | None = Field(
         default=None,
         ge=2,
+        le=MAX_SHAPE_STEPS,
         description="staircase of this many equal-length levels (first from_rps, last to_rps); "
         "omit for a continuous line",
     )
@@ -174,6 +178,7 @@ class RateSinusoid(_Model):
     steps_per_period: int | None = Field(
         default=None,
         ge=2,
+        le=MAX_SHAPE_STEPS,
         description="hold the value sampled at the start of each of this many equal steps per period; "
         "omit for a continuous curve",
     )
@@ -287,6 +292,7 @@ class UsersRamp(_Model):
     steps: int | None = Field(
         default=None,
         ge=2,
+        le=MAX_SHAPE_STEPS,
         description="staircase of this many equal-length levels (first from_users, last to_users); "
         "omit for a continuous line (the count then changes at every half-user crossing)",
     )
@@ -313,6 +319,7 @@ class UsersSinusoid(_Model):
     steps_per_period: int | None = Field(
         default=None,
         ge=2,
+        le=MAX_SHAPE_STEPS,
         description="hold the value sampled at the start of each of this many equal steps per period; "
         "omit for a continuous curve",
     )

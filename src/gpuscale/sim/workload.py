@@ -84,6 +84,9 @@ sorted. A larger step back is an error."""
 RATE_WINDOW_S = 60.0
 """Width of the centred window over which a trace's expected rate is counted."""
 
+MAX_TRACE_TOKENS = 2**31 - 1
+"""Most tokens a trace row may give a request (no model's context comes near it; int64 arithmetic on
+the counts stays exact)."""
 _MAX_MATERIALISED = 5_000_000  # levels/steps a shape may materialise over the run (memory guard)
 
 _EMPTY: FloatArray = np.empty(0, dtype=np.float64)
@@ -835,8 +838,19 @@ def parse_trace_csv(text: str, source: str) -> Trace:
             if col is None:
                 continue
             cell = fields[col]
-            if not (cell.isascii() and cell.isdigit()):
-                raise ConfigError(source, tok_cols[k], cell, "a whole number of tokens ≥ 0", line=lineno)
+            digits = cell.lstrip("0")  # (a 5,000-digit cell is refused before int() would refuse it)
+            if (
+                not (cell.isascii() and cell.isdigit())
+                or len(digits) > 10
+                or int(digits or 0) > MAX_TRACE_TOKENS
+            ):
+                raise ConfigError(
+                    source,
+                    tok_cols[k],
+                    cell,
+                    f"a whole number of tokens from 0 to {MAX_TRACE_TOKENS:,}",
+                    line=lineno,
+                )
             tokens[k].append(int(cell))
     if not linenos:
         raise ConfigError(source, None, MISSING, "has a header but no requests", line=2)
