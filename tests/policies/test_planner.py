@@ -261,6 +261,7 @@ def test_a_demand_far_beyond_the_table_is_sized_at_the_last_points_rate() -> Non
     assert p.need(1e12, 1.0) == 10**10
     assert p.need(1e12 + 1, 1.0) == 10**10 + 1
     assert p.need(1e15, 1.0) == 10**12 + 1  # more than max_replicas: none covers it
+    assert p.need(1e308, 2.0) == p.need(math.inf, 1.0) == 10**12 + 1  # no overflow on the way
     assert p.need(1_650.0, 1.0) == 17 and p.need(1_600.0, 1.0) == 16 and p.need(1_600.0, 1.25) == 20
 
 

@@ -444,9 +444,9 @@ class PlannerPolicy(ConfigTiming, TailedPolicy[PlannerState]):
         for k in range(1, min(hi, last.replicas) + 1):
             if cap.total(k) / correction >= demand:
                 return k
-        if hi <= last.replicas:
-            return hi + 1
-        k = max(last.replicas + 1, min(hi + 1, math.ceil(demand * correction / last.rps_per_replica)))
+        if hi <= last.replicas or cap.total(hi) / correction < demand:
+            return hi + 1  # (also a demand so large that the division below would not be finite)
+        k = max(last.replicas + 1, min(hi, math.ceil(demand * correction / last.rps_per_replica)))
         # the division may round either way: settle on the first count that covers, as counting would
         while k > last.replicas + 1 and cap.total(k - 1) / correction >= demand:
             k -= 1
