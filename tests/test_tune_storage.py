@@ -82,13 +82,24 @@ app(sys.argv[1:], prog_name="gpuscale")
 
 _STARTS_TOGETHER = """
 import pathlib, sys, time
+import optuna
 from gpuscale.cli import app
 
 mine, others = pathlib.Path({mine!r}), [pathlib.Path(p) for p in {others!r}]
-mine.touch()
-deadline = time.monotonic() + 60.0
-while not all(p.exists() for p in others) and time.monotonic() < deadline:
-    time.sleep(0.02)  # bounded: the workers start asking together, imports done
+ask = optuna.study.Study.ask
+
+def ask_then_wait(self, *args, **kwargs):
+    # Each worker holds its first trial until every other worker holds one too (bounded): none can
+    # take the whole budget while another is still loading, however the machine schedules them.
+    trial = ask(self, *args, **kwargs)
+    if not mine.exists():
+        mine.touch()
+        deadline = time.monotonic() + 60.0
+        while not all(p.exists() for p in others) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return trial
+
+optuna.study.Study.ask = ask_then_wait
 app(sys.argv[1:], prog_name="gpuscale")
 """
 
@@ -98,8 +109,8 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """A ``gpuscale`` process; with ``kill_after_told``, one that kills itself (SIGKILL) right after
     telling the study that many trials: a real interruption at a deterministic point; with
-    ``barrier`` (its own file, the others'), one that starts its command once every process of the
-    group has started, so none is done before another begins."""
+    ``barrier`` (its own file, the others'), one that holds its first trial until every process of
+    the group holds one, so each takes a share of the budget."""
     code = "import sys; from gpuscale.cli import app; app(sys.argv[1:], prog_name='gpuscale')"
     if kill_after_told is not None:
         code = _KILLS_ITSELF.format(n=kill_after_told)

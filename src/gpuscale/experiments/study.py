@@ -531,6 +531,13 @@ def run_tpe(
                 return _decode_runs(t.user_attrs[RUNS_ATTR]), t.user_attrs.get(PRUNED_ATTR)
         return None
 
+    def points_known(upto: int, mine: set[int]) -> bool:
+        """Whether every running trial of another worker numbered below ``upto`` has its candidate."""
+        return all(
+            t.number >= upto or t.number in mine or _abandoned(t) or POINT_ATTR in t.user_attrs
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        )
+
     def running_elsewhere(ident: str, number: int, mine: set[int]) -> bool:
         """Whether another worker's earlier trial has the same candidate and is still running it (the
         earliest trial of a candidate runs it, the later ones wait for its runs)."""
@@ -597,6 +604,12 @@ def run_tpe(
             trial.set_user_attr(POINT_ATTR, ident_of(point))
             asked.append((trial, point, index))
         mine = {t.number for t, _, _ in asked}
+        # The earliest trial of a candidate runs it (running_elsewhere): an earlier trial of another
+        # worker must have said its candidate before that can be told. Between its ask and its
+        # POINT_ATTR it has not; were it read then, both workers would run the candidate.
+        while mine and not points_known(max(mine), mine):
+            reclaim()  # a worker that died between the two leaves its trial to be reclaimed
+            wait()
         # candidates are numbered by their first trial among those that count
         order: dict[str, int] = {}
         for t in counted(study.get_trials(deepcopy=False)):
