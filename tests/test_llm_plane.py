@@ -545,6 +545,8 @@ def test_a_draining_pod_emptied_by_timeouts_ends_at_its_last_abort() -> None:
 class FixedTokens:
     """Every request has ``prompt`` and ``output`` tokens; counts what was taken."""
 
+    has_prefix = has_conversation = False  # independent prompts (the TokenTaker protocol)
+
     def __init__(self, prompt: int, output: int) -> None:
         self.prompt, self.output, self.taken = prompt, output, 0
 
@@ -639,6 +641,8 @@ def test_closed_loop_lengths_do_not_depend_on_how_the_run_is_cut() -> None:
 
 class _Seq:
     """Lengths 1, 2, 3, ... (prompt) and 1..5 (output), in order: which request got which is visible."""
+
+    has_prefix = has_conversation = False  # independent prompts (the TokenTaker protocol)
 
     def __init__(self) -> None:
         self.taken = 0

@@ -882,6 +882,8 @@ USERS_SCENARIOS: dict[str, UsersScenario] = {
 class _Tokens:
     """A fixed token sequence handed out in order (a TokenSource's ``take``)."""
 
+    has_prefix = has_conversation = False  # independent prompts (the TokenTaker protocol)
+
     def __init__(self, prompt: np.ndarray, output: np.ndarray) -> None:
         self.prompt, self.output, self.taken = prompt, output, 0
 

@@ -48,10 +48,22 @@ def _pow2_at_least(n: int) -> int:
 
 
 class TokenTaker(Protocol):
-    """What the plane takes closed-loop token lengths from (a :class:`~gpuscale.sim.workload.TokenSource`):
-    ``take(n)`` gives the next ``n`` (prompt, output) lengths of the run, in order."""
+    """What the plane takes token lengths from (a :class:`~gpuscale.sim.workload.TokenSource`): ``take(n)``
+    gives the next ``n`` (prompt, output) lengths of the run, in order; ``take_prefix(n)`` the shared-prefix
+    (group, length) of those taken (asked only where ``has_prefix``); ``take_turns(n)`` the turns per
+    conversation of the next sends (asked only where ``has_conversation``)."""
+
+    @property
+    def has_prefix(self) -> bool: ...
+
+    @property
+    def has_conversation(self) -> bool: ...
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def take_prefix(self, n: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def take_turns(self, n: int) -> np.ndarray: ...
 
 
 class UserDraws:
@@ -134,7 +146,7 @@ class LlmDataPlane(SlotBook):
         if self.closed_loop and tokens is None:
             raise ValueError("closed-loop users need a token source (tokens=)")
         self.tokens = tokens
-        self.conversations = bool(getattr(tokens, "has_conversation", False)) and self.closed_loop
+        self.conversations = tokens is not None and tokens.has_conversation and self.closed_loop
         """Closed-loop users hold multi-turn conversations (docs/llm.md, Conversations); the token source
         gives the turns of each conversation (``take_turns``)."""
         self.draws = UserDraws(seed, think_s if think_s is not None else (0.0, 0.0))
@@ -383,8 +395,8 @@ class LlmDataPlane(SlotBook):
                 raise ValueError("prompt and output must be parallel to arrivals")
             if int(arr_p.min()) < 1 or int(arr_o.min()) < 1:
                 raise ValueError("prompt and output lengths must be >= 1")
-            if group is None and self.tokens is not None and getattr(self.tokens, "has_prefix", False):
-                group, prefix_len = self.tokens.take_prefix(n)  # type: ignore[attr-defined]
+            if group is None and self.tokens is not None and self.tokens.has_prefix:
+                group, prefix_len = self.tokens.take_prefix(n)
             arr_x = self._prefix_columns(n, group, prefix_len, arr_p)
         else:
             arr_p = arr_o = self._no_ints
@@ -483,15 +495,15 @@ class LlmDataPlane(SlotBook):
             raise ValueError("prompt and output lengths must be >= 1")
         tb_i[left:need, 0] = prompt
         tb_i[left:need, 1] = output
-        if getattr(self.tokens, "has_prefix", False):
-            group, prefix_len = self.tokens.take_prefix(need - left)  # type: ignore[attr-defined]
+        if self.tokens.has_prefix:
+            group, prefix_len = self.tokens.take_prefix(need - left)
             tb_i[left:need, 2] = group
             tb_i[left:need, 3] = prefix_len
         else:
             tb_i[left:need, 2] = -1
             tb_i[left:need, 3] = 0
         if self.conversations:
-            turns = np.asarray(self.tokens.take_turns(need - left), dtype=np.int64)  # type: ignore[attr-defined]
+            turns = np.asarray(self.tokens.take_turns(need - left), dtype=np.int64)
             if len(turns) and int(turns.min()) < 1:
                 raise ValueError("turns per conversation must be >= 1")
             tb_i[left:need, 4] = turns
